@@ -1,0 +1,42 @@
+# The two commands: `make demo` and `make test`. Both set up .venv/ and node_modules/.
+PY      := .venv/bin/python
+PIP     := .venv/bin/pip
+STAMP_PY  := .venv/.fedchain-installed
+STAMP_NPM := node_modules/.fedchain-installed
+
+.PHONY: setup demo test lint compile bench clean
+
+setup: $(STAMP_PY) $(STAMP_NPM)
+
+$(STAMP_PY): pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PIP) install --quiet --upgrade pip
+	# torch first, pinned exactly: a bare `torch` requirement would pull CUDA wheels.
+	$(PIP) install --quiet "torch==2.13.0"
+	$(PIP) install --quiet -e ".[dev,bench]"
+	touch $@
+
+$(STAMP_NPM): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+demo: setup
+	$(PY) -m fedchain.demo
+
+test: setup
+	$(PY) -m pytest -n 2 --dist loadgroup
+
+lint: setup
+	.venv/bin/ruff check fedchain tests bench scripts examples
+	.venv/bin/mypy fedchain
+
+compile: setup
+	$(PY) -m fedchain.cli compile
+
+bench: setup
+	$(PY) bench/gas.py
+	$(PY) bench/storage.py
+	$(PY) bench/aggregate.py
+
+clean:
+	rm -rf .venv node_modules build dist *.egg-info .pytest_cache
