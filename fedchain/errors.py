@@ -222,3 +222,10 @@ REVERTS: dict[str, type[ContractRevert]] = {
 
 class DataError(FedChainError):
     """A data set is missing, malformed, unreadable or refused (e.g. an unsafe pickle)."""
+
+
+# --- aggregation ---------------------------------------------------------------------
+
+
+class AggregationError(FedChainError):
+    """Updates cannot be aggregated: out of order, bad num_examples, too few for the strategy."""

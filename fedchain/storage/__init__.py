@@ -1,0 +1,143 @@
+"""Content stores: `open_store(url)` → a ContentStore that puts bytes and gets them back by CID.
+
+URLs: `embedded` (LocalStore in the default directory), `file:///abs/dir` (LocalStore in that
+directory), `http://host:5001` (KuboStore: an IPFS node's Kubo RPC API).
+
+Every store returns the CID `ipfs add --cid-version=1` gives, and every `get` recomputes the
+CID of the bytes it received and raises ContentMismatch if they do not match, whoever served
+them. CIDs not in fedchain's canonical form (CIDv1, sha2-256, raw or dag-pb) are refused with
+InvalidCID before anything is fetched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Self
+from urllib.parse import unquote, urlparse
+
+from ..errors import ConfigError, ContentMismatch
+from .cid import CID
+from .unixfs import CHUNK_SIZE, CidBuilder, cid_of
+
+__all__ = ["CID", "ContentStore", "open_store", "cid_of"]
+
+
+def as_canonical(cid: CID | str) -> CID:
+    """Parse `cid` and make sure it is in fedchain's canonical form (InvalidCID otherwise)."""
+    return CID.parse(cid).require_canonical()
+
+
+class ContentStore(ABC):
+    """Bytes by CID: put, get (verified), pin, has; streaming variants for large models."""
+
+    url: str
+
+    @abstractmethod
+    def put_stream(self, chunks: Iterable[bytes]) -> CID:
+        """Store the concatenation of `chunks`; return its CID."""
+
+    @abstractmethod
+    def _read(self, cid: CID) -> Iterator[bytes]:
+        """The bytes the backend serves for `cid`, unverified."""
+
+    @abstractmethod
+    def pin(self, cid: CID | str) -> None:
+        """Keep the content of `cid` in this store (ContentNotFound if it is not there)."""
+
+    @abstractmethod
+    def has(self, cid: CID | str) -> bool:
+        """Whether this store holds the content of `cid` without fetching it from elsewhere."""
+
+    def put(self, data: bytes | bytearray | memoryview) -> CID:
+        """Store `data`; return its CID."""
+        return self.put_stream([data if isinstance(data, bytes) else bytes(data)])
+
+    def get_stream(self, cid: CID | str) -> Iterator[bytes]:
+        """The content of `cid` in chunks, verified against the CID as it streams.
+
+        The last chunk is held back until the whole content is verified: a mismatch raises
+        ContentMismatch before the iterator ends, so treat the data as good only once the
+        iterator is exhausted.
+        """
+        want = as_canonical(cid)
+        return self._verified(want, self._read(want))
+
+    def _verified(self, want: CID, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        builder = CidBuilder()
+        held: bytes | None = None
+        for chunk in chunks:
+            if not chunk:
+                continue
+            builder.update(chunk)
+            if held is not None:
+                yield held
+            held = chunk
+        got = builder.finish()
+        if got != want:
+            raise ContentMismatch(
+                f"{self.url} served {builder.size} bytes for {want} whose CID is {got}"
+            )
+        if held is not None:
+            yield held
+
+    def get(self, cid: CID | str) -> bytes:
+        """The content of `cid`, verified against the CID."""
+        return b"".join(self.get_stream(cid))
+
+    def put_file(self, path: str | Path) -> CID:
+        """Store a file's contents, streamed; return its CID."""
+
+        def chunks() -> Iterator[bytes]:
+            with open(path, "rb") as f:
+                while chunk := f.read(4 * CHUNK_SIZE):
+                    yield chunk
+
+        return self.put_stream(chunks())
+
+    def get_file(self, cid: CID | str, path: str | Path) -> None:
+        """Write the content of `cid` to `path`, which appears only once it is verified."""
+        path = Path(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                for chunk in self.get_stream(cid):
+                    f.write(chunk)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def close(self) -> None:  # noqa: B027 - most stores hold nothing to release
+        """Release connections or handles the store holds."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_store(url: str) -> ContentStore:
+    """The content store a URL names: `embedded`, `file:///dir` or `http(s)://host:port`."""
+    from .kubo import KuboStore
+    from .local import LocalStore
+
+    if url == "embedded":
+        return LocalStore()
+    parsed = urlparse(url)
+    if parsed.scheme == "file":
+        if parsed.netloc not in ("", "localhost"):
+            raise ConfigError(f"store URL {url!r}: file URLs must be local (file:///abs/dir)")
+        return LocalStore(unquote(parsed.path))
+    if parsed.scheme in ("http", "https") and parsed.netloc:
+        return KuboStore(url)
+    raise ConfigError(
+        f"store URL {url!r} not understood: use 'embedded', 'file:///abs/dir' "
+        "or an IPFS node's RPC API, e.g. 'http://127.0.0.1:5001'"
+    )
