@@ -13,8 +13,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import requests
 from eth_account import Account
@@ -27,6 +28,7 @@ from web3.exceptions import (
     TimeExhausted,
     Web3RPCError,
 )
+from web3.types import FilterParams, TxParams
 
 from .devnet import DEV_ACCOUNTS, DEV_MNEMONIC
 from .errors import ChainUnavailable, ConfigError, TransactionFailed
@@ -119,7 +121,7 @@ def connect(url: str = "embedded", *, timeout: float = 30.0, fresh: bool = False
     if url.startswith(("http://", "https://")):
         provider = Web3.HTTPProvider(url, request_kwargs={"timeout": timeout})
         chain = Chain(provider, url)
-        chain.chain_id  # fail fast with ChainUnavailable
+        _ = chain.chain_id  # fail fast with ChainUnavailable
         return chain
     raise ConfigError(f"unknown chain URL {url!r}: use 'embedded' or http(s)://host:port")
 
@@ -196,7 +198,8 @@ class Chain:
         with self._nonce_lock:
             if address not in self._nonces:
                 self._nonces[address] = int(
-                    self.call(lambda: self.w3.eth.get_transaction_count(address, "pending"))
+                    self.call(lambda: self.w3.eth.get_transaction_count(
+                        to_checksum_address(address), "pending"))
                 )
             nonce = self._nonces[address]
             self._nonces[address] = nonce + 1
@@ -238,7 +241,7 @@ class Chain:
         decode = decode_revert or (lambda e: TransactionFailed(str(e)))
         if "gas" not in tx:
             try:
-                estimate = self.call(lambda: self.w3.eth.estimate_gas(tx))
+                estimate = self.call(lambda: self.w3.eth.estimate_gas(cast(TxParams, tx)))
             except REVERT_ERRORS as exc:
                 raise decode(exc) from None
             tx["gas"] = int(estimate * 1.2) + 10_000
@@ -247,8 +250,8 @@ class Chain:
             tx["nonce"] = self._next_nonce(sender)
             signed = account.sign_transaction(tx)
             try:
-                tx_hash = self.call(lambda s=signed: self.w3.eth.send_raw_transaction(
-                    s.raw_transaction))
+                tx_hash = self.call(partial(self.w3.eth.send_raw_transaction,
+                                            signed.raw_transaction))
                 break
             except REVERT_ERRORS as exc:
                 self._forget_nonce(sender)
@@ -284,7 +287,7 @@ class Chain:
     ) -> None:
         call = {k: tx[k] for k in ("from", "to", "data", "value") if k in tx}
         try:
-            self.call(lambda: self.w3.eth.call(call, receipt.block_number - 1))
+            self.call(lambda: self.w3.eth.call(cast(TxParams, call), receipt.block_number - 1))
         except REVERT_ERRORS as exc:
             raise decode(exc) from None
         raise TransactionFailed(f"transaction {receipt.tx_hash} reverted (no reason given)")
@@ -318,7 +321,7 @@ class Chain:
             if topics:
                 params["topics"] = topics
             try:
-                logs = self.call(lambda p=params: self.w3.eth.get_logs(p))
+                logs = self.call(partial(self.w3.eth.get_logs, cast(FilterParams, params)))
             except (Web3RPCError, ValueError) as exc:
                 if page > 1 and _is_range_error(exc):
                     page = max(1, page // 2)

@@ -31,6 +31,13 @@ def cid_bytes(cid: CidLike) -> bytes:
     return bytes(cid)
 
 
+def to_cid(raw: bytes) -> Any:
+    """The CID object of a binary CID read from the chain (InvalidCID if it is not one)."""
+    from .storage import CID
+
+    return CID.from_bytes(raw)
+
+
 def cid_text(raw: bytes) -> str:
     """The canonical text of a binary CID (falls back to hex for bytes that are not a CID)."""
     from .storage import CID

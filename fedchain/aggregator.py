@@ -1,0 +1,285 @@
+"""The aggregator loop: genesis, then per round wait → fetch and check → aggregate → publish.
+
+The aggregator keeps no state that the chain and the store do not: killed and restarted, it
+reads the open round and its submissions from the chain and carries on, without losing or
+double-counting an update.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .codec import ModelSpec, Weights, decode, encode, spec
+from .contract import FedChain, UpdateSubmitted, cid_text, to_cid
+from .errors import ConfigError, FedChainError, InvalidModel, StorageError
+from .history import History
+from .plan import Plan
+from .strategy import Strategy, Update, strategy_from_plan
+
+log = logging.getLogger("fedchain.aggregator")
+
+EvaluateFn = Callable[[int, Weights], tuple[float, Mapping[str, float]] | None]
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An update left out of a round, and why."""
+
+    learner: str
+    cid: str
+    reason: str
+
+
+@dataclass
+class RoundResult:
+    """What the aggregator did in one round."""
+
+    round: int
+    global_cid: str
+    included: list[str]
+    rejected: list[Rejected]
+    received: int
+    seconds: float
+    centralized: tuple[float, dict[str, float]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Termination:
+    """When to stop (MetisFL's termination signals): rounds, wall clock, or a metric target."""
+
+    rounds: int
+    wall_clock_seconds: float | None = None
+    metric: str | None = None
+    target: float | None = None
+    mode: str = "max"
+
+    def reached(self, round: int, started: float, value: float | None) -> str | None:
+        if round >= self.rounds:
+            return f"{self.rounds} rounds done"
+        elapsed = time.monotonic() - started
+        if self.wall_clock_seconds is not None and elapsed >= self.wall_clock_seconds:
+            return f"wall-clock cutoff of {self.wall_clock_seconds:.0f}s reached"
+        if self.target is not None and value is not None:
+            hit = value >= self.target if self.mode == "max" else value <= self.target
+            if hit:
+                return f"{self.metric} reached {value:.4f} (target {self.target})"
+        return None
+
+
+class Aggregator:
+    """Drives a federation from the aggregator's account."""
+
+    def __init__(
+        self,
+        contract: FedChain,
+        store: Any,
+        *,
+        strategy: Strategy | None = None,
+        initial_weights: Weights | None = None,
+        rounds: int = 3,
+        min_updates: int = 1,
+        round_timeout: float = 300.0,
+        train_config: Mapping[str, Any] | None = None,
+        eval_config: Mapping[str, Any] | None = None,
+        evaluate_fn: EvaluateFn | None = None,
+        termination: Termination | None = None,
+        poll_interval: float = 0.2,
+        evaluation_timeout: float = 30.0,
+        stop: threading.Event | None = None,
+    ) -> None:
+        if contract.account is None:
+            raise ConfigError("the aggregator's contract binding needs a signing account")
+        self.contract = contract
+        self.store = store
+        self.strategy = strategy
+        self.initial_weights = initial_weights
+        self.rounds = rounds
+        self.min_updates = max(0, min_updates)
+        self.round_timeout = round_timeout
+        self.train_config = dict(train_config or {})
+        self.eval_config = dict(eval_config or {})
+        self.evaluate_fn = evaluate_fn
+        self.termination = termination or Termination(rounds)
+        self.poll = poll_interval
+        self.evaluation_timeout = evaluation_timeout
+        self.stop_event = stop or threading.Event()
+        self.history = History()
+        self.results: list[RoundResult] = []
+        self.plan: Plan | None = None
+        self._spec: ModelSpec | None = None
+        self._state: Weights | None = None
+        # Where to start scanning for the open round's updates (0 after a restart).
+        self._round_block = 0
+
+    # -- genesis -----------------------------------------------------------------------
+
+    def start(self) -> Plan:
+        """Publishes the genesis model and plan, or resumes a federation already started."""
+        c = self.contract
+        if c.current_round() == 0:
+            if self.strategy is None or self.initial_weights is None:
+                raise ConfigError("genesis needs a strategy and initial weights")
+            plan = Plan(
+                strategy=self.strategy.to_plan(),
+                rounds=self.rounds,
+                min_updates=self.min_updates,
+                train=self.train_config,
+                evaluate=self.eval_config,
+            )
+            model_cid = self.store.put(encode(self.initial_weights))
+            plan_cid = self.store.put(plan.to_json())
+            receipt = c.set_genesis(model_cid, plan_cid)
+            self._round_block = receipt.block_number
+            log.info("genesis model %s, plan %s (%s): round 1 open", model_cid, plan_cid,
+                     plan.strategy["name"])
+            self.plan = plan
+        else:
+            self.plan = Plan.load(self.store, c.plan())
+            log.info("resuming federation at round %d (%s)", c.current_round(),
+                     self.plan.strategy["name"])
+        self.strategy = strategy_from_plan(self.plan.strategy)
+        self.rounds = self.plan.rounds
+        self.termination.rounds = self.plan.rounds
+        self.min_updates = self.plan.min_updates
+        return self.plan
+
+    # -- one round ---------------------------------------------------------------------
+
+    def wait_for_updates(self, round: int) -> list[UpdateSubmitted]:
+        """Waits for `min_updates` updates (or every learner, or the timeout); returns them."""
+        deadline = time.monotonic() + self.round_timeout
+        learners = max(1, self.contract.learner_count())
+        while True:
+            updates = self.contract.updates(round, from_block=self._round_block)
+            enough = len(updates) >= max(self.min_updates, 1)
+            if len(updates) >= learners or (enough and time.monotonic() >= deadline):
+                return updates
+            if time.monotonic() >= deadline:
+                log.warning("[ROUND %d] timeout after %.0fs with %d of %d updates needed",
+                            round, self.round_timeout, len(updates), self.min_updates)
+                return updates
+            if self.stop_event.wait(self.poll):
+                raise FedChainError("aggregator stopped")
+
+    def _fetch(
+        self, round: int, updates: list[UpdateSubmitted], rejected: list[Rejected],
+        included: list[str],
+    ) -> Iterator[Update]:
+        """Fetches, verifies and validates each update in learner order; bad ones are skipped."""
+        assert self._spec is not None and self.plan is not None
+        for u in sorted(updates, key=lambda u: int(u.learner, 16)):
+            cid = cid_text(u.model_cid)
+            try:
+                weights = decode(self.store.get(to_cid(u.model_cid)), reference=self._spec,
+                                 max_bytes=self.plan.max_model_bytes)
+            except (InvalidModel, StorageError) as exc:
+                rejected.append(Rejected(u.learner, cid, f"{type(exc).__name__}: {exc}"))
+                log.warning("[ROUND %d] rejected update of %s (%s): %s", round, u.learner, cid, exc)
+                continue
+            included.append(u.learner)
+            yield Update(u.learner, u.num_examples, weights)
+
+    def previous_global(self, round: int) -> Weights:
+        raw = self.contract.global_model(round - 1)
+        weights = decode(self.store.get(to_cid(raw)))
+        if self._spec is None:
+            self._spec = spec(weights)
+        return weights
+
+    def run_round(self, round: int) -> RoundResult:
+        """Aggregates and publishes `round` (which must be the open round)."""
+        assert self.strategy is not None
+        started = time.monotonic()
+        updates = self.wait_for_updates(round)
+        previous = self.previous_global(round)
+        rejected: list[Rejected] = []
+        included: list[str] = []
+        if len(updates) < self.min_updates:
+            # Below the plan's minimum the round closes without aggregating: the global model
+            # carries over and learners train again, instead of the federation hanging.
+            new, state = previous, self._state
+            log.warning("[ROUND %d] only %d of %d required updates: round closed without "
+                        "aggregation, global model carried over", round, len(updates),
+                        self.min_updates)
+        else:
+            new, state = self.strategy.aggregate(
+                previous, self._fetch(round, updates, rejected, included), self._state
+            )
+            if len(included) < max(1, self.min_updates):
+                log.warning("[ROUND %d] %d valid updates, %d required: global model carried "
+                            "over", round, len(included), self.min_updates)
+                new, state, included = previous, self._state, []
+        cid = self.store.put(encode(new))
+        receipt = self.contract.publish_global(round, cid, included)
+        self._round_block = receipt.block_number
+        self._state = state
+        result = RoundResult(round, str(cid), included, rejected, len(updates),
+                             time.monotonic() - started)
+        log.info("[ROUND %d] received %d updates, %d rejected, aggregated %d, published %s",
+                 round, len(updates), len(rejected), len(included), cid)
+        if self.evaluate_fn is not None:
+            outcome = self.evaluate_fn(round, new)
+            if outcome is not None:
+                loss, metrics = outcome
+                result.centralized = (float(loss), {k: float(v) for k, v in metrics.items()})
+                self.history.add_centralized(round, float(loss), metrics)
+                shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+                log.info("[ROUND %d] centralized evaluation: loss=%.4f %s", round, loss, shown)
+        self.results.append(result)
+        return result
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def run(self) -> History:
+        """Runs rounds until a termination signal, then calls finish()."""
+        if self.plan is None:
+            self.start()
+        started = time.monotonic()
+        c = self.contract
+        while not c.finished():
+            round = c.current_round()
+            if round > self.rounds:
+                break
+            result = self.run_round(round)
+            value = None
+            if self.termination.metric and result.centralized is not None:
+                value = result.centralized[1].get(self.termination.metric)
+            reason = self.termination.reached(round, started, value)
+            if reason:
+                log.info("stopping: %s", reason)
+                break
+        if not c.finished():
+            c.finish()
+            log.info("federation finished after round %d", c.current_round() - 1)
+        self.wait_for_evaluations(c.current_round() - 1)
+        return self.history
+
+    def wait_for_evaluations(self, round: int) -> int:
+        """Waits (up to `evaluation_timeout`) for every learner's report on `round`'s model."""
+        deadline = time.monotonic() + self.evaluation_timeout
+        learners = self.contract.learner_count()
+        while True:
+            reports = len(list(self.contract.events("EvaluationReported", round=round,
+                                                    from_block=self._round_block)))
+            if reports >= learners or time.monotonic() >= deadline:
+                return reports
+            if self.stop_event.wait(self.poll):
+                return reports
+
+    def state_summary(self) -> dict[str, Any]:
+        """A short description of the federation for logs and the CLI."""
+        c = self.contract
+        round = c.current_round()
+        return {
+            "contract": c.address,
+            "round": round,
+            "finished": c.finished(),
+            "learners": c.learner_count(),
+            "global": cid_text(c.global_model(round - 1)) if round > 0 else None,
+        }

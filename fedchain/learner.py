@@ -1,0 +1,257 @@
+"""The Learner API (Flower/MetisFL style), TorchLearner, and the learner loop."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .codec import ModelSpec, Weights, decode, encode, spec
+from .contract import FedChain, to_cid
+from .errors import (
+    AlreadyReported,
+    AlreadySubmitted,
+    FedChainError,
+    FederationFinished,
+    NoGlobalModel,
+    WrongRound,
+)
+from .plan import Plan
+
+log = logging.getLogger("fedchain.learner")
+
+Metrics = dict[str, float]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What local training produced: the new weights, how many examples, training metrics."""
+
+    weights: Weights
+    num_examples: int
+    metrics: Metrics = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """What evaluating a model on local data gave."""
+
+    loss: float
+    num_examples: int
+    metrics: Metrics = field(default_factory=dict)
+
+
+class Learner(ABC):
+    """A participant's model and data. Subclass it, or use TorchLearner."""
+
+    @abstractmethod
+    def get_weights(self) -> Weights: ...
+
+    @abstractmethod
+    def set_weights(self, weights: Weights) -> None: ...
+
+    @abstractmethod
+    def train(self, weights: Weights, config: Mapping[str, Any]) -> TrainResult: ...
+
+    @abstractmethod
+    def evaluate(self, weights: Weights, config: Mapping[str, Any]) -> EvalResult: ...
+
+
+TrainFn = Callable[[Any, Any, Mapping[str, Any]], Mapping[str, float] | None]
+EvalFn = Callable[[Any, Any, Mapping[str, Any]], tuple[float, Mapping[str, float]]]
+
+
+def _num_examples(data: Any) -> int:
+    dataset = getattr(data, "dataset", data)
+    return len(dataset)
+
+
+class TorchLearner(Learner):
+    """A Learner around a torch.nn.Module, a train function, an eval function and data.
+
+    `train_fn(model, train_data, config)` trains in place and may return metrics;
+    `eval_fn(model, test_data, config)` returns `(loss, metrics)`. Weights map onto the
+    module's `state_dict` by name, buffers (BatchNorm statistics, counters) included.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        train_fn: TrainFn,
+        eval_fn: EvalFn,
+        train_data: Any,
+        test_data: Any,
+        num_train_examples: int | None = None,
+        num_test_examples: int | None = None,
+    ) -> None:
+        self.model = model
+        self.train_fn = train_fn
+        self.eval_fn = eval_fn
+        self.train_data = train_data
+        self.test_data = test_data
+        self.num_train = num_train_examples or _num_examples(train_data)
+        self.num_test = num_test_examples or _num_examples(test_data)
+
+    def get_weights(self) -> Weights:
+        from .codec import from_state_dict
+
+        return from_state_dict(self.model.state_dict())
+
+    def set_weights(self, weights: Weights) -> None:
+        from .codec import to_state_dict
+
+        self.model.load_state_dict(to_state_dict(weights), strict=True)
+
+    def train(self, weights: Weights, config: Mapping[str, Any]) -> TrainResult:
+        self.set_weights(weights)
+        self.model.train()
+        metrics = self.train_fn(self.model, self.train_data, config) or {}
+        floats = {k: float(v) for k, v in metrics.items()}
+        return TrainResult(self.get_weights(), self.num_train, floats)
+
+    def evaluate(self, weights: Weights, config: Mapping[str, Any]) -> EvalResult:
+        import torch
+
+        self.set_weights(weights)
+        self.model.eval()
+        with torch.no_grad():
+            loss, metrics = self.eval_fn(self.model, self.test_data, config)
+        return EvalResult(float(loss), self.num_test, {k: float(v) for k, v in metrics.items()})
+
+
+def metrics_json(loss: float, metrics: Mapping[str, float]) -> bytes:
+    """The compact, key-sorted JSON reported on chain (at most 1 KiB)."""
+    body = {"loss": round(float(loss), 6), **{k: round(float(v), 6) for k, v in metrics.items()}}
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+class LearnerNode:
+    """Runs one learner against a federation: train each open round, evaluate each global model.
+
+    Stateless across restarts: what was already submitted or reported is read from the chain,
+    so a restarted learner never submits twice. A learner that joins late trains on the
+    current global model.
+    """
+
+    def __init__(
+        self,
+        learner: Learner,
+        contract: FedChain,
+        store: Any,
+        *,
+        name: str | None = None,
+        poll_interval: float = 0.2,
+        evaluate: bool = True,
+        stop: threading.Event | None = None,
+    ) -> None:
+        if contract.account is None:
+            raise FedChainError("the learner's contract binding needs a signing account")
+        self.learner = learner
+        self.contract = contract
+        self.store = store
+        self.address = contract.account.address
+        self.name = name or self.address[:10]
+        self.poll = poll_interval
+        self.evaluate_models = evaluate
+        self.stop_event = stop or threading.Event()
+        self._plan: Plan | None = None
+        self._spec: ModelSpec | None = None
+        self.submitted: list[int] = []
+        self.reported: list[int] = []
+        self._handled_round = -1
+
+    # -- helpers -----------------------------------------------------------------------
+
+    def plan(self) -> Plan:
+        if self._plan is None:
+            self._plan = Plan.load(self.store, self.contract.plan())
+        return self._plan
+
+    def global_weights(self, round: int) -> Weights:
+        """The verified, validated global model of `round` (0 = genesis)."""
+        raw = self.contract.global_model(round)
+        if not raw:
+            raise NoGlobalModel(round)
+        data = self.store.get(to_cid(raw))
+        weights = decode(data, reference=self._spec, max_bytes=self.plan().max_model_bytes)
+        if self._spec is None:
+            self._spec = spec(weights)
+        return weights
+
+    # -- steps -------------------------------------------------------------------------
+
+    def train_round(self, round: int) -> bool:
+        """Trains on the global model before `round` and submits; False if the round moved on."""
+        weights = self.global_weights(round - 1)
+        result = self.learner.train(weights, self.plan().train_config(round))
+        if self._spec is not None:
+            self._spec.check(spec(result.weights))
+        cid = self.store.put(encode(result.weights))
+        try:
+            self.contract.submit_update(round, cid, result.num_examples)
+        except (WrongRound, FederationFinished) as exc:
+            log.warning("%s: round %d closed before the update landed (%s)", self.name, round, exc)
+            return False
+        except AlreadySubmitted:
+            return False
+        self.submitted.append(round)
+        train_info = " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items())
+        log.info(
+            "[ROUND %d] %s submitted %s (%d examples) %s",
+            round, self.name, cid, result.num_examples, train_info,
+        )
+        return True
+
+    def evaluate_round(self, round: int) -> None:
+        """Evaluates `round`'s global model on local test data and reports it on chain."""
+        weights = self.global_weights(round)
+        result = self.learner.evaluate(weights, self.plan().eval_config(round))
+        try:
+            self.contract.report_evaluation(
+                round, result.num_examples, metrics_json(result.loss, result.metrics)
+            )
+        except AlreadyReported:
+            return
+        self.reported.append(round)
+        shown = " ".join(f"{k}={v:.4f}" for k, v in result.metrics.items())
+        log.info("[ROUND %d] %s evaluated global model: loss=%.4f %s", round, self.name,
+                 result.loss, shown)
+
+    def step(self) -> bool:
+        """Does whatever is due now; returns False when the federation has finished."""
+        c = self.contract
+        round = c.current_round()
+        if round == 0:
+            return True
+        if round == self._handled_round:
+            # Nothing new to do until the round moves on or the federation finishes.
+            return not c.finished()
+        last_published = round - 1
+        if (
+            self.evaluate_models
+            and last_published >= 1
+            and not c.has_reported(last_published, self.address)
+        ):
+            self.evaluate_round(last_published)
+        if c.finished():
+            return False
+        if not c.has_submitted(round, self.address):
+            self.train_round(round)
+        self._handled_round = round
+        return True
+
+    def run(self, timeout: float | None = None) -> None:
+        """Loops until the federation finishes (or `timeout` seconds, or stop is set)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.stop_event.is_set():
+            if not self.step():
+                log.info("%s: federation finished", self.name)
+                return
+            if deadline is not None and time.monotonic() > deadline:
+                raise FedChainError(f"{self.name}: federation did not finish within {timeout}s")
+            self.stop_event.wait(self.poll)

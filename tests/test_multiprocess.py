@@ -1,0 +1,138 @@
+"""The federation as a user runs it: deploy, aggregator and learners as separate processes.
+
+Real Anvil / Ganache nodes and the IPFS dev node, started from node_modules by fixtures; each
+fedchain process is the `fedchain` CLI, exactly as typed in separate terminals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fedchain.chain import connect
+from fedchain.deploy import find_contract
+
+TESTS_DIR = Path(__file__).resolve().parent
+
+pytestmark = [pytest.mark.slow, pytest.mark.ipfs]
+
+
+def _job(tmp_path: Path, chain_url: str, store_url: str, rounds: int = 2) -> Path:
+    job = tmp_path / "job.toml"
+    job.write_text(f"""
+[federation]
+chain = "{chain_url}"
+store = "{store_url}"
+deployments = "{tmp_path / 'deployments'}"
+
+[model]
+learner = "fedmodels:make_learner"
+initial = "fedmodels:initial_weights"
+
+[strategy]
+name = "FedAvg"
+scaling = "num_examples"
+
+[run]
+rounds = {rounds}
+learners = 3
+min_updates = 3
+round_timeout = 120
+
+[train]
+lr = 0.1
+steps = 5
+
+[output]
+dir = "{tmp_path / 'out'}"
+""")
+    return job
+
+
+def _fedchain(*args: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(TESTS_DIR)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "fedchain.cli", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, **kw,
+    )
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 240) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    text = out.decode(errors="replace")
+    assert proc.returncode == 0, text
+    return text
+
+
+def _deploy(job: Path, chain_url: str) -> str:
+    return _finish(_fedchain("deploy", "--job", str(job), "--learners", "3"))
+
+
+def _wait_until(predicate, timeout: float = 120, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [pytest.param("anvil", marks=pytest.mark.xdist_group("anvil")),
+     pytest.param("ganache", marks=pytest.mark.xdist_group("ganache"))],
+)
+def test_aggregator_and_three_learners_as_processes(backend, request, ipfs_node, tmp_path):
+    node = request.getfixturevalue(f"{backend}_node")
+    job = _job(tmp_path, node.url, ipfs_node.url)
+    deployed = _deploy(job, node.url)
+    assert "deployed FedChain at" in deployed
+
+    aggregator = _fedchain("aggregator", "--job", str(job))
+    learners = [_fedchain("learner", "--id", str(i), "--job", str(job)) for i in range(3)]
+    agg_out = _finish(aggregator)
+    learner_outs = [_finish(p) for p in learners]
+
+    assert "[ROUND 2] received 3 updates, 0 rejected" in agg_out
+    assert "federation finished" in agg_out
+    for i, out in enumerate(learner_outs):
+        assert f"[ROUND 1] learner-{i} submitted" in out
+        assert f"[ROUND 2] learner-{i} evaluated global model" in out
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [r for r, _ in results["losses_distributed"]] == [1, 2]
+
+    contract = find_contract(connect(node.url), directory=tmp_path / "deployments")
+    assert contract.finished()
+    assert [len(contract.events("GlobalModelPublished", round=r).__next__().included)
+            for r in (1, 2)] == [3, 3]
+
+
+@pytest.mark.xdist_group("anvil")
+def test_aggregator_killed_mid_round_resumes_without_losing_updates(anvil_node, ipfs_node,
+                                                                     tmp_path):
+    job = _job(tmp_path, anvil_node.url, ipfs_node.url, rounds=1)
+    _deploy(job, anvil_node.url)
+    contract = find_contract(connect(anvil_node.url), directory=tmp_path / "deployments")
+
+    first = _fedchain("aggregator", "--job", str(job))
+    learners = [_fedchain("learner", "--id", str(i), "--job", str(job)) for i in (0, 1)]
+    _wait_until(lambda: len(contract.updates(1)) == 2, what="two updates in round 1")
+    first.send_signal(signal.SIGKILL)
+    first.communicate()
+
+    second = _fedchain("aggregator", "--job", str(job))
+    learners.append(_fedchain("learner", "--id", "2", "--job", str(job)))
+    out = _finish(second)
+    for p in learners:
+        _finish(p)
+
+    assert "resuming federation at round 1" in out
+    assert "[ROUND 1] received 3 updates, 0 rejected, aggregated 3" in out
+    published = next(contract.events("GlobalModelPublished", round=1))
+    assert len(published.included) == 3
+    assert len(contract.updates(1)) == 3  # nobody submitted twice
