@@ -177,13 +177,14 @@ class Aggregator:
             cid = cid_text(u.model_cid)
             try:
                 weights = decode(self.store.get(to_cid(u.model_cid)), reference=self._spec,
-                                 max_bytes=self.plan.max_model_bytes)
+                                 max_bytes=self.plan.max_model_bytes, copy=False)
             except (InvalidModel, StorageError) as exc:
                 rejected.append(Rejected(u.learner, cid, f"{type(exc).__name__}: {exc}"))
                 log.warning("[ROUND %d] rejected update of %s (%s): %s", round, u.learner, cid, exc)
                 continue
             included.append(u.learner)
             yield Update(u.learner, u.num_examples, weights)
+            del weights  # release this update before the next one is fetched
 
     def previous_global(self, round: int) -> Weights:
         raw = self.contract.global_model(round - 1)

@@ -175,7 +175,7 @@ def cmd_aggregator(args: argparse.Namespace) -> int:
         if job.initial:
             initial = job.resolve(job.initial, "initial model")()
         else:
-            initial = job.resolve(job.learner, "learner factory")(0, job.learners).get_weights()
+            initial = job.learner_factory()(0, job.learners).get_weights()
     evaluate_fn = job.resolve(job.evaluate, "evaluate function") if job.evaluate else None
     agg = Aggregator(
         contract, store, strategy=_strategy(job), initial_weights=initial, rounds=job.rounds,
@@ -204,8 +204,7 @@ def cmd_learner(args: argparse.Namespace) -> int:
     contract = _contract(job, chain, account)
     if not contract.is_learner(account.address):
         raise ConfigError(f"{account.address} is not a registered learner of {contract.address}")
-    factory = job.resolve(job.learner, "learner factory")
-    learner = factory(args.id, job.learners)
+    learner = job.learner_factory()(args.id, job.learners)
     node = LearnerNode(learner, contract, open_store(job.store), name=f"learner-{args.id}",
                        stop=_stop_on_signals())
     log.info("learner %d (%s) joined federation %s", args.id, account.address, contract.address)
@@ -217,7 +216,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from .simulation import simulate
 
     job = _job(args)
-    factory = job.resolve(job.learner, "learner factory")
+    factory = job.learner_factory()
     evaluate_fn = job.resolve(job.evaluate, "evaluate function") if job.evaluate else None
     initial = job.resolve(job.initial, "initial model")() if job.initial else None
     started = time.monotonic()

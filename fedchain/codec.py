@@ -111,10 +111,19 @@ def spec(weights: Mapping[str, np.ndarray]) -> ModelSpec:
     )
 
 
+_FINITE_BLOCK = 1 << 20
+
+
 def _check_finite(name: str, array: np.ndarray) -> None:
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        bad = int(np.count_nonzero(~np.isfinite(array)))
-        raise InvalidModel(f"layer {name}: {bad} non-finite value(s) (NaN or ±inf)")
+    if array.dtype.kind != "f":
+        return
+    # In blocks: a whole-layer isfinite() would allocate a temporary as large as the layer.
+    flat = array.reshape(-1)
+    for start in range(0, flat.size, _FINITE_BLOCK):
+        block = flat[start : start + _FINITE_BLOCK]
+        if not np.isfinite(block).all():
+            bad = int(np.count_nonzero(~np.isfinite(flat)))
+            raise InvalidModel(f"layer {name}: {bad} non-finite value(s) (NaN or ±inf)")
 
 
 def _le_contiguous(name: str, value: Any) -> np.ndarray:
@@ -263,8 +272,14 @@ def decode(
     data: bytes | bytearray | memoryview,
     reference: Mapping[str, np.ndarray] | ModelSpec | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    copy: bool = True,
 ) -> Weights:
-    """Validated weights from model bytes, in the model's order; InvalidModel says what is wrong."""
+    """Validated weights from model bytes, in the model's order; InvalidModel says what is wrong.
+
+    With `copy=False` the arrays are read-only views into `data` where its layout allows
+    (little-endian, aligned), which saves a copy of the model when it is only read, as the
+    aggregator does with updates.
+    """
     _, entries, start = _parse_header(data, max_bytes)
     if reference is not None:
         ref = reference if isinstance(reference, ModelSpec) else spec(reference)
@@ -278,8 +293,11 @@ def decode(
         flat = np.frombuffer(data, dtype=np.uint8, count=end - begin, offset=start + begin)
         if dtype == np.bool_ and flat.max() > 1:
             raise InvalidModel(f"layer {t.name}: bool values other than 0 and 1")
-        # Copy out of the buffer: callers get writable, aligned arrays that do not pin `data`.
-        array = flat.view(dtype).reshape(t.shape).astype(dtype.newbyteorder("="), copy=True)
+        view = flat.view(dtype).reshape(t.shape)
+        aligned = view.dtype.isnative and view.ctypes.data % view.dtype.alignment == 0
+        # By default copy out of the buffer: writable, aligned arrays that do not pin `data`.
+        array = view if (not copy and aligned) else view.astype(dtype.newbyteorder("="),
+                                                                copy=True)
         _check_finite(t.name, array)
         weights[t.name] = array
     return weights

@@ -100,6 +100,14 @@ class Job:
             raise ConfigError(f"job file {p}: unknown sections {sorted(unknown)}")
         return job
 
+    def learner_factory(self) -> Any:
+        """`make_learner(id, num_learners)`, with the job's [model] options as keywords."""
+        factory = self.resolve(self.learner, "learner factory")
+        options = dict(self.learner_options)
+        if not options:
+            return factory
+        return lambda learner_id, num_learners: factory(learner_id, num_learners, **options)
+
     def resolve(self, spec: str | None, what: str) -> Any:
         """Imports `module:attribute` (the job file's directory and cwd are importable)."""
         if not spec:

@@ -1,0 +1,13 @@
+#!/usr/bin/env python
+"""Run one learner ("client"): `python scripts/client.py --id 0 --job JOB.toml`.
+
+The same as `fedchain learner`; learner N signs with dev account 2+N on a dev chain, or with
+--key / FEDCHAIN_KEY / --keystore anywhere else.
+"""
+
+import sys
+
+from fedchain.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["learner", *sys.argv[1:]]))

@@ -1,0 +1,13 @@
+#!/usr/bin/env python
+"""Deploy FedChain, as in the seed tutorials: `python scripts/deploy.py --chain URL --learners 3`.
+
+The same as `fedchain deploy`: runs migrations/ in order and records the deployment in
+deployments/<chainId>.json, where the server and client scripts find it.
+"""
+
+import sys
+
+from fedchain.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["deploy", *sys.argv[1:]]))
