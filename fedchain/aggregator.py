@@ -144,6 +144,13 @@ class Aggregator:
             log.info("resuming federation at round %d (%s)", c.current_round(),
                      self.plan.strategy["name"])
         self.strategy = strategy_from_plan(self.plan.strategy)
+        open_round = c.current_round()
+        if self.strategy.stateful and open_round > 1:
+            # Server-optimizer state lives nowhere but in the history: replay it.
+            from .verify import rebuild_state
+
+            self._state = rebuild_state(c, self.store, self.strategy, open_round - 1)
+            log.info("rebuilt %s state from rounds 1-%d", self.strategy.name, open_round - 1)
         self.rounds = self.plan.rounds
         self.termination.rounds = self.plan.rounds
         self.min_updates = self.plan.min_updates

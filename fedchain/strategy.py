@@ -71,6 +71,8 @@ class Strategy(ABC):
     """Turns the previous global model and a round's updates into the next global model."""
 
     name: ClassVar[str]
+    #: Whether aggregate() carries server-optimizer state from round to round.
+    stateful: ClassVar[bool] = False
 
     def to_plan(self) -> dict[str, Any]:
         """The strategy as JSON-able data: {"name": ..., "params": {...}}."""
@@ -209,6 +211,7 @@ class FedAvgM(Strategy):
     """
 
     name: ClassVar[str] = "FedAvgM"
+    stateful: ClassVar[bool] = True
     server_lr: float = 1.0
     momentum: float = 0.9
     scaling: str = "num_examples"
@@ -249,6 +252,7 @@ class FedAdam(Strategy):
     """
 
     name: ClassVar[str] = "FedAdam"
+    stateful: ClassVar[bool] = True
     eta: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.99

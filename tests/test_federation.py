@@ -205,3 +205,25 @@ def _raw_encode(weights):
         return encode(weights)
     finally:
         codec._check_finite = check
+
+
+def test_restarted_aggregator_replays_server_optimizer_state(federation, store):
+    from fedchain.strategy import FedAvgM
+
+    chain, aggregator, learners = federation
+    nodes = [LearnerNode(LinearLearner(i), c, store, evaluate=False)
+             for i, c in enumerate(learners)]
+    first = make_aggregator(aggregator, store, strategy=FedAvgM(server_lr=1.0, momentum=0.9))
+    first.start()
+    for _ in range(2):
+        for n in nodes:
+            n.step()
+        first.run_round(aggregator.current_round())
+
+    restarted = make_aggregator(aggregator, store, initial_weights=None, strategy=None)
+    restarted.start()
+
+    assert restarted._state is not None
+    assert set(restarted._state) == set(first._state)
+    for name in first._state:
+        assert np.array_equal(restarted._state[name], first._state[name]), name
