@@ -21,6 +21,7 @@ from typing import Self
 from urllib.parse import unquote, urlparse
 
 from ..errors import ConfigError, ContentMismatch
+from ..progress import transfer
 from .cid import CID
 from .unixfs import CHUNK_SIZE, CidBuilder, cid_of
 
@@ -55,7 +56,12 @@ class ContentStore(ABC):
 
     def put(self, data: bytes | bytearray | memoryview) -> CID:
         """Store `data`; return its CID."""
-        return self.put_stream([data if isinstance(data, bytes) else bytes(data)])
+        view = memoryview(data)
+        step = 4 * CHUNK_SIZE
+        chunks = (bytes(view[i : i + step]) for i in range(0, len(view), step))
+        if len(view) <= step:
+            return self.put_stream([bytes(view)])
+        return self.put_stream(transfer(chunks, f"upload to {self.url}", len(view)))
 
     def get_stream(self, cid: CID | str) -> Iterator[bytes]:
         """The content of `cid` in chunks, verified against the CID as it streams.
@@ -87,7 +93,7 @@ class ContentStore(ABC):
 
     def get(self, cid: CID | str) -> bytes:
         """The content of `cid`, verified against the CID."""
-        return b"".join(self.get_stream(cid))
+        return b"".join(transfer(self.get_stream(cid), f"download {str(cid)[:16]}…"))
 
     def put_file(self, path: str | Path) -> CID:
         """Store a file's contents, streamed; return its CID."""

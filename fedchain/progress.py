@@ -1,0 +1,54 @@
+"""Progress bars for local training and model transfers (tqdm), shown only on a terminal.
+
+Set FEDCHAIN_PROGRESS=0 to turn them off, =1 to force them (e.g. in a notebook).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
+
+from tqdm import tqdm
+
+T = TypeVar("T")
+
+#: Transfers smaller than this finish too fast for a bar to help.
+MIN_TRANSFER_BYTES = 16 * 1024 * 1024
+
+
+def enabled() -> bool:
+    setting = os.environ.get("FEDCHAIN_PROGRESS")
+    if setting is not None:
+        return setting not in ("0", "false", "no", "")
+    return sys.stderr.isatty()
+
+
+def progress(iterable: Iterable[T], desc: str, total: int | None = None) -> Iterable[T]:
+    """`iterable`, with a progress bar while it is consumed (e.g. batches of an epoch)."""
+    if not enabled():
+        return iterable
+    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
+
+
+def transfer(chunks: Iterable[bytes], desc: str, total: int | None = None) -> Iterator[bytes]:
+    """Byte chunks passed through, counted on a bar once the transfer proves large."""
+    if not enabled() or (total is not None and total < MIN_TRANSFER_BYTES):
+        yield from chunks
+        return
+    bar: tqdm | None = None
+    seen = 0
+    try:
+        for chunk in chunks:
+            seen += len(chunk)
+            if bar is None and seen >= MIN_TRANSFER_BYTES:
+                bar = tqdm(desc=desc, total=total, unit="B", unit_scale=True,
+                           unit_divisor=1024, leave=False, dynamic_ncols=True)
+                bar.update(seen - len(chunk))
+            if bar is not None:
+                bar.update(len(chunk))
+            yield chunk
+    finally:
+        if bar is not None:
+            bar.close()
