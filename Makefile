@@ -4,7 +4,7 @@ PIP     := .venv/bin/pip
 STAMP_PY  := .venv/.fedchain-installed
 STAMP_NPM := node_modules/.fedchain-installed
 
-.PHONY: setup demo test lint compile bench clean
+.PHONY: setup demo test lint compile bench clean cid-vectors
 
 setup: $(STAMP_PY) $(STAMP_NPM)
 
@@ -40,3 +40,7 @@ bench: setup
 
 clean:
 	rm -rf .venv node_modules build dist *.egg-info .pytest_cache
+
+# Regenerate the reference CIDs (tests/data/cid_vectors.json) with the IPFS reference importer.
+cid-vectors: setup
+	node_modules/node/bin/node scripts/cid-vectors.mjs
