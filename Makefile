@@ -21,7 +21,7 @@ $(STAMP_NPM): package.json package-lock.json
 	touch $@
 
 demo: setup
-	$(PY) -m fedchain.demo
+	$(PY) -m fedchain.cli simulate --job examples/cnn/fedchain.toml --rounds 3 --output runs/demo --audit
 
 test: setup
 	$(PY) -m pytest -n 2 --dist loadgroup
@@ -37,6 +37,7 @@ bench: setup
 	$(PY) bench/gas.py
 	$(PY) bench/storage.py
 	$(PY) bench/aggregate.py
+	$(PY) bench/audit.py
 
 clean:
 	rm -rf .venv node_modules build dist *.egg-info .pytest_cache

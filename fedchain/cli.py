@@ -231,7 +231,19 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     print(f"\n{len(result.rounds)} rounds in {time.monotonic() - started:.1f}s on "
           f"{job.chain} chain, contract {result.contract.address}")
     print(f"results: {result.results_path}  plot: {result.plot_path}")
-    return 0
+    if not args.audit:
+        return 0
+    from rich.console import Console
+
+    from .audit import audit_federation
+    from .report import print_report, write_html
+
+    report = audit_federation(result.contract, result.store)
+    console = Console()
+    console.print("\n[bold]fedchain audit --verify[/bold] of this run, from the chain alone:")
+    print_report(report, console)
+    console.print(f"HTML report: {write_html(report, Path(job.output) / 'audit.html')}")
+    return report.exit_status()
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -383,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--round-timeout", type=float)
     p.add_argument("--strategy", help="strategy name (params from the job file)")
     p.add_argument("--output", help="directory for results.json and the plot")
+    p.add_argument("--audit", action="store_true",
+                   help="audit the finished run from the chain and re-verify every round")
     p.set_defaults(fn=cmd_simulate)
 
     p = sub.add_parser("status", help="the federation's current round and submissions")
