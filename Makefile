@@ -24,7 +24,7 @@ demo: setup
 	$(PY) -m fedchain.cli simulate --job examples/cnn/fedchain.toml --rounds 3 --output runs/demo --audit
 
 test: setup
-	$(PY) -m pytest -n 2 --dist loadgroup
+	$(PY) -m pytest -n 2
 
 lint: setup
 	.venv/bin/ruff check fedchain tests bench scripts examples

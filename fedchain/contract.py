@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from eth_abi import decode as abi_decode
@@ -167,6 +169,14 @@ def _revert_data(exc: Exception) -> bytes | None:
             candidates.extend(c)
         elif isinstance(c, bytes | bytearray) and len(c) >= 4:
             return bytes(c)
+        elif isinstance(c, str) and re.search(r"reverted: b['\"]", c):
+            # eth-tester's eth_call puts the revert bytes' repr into its message.
+            try:
+                literal = ast.literal_eval(c[c.index("reverted: ") + len("reverted: "):].strip())
+            except (ValueError, SyntaxError):
+                literal = None
+            if isinstance(literal, bytes) and len(literal) >= 4:
+                return literal
         elif isinstance(c, str):
             m = re.search(r"0x([0-9a-fA-F]{8}(?:[0-9a-fA-F]{2})*)", c)
             if m and (c.startswith("0x") or "revert" in c.lower() or "data" in c.lower()):
@@ -212,7 +222,9 @@ class FedChain:
         artifact = load_artifact()
         args = abi_encode(["address"], [to_checksum_address(aggregator or account.address)])
         data = artifact["bytecode"] + args.hex()
-        receipt = chain.transact(account, {"data": data}, decode_revert=_plain_failure)
+        errors = _error_table(artifact["abi"])
+        receipt = chain.transact(account, {"data": data},
+                                 decode_revert=partial(decode_revert, errors))
         if not receipt.contract_address:
             raise TransactionFailed(f"deployment {receipt.tx_hash} created no contract")
         return cls(chain, receipt.contract_address, account), receipt
@@ -246,12 +258,7 @@ class FedChain:
 
     def decode_revert(self, exc: Exception) -> Exception:
         """The fedchain exception for a revert: the contract's custom error, decoded."""
-        data = _revert_data(exc)
-        if data is not None and data[:4] in self._errors:
-            name, types = self._errors[data[:4]]
-            values = abi_decode(types, data[4:]) if types else ()
-            return REVERTS[name](*(_convert(v) for v in values))
-        return TransactionFailed(f"transaction reverted: {exc}")
+        return decode_revert(self._errors, exc)
 
     # -- membership --------------------------------------------------------------------
 
@@ -369,5 +376,11 @@ class FedChain:
         return [a for a, on in active.items() if on]
 
 
-def _plain_failure(exc: Exception) -> Exception:
-    return TransactionFailed(f"deployment failed: {exc}")
+def decode_revert(errors: dict[bytes, tuple[str, list[str]]], exc: Exception) -> Exception:
+    """The contract's custom error behind a failed call, decoded; else TransactionFailed."""
+    data = _revert_data(exc)
+    if data is not None and data[:4] in errors:
+        name, types = errors[data[:4]]
+        values = abi_decode(types, data[4:]) if types else ()
+        return REVERTS[name](*(_convert(v) for v in values))
+    return TransactionFailed(f"transaction failed: {exc}")

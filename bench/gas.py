@@ -1,0 +1,199 @@
+"""Gas used by FedChain over a long run, against the targets and the Ethereum predecessor.
+
+Starts Anvil from node_modules (or Ganache, or the embedded chain), deploys FedChain, registers
+10 learners and runs 100 rounds of 10 submitUpdate (36-byte CIDv1) + 1 publishGlobal
+including all 10, then a few evaluation reports. Prints a table and exits 1 if a target is
+missed.
+
+    .venv/bin/python bench/gas.py [--chain anvil|ganache|embedded] [--rounds 100] [--learners 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import statistics
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from fedchain import devnet
+from fedchain.chain import Chain, connect
+from fedchain.contract import FedChain
+
+#: What the contract must do (from the issue); gas per transaction.
+TARGET_SUBMIT_MEDIAN = 50_000
+TARGET_SUBMIT_DRIFT = 0.02  # last round's median within 2 % of round 2's
+TARGET_PUBLISH = 120_000
+TARGET_DEPLOY = 1_500_000
+
+#: The predecessor (Flower's "Quickstart PyTorch Ethereum"), measured on Ganache.
+REFERENCE_SUBMIT_ROUND_1 = 152_000
+REFERENCE_SUBMIT_ROUND_20 = 244_000
+REFERENCE_DEPLOY = 2_040_000
+
+REPORTS = 5
+
+
+def cid_v1(tag: str) -> bytes:
+    """A 36-byte CIDv1 (raw codec, sha2-256), the form fedchain's stores produce."""
+    return b"\x01\x55\x12\x20" + hashlib.sha256(tag.encode()).digest()
+
+
+@dataclass
+class Measurements:
+    deploy: int = 0
+    add_learners: int = 0
+    genesis: int = 0
+    finish: int = 0
+    #: round → gas of each submitUpdate in that round
+    submits: dict[int, list[int]] = field(default_factory=dict)
+    publishes: list[int] = field(default_factory=list)
+    reports: list[int] = field(default_factory=list)
+    transactions: int = 0
+    seconds: float = 0.0
+
+
+@contextmanager
+def chain_for(kind: str) -> Iterator[Chain]:
+    """A connected chain of `kind`; dev nodes are started here and stopped afterwards."""
+    if kind == "embedded":
+        yield connect("embedded", fresh=True)
+        return
+    node = devnet.start_anvil() if kind == "anvil" else devnet.start_ganache()
+    try:
+        yield connect(node.url)
+    finally:
+        node.stop()
+
+
+def run(chain: Chain, rounds: int, learners: int) -> Measurements:
+    """Runs the federation and records the gas of every transaction."""
+    m = Measurements()
+    start = time.perf_counter()
+    owner, aggregator = chain.account(0), chain.account(1)
+    accounts = [chain.account(2 + i) for i in range(learners)]
+    fc, receipt = FedChain.deploy(chain, owner, aggregator.address)
+    m.deploy = receipt.gas_used
+    m.add_learners = fc.add_learners([a.address for a in accounts]).gas_used
+    agg = fc.with_account(aggregator)
+    bindings = [fc.with_account(a) for a in accounts]
+    m.genesis = agg.set_genesis(cid_v1("genesis"), cid_v1("plan")).gas_used
+    included = [a.address for a in accounts]
+    # One thread per learner, as real learners would send: the node sees them concurrently.
+    with ThreadPoolExecutor(max_workers=learners) as pool:
+        for r in range(1, rounds + 1):
+            receipts = pool.map(
+                lambda b, r=r: b.submit_update(r, cid_v1(f"{r}/{b.account.address}"), 600),
+                bindings,
+            )
+            m.submits[r] = [rc.gas_used for rc in receipts]
+            m.publishes.append(agg.publish_global(r, cid_v1(f"global {r}"), included).gas_used)
+    metrics = '{"loss":0.3141,"accuracy":0.9271}'
+    m.reports = [b.report_evaluation(rounds, 600, metrics).gas_used for b in bindings[:REPORTS]]
+    m.finish = agg.finish().gas_used
+    m.transactions = 4 + rounds * (learners + 1) + len(m.reports)
+    m.seconds = time.perf_counter() - start
+    return m
+
+
+def _row(name: str, gas: float | str, target: str = "", ok: bool | None = None) -> str:
+    value = f"{gas:>12,.0f}" if isinstance(gas, int | float) else f"{gas:>12}"
+    mark = "" if ok is None else ("  ok" if ok else "  MISSED")
+    return f"  {name:<44}{value}   {target:<22}{mark}".rstrip()
+
+
+def report(m: Measurements, kind: str, rounds: int, learners: int) -> bool:
+    """Prints the table; True when every target is met."""
+    every = [g for gs in m.submits.values() for g in gs]
+    medians = {r: statistics.median(gs) for r, gs in m.submits.items()}
+    second = medians.get(2, medians[1])
+    last = medians[rounds]
+    drift = (last - second) / second
+    publish = statistics.median(m.publishes)
+    overall = statistics.median(every)
+
+    checks = {
+        "submit": overall <= TARGET_SUBMIT_MEDIAN,
+        "drift": abs(drift) <= TARGET_SUBMIT_DRIFT,
+        "publish": publish <= TARGET_PUBLISH,
+        "deploy": m.deploy <= TARGET_DEPLOY,
+    }
+    rate = m.transactions / m.seconds
+    print(f"FedChain gas on {kind}: {learners} learners, {rounds} rounds, 36-byte CIDv1")
+    print(f"  ({m.transactions} transactions in {m.seconds:.1f} s, {rate:.0f} tx/s)\n")
+    print(_row("transaction", "gas", "target"))
+    print(_row("deployment", m.deploy, f"<= {TARGET_DEPLOY:,}", checks["deploy"]))
+    print(_row(f"addLearners ({learners} at once)", m.add_learners))
+    print(_row("setGenesis", m.genesis))
+    print(
+        _row(
+            "submitUpdate median, all rounds",
+            overall,
+            f"<= {TARGET_SUBMIT_MEDIAN:,}",
+            checks["submit"],
+        )
+    )
+    print(_row("submitUpdate min, all rounds", min(every)))
+    print(_row("submitUpdate max, all rounds", max(every)))
+    print(_row("submitUpdate median, round 1", medians[1]))
+    print(_row("submitUpdate median, round 2", second))
+    print(_row(f"submitUpdate median, round {rounds}", last))
+    print(
+        _row(
+            f"  round {rounds} vs round 2",
+            f"{drift:+.2%}",
+            f"within ±{TARGET_SUBMIT_DRIFT:.0%}",
+            checks["drift"],
+        )
+    )
+    print(
+        _row(
+            f"publishGlobal median ({learners} included)",
+            publish,
+            f"<= {TARGET_PUBLISH:,}",
+            checks["publish"],
+        )
+    )
+    print(_row("publishGlobal min / max", f"{min(m.publishes):,} / {max(m.publishes):,}"))
+    print(_row("reportEvaluation median", statistics.median(m.reports)))
+    print(_row("finish", m.finish))
+
+    print("\n  per round: submitUpdate min / median / max (the round's first update pays for")
+    print("  a fresh submission-bitmap word; the others update it)")
+    shown = sorted({1, 2, 3, rounds // 2, rounds - 1, rounds} & set(m.submits))
+    for r in shown:
+        gs = m.submits[r]
+        print(f"    round {r:>4}: {min(gs):>8,} {statistics.median(gs):>10,.0f} {max(gs):>8,}")
+
+    print("\n  the predecessor (Flower Ethereum quickstart), for reference:")
+    print(_row("submit, round 1", REFERENCE_SUBMIT_ROUND_1))
+    print(_row("submit, round 20 (grows every round)", REFERENCE_SUBMIT_ROUND_20))
+    print(_row("deployment", REFERENCE_DEPLOY))
+    ratio = REFERENCE_SUBMIT_ROUND_20 / overall
+    print(f"\n  submitUpdate costs {ratio:.1f}x less than the predecessor's round 20, flat.")
+    missed = [name for name, ok in checks.items() if not ok]
+    print("  all targets met" if not missed else f"  TARGETS MISSED: {', '.join(missed)}")
+    return not missed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--chain", choices=["anvil", "ganache", "embedded"], default="anvil")
+    parser.add_argument("--rounds", type=int, default=100)
+    parser.add_argument("--learners", type=int, default=10)
+    args = parser.parse_args(argv)
+    if not 1 <= args.learners <= devnet.DEV_ACCOUNTS - 2:
+        parser.error(f"--learners must be in 1..{devnet.DEV_ACCOUNTS - 2}")
+    if args.rounds < 2:
+        parser.error("--rounds must be at least 2")
+    with chain_for(args.chain) as chain:
+        m = run(chain, args.rounds, args.learners)
+    return 0 if report(m, args.chain, args.rounds, args.learners) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

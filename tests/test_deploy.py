@@ -1,0 +1,101 @@
+"""fedchain.deploy on Anvil: the deployment record, re-runs, fresh deploys, finding the contract."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from eth_utils import to_checksum_address
+from fixtures.chains import dev
+from web3.types import RPCEndpoint
+
+from fedchain.chain import Chain
+from fedchain.compile import load_artifact
+from fedchain.contract import FedChain
+from fedchain.deploy import deploy, find_contract
+from fedchain.errors import DeploymentNotFound
+
+pytestmark = [pytest.mark.anvil, pytest.mark.xdist_group("anvil")]
+
+
+def test_deploy_writes_a_record_for_the_chain(anvil_chain: Chain, tmp_path: Path) -> None:
+    chain = anvil_chain
+    learners: list[str] = [dev(chain, i).address for i in (2, 3)]
+    contract, record, new = deploy(
+        chain,
+        dev(chain, 0),
+        aggregator=dev(chain, 1).address,
+        learners=learners,
+        directory=tmp_path,
+    )
+    assert new
+    on_disk = json.loads((tmp_path / "31337.json").read_text())
+    assert on_disk == record
+    assert record["chainId"] == 31337 and record["address"] == contract.address
+    assert record["tx"].startswith("0x") and len(record["tx"]) == 66
+    assert record["block"] == chain.w3.eth.get_transaction(record["tx"])["blockNumber"]
+    assert record["artifactHash"] == load_artifact()["sourceHash"]
+    assert record["learners"] == learners
+    assert contract.aggregator() == dev(chain, 1).address
+    assert sorted(contract.learners()) == sorted(learners)
+
+
+def test_deploying_again_reports_the_existing_deployment(
+    anvil_chain: Chain, tmp_path: Path
+) -> None:
+    first, record, _ = deploy(anvil_chain, dev(anvil_chain, 0), directory=tmp_path)
+    block = anvil_chain.block_number()
+    again, same, new = deploy(anvil_chain, dev(anvil_chain, 0), directory=tmp_path)
+    assert not new and again.address == first.address and same == record
+    assert anvil_chain.block_number() == block  # nothing was sent
+
+
+def test_fresh_deploy_replaces_the_recorded_contract(anvil_chain: Chain, tmp_path: Path) -> None:
+    first, _, _ = deploy(anvil_chain, dev(anvil_chain, 0), directory=tmp_path)
+    second, record, new = deploy(anvil_chain, dev(anvil_chain, 0), fresh=True, directory=tmp_path)
+    assert new and second.address != first.address
+    assert json.loads((tmp_path / "31337.json").read_text())["address"] == second.address
+    assert find_contract(anvil_chain, directory=tmp_path).address == second.address
+
+
+def test_a_record_of_a_contract_that_is_gone_leads_to_a_new_deployment(
+    anvil_chain: Chain, tmp_path: Path
+) -> None:
+    """What a restarted dev chain looks like: the recorded address holds no code any more."""
+    gone = "0x" + "ab" * 20
+    (tmp_path / "31337.json").write_text(json.dumps({"address": gone, "chainId": 31337}))
+    contract, _, new = deploy(anvil_chain, dev(anvil_chain, 0), directory=tmp_path)
+    assert new and contract.address.lower() != gone
+
+
+def test_find_contract_finds_the_recorded_deployment(anvil_chain: Chain, tmp_path: Path) -> None:
+    deployed, _, _ = deploy(anvil_chain, dev(anvil_chain, 0), directory=tmp_path)
+    found = find_contract(anvil_chain, account=dev(anvil_chain, 0), directory=tmp_path)
+    assert found.address == deployed.address and found.owner() == dev(anvil_chain, 0).address
+
+
+def test_find_contract_without_a_record_says_how_to_deploy(
+    anvil_chain: Chain, tmp_path: Path
+) -> None:
+    with pytest.raises(DeploymentNotFound) as err:
+        find_contract(anvil_chain, directory=tmp_path)
+    message = str(err.value)
+    assert "chain 31337" in message and str(tmp_path / "31337.json") in message
+    assert "fedchain deploy" in message and "--contract" in message
+
+
+def test_an_address_without_code_is_not_a_deployment(anvil_chain: Chain) -> None:
+    empty = to_checksum_address("0x" + "00" * 18 + "fe01")
+    with pytest.raises(DeploymentNotFound, match=f"no contract at {empty} on chain 31337"):
+        FedChain.at(anvil_chain, empty)
+
+
+def test_an_address_with_other_code_is_not_a_deployment(anvil_chain: Chain) -> None:
+    other = to_checksum_address("0x" + "00" * 18 + "fe02")
+    # FedChain's creation code is not its runtime code: plant it as runtime code.
+    anvil_chain.w3.provider.make_request(
+        RPCEndpoint("anvil_setCode"), [other, load_artifact()["bytecode"]]
+    )
+    with pytest.raises(DeploymentNotFound, match="not this version of FedChain"):
+        FedChain.at(anvil_chain, other)
