@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -260,7 +261,7 @@ def main(args: argparse.Namespace) -> int:
         verify_models=args.verify, gas=not args.no_gas, from_block=args.from_block,
         workers=args.workers,
     )
-    console = Console()
+    console = Console() if sys.stdout.isatty() else Console(width=160)
     print_report(report, console)
     if args.json:
         console.print(f"JSON report: {write_json(report, args.json)}")

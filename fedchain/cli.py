@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -42,6 +43,14 @@ def _add_federation_options(p: argparse.ArgumentParser, store: bool = True) -> N
         p.add_argument("--store", help="'embedded', file:///dir, or a Kubo RPC URL")
 
 
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and data (passed to the job's [model] functions)")
+    g.add_argument("--data", help="data set, e.g. digits or cifar10")
+    g.add_argument("--data-dir", help="directory holding the data set")
+    g.add_argument("--partition", help="iid or dirichlet")
+    g.add_argument("--threads", type=int, help="torch threads for this process")
+
+
 def _add_account_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("account (transactions are signed locally)")
     g.add_argument("--key", help="private key (prefer the FEDCHAIN_KEY environment variable)")
@@ -62,7 +71,22 @@ def _job(args: argparse.Namespace) -> Job:
         job.learners = args.num_learners
     if getattr(args, "strategy", None):
         job.strategy = {"name": args.strategy, "params": {}}
+    for name in ("data", "data_dir", "partition"):
+        value = getattr(args, name, None)
+        if value is not None:
+            job.learner_options[name] = value
+    threads = getattr(args, "threads", None)
+    if threads:
+        _set_torch_threads(threads)
+    # Example tasks write their pictures next to results.json unless told otherwise.
+    os.environ.setdefault("FEDCHAIN_OUTPUT_DIR", str(job.output))
     return job
+
+
+def _set_torch_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
 
 
 def _account(args: argparse.Namespace, chain: Any, default_dev: int | None) -> Any:
@@ -71,7 +95,7 @@ def _account(args: argparse.Namespace, chain: Any, default_dev: int | None) -> A
     password = None
     if getattr(args, "password_file", None):
         password = Path(args.password_file).read_text().strip()
-    if args.key or args.keystore or __import__("os").environ.get("FEDCHAIN_KEY"):
+    if args.key or args.keystore or os.environ.get("FEDCHAIN_KEY"):
         return load_account(args.key, args.keystore, password)
     index = args.dev_account if args.dev_account is not None else default_dev
     if index is None:
@@ -114,6 +138,15 @@ def _stop_on_signals() -> threading.Event:
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
     return stop
+
+
+def _console() -> Any:
+    """A rich console; wide enough for the round tables when output is not a terminal."""
+    import sys as _sys
+
+    from rich.console import Console
+
+    return Console() if _sys.stdout.isatty() else Console(width=160)
 
 
 # --- commands ------------------------------------------------------------------------
@@ -172,11 +205,10 @@ def cmd_aggregator(args: argparse.Namespace) -> int:
     store = open_store(job.store)
     initial = None
     if contract.current_round() == 0:
-        if job.initial:
-            initial = job.resolve(job.initial, "initial model")()
-        else:
+        initial = job.initial_weights()
+        if initial is None:
             initial = job.learner_factory()(0, job.learners).get_weights()
-    evaluate_fn = job.resolve(job.evaluate, "evaluate function") if job.evaluate else None
+    evaluate_fn = job.evaluate_fn()
     agg = Aggregator(
         contract, store, strategy=_strategy(job), initial_weights=initial, rounds=job.rounds,
         min_updates=job.min_updates if job.min_updates is not None else job.learners,
@@ -217,8 +249,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     job = _job(args)
     factory = job.learner_factory()
-    evaluate_fn = job.resolve(job.evaluate, "evaluate function") if job.evaluate else None
-    initial = job.resolve(job.initial, "initial model")() if job.initial else None
+    evaluate_fn = job.evaluate_fn()
+    initial = job.initial_weights()
     started = time.monotonic()
     result = simulate(
         factory, job.learners, _strategy(job), job.rounds, chain=job.chain, store=job.store,
@@ -233,13 +265,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     print(f"results: {result.results_path}  plot: {result.plot_path}")
     if not args.audit:
         return 0
-    from rich.console import Console
 
     from .audit import audit_federation
     from .report import print_report, write_html
 
     report = audit_federation(result.contract, result.store)
-    console = Console()
+    console = _console()
     console.print("\n[bold]fedchain audit --verify[/bold] of this run, from the chain alone:")
     print_report(report, console)
     console.print(f"HTML report: {write_html(report, Path(job.output) / 'audit.html')}")
@@ -247,7 +278,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from .contract import cid_text
@@ -256,7 +286,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     chain = _connect(job)
     contract = _contract(job, chain)
     round = contract.current_round()
-    console = Console()
+    console = _console()
     console.print(f"FedChain {contract.address} on chain {chain.chain_id} ({job.chain})")
     console.print(f"owner {contract.owner()}  aggregator {contract.aggregator()}")
     state = "finished" if contract.finished() else (
@@ -310,7 +340,6 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _print_rounds(result: Any) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title="rounds")
@@ -319,11 +348,10 @@ def _print_rounds(result: Any) -> None:
     for r in result.rounds:
         table.add_row(str(r.round), str(len(r.included)), str(len(r.rejected)), r.global_cid,
                       f"{r.seconds:.1f}")
-    Console().print(table)
+    _console().print(table)
 
 
 def _print_history(history: Any) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     rounds = sorted({r for r, _ in history.losses_distributed}
@@ -345,7 +373,7 @@ def _print_history(history: Any) -> None:
         table.add_column(name)
     for r in rounds:
         table.add_row(str(r), *(f"{vals[r]:.4f}" if r in vals else "-" for _, vals in columns))
-    Console().print(table)
+    _console().print(table)
 
 
 # --- entry point ---------------------------------------------------------------------
@@ -378,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--learners", dest="num_learners", type=int, help="expected learners")
     p.add_argument("--strategy", help="strategy name (params from the job file)")
     p.add_argument("--output", help="directory for results.json and the plot")
+    _add_model_options(p)
     p.set_defaults(fn=cmd_aggregator)
 
     p = sub.add_parser("learner", help="run one learner until the federation finishes")
@@ -385,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_account_options(p)
     p.add_argument("--id", type=int, required=True, help="learner id (dev account 2+id)")
     p.add_argument("--learners", dest="num_learners", type=int, help="number of partitions")
+    _add_model_options(p)
     p.set_defaults(fn=cmd_learner)
 
     p = sub.add_parser("simulate", help="a whole federation in one process")
@@ -397,6 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="directory for results.json and the plot")
     p.add_argument("--audit", action="store_true",
                    help="audit the finished run from the chain and re-verify every round")
+    _add_model_options(p)
     p.set_defaults(fn=cmd_simulate)
 
     p = sub.add_parser("status", help="the federation's current round and submissions")

@@ -27,6 +27,7 @@ epochs = 1
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
 import tomllib
@@ -102,11 +103,23 @@ class Job:
 
     def learner_factory(self) -> Any:
         """`make_learner(id, num_learners)`, with the job's [model] options as keywords."""
-        factory = self.resolve(self.learner, "learner factory")
+        return self._with_options(self.resolve(self.learner, "learner factory"))
+
+    def evaluate_fn(self) -> Any:
+        """The centralized `evaluate(round, weights)`, or None; [model] options as keywords."""
+        if not self.evaluate:
+            return None
+        return self._with_options(self.resolve(self.evaluate, "evaluate function"))
+
+    def initial_weights(self) -> Any:
+        """The genesis weights from [model] initial, or None when the job names none."""
+        if not self.initial:
+            return None
+        return self._with_options(self.resolve(self.initial, "initial model"))()
+
+    def _with_options(self, fn: Any) -> Any:
         options = dict(self.learner_options)
-        if not options:
-            return factory
-        return lambda learner_id, num_learners: factory(learner_id, num_learners, **options)
+        return functools.partial(fn, **options) if options else fn
 
     def resolve(self, spec: str | None, what: str) -> Any:
         """Imports `module:attribute` (the job file's directory and cwd are importable)."""

@@ -240,7 +240,8 @@ class LearnerNode:
             self.evaluate_round(last_published)
         if c.finished():
             return False
-        if not c.has_submitted(round, self.address):
+        # Past the plan's last round only finish() is due: training would be wasted.
+        if round <= self.plan().rounds and not c.has_submitted(round, self.address):
             self.train_round(round)
         self._handled_round = round
         return True

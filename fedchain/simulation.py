@@ -102,7 +102,7 @@ def simulate(
         strategy=strategy,
         initial_weights=weights,
         rounds=rounds,
-        min_updates=num_learners if min_updates is None else min_updates,
+        min_updates=num_learners if min_updates is None else min(min_updates, num_learners),
         round_timeout=round_timeout,
         train_config=train_config,
         eval_config=eval_config,

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
 from fedchain.cli import main
 from fedchain.errors import ConfigError
 from fedchain.job import Job
-
-TESTS_DIR = Path(__file__).resolve().parent
 
 
 def test_job_file_sections_and_flag_overrides(tmp_path):
@@ -60,9 +55,9 @@ def test_bad_learner_factory_exits_2_with_the_reason(tmp_path, capsys):
 
 
 def test_unknown_strategy_exits_2_with_the_known_ones(tmp_path, capsys):
-    sys.path.insert(0, str(TESTS_DIR))
     job_file = tmp_path / "job.toml"
-    job_file.write_text("[model]\nlearner = 'fedmodels:make_learner'\n[strategy]\nname = 'FedBest'\n")
+    job_file.write_text("[model]\nlearner = 'fedmodels:make_learner'\n"
+                        "[strategy]\nname = 'FedBest'\n")
 
     assert main(["simulate", "--job", str(job_file)]) == 2
     assert "FedAvg" in capsys.readouterr().err

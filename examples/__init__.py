@@ -1,0 +1,1 @@
+"""fedchain's examples: ports of the MetisFL, Flower and NVIDIA FLARE tutorials."""

@@ -1,0 +1,1 @@
+"""The CNN quickstart (Flower, NVIDIA FLARE) on fedchain."""

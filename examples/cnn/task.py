@@ -1,0 +1,131 @@
+"""The CNN of the Flower and NVIDIA FLARE quickstarts (conv 6 → 16, fc 120 → 84 → 10).
+
+Digits upsampled to 32×32×3 by default; CIFAR-10 with `data = "cifar10"` and a data_dir.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from examples.common import (
+    Options,
+    Settings,
+    Shard,
+    label_counts,
+    load_dataset,
+    shards,
+    use_threads,
+)
+from fedchain.codec import Weights, from_state_dict, to_state_dict
+from fedchain.learner import TorchLearner
+
+log = logging.getLogger("examples.cnn")
+
+SETTINGS = Settings(Options, datasets=("digits", "cifar10"), output_dir="runs/cnn")
+configure = SETTINGS.configure
+
+
+class Net(nn.Module):
+    """LeNet-style CNN for 32×32 images: two 5×5 convolutions, three dense layers."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, 6, 5)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(F.relu(self.conv1(x)))
+        x = self.pool(F.relu(self.conv2(x)))
+        x = torch.flatten(x, 1)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+def train(model: nn.Module, shard: Shard, config: Mapping[str, Any]) -> dict[str, float]:
+    """SGD with momentum for config's epochs; returns the last epoch's loss and accuracy."""
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=float(config.get("lr", 0.001)),
+        momentum=float(config.get("momentum", 0.9)),
+    )
+    epochs = int(config.get("epochs", 1))
+    loss_sum, correct, seen = 0.0, 0, 0
+    for epoch in range(epochs):
+        loss_sum, correct, seen = 0.0, 0, 0
+        round_seed = int(config.get("round", 0)) * 1000 + epoch
+        for images, labels in shard.loader(config.get("batch_size", 32), round=round_seed):
+            optimizer.zero_grad()
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.item() * len(labels)
+            correct += int((logits.argmax(1) == labels).sum())
+            seen += len(labels)
+    return {"train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1)}
+
+
+def test(
+    model: nn.Module, shard: Shard, config: Mapping[str, Any]
+) -> tuple[float, dict[str, float]]:
+    """Mean cross-entropy and accuracy on a shard."""
+    loss_sum, correct = 0.0, 0
+    for images, labels in shard.loader(512, shuffle=False):
+        logits = model(images)
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        correct += int((logits.argmax(1) == labels).sum())
+    return loss_sum / len(shard), {"accuracy": correct / len(shard)}
+
+
+def _dataset(options: Options) -> Any:
+    return load_dataset(options.data, options.data_dir, 32, 3, options.limit, options.seed)
+
+
+def _model(seed: int) -> Net:
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return Net()
+
+
+def initial_weights(**options: Any) -> Weights:
+    """The genesis model: a Net initialised from the seed (no data needed)."""
+    return from_state_dict(_model(SETTINGS.resolve(**options).seed).state_dict())
+
+
+def make_learner(learner_id: int, num_learners: int, **options: Any) -> TorchLearner:
+    """Learner `learner_id` of `num_learners`: its shard of the training and test data."""
+    opts = SETTINGS.resolve(**options)
+    use_threads(opts)
+    train_shard, test_shard = shards(_dataset(opts), learner_id, num_learners, opts)
+    log.info(
+        "learner %d: %d training examples (%s, %s), per class %s",
+        learner_id,
+        len(train_shard),
+        opts.data,
+        opts.partition,
+        label_counts(train_shard),
+    )
+    return TorchLearner(_model(opts.seed), train, test, train_shard, test_shard)
+
+
+def evaluate_global(round: int, weights: Weights, **options: Any) -> tuple[float, dict[str, float]]:
+    """Centralized evaluation of a global model on the whole held-out test set."""
+    opts = SETTINGS.resolve(**options)
+    use_threads(opts)
+    ds = _dataset(opts)
+    model = Net()
+    model.load_state_dict(to_state_dict(weights))
+    model.eval()
+    with torch.no_grad():
+        return test(model, Shard(ds.x_test, ds.y_test, 0), {})

@@ -1,0 +1,1 @@
+"""MetisFL's DCGAN tutorial on fedchain."""

@@ -1,0 +1,1 @@
+"""MetisFL's quickstart (a dense network) on fedchain."""
