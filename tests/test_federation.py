@@ -27,7 +27,7 @@ def store(tmp_path):
 
 
 @pytest.fixture
-def federation(store):
+def fed(store):
     """A fresh embedded chain with FedChain deployed: owner 0, aggregator 1, learners 2-4."""
     chain = connect("embedded", fresh=True)
     contract, _ = FedChain.deploy(chain, chain.account(0), chain.account(1).address)
@@ -78,8 +78,8 @@ def test_fedavg_trajectory_equals_in_memory_loop_bit_for_bit(store):
         assert encode(published) == encode(weights), f"round {round} differs"
 
 
-def test_aggregator_restarted_mid_round_neither_loses_nor_double_counts(federation, store):
-    chain, aggregator, learners = federation
+def test_aggregator_restarted_mid_round_neither_loses_nor_double_counts(fed, store):
+    chain, aggregator, learners = fed
     first = make_aggregator(aggregator, store)
     first.start()
     nodes = [LearnerNode(LinearLearner(i), c, store) for i, c in enumerate(learners)]
@@ -99,8 +99,8 @@ def test_aggregator_restarted_mid_round_neither_loses_nor_double_counts(federati
         learners[0].submit_update(1, aggregator.global_model(1), 10)
 
 
-def test_bad_updates_are_rejected_with_reasons_and_the_round_goes_on(federation, store):
-    chain, aggregator, learners = federation
+def test_bad_updates_are_rejected_with_reasons_and_the_round_goes_on(fed, store):
+    chain, aggregator, learners = fed
     agg = make_aggregator(aggregator, store, min_updates=1, round_timeout=0.5)
     agg.start()
     honest = LearnerNode(LinearLearner(0), learners[0], store)
@@ -126,8 +126,8 @@ def test_bad_updates_are_rejected_with_reasons_and_the_round_goes_on(federation,
     assert encode(published) == encode(expected)  # only the honest update counted
 
 
-def test_wrong_shape_update_is_rejected(federation, store):
-    chain, aggregator, learners = federation
+def test_wrong_shape_update_is_rejected(fed, store):
+    chain, aggregator, learners = fed
     agg = make_aggregator(aggregator, store, min_updates=1, round_timeout=0.5)
     agg.start()
     LearnerNode(LinearLearner(0), learners[0], store).step()
@@ -140,8 +140,8 @@ def test_wrong_shape_update_is_rejected(federation, store):
     assert "shape" in result.rejected[0].reason
 
 
-def test_silent_learner_round_closes_at_timeout_when_min_updates_met(federation, store):
-    chain, aggregator, learners = federation
+def test_silent_learner_round_closes_at_timeout_when_min_updates_met(fed, store):
+    chain, aggregator, learners = fed
     agg = make_aggregator(aggregator, store, min_updates=2, round_timeout=0.5)
     agg.start()
     for i in (0, 1):
@@ -153,8 +153,8 @@ def test_silent_learner_round_closes_at_timeout_when_min_updates_met(federation,
     assert aggregator.current_round() == 2
 
 
-def test_silent_learners_below_min_updates_carry_the_model_over(federation, store):
-    chain, aggregator, learners = federation
+def test_silent_learners_below_min_updates_carry_the_model_over(fed, store):
+    chain, aggregator, learners = fed
     agg = make_aggregator(aggregator, store, min_updates=2, round_timeout=0.5)
     agg.start()
     LearnerNode(LinearLearner(0), learners[0], store).step()
@@ -166,8 +166,8 @@ def test_silent_learners_below_min_updates_carry_the_model_over(federation, stor
     assert aggregator.current_round() == 2  # the federation does not hang
 
 
-def test_learner_restarted_mid_round_does_not_submit_twice(federation, store):
-    chain, aggregator, learners = federation
+def test_learner_restarted_mid_round_does_not_submit_twice(fed, store):
+    chain, aggregator, learners = fed
     make_aggregator(aggregator, store).start()
     LearnerNode(LinearLearner(0), learners[0], store).step()
     again = LearnerNode(LinearLearner(0), learners[0], store)
@@ -177,8 +177,8 @@ def test_learner_restarted_mid_round_does_not_submit_twice(federation, store):
     assert len(aggregator.updates(1)) == 1
 
 
-def test_late_learner_trains_on_the_current_global_model(federation, store):
-    chain, aggregator, learners = federation
+def test_late_learner_trains_on_the_current_global_model(fed, store):
+    chain, aggregator, learners = fed
     agg = make_aggregator(aggregator, store, min_updates=2, round_timeout=0.5)
     agg.start()
     for i in (0, 1):
@@ -207,10 +207,10 @@ def _raw_encode(weights):
         codec._check_finite = check
 
 
-def test_restarted_aggregator_replays_server_optimizer_state(federation, store):
+def test_restarted_aggregator_replays_server_optimizer_state(fed, store):
     from fedchain.strategy import FedAvgM
 
-    chain, aggregator, learners = federation
+    chain, aggregator, learners = fed
     nodes = [LearnerNode(LinearLearner(i), c, store, evaluate=False)
              for i, c in enumerate(learners)]
     first = make_aggregator(aggregator, store, strategy=FedAvgM(server_lr=1.0, momentum=0.9))

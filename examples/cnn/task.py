@@ -24,6 +24,7 @@ from examples.common import (
 )
 from fedchain.codec import Weights, from_state_dict, to_state_dict
 from fedchain.learner import TorchLearner
+from fedchain.progress import progress
 
 log = logging.getLogger("examples.cnn")
 
@@ -64,7 +65,8 @@ def train(model: nn.Module, shard: Shard, config: Mapping[str, Any]) -> dict[str
     for epoch in range(epochs):
         loss_sum, correct, seen = 0.0, 0, 0
         round_seed = int(config.get("round", 0)) * 1000 + epoch
-        for images, labels in shard.loader(config.get("batch_size", 32), round=round_seed):
+        loader = shard.loader(config.get("batch_size", 32), round=round_seed)
+        for images, labels in progress(loader, f"train epoch {epoch + 1}/{epochs}"):
             optimizer.zero_grad()
             logits = model(images)
             loss = F.cross_entropy(logits, labels)

@@ -27,6 +27,7 @@ from fedchain.codec import Weights, from_state_dict, to_state_dict
 from fedchain.data import Dataset, load_image_folder
 from fedchain.errors import ConfigError
 from fedchain.learner import TorchLearner
+from fedchain.progress import progress
 
 log = logging.getLogger("examples.dcgan")
 
@@ -115,8 +116,10 @@ def train(model: DCGAN, shard: Shard, config: Mapping[str, Any]) -> dict[str, fl
     rng = torch.Generator().manual_seed(shard.seed * 100_003 + round)
     totals = {"d_loss": 0.0, "g_loss": 0.0, "d_real": 0.0, "d_fake": 0.0}
     batches = 0
-    for epoch in range(int(config.get("epochs", 1))):
-        for real, _ in shard.loader(config.get("batch_size", 64), round=round * 1000 + epoch):
+    epochs = int(config.get("epochs", 1))
+    for epoch in range(epochs):
+        loader = shard.loader(config.get("batch_size", 64), round=round * 1000 + epoch)
+        for real, _ in progress(loader, f"train epoch {epoch + 1}/{epochs}"):
             n = len(real)
             noise = torch.randn(n, model.nz, 1, 1, generator=rng)
             d.zero_grad()

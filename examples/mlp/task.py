@@ -26,6 +26,7 @@ from examples.common import (
 from fedchain.codec import Weights, from_state_dict, to_state_dict
 from fedchain.data import Dataset
 from fedchain.learner import TorchLearner
+from fedchain.progress import progress
 
 log = logging.getLogger("examples.mlp")
 
@@ -55,10 +56,12 @@ def train(model: nn.Module, shard: Shard, config: Mapping[str, Any]) -> dict[str
     """Adam for config's epochs (3 by default); the last epoch's loss and accuracy."""
     optimizer = torch.optim.Adam(model.parameters(), lr=float(config.get("lr", 0.001)))
     loss_sum, correct, seen = 0.0, 0, 0
-    for epoch in range(int(config.get("epochs", 3))):
+    epochs = int(config.get("epochs", 3))
+    for epoch in range(epochs):
         loss_sum, correct, seen = 0.0, 0, 0
         round_seed = int(config.get("round", 0)) * 1000 + epoch
-        for x, y in shard.loader(config.get("batch_size", 64), round=round_seed):
+        loader = shard.loader(config.get("batch_size", 64), round=round_seed)
+        for x, y in progress(loader, f"train epoch {epoch + 1}/{epochs}"):
             optimizer.zero_grad()
             logits = model(x)
             loss = F.cross_entropy(logits, y)
