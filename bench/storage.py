@@ -89,6 +89,12 @@ def main() -> None:
     row(
         "codec.decode with reference", n, best(lambda: codec.decode(data, ref), args.repeat), t_load
     )
+    row(
+        "codec.decode(copy=False) (aggregator)",
+        n,
+        best(lambda: codec.decode(data, ref, copy=False), args.repeat),
+        t_load,
+    )
 
     print("CID")
     t_sha = best(lambda: hashlib.sha256(data).digest(), args.repeat)
