@@ -100,3 +100,41 @@ def test_learner_that_is_not_registered_is_refused(anvil_node, tmp_path, capsys)
 
     assert main(["learner", "--id", "5", "--job", str(job_file)]) == 2
     assert "is not a registered learner" in capsys.readouterr().err
+
+
+def test_devnet_serves_a_chain_and_an_ipfs_node_until_interrupted():
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    from fedchain.chain import connect
+    from fedchain.devnet import free_port
+
+    chain_port, ipfs_port = free_port(), free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fedchain.cli", "devnet", "--chain-port", str(chain_port),
+         "--ipfs-port", str(ipfs_port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        lines = []
+        while not any("Ctrl-C" in line for line in lines):
+            line = proc.stdout.readline()
+            assert line, "devnet exited early:\n" + "".join(lines)
+            lines.append(line)
+        output = "".join(lines)
+        assert f"http://127.0.0.1:{chain_port}" in output
+        assert f"http://127.0.0.1:{ipfs_port}" in output
+        assert connect(f"http://127.0.0.1:{chain_port}").chain_id == 31337
+        version = httpx.post(f"http://127.0.0.1:{ipfs_port}/api/v0/version", timeout=5)
+        assert version.status_code == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    assert proc.returncode == 0
+    with pytest.raises(httpx.ConnectError):
+        httpx.post(f"http://127.0.0.1:{ipfs_port}/api/v0/version", timeout=2)
