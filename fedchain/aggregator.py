@@ -12,16 +12,20 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from .codec import ModelSpec, Weights, decode, encode, spec
 from .contract import FedChain, UpdateSubmitted, cid_text, to_cid
 from .errors import ConfigError, FedChainError, InvalidModel, StorageError
 from .history import History
+from .outage import ride_out
 from .plan import Plan
 from .strategy import Strategy, Update, strategy_from_plan
 
 log = logging.getLogger("fedchain.aggregator")
+
+T = TypeVar("T")
 
 EvaluateFn = Callable[[int, Weights], tuple[float, Mapping[str, float]] | None]
 
@@ -91,6 +95,7 @@ class Aggregator:
         termination: Termination | None = None,
         poll_interval: float = 0.2,
         evaluation_timeout: float = 30.0,
+        max_outage: float = 600.0,
         stop: threading.Event | None = None,
     ) -> None:
         if contract.account is None:
@@ -108,6 +113,7 @@ class Aggregator:
         self.termination = termination or Termination(rounds)
         self.poll = poll_interval
         self.evaluation_timeout = evaluation_timeout
+        self.max_outage = max_outage
         self.stop_event = stop or threading.Event()
         self.history = History()
         self.results: list[RoundResult] = []
@@ -250,11 +256,11 @@ class Aggregator:
             self.start()
         started = time.monotonic()
         c = self.contract
-        while not c.finished():
-            round = c.current_round()
+        while not self._ride_out(c.finished):
+            round = self._ride_out(c.current_round)
             if round > self.rounds:
                 break
-            result = self.run_round(round)
+            result = self._ride_out(partial(self.run_round, round))
             value = None
             if self.termination.metric and result.centralized is not None:
                 value = result.centralized[1].get(self.termination.metric)
@@ -262,11 +268,15 @@ class Aggregator:
             if reason:
                 log.info("stopping: %s", reason)
                 break
-        if not c.finished():
-            c.finish()
+        if not self._ride_out(c.finished):
+            self._ride_out(c.finish)
             log.info("federation finished after round %d", c.current_round() - 1)
-        self.wait_for_evaluations(c.current_round() - 1)
+        self._ride_out(lambda: self.wait_for_evaluations(c.current_round() - 1))
         return self.history
+
+    def _ride_out(self, step: Callable[[], T]) -> T:
+        return ride_out(step, what="aggregator", log=log, stop=self.stop_event,
+                        max_outage=self.max_outage)
 
     def wait_for_evaluations(self, round: int) -> int:
         """Waits (up to `evaluation_timeout`) for every learner's report on `round`'s model."""

@@ -33,7 +33,7 @@ from web3.exceptions import (
 from web3.types import FilterParams, TxParams
 
 from .devnet import DEV_ACCOUNTS, DEV_MNEMONIC
-from .errors import ChainUnavailable, ConfigError, TransactionFailed
+from .errors import ChainUnavailable, ConfigError, TransactionFailed, TransactionTimeout
 
 Account.enable_unaudited_hdwallet_features()
 
@@ -285,7 +285,7 @@ class Chain:
                 )
             )
         except TimeExhausted:
-            raise TransactionFailed(
+            raise TransactionTimeout(
                 f"transaction 0x{bytes(tx_hash).hex()} not mined within {timeout:.0f}s"
             ) from None
         receipt = Receipt(
@@ -316,7 +316,7 @@ class Chain:
         deadline = time.monotonic() + timeout
         while self.block_number() < number:
             if time.monotonic() > deadline:
-                raise TransactionFailed(f"block {number} not reached within {timeout:.0f}s")
+                raise TransactionTimeout(f"block {number} not reached within {timeout:.0f}s")
             time.sleep(0.2)
 
     # -- logs --------------------------------------------------------------------------

@@ -58,6 +58,10 @@ class TransactionFailed(ChainError):
     """A transaction was rejected or reverted without a known reason, or timed out."""
 
 
+class TransactionTimeout(TransactionFailed):
+    """A transaction was sent but not mined (or not confirmed) in time."""
+
+
 class DeploymentNotFound(ChainError):
     """No FedChain contract is known at the given address or for this chain."""
 

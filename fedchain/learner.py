@@ -21,6 +21,7 @@ from .errors import (
     NoGlobalModel,
     WrongRound,
 )
+from .outage import ride_out
 from .plan import Plan
 
 log = logging.getLogger("fedchain.learner")
@@ -148,9 +149,11 @@ class LearnerNode:
         poll_interval: float = 0.2,
         evaluate: bool = True,
         stop: threading.Event | None = None,
+        max_outage: float = 600.0,
     ) -> None:
         if contract.account is None:
             raise FedChainError("the learner's contract binding needs a signing account")
+        self.max_outage = max_outage
         self.learner = learner
         self.contract = contract
         self.store = store
@@ -250,7 +253,8 @@ class LearnerNode:
         """Loops until the federation finishes (or `timeout` seconds, or stop is set)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.stop_event.is_set():
-            if not self.step():
+            if not ride_out(self.step, what=self.name, log=log, stop=self.stop_event,
+                            max_outage=self.max_outage):
                 log.info("%s: federation finished", self.name)
                 return
             if deadline is not None and time.monotonic() > deadline:
