@@ -17,13 +17,23 @@ from typing import Any, TypeVar
 
 from .codec import ModelSpec, Weights, decode, encode, spec
 from .contract import FedChain, UpdateSubmitted, cid_text, to_cid
-from .errors import ConfigError, FedChainError, InvalidModel, StorageError
+from .errors import (
+    AggregationError,
+    ConfigError,
+    FedChainError,
+    InvalidModel,
+    StorageError,
+    StoreUnavailable,
+)
 from .history import History
 from .outage import ride_out
 from .plan import Plan
 from .strategy import Strategy, Update, strategy_from_plan
 
 log = logging.getLogger("fedchain.aggregator")
+
+#: Updates claiming more examples are rejected: FedAvg weights must stay finite and exact.
+MAX_EXAMPLES = 2**40
 
 T = TypeVar("T")
 
@@ -149,6 +159,13 @@ class Aggregator:
             self.plan = Plan.load(self.store, c.plan())
             log.info("resuming federation at round %d (%s)", c.current_round(),
                      self.plan.strategy["name"])
+            opened = [e.block for e in c.events("GenesisSet", "GlobalModelPublished")]
+            self._round_block = opened[-1] if opened else 0
+        learners = c.learner_count()
+        if self.plan.min_updates > learners:
+            log.warning("min_updates is %d but only %d learners are registered: rounds will "
+                        "close without aggregation until more learners join",
+                        self.plan.min_updates, learners)
         self.strategy = strategy_from_plan(self.plan.strategy)
         open_round = c.current_round()
         if self.strategy.stateful and open_round > 1:
@@ -186,18 +203,23 @@ class Aggregator:
     ) -> Iterator[Update]:
         """Fetches, verifies and validates each update in learner order; bad ones are skipped."""
         assert self._spec is not None and self.plan is not None
+        limit = self.plan.max_model_bytes
         for u in sorted(updates, key=lambda u: int(u.learner, 16)):
             cid = cid_text(u.model_cid)
             try:
-                weights = decode(self.store.get(to_cid(u.model_cid)), reference=self._spec,
-                                 max_bytes=self.plan.max_model_bytes, copy=False)
+                if u.num_examples > MAX_EXAMPLES:
+                    raise InvalidModel(f"numExamples {u.num_examples} exceeds {MAX_EXAMPLES}")
+                data = self.store.get(to_cid(u.model_cid), max_bytes=limit)
+                weights = decode(data, reference=self._spec, max_bytes=limit, copy=False)
+            except StoreUnavailable:
+                raise  # an outage, not a bad update: the round is retried
             except (InvalidModel, StorageError) as exc:
                 rejected.append(Rejected(u.learner, cid, f"{type(exc).__name__}: {exc}"))
                 log.warning("[ROUND %d] rejected update of %s (%s): %s", round, u.learner, cid, exc)
                 continue
             included.append(u.learner)
             yield Update(u.learner, u.num_examples, weights)
-            del weights  # release this update before the next one is fetched
+            del weights, data  # release this update before the next one is fetched
 
     def previous_global(self, round: int) -> Weights:
         raw = self.contract.global_model(round - 1)
@@ -214,6 +236,7 @@ class Aggregator:
         previous = self.previous_global(round)
         rejected: list[Rejected] = []
         included: list[str] = []
+        encoded: bytes | None = None
         if len(updates) < self.min_updates:
             # Below the plan's minimum the round closes without aggregating: the global model
             # carries over and learners train again, instead of the federation hanging.
@@ -222,14 +245,21 @@ class Aggregator:
                         "aggregation, global model carried over", round, len(updates),
                         self.min_updates)
         else:
-            new, state = self.strategy.aggregate(
-                previous, self._fetch(round, updates, rejected, included), self._state
-            )
+            try:
+                new, state = self.strategy.aggregate(
+                    previous, self._fetch(round, updates, rejected, included), self._state
+                )
+                encoded = encode(new)
+            except (AggregationError, InvalidModel) as exc:
+                # No input may crash the aggregator (it would crash again on restart).
+                log.warning("[ROUND %d] aggregation failed (%s: %s): global model carried over",
+                            round, type(exc).__name__, exc)
+                new, state, included, encoded = previous, self._state, [], None
             if len(included) < max(1, self.min_updates):
                 log.warning("[ROUND %d] %d valid updates, %d required: global model carried "
                             "over", round, len(included), self.min_updates)
-                new, state, included = previous, self._state, []
-        cid = self.store.put(encode(new))
+                new, state, included, encoded = previous, self._state, [], None
+        cid = self.store.put(encoded if encoded is not None else encode(new))
         receipt = self.contract.publish_global(round, cid, included)
         self._round_block = receipt.block_number
         self._state = state
@@ -253,14 +283,16 @@ class Aggregator:
     def run(self) -> History:
         """Runs rounds until a termination signal, then calls finish()."""
         if self.plan is None:
-            self.start()
+            self._ride_out(self.start)
         started = time.monotonic()
         c = self.contract
         while not self._ride_out(c.finished):
             round = self._ride_out(c.current_round)
             if round > self.rounds:
                 break
-            result = self._ride_out(partial(self.run_round, round))
+            result = self._ride_out(partial(self._run_if_open, round))
+            if result is None:
+                continue  # an earlier attempt published it (its receipt was lost)
             value = None
             if self.termination.metric and result.centralized is not None:
                 value = result.centralized[1].get(self.termination.metric)
@@ -269,10 +301,20 @@ class Aggregator:
                 log.info("stopping: %s", reason)
                 break
         if not self._ride_out(c.finished):
-            self._ride_out(c.finish)
+            self._ride_out(self._finish)
             log.info("federation finished after round %d", c.current_round() - 1)
         self._ride_out(lambda: self.wait_for_evaluations(c.current_round() - 1))
         return self.history
+
+    def _finish(self) -> None:
+        if not self.contract.finished():  # a retried attempt may have finished already
+            self.contract.finish()
+
+    def _run_if_open(self, round: int) -> RoundResult | None:
+        """run_round, unless a retried attempt already published the round."""
+        if self.contract.finished() or self.contract.current_round() != round:
+            return None
+        return self.run_round(round)
 
     def _ride_out(self, step: Callable[[], T]) -> T:
         return ride_out(step, what="aggregator", log=log, stop=self.stop_event,

@@ -178,6 +178,8 @@ class Chain:
             raise ChainUnavailable(
                 f"chain node at {self.url} is not reachable ({type(exc).__name__})"
             ) from None
+        except requests.RequestException as exc:  # e.g. HTTP 429 or 5xx from a public node
+            raise ChainUnavailable(f"chain node at {self.url} refused the request: {exc}") from None
 
     @property
     def chain_id(self) -> int:
@@ -278,6 +280,10 @@ class Chain:
                 if attempt == 0 and "nonce" in str(exc).lower():
                     continue
                 raise decode(exc) from None
+            except BaseException:
+                # Whether the node got it is unknown: resync from its pending count next time.
+                self._forget_nonce(sender)
+                raise
         try:
             raw = self.call(
                 lambda: self.w3.eth.wait_for_transaction_receipt(
@@ -285,6 +291,7 @@ class Chain:
                 )
             )
         except TimeExhausted:
+            self._forget_nonce(sender)
             raise TransactionTimeout(
                 f"transaction 0x{bytes(tx_hash).hex()} not mined within {timeout:.0f}s"
             ) from None

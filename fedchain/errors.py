@@ -39,6 +39,10 @@ class ContentMismatch(StorageError):
     """Bytes served for a CID do not hash to that CID."""
 
 
+class ContentTooLarge(StorageError):
+    """Content is larger than the caller's limit (e.g. the plan's max_model_bytes)."""
+
+
 class StoreUnavailable(StorageError):
     """The content store (IPFS node, directory) cannot be reached."""
 

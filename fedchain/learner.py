@@ -125,9 +125,27 @@ class TorchLearner(Learner):
         return EvalResult(float(loss), self.num_test, {k: float(v) for k, v in metrics.items()})
 
 
+#: The contract's limit on a metrics report.
+MAX_METRICS_BYTES = 1024
+
+
 def metrics_json(loss: float, metrics: Mapping[str, float]) -> bytes:
-    """The compact, key-sorted JSON reported on chain (at most 1 KiB)."""
-    body = {"loss": round(float(loss), 6), **{k: round(float(v), 6) for k, v in metrics.items()}}
+    """The compact, key-sorted JSON reported on chain, cut to the contract's 1 KiB limit.
+
+    When the metrics do not fit, the loss is kept and as many metrics as fit, in key order.
+    """
+    body = {"loss": round(float(loss), 6)}
+    for k, v in sorted(metrics.items()):
+        candidate = {**body, k: round(float(v), 6)}
+        if len(_compact(candidate)) > MAX_METRICS_BYTES:
+            log.warning("evaluation metric %r and later ones dropped: the report is limited "
+                        "to %d bytes on chain", k, MAX_METRICS_BYTES)
+            break
+        body = candidate
+    return _compact(body)
+
+
+def _compact(body: Mapping[str, float]) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -180,8 +198,9 @@ class LearnerNode:
         raw = self.contract.global_model(round)
         if not raw:
             raise NoGlobalModel(round)
-        data = self.store.get(to_cid(raw))
-        weights = decode(data, reference=self._spec, max_bytes=self.plan().max_model_bytes)
+        limit = self.plan().max_model_bytes
+        data = self.store.get(to_cid(raw), max_bytes=limit)
+        weights = decode(data, reference=self._spec, max_bytes=limit)
         if self._spec is None:
             self._spec = spec(weights)
         return weights

@@ -87,7 +87,8 @@ def simulate(
     learner_accounts = [ch.account(FIRST_LEARNER_INDEX + i) for i in range(num_learners)]
 
     contract, receipt = FedChain.deploy(ch, owner, aggregator_account.address)
-    contract.add_learners([a.address for a in learner_accounts])
+    for start in range(0, num_learners, 100):  # batches: one block has a gas limit
+        contract.add_learners([a.address for a in learner_accounts[start : start + 100]])
     log.info("deployed FedChain at %s (chain %s), %d learners", contract.address, ch.url,
              num_learners)
 

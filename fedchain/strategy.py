@@ -66,6 +66,11 @@ def _number(field: str, value: object, low: float, high: float, *, integer: bool
         raise ConfigError(f"{field} must be {kind} in [{low}, {high}], got {value!r}")
 
 
+def _in_order(previous: Weights, result: Weights) -> Weights:
+    """`result` with its layers in the previous global model's order (the model's own)."""
+    return {name: result[name] for name in previous}
+
+
 @dataclass(frozen=True)
 class Strategy(ABC):
     """Turns the previous global model and a round's updates into the next global model."""
@@ -120,7 +125,7 @@ class FedMedian(Strategy):
         collected = collect_updates(previous, updates)
         if not collected:
             return previous, state
-        return aggregate_median([u.weights for u in collected]), None
+        return _in_order(previous, aggregate_median([u.weights for u in collected])), None
 
 
 @dataclass(frozen=True)
@@ -141,7 +146,8 @@ class FedTrimmedAvg(Strategy):
         collected = collect_updates(previous, updates)
         if not collected:
             return previous, state
-        return aggregate_trimmed_mean([u.weights for u in collected], self.beta), None
+        result = aggregate_trimmed_mean([u.weights for u in collected], self.beta)
+        return _in_order(previous, result), None
 
 
 @dataclass(frozen=True)
@@ -168,7 +174,8 @@ class Krum(Strategy):
             return previous, state
         chosen = krum_select([u.weights for u in collected], self.f, self.m)
         if len(chosen) == 1:
-            return {k: v.copy() for k, v in collected[chosen[0]].weights.items()}, None
+            chosen_weights = collected[chosen[0]].weights
+            return {k: chosen_weights[k].copy() for k in previous}, None
         kept = [collected[i] for i in chosen]
         mean = stream_mean(previous, kept, self.scaling, self.accumulator)
         assert mean is not None  # m >= 2 updates were kept

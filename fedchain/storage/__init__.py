@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Self
 from urllib.parse import unquote, urlparse
 
-from ..errors import ConfigError, ContentMismatch
+from ..errors import ConfigError, ContentMismatch, ContentTooLarge
 from ..progress import transfer
 from .cid import CID
 from .unixfs import CHUNK_SIZE, CidBuilder, cid_of
@@ -63,23 +63,28 @@ class ContentStore(ABC):
             return self.put_stream([bytes(view)])
         return self.put_stream(transfer(chunks, f"upload to {self.url}", len(view)))
 
-    def get_stream(self, cid: CID | str) -> Iterator[bytes]:
+    def get_stream(self, cid: CID | str, max_bytes: int | None = None) -> Iterator[bytes]:
         """The content of `cid` in chunks, verified against the CID as it streams.
 
         The last chunk is held back until the whole content is verified: a mismatch raises
         ContentMismatch before the iterator ends, so treat the data as good only once the
-        iterator is exhausted.
+        iterator is exhausted. Content larger than `max_bytes` raises ContentTooLarge as soon
+        as the limit is passed, before it is all downloaded.
         """
         want = as_canonical(cid)
-        return self._verified(want, self._read(want))
+        return self._verified(want, self._read(want), max_bytes)
 
-    def _verified(self, want: CID, chunks: Iterator[bytes]) -> Iterator[bytes]:
+    def _verified(
+        self, want: CID, chunks: Iterator[bytes], max_bytes: int | None = None
+    ) -> Iterator[bytes]:
         builder = CidBuilder()
         held: bytes | None = None
         for chunk in chunks:
             if not chunk:
                 continue
             builder.update(chunk)
+            if max_bytes is not None and builder.size > max_bytes:
+                raise ContentTooLarge(f"{want} is larger than the limit of {max_bytes} bytes")
             if held is not None:
                 yield held
             held = chunk
@@ -91,9 +96,10 @@ class ContentStore(ABC):
         if held is not None:
             yield held
 
-    def get(self, cid: CID | str) -> bytes:
-        """The content of `cid`, verified against the CID."""
-        return b"".join(transfer(self.get_stream(cid), f"download {str(cid)[:16]}…"))
+    def get(self, cid: CID | str, max_bytes: int | None = None) -> bytes:
+        """The content of `cid`, verified against the CID (at most `max_bytes` of it)."""
+        chunks = self.get_stream(cid, max_bytes)
+        return b"".join(transfer(chunks, f"download {str(cid)[:16]}…"))
 
     def put_file(self, path: str | Path) -> CID:
         """Store a file's contents, streamed; return its CID."""

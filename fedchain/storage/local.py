@@ -81,6 +81,12 @@ class LocalStore(ContentStore):
         return self._files / text[-2:] / text
 
     def put_stream(self, chunks: Iterable[bytes]) -> CID:
+        try:
+            return self._put(chunks)
+        except OSError as exc:  # a full disk, a permission, an I/O error
+            raise StoreUnavailable(f"cannot write to the store at {self.root}: {exc}") from None
+
+    def _put(self, chunks: Iterable[bytes]) -> CID:
         builder = CidBuilder()
         fd, tmp = tempfile.mkstemp(prefix="put-", suffix=".part", dir=self._tmp)
         try:
@@ -109,12 +115,21 @@ class LocalStore(ContentStore):
             f = open(self.path_of(cid), "rb")  # noqa: SIM115 - closed by the generator
         except FileNotFoundError:
             raise ContentNotFound(f"{cid} is not in the store at {self.root}") from None
+        except OSError as exc:
+            raise StoreUnavailable(
+                f"cannot read {cid} from the store at {self.root}: {exc}"
+            ) from None
         return self._chunks(f)
 
     def _chunks(self, f: BinaryIO) -> Iterator[bytes]:
         with f:
-            while chunk := f.read(self._read_size):
-                yield chunk
+            try:
+                while chunk := f.read(self._read_size):
+                    yield chunk
+            except OSError as exc:
+                raise StoreUnavailable(
+                    f"reading from the store at {self.root} failed: {exc}"
+                ) from None
 
     def pin(self, cid: CID | str) -> None:
         if not self.has(cid):
