@@ -211,6 +211,8 @@ class Aggregator:
                     raise InvalidModel(f"numExamples {u.num_examples} exceeds {MAX_EXAMPLES}")
                 data = self.store.get(to_cid(u.model_cid), max_bytes=limit)
                 weights = decode(data, reference=self._spec, max_bytes=limit, copy=False)
+                # Keep it: audits and restarts of stateful strategies fetch it again later.
+                self.store.pin(to_cid(u.model_cid))
             except StoreUnavailable:
                 raise  # an outage, not a bad update: the round is retried
             except (InvalidModel, StorageError) as exc:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar, cast
+from urllib.parse import urlsplit
 
 import requests
 from eth_account import Account
@@ -129,10 +130,19 @@ def connect(url: str = "embedded", *, timeout: float = 30.0, fresh: bool = False
             return _EMBEDDED["embedded"]
     if url.startswith(("http://", "https://")):
         provider = Web3.HTTPProvider(url, request_kwargs={"timeout": timeout})
-        chain = Chain(provider, url)
+        chain = Chain(provider, redact_url(url))
         _ = chain.chain_id  # fail fast with ChainUnavailable
         return chain
     raise ConfigError(f"unknown chain URL {url!r}: use 'embedded' or http(s)://host:port")
+
+
+def redact_url(url: str) -> str:
+    """The URL as fedchain shows it: no credentials, no path or query (API keys live there)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    hidden = parts.username or parts.password or parts.path not in ("", "/") or parts.query
+    return f"{parts.scheme}://{netloc}" + ("/…" if hidden else "")
 
 
 def _embedded_provider() -> Any:

@@ -219,7 +219,7 @@ def cmd_aggregator(args: argparse.Namespace) -> int:
     history = agg.history
     history.fill_distributed(contract)
     out = Path(job.output)
-    history.save(out / "results.json", contract=contract.address, chain=job.chain)
+    history.save(out / "results.json", contract=contract.address, chain=chain.url)
     history.plot(out / "history.png")
     _print_history(history)
     print(f"results: {out / 'results.json'}, plot: {out / 'history.png'}")
@@ -261,7 +261,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     _print_rounds(result)
     _print_history(result.history)
     print(f"\n{len(result.rounds)} rounds in {time.monotonic() - started:.1f}s on "
-          f"{job.chain} chain, contract {result.contract.address}")
+          f"{result.contract.chain.url} chain, contract {result.contract.address}")
     print(f"results: {result.results_path}  plot: {result.plot_path}")
     if not args.audit:
         return 0
@@ -287,7 +287,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     contract = _contract(job, chain)
     round = contract.current_round()
     console = _console()
-    console.print(f"FedChain {contract.address} on chain {chain.chain_id} ({job.chain})")
+    console.print(f"FedChain {contract.address} on chain {chain.chain_id} ({chain.url})")
     console.print(f"owner {contract.owner()}  aggregator {contract.aggregator()}")
     state = "finished" if contract.finished() else (
         "waiting for genesis" if round == 0 else f"round {round} open")

@@ -175,3 +175,15 @@ def test_transactions_mine_with_the_fee_style_the_node_offers(chain: Chain) -> N
         assert tx["type"] == 2 and tx["maxFeePerGas"] >= tx["maxPriorityFeePerGas"]
     else:
         assert tx["type"] == 0 and tx["gasPrice"] > 0
+
+
+def test_rpc_urls_are_shown_without_the_api_keys_they_carry() -> None:
+    from fedchain.chain import redact_url
+
+    assert redact_url("https://mainnet.infura.io/v3/0123456789abcdef") == (
+        "https://mainnet.infura.io/…")
+    assert redact_url("https://user:secret@rpc.example.org:8545") == "https://rpc.example.org:8545/…"
+    assert redact_url("http://127.0.0.1:8545") == "http://127.0.0.1:8545"
+    with pytest.raises(ChainUnavailable) as err:
+        connect(f"http://127.0.0.1:{free_port()}/v3/0123456789abcdef")
+    assert "0123456789abcdef" not in str(err.value)
