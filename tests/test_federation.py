@@ -9,32 +9,14 @@ import pytest
 from fedmodels import LinearLearner, WrongShapeLearner, initial_weights
 
 from fedchain.aggregator import Aggregator
-from fedchain.chain import connect
 from fedchain.codec import decode, encode
-from fedchain.contract import FedChain, to_cid
+from fedchain.contract import to_cid
 from fedchain.errors import WrongRound
 from fedchain.learner import LearnerNode
 from fedchain.simulation import simulate
-from fedchain.storage import open_store
 from fedchain.strategy import FedAvg, Update
 
 TRAIN = {"lr": 0.1, "steps": 5}
-
-
-@pytest.fixture
-def store(tmp_path):
-    return open_store(f"file://{tmp_path / 'store'}")
-
-
-@pytest.fixture
-def fed(store):
-    """A fresh embedded chain with FedChain deployed: owner 0, aggregator 1, learners 2-4."""
-    chain = connect("embedded", fresh=True)
-    contract, _ = FedChain.deploy(chain, chain.account(0), chain.account(1).address)
-    learners = [chain.account(i) for i in (2, 3, 4)]
-    contract.add_learners([a.address for a in learners])
-    aggregator = contract.with_account(chain.account(1))
-    return chain, aggregator, [contract.with_account(a) for a in learners]
 
 
 def make_aggregator(contract, store, **kw):

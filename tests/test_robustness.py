@@ -20,23 +20,7 @@ from fedchain.codec import decode, encode
 from fedchain.contract import FedChain, to_cid
 from fedchain.errors import ChainUnavailable, StoreUnavailable, TransactionTimeout
 from fedchain.learner import MAX_METRICS_BYTES, LearnerNode, metrics_json
-from fedchain.storage import open_store
 from fedchain.strategy import FedAvg, Krum
-
-
-@pytest.fixture
-def store(tmp_path):
-    return open_store(f"file://{tmp_path / 'store'}")
-
-
-@pytest.fixture
-def fed(store):
-    chain = connect("embedded", fresh=True)
-    contract, _ = FedChain.deploy(chain, chain.account(0), chain.account(1).address)
-    learners = [chain.account(i) for i in (2, 3, 4)]
-    contract.add_learners([a.address for a in learners])
-    return chain, contract.with_account(chain.account(1)), [contract.with_account(a)
-                                                           for a in learners]
 
 
 def _aggregator(contract, store, **kw):
