@@ -67,6 +67,7 @@ class History:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,6 +87,7 @@ class History:
                     xs, ys = zip(*points, strict=True)
                     ax.plot(xs, ys, style, label=label)
             ax.set_xlabel("round")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_title(name)
             ax.grid(alpha=0.3)
             ax.legend()
