@@ -30,6 +30,9 @@ contract FedChain {
 
     uint256 public constant MAX_CID_LENGTH = 63;
     uint256 public constant MAX_METRICS_LENGTH = 1024;
+    /// @dev 2**40 examples: far beyond any learner's data, small enough that FedAvg weights
+    /// stay exact and finite in floating point.
+    uint256 public constant MAX_EXAMPLES = 1 << 40;
 
     address public owner;
     uint32 private _learnerCount;
@@ -59,6 +62,7 @@ contract FedChain {
     error EmptyCid();
     error CidTooLong(uint256 length, uint256 max);
     error NoExamples();
+    error TooManyExamples(uint256 given, uint256 max);
     error MetricsTooLarge(uint256 size, uint256 max);
     error NoGlobalModel(uint256 round);
     error AlreadyReported(uint256 round, address learner);
@@ -171,6 +175,7 @@ contract FedChain {
         _checkOpen(s, round);
         _checkCid(modelCid);
         if (numExamples == 0) revert NoExamples();
+        if (numExamples > MAX_EXAMPLES) revert TooManyExamples(numExamples, MAX_EXAMPLES);
         uint256 word = l.index >> 8;
         uint256 bit = 1 << (l.index & 0xff);
         uint256 bits = _submitted[round][word];

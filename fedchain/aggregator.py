@@ -32,9 +32,6 @@ from .strategy import Strategy, Update, strategy_from_plan
 
 log = logging.getLogger("fedchain.aggregator")
 
-#: Updates claiming more examples are rejected: FedAvg weights must stay finite and exact.
-MAX_EXAMPLES = 2**40
-
 T = TypeVar("T")
 
 EvaluateFn = Callable[[int, Weights], tuple[float, Mapping[str, float]] | None]
@@ -207,8 +204,6 @@ class Aggregator:
         for u in sorted(updates, key=lambda u: int(u.learner, 16)):
             cid = cid_text(u.model_cid)
             try:
-                if u.num_examples > MAX_EXAMPLES:
-                    raise InvalidModel(f"numExamples {u.num_examples} exceeds {MAX_EXAMPLES}")
                 data = self.store.get(to_cid(u.model_cid), max_bytes=limit)
                 weights = decode(data, reference=self._spec, max_bytes=limit, copy=False)
                 # Keep it: audits and restarts of stateful strategies fetch it again later.

@@ -180,6 +180,12 @@ class NoExamples(ContractRevert):
     """numExamples must be positive"""
 
 
+class TooManyExamples(ContractRevert):
+    """numExamples is above the contract's limit (2**40)"""
+
+    params = ("given", "max")
+
+
 class MetricsTooLarge(ContractRevert):
     """The metrics JSON is larger than the contract accepts"""
 
@@ -218,6 +224,7 @@ REVERTS: dict[str, type[ContractRevert]] = {
         EmptyCid,
         CidTooLong,
         NoExamples,
+        TooManyExamples,
         MetricsTooLarge,
         NoGlobalModel,
         AlreadyReported,

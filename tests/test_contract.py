@@ -40,6 +40,7 @@ from fedchain.errors import (
     NotOwner,
     NotStarted,
     NotSubmitted,
+    TooManyExamples,
     TransactionFailed,
     UnknownLearner,
     WrongRound,
@@ -339,6 +340,8 @@ def test_empty_or_overlong_cids_and_updates_without_examples_revert(
         reverts(EmptyCid, {}, lambda: learner.submit_update(1, b"", 10))
         reverts(CidTooLong, too_long, lambda: learner.submit_update(1, b"\x01" * 64, 10))
         reverts(NoExamples, {}, lambda: learner.submit_update(1, cid_v1_raw("u"), 0))
+        reverts(TooManyExamples, {"given": 2**40 + 1, "max": 2**40},
+                lambda: learner.submit_update(1, cid_v1_raw("u"), 2**40 + 1))
         reverts(EmptyCid, {}, lambda: agg.publish_global(1, b"", []))
         reverts(CidTooLong, too_long, lambda: agg.publish_global(1, b"\x01" * 64, []))
 

@@ -14,11 +14,16 @@ import pytest
 import requests
 from fedmodels import LinearLearner, initial_weights
 
-from fedchain.aggregator import MAX_EXAMPLES, Aggregator
+from fedchain.aggregator import Aggregator
 from fedchain.chain import connect
 from fedchain.codec import decode, encode
 from fedchain.contract import FedChain, to_cid
-from fedchain.errors import ChainUnavailable, StoreUnavailable, TransactionTimeout
+from fedchain.errors import (
+    ChainUnavailable,
+    StoreUnavailable,
+    TooManyExamples,
+    TransactionTimeout,
+)
 from fedchain.learner import MAX_METRICS_BYTES, LearnerNode, metrics_json
 from fedchain.strategy import FedAvg, Krum
 
@@ -105,19 +110,18 @@ def test_ipfs_blip_while_fetching_retries_the_round_instead_of_dropping_updates(
     assert len(result.included) == 3 and result.rejected == []
 
 
-def test_absurd_num_examples_is_rejected_and_the_round_goes_on(fed, store):
+def test_absurd_num_examples_is_refused_on_chain_and_the_round_goes_on(fed, store):
     chain, aggregator, learners = fed
     agg = _aggregator(aggregator, store)
     agg.start()
     LearnerNode(LinearLearner(0), learners[0], store, evaluate=False).step()
-    learners[1].submit_update(1, store.put(encode(initial_weights())), 2**200)
+    with pytest.raises(TooManyExamples) as err:
+        learners[1].submit_update(1, store.put(encode(initial_weights())), 2**200)
+    assert err.value.fields == {"given": 2**200, "max": 2**40}
 
     result = agg.run_round(1)
 
     assert result.included == [learners[0].account.address]
-    (rejected,) = result.rejected
-    assert rejected.learner == learners[1].account.address
-    assert str(MAX_EXAMPLES) in rejected.reason
     published = decode(store.get(to_cid(aggregator.global_model(1))))
     assert all(np.isfinite(a).all() for a in published.values())
 
