@@ -142,11 +142,9 @@ def _stop_on_signals() -> threading.Event:
 
 def _console() -> Any:
     """A rich console; wide enough for the round tables when output is not a terminal."""
-    import sys as _sys
-
     from rich.console import Console
 
-    return Console() if _sys.stdout.isatty() else Console(width=160)
+    return Console() if sys.stdout.isatty() else Console(width=160)
 
 
 # --- commands ------------------------------------------------------------------------

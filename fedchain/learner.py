@@ -16,6 +16,7 @@ from .contract import FedChain, to_cid
 from .errors import (
     AlreadyReported,
     AlreadySubmitted,
+    ConfigError,
     FedChainError,
     FederationFinished,
     NoGlobalModel,
@@ -170,7 +171,7 @@ class LearnerNode:
         max_outage: float = 600.0,
     ) -> None:
         if contract.account is None:
-            raise FedChainError("the learner's contract binding needs a signing account")
+            raise ConfigError("the learner's contract binding needs a signing account")
         self.max_outage = max_outage
         self.learner = learner
         self.contract = contract

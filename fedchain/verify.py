@@ -168,11 +168,6 @@ def _error(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _is_stateful(strategy: Strategy) -> bool:
-    """Whether the strategy carries server-optimizer state from round to round."""
-    return strategy.stateful
-
-
 def load_plan(report: AuditReport, store: Any) -> Plan | None:
     """Fetches the plan the genesis names into `report` (a check says why if it cannot)."""
     if report.plan_cid is None:
@@ -229,7 +224,7 @@ def verify(report: AuditReport, store: Any, plan: Plan | None = None) -> None:
         checks.append(Check(_failure(exc), "genesis model", _error(exc)))
         return
     checks.append(Check(OK, "genesis model", f"valid, {len(genesis)} tensors"))
-    walk = _Walk(plan, strategy, spec(genesis), genesis, stateful=_is_stateful(strategy))
+    walk = _Walk(plan, strategy, spec(genesis), genesis, stateful=strategy.stateful)
     for r in report.rounds:
         if r.global_cid is not None:
             _verify_round(r, store, walk)
