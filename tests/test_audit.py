@@ -10,18 +10,20 @@ import numpy as np
 import pytest
 from fedmodels import LinearLearner, initial_weights
 
-from fedchain.aggregator import Aggregator
+from fedchain.aggregation.strategy import FedAvg, FedAvgM, Update
 from fedchain.audit import read_federation
-from fedchain.chain import connect
+from fedchain.audit.render import write_html
+from fedchain.audit.verify import load_plan, verify
 from fedchain.cli import main as cli_main
-from fedchain.codec import decode, encode
-from fedchain.contract import FedChain, to_cid
-from fedchain.learner import LearnerNode
-from fedchain.report import write_html
-from fedchain.simulation import simulate
+from fedchain.eth.chain import connect
+from fedchain.eth.contract import FedChain
+from fedchain.federation.aggregator import Aggregator
+from fedchain.federation.node import LearnerNode
+from fedchain.federation.replay import rebuild_state, recompute_round
+from fedchain.federation.simulation import simulate
+from fedchain.model.codec import decode, encode
 from fedchain.storage import open_store
-from fedchain.strategy import FedAvg, FedAvgM, Update
-from fedchain.verify import load_plan, rebuild_state, recompute_round, verify
+from fedchain.storage.cid import to_cid
 
 TRAIN = {"lr": 0.1, "steps": 5}
 

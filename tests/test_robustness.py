@@ -14,18 +14,19 @@ import pytest
 import requests
 from fedmodels import LinearLearner, initial_weights
 
-from fedchain.aggregator import Aggregator
-from fedchain.chain import connect
-from fedchain.codec import decode, encode
-from fedchain.contract import FedChain, to_cid
+from fedchain.aggregation.strategy import FedAvg, Krum
 from fedchain.errors import (
     ChainUnavailable,
     StoreUnavailable,
     TooManyExamples,
     TransactionTimeout,
 )
-from fedchain.learner import MAX_METRICS_BYTES, LearnerNode, metrics_json
-from fedchain.strategy import FedAvg, Krum
+from fedchain.eth.chain import connect
+from fedchain.eth.contract import FedChain
+from fedchain.federation.aggregator import Aggregator
+from fedchain.federation.node import MAX_METRICS_BYTES, LearnerNode, metrics_json
+from fedchain.model.codec import decode, encode
+from fedchain.storage.cid import to_cid
 
 
 def _aggregator(contract, store, **kw):

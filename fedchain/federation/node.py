@@ -1,4 +1,4 @@
-"""The Learner API (Flower/MetisFL style), TorchLearner, and the learner loop."""
+"""LearnerNode: runs one Learner against a federation (train each round, evaluate each model)."""
 
 from __future__ import annotations
 
@@ -6,124 +6,25 @@ import json
 import logging
 import threading
 import time
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
 
-from .codec import ModelSpec, Weights, decode, encode, spec
-from .contract import FedChain, to_cid
-from .errors import (
+from ..errors import FedChainError
+from ..eth.contract import FedChain, require_signer
+from ..eth.reverts import (
     AlreadyReported,
     AlreadySubmitted,
-    ConfigError,
-    FedChainError,
     FederationFinished,
     NoGlobalModel,
     WrongRound,
 )
+from ..model.codec import ModelSpec, Weights, decode, encode, spec
+from ..model.plan import Plan
+from ..storage import ContentStore
+from ..storage.cid import to_cid
+from .learner import Learner
 from .outage import ride_out
-from .plan import Plan
 
 log = logging.getLogger("fedchain.learner")
-
-Metrics = dict[str, float]
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """What local training produced: the new weights, how many examples, training metrics."""
-
-    weights: Weights
-    num_examples: int
-    metrics: Metrics = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """What evaluating a model on local data gave."""
-
-    loss: float
-    num_examples: int
-    metrics: Metrics = field(default_factory=dict)
-
-
-class Learner(ABC):
-    """A participant's model and data. Subclass it, or use TorchLearner."""
-
-    @abstractmethod
-    def get_weights(self) -> Weights: ...
-
-    @abstractmethod
-    def set_weights(self, weights: Weights) -> None: ...
-
-    @abstractmethod
-    def train(self, weights: Weights, config: Mapping[str, Any]) -> TrainResult: ...
-
-    @abstractmethod
-    def evaluate(self, weights: Weights, config: Mapping[str, Any]) -> EvalResult: ...
-
-
-TrainFn = Callable[[Any, Any, Mapping[str, Any]], Mapping[str, float] | None]
-EvalFn = Callable[[Any, Any, Mapping[str, Any]], tuple[float, Mapping[str, float]]]
-
-
-def _num_examples(data: Any) -> int:
-    dataset = getattr(data, "dataset", data)
-    return len(dataset)
-
-
-class TorchLearner(Learner):
-    """A Learner around a torch.nn.Module, a train function, an eval function and data.
-
-    `train_fn(model, train_data, config)` trains in place and may return metrics;
-    `eval_fn(model, test_data, config)` returns `(loss, metrics)`. Weights map onto the
-    module's `state_dict` by name, buffers (BatchNorm statistics, counters) included.
-    """
-
-    def __init__(
-        self,
-        model: Any,
-        train_fn: TrainFn,
-        eval_fn: EvalFn,
-        train_data: Any,
-        test_data: Any,
-        num_train_examples: int | None = None,
-        num_test_examples: int | None = None,
-    ) -> None:
-        self.model = model
-        self.train_fn = train_fn
-        self.eval_fn = eval_fn
-        self.train_data = train_data
-        self.test_data = test_data
-        self.num_train = num_train_examples or _num_examples(train_data)
-        self.num_test = num_test_examples or _num_examples(test_data)
-
-    def get_weights(self) -> Weights:
-        from .codec import from_state_dict
-
-        return from_state_dict(self.model.state_dict())
-
-    def set_weights(self, weights: Weights) -> None:
-        from .codec import to_state_dict
-
-        self.model.load_state_dict(to_state_dict(weights), strict=True)
-
-    def train(self, weights: Weights, config: Mapping[str, Any]) -> TrainResult:
-        self.set_weights(weights)
-        self.model.train()
-        metrics = self.train_fn(self.model, self.train_data, config) or {}
-        floats = {k: float(v) for k, v in metrics.items()}
-        return TrainResult(self.get_weights(), self.num_train, floats)
-
-    def evaluate(self, weights: Weights, config: Mapping[str, Any]) -> EvalResult:
-        import torch
-
-        self.set_weights(weights)
-        self.model.eval()
-        with torch.no_grad():
-            loss, metrics = self.eval_fn(self.model, self.test_data, config)
-        return EvalResult(float(loss), self.num_test, {k: float(v) for k, v in metrics.items()})
 
 
 #: The contract's limit on a metrics report.
@@ -162,7 +63,7 @@ class LearnerNode:
         self,
         learner: Learner,
         contract: FedChain,
-        store: Any,
+        store: ContentStore,
         *,
         name: str | None = None,
         poll_interval: float = 0.2,
@@ -170,8 +71,7 @@ class LearnerNode:
         stop: threading.Event | None = None,
         max_outage: float = 600.0,
     ) -> None:
-        if contract.account is None:
-            raise ConfigError("the learner's contract binding needs a signing account")
+        require_signer(contract, "the learner")
         self.max_outage = max_outage
         self.learner = learner
         self.contract = contract

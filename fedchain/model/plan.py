@@ -10,9 +10,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from . import __version__
+from .. import __version__
+from ..errors import ConfigError
+from ..storage.cid import to_cid
 from .codec import DEFAULT_MAX_BYTES, FORMAT, VERSION
-from .errors import ConfigError
 
 PLAN_FORMAT = "fedchain-plan/1"
 MAX_PLAN_BYTES = 1024 * 1024
@@ -56,8 +57,6 @@ class Plan:
         if not cid:
             raise ConfigError("the federation has no plan yet (no genesis on chain)")
         if isinstance(cid, bytes):
-            from .contract import to_cid
-
             cid = to_cid(cid)
         data = store.get(cid)
         if len(data) > MAX_PLAN_BYTES:

@@ -7,20 +7,15 @@ network. Reverts come back as `fedchain.errors` exceptions named after the contr
 
 from __future__ import annotations
 
-import functools
-import json
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 import requests
-from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import to_checksum_address
 from eth_utils.exceptions import ValidationError as EthUtilsValidationError
@@ -33,10 +28,8 @@ from web3.exceptions import (
 )
 from web3.types import FilterParams, TxParams
 
-from .devnet import DEV_ACCOUNTS, DEV_MNEMONIC
-from .errors import ChainUnavailable, ConfigError, TransactionFailed, TransactionTimeout
-
-Account.enable_unaudited_hdwallet_features()
+from ..errors import ChainUnavailable, ConfigError, TransactionFailed, TransactionTimeout
+from .accounts import DEV_ACCOUNTS, DEV_CHAIN_IDS, DEV_MNEMONIC, dev_account
 
 try:  # the embedded chain reports reverts with eth-tester's own exception
     from eth_tester.exceptions import TransactionFailed as _TesterFailed
@@ -53,53 +46,6 @@ T = TypeVar("T")
 
 #: Gas limit of transactions on the embedded chain (deploying FedChain takes 1.4M).
 EMBEDDED_GAS_LIMIT = 5_000_000
-
-#: Chain ids of the dev chains whose mnemonic accounts may be used by index.
-DEV_CHAIN_IDS = {31337, 1337, 131277322940537}
-
-
-@functools.cache
-def dev_account(index: int) -> LocalAccount:
-    """Account `index` of the well-known dev mnemonic (Anvil, Hardhat, Ganache, embedded)."""
-    if not 0 <= index < 1000:
-        raise ConfigError(f"dev account index must be in 0..999, got {index}")
-    return Account.from_mnemonic(DEV_MNEMONIC, account_path=f"m/44'/60'/0'/0/{index}")
-
-
-def load_account(
-    key: str | None = None,
-    keystore: str | Path | None = None,
-    password: str | None = None,
-    dev_index: int | None = None,
-) -> LocalAccount:
-    """The signing account from a key, a keystore file, FEDCHAIN_KEY, or a dev index.
-
-    The key itself never appears in an error message.
-    """
-    key = key or os.environ.get("FEDCHAIN_KEY")
-    if key:
-        try:
-            return Account.from_key(key.strip())
-        except Exception:
-            raise ConfigError("the private key given is not a valid 32-byte hex key") from None
-    if keystore:
-        path = Path(keystore)
-        if password is None:
-            password = os.environ.get("FEDCHAIN_KEYSTORE_PASSWORD")
-        if password is None:
-            raise ConfigError(f"keystore {path} needs a password (--password or env)")
-        try:
-            encrypted = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot read keystore {path}: {exc}") from None
-        try:
-            return Account.from_key(Account.decrypt(encrypted, password))
-        except ValueError:
-            raise ConfigError(f"wrong password for keystore {path}") from None
-    if dev_index is not None:
-        return dev_account(dev_index)
-    raise ConfigError("no account: give --key, FEDCHAIN_KEY, --keystore, or --dev-account N")
-
 
 @dataclass(frozen=True)
 class Receipt:

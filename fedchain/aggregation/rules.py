@@ -22,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from .codec import Weights
-from .errors import AggregationError, ConfigError, InvalidModel
+from ..errors import AggregationError, ConfigError, InvalidModel
+from ..eth.accounts import learner_key
+from ..model.codec import Weights
 
 SCALINGS = ("num_examples", "uniform")
 ACCUMULATORS = ("float32", "float64")
@@ -38,11 +39,6 @@ class Update:
     learner: str  # 0x-address, checksum case
     num_examples: int
     weights: Weights
-
-
-def learner_key(address: str) -> str:
-    """Sort key of a learner address: updates are aggregated in ascending order of this key."""
-    return address.lower()
 
 
 # --- validation ----------------------------------------------------------------------

@@ -11,13 +11,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
 
-from .codec import ModelSpec, Weights, decode, encode, spec
-from .contract import FedChain, UpdateSubmitted, cid_text, to_cid
-from .errors import (
+from ..aggregation.strategy import Strategy, Update, strategy_from_plan
+from ..errors import (
     AggregationError,
     ConfigError,
     FedChainError,
@@ -25,39 +24,22 @@ from .errors import (
     StorageError,
     StoreUnavailable,
 )
-from .history import History
+from ..eth.accounts import learner_key
+from ..eth.contract import FedChain, require_signer
+from ..eth.events import UpdateSubmitted
+from ..model.codec import ModelSpec, Weights, decode, encode, spec
+from ..model.plan import Plan
+from ..storage import ContentStore
+from ..storage.cid import cid_text, to_cid
+from .history import History, Rejected, RoundResult
 from .outage import ride_out
-from .plan import Plan
-from .strategy import Strategy, Update, strategy_from_plan
+from .replay import rebuild_state
 
 log = logging.getLogger("fedchain.aggregator")
 
 T = TypeVar("T")
 
 EvaluateFn = Callable[[int, Weights], tuple[float, Mapping[str, float]] | None]
-
-
-@dataclass(frozen=True)
-class Rejected:
-    """An update left out of a round, and why."""
-
-    learner: str
-    cid: str
-    reason: str
-
-
-@dataclass
-class RoundResult:
-    """What the aggregator did in one round."""
-
-    round: int
-    global_cid: str
-    included: list[str]
-    rejected: list[Rejected]
-    received: int
-    seconds: float
-    centralized: tuple[float, dict[str, float]] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -89,7 +71,7 @@ class Aggregator:
     def __init__(
         self,
         contract: FedChain,
-        store: Any,
+        store: ContentStore,
         *,
         strategy: Strategy | None = None,
         initial_weights: Weights | None = None,
@@ -105,8 +87,7 @@ class Aggregator:
         max_outage: float = 600.0,
         stop: threading.Event | None = None,
     ) -> None:
-        if contract.account is None:
-            raise ConfigError("the aggregator's contract binding needs a signing account")
+        require_signer(contract, "the aggregator")
         self.contract = contract
         self.store = store
         self.strategy = strategy
@@ -123,12 +104,16 @@ class Aggregator:
         self.max_outage = max_outage
         self.stop_event = stop or threading.Event()
         self.history = History()
-        self.results: list[RoundResult] = []
         self.plan: Plan | None = None
         self._spec: ModelSpec | None = None
         self._state: Weights | None = None
         # Where to start scanning for the open round's updates (0 after a restart).
         self._round_block = 0
+
+    @property
+    def results(self) -> list[RoundResult]:
+        """The rounds this aggregator ran, in order."""
+        return self.history.rounds
 
     # -- genesis -----------------------------------------------------------------------
 
@@ -167,8 +152,6 @@ class Aggregator:
         open_round = c.current_round()
         if self.strategy.stateful and open_round > 1:
             # Server-optimizer state lives nowhere but in the history: replay it.
-            from .verify import rebuild_state
-
             self._state = rebuild_state(c, self.store, self.strategy, open_round - 1)
             log.info("rebuilt %s state from rounds 1-%d", self.strategy.name, open_round - 1)
         self.rounds = self.plan.rounds
@@ -201,7 +184,7 @@ class Aggregator:
         """Fetches, verifies and validates each update in learner order; bad ones are skipped."""
         assert self._spec is not None and self.plan is not None
         limit = self.plan.max_model_bytes
-        for u in sorted(updates, key=lambda u: int(u.learner, 16)):
+        for u in sorted(updates, key=lambda u: learner_key(u.learner)):
             cid = cid_text(u.model_cid)
             try:
                 data = self.store.get(to_cid(u.model_cid), max_bytes=limit)
@@ -272,7 +255,7 @@ class Aggregator:
                 self.history.add_centralized(round, float(loss), metrics)
                 shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
                 log.info("[ROUND %d] centralized evaluation: loss=%.4f %s", round, loss, shown)
-        self.results.append(result)
+        self.history.add_round(result)
         return result
 
     # -- the loop ----------------------------------------------------------------------
@@ -328,15 +311,3 @@ class Aggregator:
                 return reports
             if self.stop_event.wait(self.poll):
                 return reports
-
-    def state_summary(self) -> dict[str, Any]:
-        """A short description of the federation for logs and the CLI."""
-        c = self.contract
-        round = c.current_round()
-        return {
-            "contract": c.address,
-            "round": round,
-            "finished": c.finished(),
-            "learners": c.learner_count(),
-            "global": cid_text(c.global_model(round - 1)) if round > 0 else None,
-        }

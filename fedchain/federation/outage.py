@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from .errors import ChainUnavailable, FedChainError, StoreUnavailable, TransactionTimeout
+from ..errors import ChainUnavailable, FedChainError, StoreUnavailable, TransactionTimeout
 
 T = TypeVar("T")
 

@@ -17,8 +17,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .codec import Weights
-from .errors import AggregationError, ConfigError
+from ..errors import AggregationError, ConfigError
+from ..model.codec import Weights
 from .rules import (
     ACCUMULATORS,
     SCALINGS,

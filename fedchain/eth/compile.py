@@ -1,4 +1,4 @@
-"""Compile contracts/FedChain.sol into fedchain/artifacts/FedChain.json.
+"""Compile contracts/FedChain.sol into fedchain/artifacts/FedChain.json (developers only).
 
 The artifact ships in the wheel, so users never need a compiler. Developers regenerate it with
 `fedchain compile` (or `npx hardhat compile`), which runs the pinned solcjs from node_modules,
@@ -14,10 +14,11 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from ..npm import node24, node_bin
+from .artifact import ARTIFACT_PATH, CONTRACT, PACKAGE_DIR
 
 SOLC_VERSION = "0.8.28"
-CONTRACT = "FedChain"
 #: Paris: the newest EVM that Ganache 7.9 runs (it predates PUSH0), and py-evm and Anvil accept.
 SETTINGS: dict[str, Any] = {
     "optimizer": {"enabled": True, "runs": 200},
@@ -27,8 +28,6 @@ SETTINGS: dict[str, Any] = {
     "outputSelection": {"*": {"*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"]}},
 }
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-ARTIFACT_PATH = PACKAGE_DIR / "artifacts" / f"{CONTRACT}.json"
 
 
 def source_path() -> Path:
@@ -52,13 +51,9 @@ def _standard_input(source: str) -> dict[str, Any]:
 
 
 def _solcjs(std_input: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    from .devnet import node_bin
-
     solc_dir = node_bin("solc")
     node = shutil.which("node")
     if node is None:
-        from .devnet import node24
-
         node = str(node24())
     script = (
         "const solc = require(process.argv[1]);"
@@ -119,8 +114,3 @@ def write_artifact(path: Path = ARTIFACT_PATH) -> dict[str, Any]:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(artifact, indent=2) + "\n")
     return artifact
-
-
-def load_artifact() -> dict[str, Any]:
-    """The committed FedChain artifact (ABI and bytecode)."""
-    return json.loads(ARTIFACT_PATH.read_text())

@@ -15,20 +15,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..aggregation.strategy import Strategy
+from ..errors import ConfigError, FedChainError
+from ..eth.accounts import AGGREGATOR_INDEX, FIRST_LEARNER_INDEX, OWNER_INDEX
+from ..eth.chain import Chain, connect
+from ..eth.contract import FedChain
+from ..model.codec import Weights
+from ..storage import ContentStore, open_store
 from .aggregator import Aggregator, EvaluateFn, RoundResult, Termination
-from .chain import Chain, connect
-from .codec import Weights
-from .contract import FedChain
-from .errors import ConfigError, FedChainError
 from .history import History
-from .learner import Learner, LearnerNode
-from .storage import ContentStore, open_store
-from .strategy import Strategy
+from .learner import Learner
+from .node import LearnerNode
+from .results import fill_distributed, write_results
 
 log = logging.getLogger("fedchain.simulation")
-
-#: Dev accounts: 0 deploys (owner), 1 aggregates, 2.. are the learners.
-OWNER_INDEX, AGGREGATOR_INDEX, FIRST_LEARNER_INDEX = 0, 1, 2
 
 
 @dataclass
@@ -144,18 +144,12 @@ def simulate(
         raise FedChainError(f"simulation failed: {type(first).__name__}: {first}") from first
 
     history = agg.history
-    history.fill_distributed(contract)
-    history.rounds = [
-        {"round": r.round, "global": r.global_cid, "included": r.included,
-         "rejected": [vars(x) for x in r.rejected], "seconds": round(r.seconds, 3)}
-        for r in agg.results
-    ]
     result = SimulationResult(history, agg.results, contract, st, nodes)
     if results_dir is not None:
-        out = Path(results_dir)
-        result.results_path = history.save(
-            out / "results.json", contract=contract.address, chain=ch.url, store=st.url,
-            plan=agg.plan.to_json().decode() if agg.plan else None,
+        result.results_path, result.plot_path = write_results(
+            results_dir, history, contract, store_url=st.url, plan=agg.plan,
+            title=title,
         )
-        result.plot_path = history.plot(out / "history.png", title=title)
+    else:
+        fill_distributed(history, contract)
     return result

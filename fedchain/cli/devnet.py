@@ -14,41 +14,15 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-from .errors import ConfigError
-
-#: The mnemonic every dev chain (Anvil, Hardhat, Ganache as started here, embedded) uses.
-DEV_MNEMONIC = "test test test test test test test test test test test junk"
-DEV_ACCOUNTS = 20
-
-
-def project_root() -> Path:
-    """The directory holding node_modules/ (the repo root, or the current directory)."""
-    for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
-        for d in (base, *base.parents):
-            if (d / "node_modules").is_dir():
-                return d
-    raise ConfigError(
-        "node_modules/ not found: run `make setup` (npm ci) in the fedchain checkout first"
-    )
-
-
-def node_bin(relative: str) -> Path:
-    """A file under node_modules/, with a clear error when npm packages are missing."""
-    path = project_root() / "node_modules" / relative
-    if not path.exists():
-        raise ConfigError(f"{path} is missing: run `make setup` (npm ci) to install it")
-    return path
-
-
-def node24() -> Path:
-    """The project-local Node 24 (the `node` npm package), needed by Helia and Hardhat 3."""
-    return node_bin("node/bin/node")
+from ..errors import ConfigError
+from ..eth.accounts import DEV_ACCOUNTS, DEV_MNEMONIC
+from ..npm import node24, node_bin, project_root
 
 
 def free_port() -> int:
@@ -190,11 +164,3 @@ def start_ipfs_devnode(
     node = _spawn("ipfs-devnode", argv, url, ready, timeout, workdir=repo)
     node._cleanup.extend(cleanup)
     return node
-
-
-@contextlib.contextmanager
-def running(node: DevNode) -> Iterator[DevNode]:
-    try:
-        yield node
-    finally:
-        node.stop()

@@ -1,21 +1,13 @@
-"""`fedchain audit`: a federation's round history from the chain alone, optionally re-verified.
+"""A federation's round history from the chain alone, as an AuditReport.
 
 Reading needs only a chain node and the contract address: one paged pass over the contract's
 events up to a fixed head block (so a federation still running gives a consistent snapshot),
 grouped by round, plus the gas of each transaction from its receipt.
-
-`--verify` then walks the rounds in order holding one round's models at a time: it fetches
-the previous global model, the included updates and the published global model through the
-store (every byte checked against its CID), decodes and validates them, re-runs the round
-with the plan's strategy and compares the CID of the re-encoded result with the published
-one. Content the store cannot serve is reported as unfetchable, never as tampering.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,22 +16,20 @@ from typing import Any
 
 from web3.exceptions import Web3RPCError
 
-from .contract import (
+from ..eth.contract import FedChainReader
+from ..eth.events import (
     AggregatorChanged,
     EvaluationReported,
-    FedChain,
     Finished,
     GenesisSet,
     GlobalModelPublished,
     LearnerAdded,
     LearnerRemoved,
     UpdateSubmitted,
-    cid_text,
 )
-from .history import weighted_metrics
+from ..federation.history import weighted_metrics
+from ..storage.cid import cid_text
 from .report import FAILED, AuditReport, Check, Evaluation, RoundAudit, Submission
-
-__all__ = ["add_arguments", "main", "read_federation"]
 
 RECEIPT = "eth_getTransactionReceipt"
 #: Receipts per JSON-RPC batch: public endpoints commonly cap batches at 100 calls.
@@ -48,7 +38,7 @@ RECEIPT_BATCH = 100
 # --- reading the chain ---------------------------------------------------------------
 
 
-def deployment_block(contract: FedChain, head: int) -> int:
+def deployment_block(contract: FedChainReader, head: int) -> int:
     """The block that created the contract (binary search on its code); 0 if history is pruned."""
     w3, address = contract.chain.w3, contract.address
 
@@ -67,7 +57,7 @@ def deployment_block(contract: FedChain, head: int) -> int:
         return 0
 
 
-def _gas_used(contract: FedChain, txs: Iterable[str], workers: int) -> dict[str, int]:
+def _gas_used(contract: FedChainReader, txs: Iterable[str], workers: int) -> dict[str, int]:
     """gasUsed of each transaction, from receipts: JSON-RPC batches where the node takes them,
     else `workers` requests at a time (web3's per-call formatting costs more than the node)."""
     chain = contract.chain
@@ -109,7 +99,7 @@ def _metrics(raw: bytes) -> dict[str, Any]:
 
 
 def read_federation(
-    contract: FedChain,
+    contract: FedChainReader,
     *,
     from_block: int | None = None,
     gas: bool = True,
@@ -193,78 +183,3 @@ def _chain_checks(r: RoundAudit) -> None:
                     learner,
                 )
             )
-
-
-# --- command line --------------------------------------------------------------------
-
-
-def audit_federation(
-    contract: FedChain, store: Any | None = None, *, verify_models: bool = True,
-    gas: bool = True, from_block: int | None = None, workers: int = 8,
-) -> AuditReport:
-    """The audit report of a federation: read from the chain, verified through `store`."""
-    from .verify import load_plan, verify
-
-    report = read_federation(contract, from_block=from_block, gas=gas, workers=workers)
-    if store is not None:
-        plan = load_plan(report, store)
-        if verify_models:
-            verify(report, store, plan)
-    return report
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The `fedchain audit` options."""
-    p.add_argument("--job", help="job TOML file (flags override it)")
-    p.add_argument("--chain", help="'embedded' or a JSON-RPC URL, e.g. http://127.0.0.1:8545")
-    p.add_argument("--contract", help="FedChain address (default: deployments/<chainId>.json)")
-    p.add_argument("--deployments", help="directory of deployment records")
-    p.add_argument(
-        "--store", help="'embedded', file:///dir, or a Kubo RPC URL (for the plan and --verify)"
-    )
-    p.add_argument(
-        "--verify",
-        action="store_true",
-        help="fetch every model and re-run every round's aggregation",
-    )
-    p.add_argument("--json", metavar="FILE", help="write the full report as JSON")
-    p.add_argument("--html", metavar="FILE", help="write a self-contained HTML report")
-    p.add_argument(
-        "--from-block",
-        type=int,
-        help="first block to scan (default: the contract's deployment block)",
-    )
-    p.add_argument("--no-gas", action="store_true", help="skip the per-transaction receipts")
-    p.add_argument("--workers", type=int, default=8, help="parallel receipt requests")
-
-
-def main(args: argparse.Namespace) -> int:
-    """Runs `fedchain audit`; 0 if every check passed, 1 if one failed, 3 if some could not run."""
-    from pathlib import Path
-
-    from rich.console import Console
-
-    from .chain import connect
-    from .deploy import find_contract
-    from .job import Job
-    from .report import print_report, write_html, write_json
-    from .storage import open_store
-
-    job = Job.load(args.job)
-    chain = connect(args.chain or job.chain)
-    contract = find_contract(
-        chain, args.contract or job.contract, None, Path(args.deployments or job.deployments)
-    )
-    store_url = args.store or (job.store if args.job or args.verify else None)
-    report = audit_federation(
-        contract, open_store(store_url) if store_url is not None else None,
-        verify_models=args.verify, gas=not args.no_gas, from_block=args.from_block,
-        workers=args.workers,
-    )
-    console = Console() if sys.stdout.isatty() else Console(width=160)
-    print_report(report, console)
-    if args.json:
-        console.print(f"JSON report: {write_json(report, args.json)}")
-    if args.html:
-        console.print(f"HTML report: {write_html(report, args.html)}")
-    return report.exit_status()

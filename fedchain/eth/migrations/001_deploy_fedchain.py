@@ -1,6 +1,6 @@
 """Deploy FedChain with the deployer as owner and the given aggregator."""
 
-from fedchain.contract import FedChain
+from fedchain.eth.contract import FedChain
 
 
 def migrate(ctx):

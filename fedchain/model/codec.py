@@ -24,14 +24,11 @@ import math
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from .errors import InvalidModel
-
-if TYPE_CHECKING:
-    import torch
+from ..errors import InvalidModel
 
 Weights = dict[str, np.ndarray]
 
@@ -301,22 +298,3 @@ def decode(
         _check_finite(t.name, array)
         weights[t.name] = array
     return weights
-
-
-def from_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Weights:
-    """Weights (numpy copies, same order) of a torch state_dict."""
-    import torch
-
-    weights: Weights = {}
-    for name, tensor in state_dict.items():
-        if tensor.dtype == torch.bfloat16:
-            raise InvalidModel(f"layer {name}: bfloat16 has no numpy dtype; cast the model first")
-        weights[name] = tensor.detach().cpu().numpy().copy()
-    return weights
-
-
-def to_state_dict(weights: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    """A torch state_dict (same order) of weights, for `module.load_state_dict`."""
-    import torch
-
-    return {name: torch.from_numpy(np.ascontiguousarray(a)) for name, a in weights.items()}

@@ -1,5 +1,7 @@
-"""Deploy FedChain by running the steps in migrations/ and record it in deployments/<chainId>.json.
+"""Deploy FedChain by running the steps in fedchain/eth/migrations/ and record it in
+deployments/<chainId>.json.
 
+The migrations ship inside the package, so `fedchain deploy` works from an installed wheel.
 Each migration is a Python file `migrations/NNN_name.py` with `migrate(ctx: Migration)`; they run
 in file-name order. Later commands find the contract in the record; running deploy again
 reports the existing deployment unless `fresh=True`.
@@ -16,10 +18,10 @@ from typing import Any
 
 from eth_account.signers.local import LocalAccount
 
+from ..errors import ConfigError, DeploymentNotFound
+from .artifact import load_artifact
 from .chain import Chain
-from .compile import PACKAGE_DIR, load_artifact
-from .contract import FedChain
-from .errors import ConfigError, DeploymentNotFound
+from .contract import FedChain, FedChainReader
 
 DEFAULT_DIR = Path("deployments")
 
@@ -38,10 +40,8 @@ class Migration:
 
 
 def migrations_dir() -> Path:
-    path = PACKAGE_DIR.parent / "migrations"
-    if not path.is_dir():
-        raise ConfigError(f"{path} not found: deploy runs from a fedchain source checkout")
-    return path
+    """The deploy steps, shipped in the package next to this module."""
+    return Path(__file__).resolve().parent / "migrations"
 
 
 def _steps() -> list[tuple[str, Any]]:
@@ -120,8 +120,9 @@ def find_contract(
     address: str | None = None,
     account: LocalAccount | None = None,
     directory: Path = DEFAULT_DIR,
-) -> FedChain:
-    """The FedChain at `address`, or the one recorded for this chain."""
+) -> FedChainReader:
+    """The FedChain at `address`, or the one recorded for this chain (signing if given an
+    account)."""
     if address is None:
         record = load_record(chain, directory)
         if record is None:

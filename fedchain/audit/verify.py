@@ -1,26 +1,22 @@
-"""Re-running rounds: what a published global model should have been, from the chain and a store.
+"""`fedchain audit --verify`: every published round re-run and compared, bit for bit.
 
-`recompute_round` re-runs one round's aggregation from its included updates (the aggregator
-uses it, through `rebuild_state`, to recover server-optimizer state after a restart).
-`verify` is `fedchain audit --verify`: it walks the rounds in order holding one round's models
-at a time, fetches every model through the store (bytes checked against the CID), decodes and
-validates it, re-runs the round with the plan's strategy and compares the CID of the
-re-encoded result with the published one. Content the store cannot serve is reported as
-unfetchable, never as tampering.
+`verify` walks the rounds in order holding one round's models at a time, fetches every model
+through the store (bytes checked against the CID), decodes and validates it, re-runs the round
+with the plan's strategy and compares the CID of the re-encoded result with the published
+one. Content the store cannot serve is reported as unfetchable, never as tampering.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 
-from .codec import DEFAULT_MAX_BYTES, FORMAT, VERSION, ModelSpec, Weights, decode, encode, spec
-from .contract import FedChain, GlobalModelPublished, UpdateSubmitted, cid_text, to_cid
-from .errors import (
+from ..aggregation.strategy import Strategy, strategy_from_plan
+from ..errors import (
     AggregationError,
     ConfigError,
     ContentMismatch,
@@ -29,7 +25,12 @@ from .errors import (
     StorageError,
     StoreUnavailable,
 )
-from .plan import Plan
+from ..eth.events import UpdateSubmitted
+from ..federation.replay import load_updates
+from ..model.codec import FORMAT, VERSION, ModelSpec, Weights, decode, encode, spec
+from ..model.plan import Plan
+from ..storage import CID, cid_of
+from ..storage.cid import cid_text, to_cid
 from .report import (
     FAILED,
     NOTE,
@@ -41,87 +42,9 @@ from .report import (
     RoundAudit,
     Submission,
 )
-from .rules import Update
-from .storage import CID, cid_of
-from .strategy import Strategy, strategy_from_plan
 
 #: Failures of the store, not of whoever published the CID.
 UNAVAILABLE = (ContentNotFound, ContentMismatch, StoreUnavailable)
-
-# --- recomputation -------------------------------------------------------------------
-
-
-def load_updates(
-    store: Any,
-    events: Iterable[UpdateSubmitted],
-    *,
-    reference: ModelSpec | None = None,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-    problems: list[tuple[UpdateSubmitted, Exception]] | None = None,
-) -> Iterator[Update]:
-    """The updates behind `events`, fetched one at a time in ascending learner order.
-
-    A fetch or validation error is raised, or, given `problems`, recorded there and skipped.
-    """
-    for e in sorted(events, key=lambda e: int(e.learner, 16)):
-        try:
-            weights = decode(store.get(to_cid(e.model_cid)), reference, max_bytes)
-        except (StorageError, InvalidModel) as exc:
-            if problems is None:
-                raise
-            problems.append((e, exc))
-            continue
-        yield Update(e.learner, e.num_examples, weights)
-
-
-def included_updates(contract: FedChain, round: int) -> list[UpdateSubmitted]:
-    """The submissions of the learners whose updates `round`'s published global model included."""
-    published = [
-        e
-        for e in contract.events("GlobalModelPublished", round=round)
-        if isinstance(e, GlobalModelPublished)
-    ]
-    if not published:
-        raise ConfigError(f"round {round} has no published global model")
-    included = set(published[-1].included)
-    return [u for u in contract.updates(round) if u.learner in included]
-
-
-def recompute_round(
-    contract: FedChain,
-    store: Any,
-    strategy: Strategy,
-    round: int,
-    previous: Weights,
-    state: Weights | None = None,
-    included_events: Iterable[UpdateSubmitted] | None = None,
-    *,
-    reference: ModelSpec | None = None,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-) -> tuple[Weights, Weights | None]:
-    """(global model, server-optimizer state) of `round`, re-run from its included updates.
-
-    `previous` is round−1's published global model and `state` the strategy's state after
-    round−1. `included_events` defaults to the included learners' submissions read from the
-    chain. Updates are streamed; a fetch or validation error is raised as is.
-    """
-    events = included_updates(contract, round) if included_events is None else included_events
-    updates = load_updates(
-        store, events, reference=reference or spec(previous), max_bytes=max_bytes
-    )
-    return strategy.aggregate(previous, updates, state)
-
-
-def rebuild_state(
-    contract: FedChain, store: Any, strategy: Strategy, through_round: int
-) -> Weights | None:
-    """The strategy's server-optimizer state after `through_round`, replayed from the chain."""
-    state: Weights | None = None
-    for r in range(1, through_round + 1):
-        previous = decode(store.get(to_cid(contract.global_model(r - 1))))
-        _, state = recompute_round(contract, store, strategy, r, previous, state)
-    return state
-
 
 def describe_difference(expected: Weights, got: Weights) -> str:
     """How `got` differs from `expected`: layers, shapes, dtypes, max |Δ| per differing layer."""
@@ -145,9 +68,6 @@ def describe_difference(expected: Weights, got: Weights) -> str:
                 f"({int(differ.sum())} of {want.size} values differ)"
             )
     return "; ".join(parts) or "same values, different encoding"
-
-
-# --- the audit's --verify ------------------------------------------------------------
 
 
 def _raw_cid(text: str) -> bytes:
