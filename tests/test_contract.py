@@ -35,6 +35,7 @@ from fedchain.errors import (
     NotAggregator,
     NotLearner,
     NotOwner,
+    NotPendingOwner,
     NotStarted,
     NotSubmitted,
     TooManyExamples,
@@ -93,6 +94,8 @@ def snapshot(fed: Federation) -> dict[str, Any]:
     current = fc.current_round()
     return {
         "round": current,
+        "owner": fc.owner(),
+        "pending owner": fc.pending_owner(),
         "finished": fc.finished(),
         "learners": fc.learner_count(),
         "aggregator": fc.aggregator(),
@@ -162,6 +165,64 @@ def test_owner_hands_the_aggregator_role_to_another_account(federation: Federati
         (ZERO, addr(old)),
         (addr(old), addr(new)),
     ]
+
+
+# --- ownership -----------------------------------------------------------------------------
+
+
+def test_ownership_moves_only_when_the_new_owner_accepts(federation: Federation) -> None:
+    fed, owner, heir = federation, federation.owner, federation.stranger
+    assert owner.pending_owner() is None
+    owner.transfer_ownership(addr(heir))
+    # Offered, not moved: the old owner stays in charge until the heir accepts.
+    assert owner.pending_owner() == addr(heir) and owner.owner() == addr(owner)
+    with unchanged(fed):
+        reverts(NotOwner, {"caller": addr(heir)}, lambda: heir.set_aggregator(addr(heir)))
+    owner.add_learners([dev(fed.chain, 6).address])
+    heir.accept_ownership()
+    assert owner.owner() == addr(heir) and owner.pending_owner() is None
+    with unchanged(fed):
+        reverts(NotOwner, {"caller": addr(owner)}, lambda: owner.remove_learner(addr(heir)))
+        reverts(NotPendingOwner, {"caller": addr(heir)}, heir.accept_ownership)
+    heir.remove_learner(dev(fed.chain, 6).address)
+    events = list(owner.events("OwnershipTransferStarted", "OwnershipTransferred",
+                               from_block=fed.block))
+    assert [type(e) for e in events] == [ev.OwnershipTransferStarted, ev.OwnershipTransferred]
+    assert [(e.previous_owner, e.new_owner) for e in events] == [  # type: ignore[attr-defined]
+        (addr(owner), addr(heir)),
+        (addr(owner), addr(heir)),
+    ]
+
+
+def test_only_the_owner_offers_and_only_the_pending_owner_accepts(
+    federation: Federation,
+) -> None:
+    fed, owner, agg, heir = federation, federation.owner, federation.aggregator, federation.stranger
+    with unchanged(fed):
+        reverts(NotOwner, {"caller": addr(heir)}, lambda: heir.transfer_ownership(addr(heir)))
+        reverts(NotPendingOwner, {"caller": addr(heir)}, heir.accept_ownership)
+    owner.transfer_ownership(addr(heir))
+    with unchanged(fed):
+        reverts(NotPendingOwner, {"caller": addr(agg)}, agg.accept_ownership)
+        reverts(NotPendingOwner, {"caller": addr(owner)}, owner.accept_ownership)
+
+
+def test_a_new_offer_replaces_the_pending_one_and_none_withdraws_it(
+    federation: Federation,
+) -> None:
+    fed, owner, agg, heir = federation, federation.owner, federation.aggregator, federation.stranger
+    owner.transfer_ownership(addr(heir))
+    owner.transfer_ownership(addr(agg))
+    assert owner.pending_owner() == addr(agg)
+    with unchanged(fed):
+        reverts(NotPendingOwner, {"caller": addr(heir)}, heir.accept_ownership)
+    owner.transfer_ownership(None)
+    assert owner.pending_owner() is None
+    with unchanged(fed):
+        reverts(NotPendingOwner, {"caller": addr(agg)}, agg.accept_ownership)
+    offers = list(owner.events("OwnershipTransferStarted", from_block=fed.block))
+    assert [e.new_owner for e in offers] == [addr(heir), addr(agg), ZERO]  # type: ignore[attr-defined]
+    assert owner.owner() == addr(owner)
 
 
 def test_an_unregistered_account_can_neither_submit_nor_report(federation: Federation) -> None:

@@ -22,6 +22,8 @@ from .chain import Chain, Receipt
 from .events import EVENT_TYPES, Event, EventDecoder, LearnerAdded, LearnerRemoved, UpdateSubmitted
 from .reverts import decode_revert, error_table
 
+ZERO_ADDRESS = "0x" + "00" * 20
+
 
 class FedChainReader:
     """The FedChain contract at `address` on `chain`: views and events, no signing."""
@@ -53,6 +55,11 @@ class FedChainReader:
 
     def owner(self) -> str:
         return str(self._view("owner"))
+
+    def pending_owner(self) -> str | None:
+        """The account an ownership transfer in progress goes to, None when none is."""
+        pending = str(self._view("pendingOwner"))
+        return None if int(pending, 16) == 0 else pending
 
     def aggregator(self) -> str:
         return str(self._view("aggregator"))
@@ -201,6 +208,15 @@ class FedChain(FedChainReader):
 
     def set_aggregator(self, aggregator: str) -> Receipt:
         return self._transact("setAggregator", to_checksum_address(aggregator))
+
+    def transfer_ownership(self, new_owner: str | None) -> Receipt:
+        """Owner only: offers ownership to `new_owner`, who takes it with accept_ownership;
+        None (or the zero address) withdraws a pending offer."""
+        return self._transact("transferOwnership", to_checksum_address(new_owner or ZERO_ADDRESS))
+
+    def accept_ownership(self) -> Receipt:
+        """The pending owner only: takes over the ownership offered by transfer_ownership."""
+        return self._transact("acceptOwnership")
 
     def set_genesis(self, model_cid: CidLike, plan_cid: CidLike) -> Receipt:
         return self._transact("setGenesis", cid_bytes(model_cid), cid_bytes(plan_cid))
