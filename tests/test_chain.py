@@ -11,13 +11,14 @@ import pytest
 from eth_account import Account
 from eth_typing import HexStr
 from fixtures.chains import dev
-from web3 import Web3
 
+from fedchain.cli import devnet
 from fedchain.cli.devnet import free_port
-from fedchain.errors import ChainUnavailable, ConfigError
+from fedchain.errors import ChainUnavailable, ConfigError, DeploymentNotFound
 from fedchain.eth.accounts import dev_account, load_account
-from fedchain.eth.chain import Chain, connect
+from fedchain.eth.chain import Chain, EmbeddedBackend, RpcBackend, connect
 from fedchain.eth.contract import FedChain
+from fedchain.eth.deploy import deploy, find_contract, load_record
 
 KEY = HexStr("0x" + "5e" * 32)
 PASSWORD = "correct horse battery staple"
@@ -56,6 +57,38 @@ def test_connecting_to_a_closed_port_raises_chain_unavailable() -> None:
         connect(url, timeout=2)
     assert str(err.value) == f"chain node at {url} is not reachable (ConnectionError)"
     assert "urllib3" not in shown(err.value) and "requests" not in shown(err.value)
+
+
+@pytest.mark.anvil
+@pytest.mark.xdist_group("anvil")
+def test_connect_picks_the_backend_from_the_url(anvil_node: devnet.DevNode) -> None:
+    embedded, rpc = connect("embedded"), connect(anvil_node.url)
+    assert isinstance(embedded.backend, EmbeddedBackend) and embedded.url == "embedded"
+    assert isinstance(rpc.backend, RpcBackend) and rpc.url == anvil_node.url
+    assert connect("embedded") is embedded and connect("embedded", fresh=True) is not embedded
+    # What the layers above ask instead of "is this the embedded chain?"
+    caps = ("keeps_records_in_process", "supports_batch", "concurrent_requests", "always_dev_chain")
+    assert [getattr(embedded.backend, c) for c in caps] == [True, False, False, True]
+    assert [getattr(rpc.backend, c) for c in caps] == [False, True, True, False]
+    assert not hasattr(embedded, "embedded") and not hasattr(rpc, "embedded")
+    assert embedded.is_dev_chain and rpc.is_dev_chain
+
+
+def test_deploy_keeps_records_where_the_backend_says(tmp_path: Path) -> None:
+    """The record's place follows the backend's capability, not the chain's URL."""
+
+    class OnDisk(EmbeddedBackend):
+        keeps_records_in_process = False
+
+    in_process, on_disk = connect("embedded", fresh=True), Chain(OnDisk())
+    owner = dev_account(0)
+    _, kept, _ = deploy(in_process, owner, directory=tmp_path)
+    assert load_record(in_process, tmp_path) == kept and not any(tmp_path.iterdir())
+    _, written, _ = deploy(on_disk, owner, directory=tmp_path)
+    path = tmp_path / f"{on_disk.chain_id}.json"
+    assert json.loads(path.read_text()) == written == load_record(on_disk, tmp_path)
+    with pytest.raises(DeploymentNotFound, match="in this process"):
+        find_contract(connect("embedded", fresh=True), directory=tmp_path)
 
 
 def test_an_unknown_chain_url_is_a_config_error() -> None:
@@ -127,7 +160,7 @@ def test_dev_accounts_are_refused_on_a_chain_that_is_not_a_dev_chain() -> None:
 
     No mainnet node is reachable here; `chain_id` is only ever read through the cache.
     """
-    chain = Chain(Web3.HTTPProvider("http://127.0.0.1:9"), "http://127.0.0.1:9")
+    chain = Chain(RpcBackend("http://127.0.0.1:9"))
     chain._chain_id = 1
     assert not chain.is_dev_chain
     with pytest.raises(ConfigError, match="chain 1 is not a dev chain"):

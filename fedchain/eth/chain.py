@@ -1,5 +1,10 @@
 """connect(url) → Chain: the embedded py-evm chain or any EVM JSON-RPC node, one interface.
 
+What differs between the two lives in a Backend (EmbeddedBackend, RpcBackend), as transports
+do in httpx: the lock around the in-process EVM, how gas limits are found, transport errors,
+and the capabilities other layers ask about (`chain.backend.keeps_records_in_process`,
+`supports_batch`, `concurrent_requests`, `always_dev_chain`).
+
 Transactions are always signed locally with eth-account (private key, keystore, or a dev
 chain's well-known mnemonic account), so the same code runs on a dev chain and a public
 network. Reverts come back as `fedchain.errors` exceptions named after the contract's errors.
@@ -59,6 +64,111 @@ class Receipt:
     contract_address: str | None
 
 
+class Backend:
+    """How a Chain reaches its node, and what that node can do; `connect` picks one.
+
+    Everything that differs between the in-process chain and a JSON-RPC node lives in a
+    backend (like an httpx transport): Chain and the layers above ask for capabilities and
+    call methods, never test which backend they have.
+    """
+
+    #: The node as fedchain shows it (no credentials, path or query).
+    url: str
+    #: Deployment records stay in this process (the chain dies with it) instead of
+    #: deployments/<chainId>.json.
+    keeps_records_in_process: bool = False
+    #: The node answers JSON-RPC batch requests (e.g. many receipts in one round trip).
+    supports_batch: bool = False
+    #: Requests from several threads run concurrently (False: they queue behind one lock).
+    concurrent_requests: bool = True
+    #: A dev chain whatever its chain id (its dev accounts may be used by index).
+    always_dev_chain: bool = False
+
+    def __init__(self, provider: Any, url: str) -> None:
+        self.provider = provider
+        self.url = url
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
+    def web3(self) -> Web3:
+        """The Web3 instance a Chain on this backend uses."""
+        return Web3(self.provider)
+
+    def run(self, fn: Callable[[], T]) -> T:
+        """Runs one request (or a few) against the node."""
+        return fn()
+
+    def gas_limit(self, w3: Web3, tx: TxParams) -> int:
+        """The gas limit to send `tx` with; a revert raises one of REVERT_ERRORS."""
+        raise NotImplementedError
+
+
+class EmbeddedBackend(Backend):
+    """An in-process py-evm chain (eth-tester) with the dev mnemonic's accounts funded.
+
+    The EVM is not thread-safe, so every request holds one lock; gas costs nothing, so
+    transactions get a fixed limit instead of py-evm's slow estimate.
+    """
+
+    keeps_records_in_process = True
+    concurrent_requests = False
+    always_dev_chain = True
+
+    def __init__(self) -> None:
+        from eth_tester import EthereumTester, PyEVMBackend
+        from web3.providers.eth_tester import EthereumTesterProvider
+
+        backend = PyEVMBackend.from_mnemonic(
+            DEV_MNEMONIC, num_accounts=DEV_ACCOUNTS, hd_path="m/44'/60'/0'/0"
+        )
+        super().__init__(EthereumTesterProvider(EthereumTester(backend)), "embedded")
+        self._lock = threading.RLock()
+
+    def web3(self) -> Web3:
+        w3 = super().web3()
+        # eth_call without a sender is twice as slow on the tester backend.
+        w3.eth.default_account = dev_account(0).address
+        return w3
+
+    def run(self, fn: Callable[[], T]) -> T:
+        with self._lock:
+            return fn()
+
+    def gas_limit(self, w3: Web3, tx: TxParams) -> int:
+        # py-evm's estimator re-runs the transaction a dozen times; one eth_call surfaces a
+        # revert, and a fixed limit covers every FedChain call.
+        w3.eth.call(tx)
+        return EMBEDDED_GAS_LIMIT
+
+
+class RpcBackend(Backend):
+    """An EVM JSON-RPC node over HTTP(S); transport failures become ChainUnavailable."""
+
+    supports_batch = True
+
+    def __init__(self, url: str, *, timeout: float = 30.0, provider: Any = None) -> None:
+        super().__init__(
+            provider or Web3.HTTPProvider(url, request_kwargs={"timeout": timeout}),
+            redact_url(url),
+        )
+
+    def run(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except (requests.ConnectionError, requests.Timeout, ConnectionError) as exc:
+            raise ChainUnavailable(
+                f"chain node at {self.url} is not reachable ({type(exc).__name__})", url=self.url
+            ) from None
+        except requests.RequestException as exc:  # e.g. HTTP 429 or 5xx from a public node
+            raise ChainUnavailable(
+                f"chain node at {self.url} refused the request: {exc}", url=self.url
+            ) from None
+
+    def gas_limit(self, w3: Web3, tx: TxParams) -> int:
+        return int(w3.eth.estimate_gas(tx) * 1.2) + 10_000
+
+
 _EMBEDDED: dict[str, Chain] = {}
 _EMBEDDED_LOCK = threading.Lock()
 
@@ -72,11 +182,10 @@ def connect(url: str = "embedded", *, timeout: float = 30.0, fresh: bool = False
     if url in ("embedded", "embedded://"):
         with _EMBEDDED_LOCK:
             if fresh or "embedded" not in _EMBEDDED:
-                _EMBEDDED["embedded"] = Chain(_embedded_provider(), "embedded")
+                _EMBEDDED["embedded"] = Chain(EmbeddedBackend())
             return _EMBEDDED["embedded"]
     if url.startswith(("http://", "https://")):
-        provider = Web3.HTTPProvider(url, request_kwargs={"timeout": timeout})
-        chain = Chain(provider, redact_url(url))
+        chain = Chain(RpcBackend(url, timeout=timeout))
         _ = chain.chain_id  # fail fast with ChainUnavailable
         return chain
     raise ConfigError(f"unknown chain URL {url!r}: use 'embedded' or http(s)://host:port")
@@ -91,32 +200,17 @@ def redact_url(url: str) -> str:
     return f"{parts.scheme}://{netloc}" + ("/…" if hidden else "")
 
 
-def _embedded_provider() -> Any:
-    from eth_tester import EthereumTester, PyEVMBackend
-    from web3.providers.eth_tester import EthereumTesterProvider
-
-    backend = PyEVMBackend.from_mnemonic(
-        DEV_MNEMONIC, num_accounts=DEV_ACCOUNTS, hd_path="m/44'/60'/0'/0"
-    )
-    return EthereumTesterProvider(EthereumTester(backend))
-
-
 class Chain:
     """A connection to one chain: reads, locally signed transactions, paged log queries."""
 
-    def __init__(self, provider: Any, url: str) -> None:
-        self.url = url
-        self.w3 = Web3(provider)
-        self.embedded = url == "embedded"
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.url = backend.url
+        self.w3 = backend.web3()
         self._nonces: dict[str, int] = {}
         self._nonce_lock = threading.Lock()
-        # The embedded EVM is not thread-safe; serialize every call into it.
-        self._lock = threading.RLock() if self.embedded else None
         self._chain_id: int | None = None
         self._eip1559: bool | None = None
-        if self.embedded:
-            # eth_call without a sender is twice as slow on the tester backend.
-            self.w3.eth.default_account = dev_account(0).address
 
     def __repr__(self) -> str:
         return f"Chain({self.url!r})"
@@ -124,18 +218,8 @@ class Chain:
     # -- low level ---------------------------------------------------------------------
 
     def call(self, fn: Callable[[], T]) -> T:
-        """Runs a web3 call, turning transport failures into ChainUnavailable."""
-        try:
-            if self._lock is not None:
-                with self._lock:
-                    return fn()
-            return fn()
-        except (requests.ConnectionError, requests.Timeout, ConnectionError) as exc:
-            raise ChainUnavailable(
-                f"chain node at {self.url} is not reachable ({type(exc).__name__})"
-            ) from None
-        except requests.RequestException as exc:  # e.g. HTTP 429 or 5xx from a public node
-            raise ChainUnavailable(f"chain node at {self.url} refused the request: {exc}") from None
+        """Runs a web3 call through the backend (transport failures: ChainUnavailable)."""
+        return self.backend.run(fn)
 
     @property
     def chain_id(self) -> int:
@@ -145,7 +229,7 @@ class Chain:
 
     @property
     def is_dev_chain(self) -> bool:
-        return self.embedded or self.chain_id in DEV_CHAIN_IDS
+        return self.backend.always_dev_chain or self.chain_id in DEV_CHAIN_IDS
 
     def block_number(self) -> int:
         return int(self.call(lambda: self.w3.eth.block_number))
@@ -209,20 +293,11 @@ class Chain:
         sender = account.address
         tx = {**tx, "from": sender, "chainId": self.chain_id}
         decode = decode_revert or (lambda e: TransactionFailed(str(e)))
-        if "gas" not in tx and self.embedded:
-            # py-evm's estimator re-runs the transaction a dozen times; gas is free here, so
-            # one eth_call surfaces a revert and a fixed limit covers every FedChain call.
+        if "gas" not in tx:
             try:
-                self.call(lambda: self.w3.eth.call(cast(TxParams, tx)))
+                tx["gas"] = self.call(partial(self.backend.gas_limit, self.w3, cast(TxParams, tx)))
             except REVERT_ERRORS as exc:
                 raise decode(exc) from None
-            tx["gas"] = EMBEDDED_GAS_LIMIT
-        elif "gas" not in tx:
-            try:
-                estimate = self.call(lambda: self.w3.eth.estimate_gas(cast(TxParams, tx)))
-            except REVERT_ERRORS as exc:
-                raise decode(exc) from None
-            tx["gas"] = int(estimate * 1.2) + 10_000
         tx.update(self._fees())
         for attempt in range(2):
             tx["nonce"] = self._next_nonce(sender)
