@@ -78,6 +78,7 @@ def run(chain: Chain, rounds: int, learners: int) -> Measurements:
     start = time.perf_counter()
     owner, aggregator = chain.account(0), chain.account(1)
     accounts = [chain.account(2 + i) for i in range(learners)]
+    chain.fund([aggregator.address, *(a.address for a in accounts)])
     fc, receipt = FedChain.deploy(chain, owner, aggregator.address)
     m.deploy = receipt.gas_used
     m.add_learners = fc.add_learners([a.address for a in accounts]).gas_used
@@ -210,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=100)
     parser.add_argument("--learners", type=int, default=10)
     args = parser.parse_args(argv)
-    if not 1 <= args.learners <= devnet.DEV_ACCOUNTS - 2:
-        parser.error(f"--learners must be in 1..{devnet.DEV_ACCOUNTS - 2}")
+    if args.learners < 1:
+        parser.error("--learners must be at least 1")
     if args.rounds < 2:
         parser.error("--rounds must be at least 2")
     with chain_for(args.chain) as chain:

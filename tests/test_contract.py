@@ -649,6 +649,25 @@ def test_the_private_key_never_shows_in_errors_reprs_or_logs(
     assert KNOWN_KEY[2:] not in text
 
 
+def test_a_revert_mined_in_a_block_is_decoded_and_names_its_transaction(
+    federation: Federation,
+) -> None:
+    fed, learner = federation, federation.learners[0]
+    start(fed)
+    data = learner.contract.functions.submitUpdate(1, cid_v1_raw("u"), 0)._encode_transaction_data()
+    # An explicit gas limit skips estimation: the transaction is mined, and reverts there.
+    with unchanged(fed), pytest.raises(NoExamples) as mined:
+        fed.chain.transact(learner.account, {"to": learner.address, "data": data, "gas": 300_000},
+                           decode_revert=learner.decode_revert)
+    assert mined.value.tx_hash is not None and mined.value.url == fed.chain.url
+    receipt = fed.chain.w3.eth.get_transaction_receipt(mined.value.tx_hash)  # type: ignore[arg-type]
+    assert receipt["status"] == 0 and receipt["from"] == addr(learner)
+    # Found at estimation instead: nothing was mined, so there is no hash to name.
+    with pytest.raises(NoExamples) as estimated:
+        learner.submit_update(1, cid_v1_raw("u"), 0)
+    assert estimated.value.tx_hash is None and estimated.value.url == fed.chain.url
+
+
 def test_an_unfunded_sender_gets_transaction_failed(federation: Federation) -> None:
     fed = federation
     pauper = Account.create()

@@ -20,8 +20,12 @@ Account.enable_unaudited_hdwallet_features()
 
 #: The mnemonic every dev chain (Anvil, Hardhat, Ganache as started here, embedded) uses.
 DEV_MNEMONIC = "test test test test test test test test test test test junk"
-#: Funded accounts of the embedded chain and of the dev nodes fedchain starts.
+#: Accounts funded in the embedded chain's genesis (deriving keys in Python is slow; a run that
+#: needs more has `Chain.fund` top them up).
 DEV_ACCOUNTS = 20
+#: Accounts funded by the Anvil and Ganache nodes fedchain starts (`fedchain devnet`, tests), so
+#: learners in processes of their own can use dev accounts well past 20.
+DEV_NODE_ACCOUNTS = 100
 #: Chain ids of the dev chains whose mnemonic accounts may be used by index.
 DEV_CHAIN_IDS = {31337, 1337, 131277322940537}
 

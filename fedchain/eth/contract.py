@@ -157,7 +157,7 @@ class FedChain(FedChainReader):
                                  decode_revert=partial(decode_revert, errors))
         if not receipt.contract_address:
             raise TransactionFailed(f"deployment {receipt.tx_hash} created no contract",
-                                    tx_hash=receipt.tx_hash)
+                                    url=chain.url, tx_hash=receipt.tx_hash)
         return cls(chain, receipt.contract_address, account), receipt
 
     @overload
