@@ -668,6 +668,17 @@ def test_a_revert_mined_in_a_block_is_decoded_and_names_its_transaction(
     assert estimated.value.tx_hash is None and estimated.value.url == fed.chain.url
 
 
+def test_a_transaction_that_runs_out_of_gas_says_so(federation: Federation) -> None:
+    fed, learner = federation, federation.learners[0]
+    start(fed)
+    data = learner.contract.functions.submitUpdate(1, cid_v1_raw("u"), 5)._encode_transaction_data()
+    with unchanged(fed), pytest.raises(TransactionFailed, match="ran out of gas") as err:
+        fed.chain.transact(learner.account, {"to": learner.address, "data": data, "gas": 26_000},
+                           decode_revert=learner.decode_revert)
+    assert type(err.value) is TransactionFailed and err.value.tx_hash in str(err.value)
+    learner.submit_update(1, cid_v1_raw("u"), 5)  # the update itself was fine
+
+
 def test_an_unfunded_sender_gets_transaction_failed(federation: Federation) -> None:
     fed = federation
     pauper = Account.create()

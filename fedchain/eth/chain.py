@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -74,6 +75,7 @@ ALREADY_KNOWN = ("already known", "already imported", "known transaction")
 DEV_FUNDING = 10 * 10**18
 FUNDER_INDEX = OWNER_INDEX
 
+
 @dataclass(frozen=True)
 class Receipt:
     """The parts of a mined transaction receipt fedchain uses."""
@@ -86,7 +88,7 @@ class Receipt:
     contract_address: str | None
 
 
-class Backend:
+class Backend(ABC):
     """How a Chain reaches its node, and what that node can do; `connect` picks one.
 
     Everything that differs between the in-process chain and a JSON-RPC node lives in a
@@ -121,9 +123,9 @@ class Backend:
         """Runs one request (or a few) against the node."""
         return fn()
 
+    @abstractmethod
     def gas_limit(self, w3: Web3, tx: TxParams) -> int:
         """The gas limit to send `tx` with; a revert raises one of REVERT_ERRORS."""
-        raise NotImplementedError
 
     def revert_data(self, w3: Web3, tx_hash: str) -> bytes | None:
         """The revert data of a mined, reverted transaction, replayed by the node in its place

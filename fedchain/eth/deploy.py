@@ -137,7 +137,8 @@ def find_contract(
             )
             raise DeploymentNotFound(
                 f"no FedChain deployment recorded for chain {chain.chain_id} in {where}: "
-                "run `fedchain deploy` or pass --contract ADDRESS"
+                "run `fedchain deploy` or pass --contract ADDRESS",
+                url=chain.url,
             )
         address = record["address"]
     return FedChain.at(chain, address, account)
