@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar, cast
-from urllib.parse import urlsplit
 
 import requests
 from eth_account import Account
@@ -137,12 +136,10 @@ def connect(url: str = "embedded", *, timeout: float = 30.0, fresh: bool = False
 
 
 def redact_url(url: str) -> str:
-    """The URL as fedchain shows it: no credentials, no path or query (API keys live there)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    hidden = parts.username or parts.password or parts.path not in ("", "/") or parts.query
-    return f"{parts.scheme}://{netloc}" + ("/…" if hidden else "")
+    """The URL as fedchain shows it: no credentials, no path or query (see fedchain.redact)."""
+    from fedchain.redact import redact_url as redact
+
+    return redact(url)
 
 
 def _embedded_provider() -> Any:
@@ -179,6 +176,12 @@ class Chain:
 
     def call(self, fn: Callable[[], T]) -> T:
         """Runs a web3 call, turning transport failures into ChainUnavailable."""
+        from fedchain.redact import register, scrub
+
+        # The real URL's secrets (an API key in its path) stay out of messages and logs.
+        endpoint = getattr(self.w3.provider, "endpoint_uri", None)
+        endpoint = endpoint if isinstance(endpoint, str) else None
+        register(endpoint)
         try:
             if self._lock is not None:
                 with self._lock:
@@ -189,7 +192,10 @@ class Chain:
                 f"chain node at {self.url} is not reachable ({type(exc).__name__})"
             ) from None
         except requests.RequestException as exc:  # e.g. HTTP 429 or 5xx from a public node
-            raise ChainUnavailable(f"chain node at {self.url} refused the request: {exc}") from None
+            detail = scrub(str(exc), endpoint)
+            raise ChainUnavailable(
+                f"chain node at {self.url} refused the request: {detail}"
+            ) from None
 
     @property
     def chain_id(self) -> int:
