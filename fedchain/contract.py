@@ -26,11 +26,9 @@ def cid_bytes(cid: CidLike) -> bytes:
     """The binary form of a CID given as bytes, a CID object or its text."""
     if isinstance(cid, bytes | bytearray):
         return bytes(cid)
-    if isinstance(cid, str):
-        from .storage import CID
+    from .storage import CID
 
-        return bytes(CID.parse(cid))
-    return bytes(cid)
+    return bytes(CID.coerce(cid))  # text or a CID; InvalidCID for anything else
 
 
 def to_cid(raw: bytes) -> Any:

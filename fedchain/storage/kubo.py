@@ -33,7 +33,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import json
 import socket
 import time
 import uuid
@@ -52,6 +51,7 @@ from ..errors import (
     StorageError,
     StoreUnavailable,
 )
+from ..jsonsafe import loads
 from ..redact import redact_url, register, scrub
 from . import ContentStore, as_canonical
 from .cid import CID, DAG_PB
@@ -261,7 +261,7 @@ class KuboStore(ContentStore):
         except (_TooLong, StorageError, httpx.HTTPError):
             text = ""
         try:
-            message = str(json.loads(text)["Message"])
+            message = str(loads(text)["Message"])
         except (ValueError, KeyError, TypeError, RecursionError):
             message = text.strip()[:300] or response.reason_phrase
         message = scrub(message, self._secret_url)[:300]
@@ -304,7 +304,7 @@ class KuboStore(ContentStore):
     def _json(self, cmd: str, params: dict[str, str]) -> dict[str, Any]:
         data = self._reply(cmd, self._send(cmd, params))
         try:
-            answer = json.loads(data)
+            answer = loads(data)
         except (ValueError, RecursionError) as exc:
             raise StorageError(
                 f"IPFS node {self.url}: {cmd} answered no JSON: {str(exc)[:100]}"
@@ -360,7 +360,7 @@ class KuboStore(ContentStore):
         reply = self._reply("add", self._send("add", ADD_PARAMS, body, headers))
         lines = [line for line in reply.splitlines() if line.strip()]
         try:
-            answer = CID.parse(json.loads(lines[-1])["Hash"])
+            answer = CID.parse(loads(lines[-1])["Hash"])
         except (IndexError, ValueError, KeyError, TypeError, RecursionError, InvalidCID) as exc:
             shown = scrub(repr(lines[-1:])[:200], self._secret_url)
             raise StorageError(f"IPFS node {self.url}: add answered {shown}") from exc
