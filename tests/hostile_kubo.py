@@ -17,7 +17,7 @@ according to its mode:
     truncated   `cat` declares a Content-Length and closes the connection half-way
     missing     JSON replies without the keys fedchain reads (version without Version, add
                 without Hash)
-    error500    every command answers HTTP 500 with Kubo's JSON error (and a huge one for cat)
+    error500    every command answers HTTP 500 with Kubo's JSON error (a 16 MiB one for cat)
 
 `requests` lists the commands received, `headers` the last request's headers.
 `RateLimited` is a fake JSON-RPC chain node that answers every request with HTTP 429.
@@ -219,6 +219,11 @@ class HostileKubo:
         self.paths: list[str] = []
         self.headers: dict[str, str] = {}
         self.stopping = threading.Event()
+        if mode == "gzip":
+            cached_bomb(bomb_bytes)  # built before the test measures time
+        self._huge_error = b""
+        if mode == "error500":  # built before the test measures memory
+            self._huge_error = json.dumps({"Message": "x" * 16 * 1024**2, "Type": "error"}).encode()
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.owner = self
         self.port = self._server.server_address[1]
@@ -245,8 +250,10 @@ class HostileKubo:
             self.stopping.wait(3600)
             return
         if mode == "error500":
-            message = "x" * (16 * 1024**2) if cmd == "cat" else "pin: context canceled"
-            h.send_json(500, {"Message": message, "Code": 0, "Type": "error"})
+            if cmd == "cat":
+                h.send(500, self._huge_error)
+            else:
+                h.send_json(500, {"Message": "pin: context canceled", "Code": 0, "Type": "error"})
             return
         if mode == "gzip" and cmd in ("pin/add", "block/stat", "version", "add", "cat"):
             h.send(200, cached_bomb(self.bomb_bytes), headers={"Content-Encoding": "gzip"})

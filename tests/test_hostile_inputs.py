@@ -197,3 +197,17 @@ def test_arbitrary_plan_bytes_are_a_plan_or_a_config_error(data: bytes) -> None:
         Plan.from_json(data)
     except ConfigError:
         return
+
+
+# --- JSON depth ------------------------------------------------------------------------------
+
+
+def test_json_depth_check_counts_structure_not_strings(evm_recursion_limit: None) -> None:
+    from fedchain.jsonsafe import TooDeep, check_depth, loads
+
+    assert loads('{"a": "[[[[\\"[[[[", "b": [[1]]}') == {"a": '[[[["[[[[', "b": [[1]]}
+    assert loads("[" * 100 + "]" * 100, max_depth=100)
+    for deep in ("[" * 101 + "]" * 101, "[" * 1_000_000, '{"a":' * 200 + "1" + "}" * 200):
+        with pytest.raises(TooDeep):
+            loads(deep)
+    check_depth(b'"' + b"[" * 10_000 + b'"')  # all inside a string
