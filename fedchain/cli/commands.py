@@ -17,8 +17,6 @@ from .options import (
     job_from,
     make_console,
     stop_on_signals,
-    strategy_of,
-    termination_of,
 )
 from .tables import print_history, print_rounds
 
@@ -85,10 +83,8 @@ def cmd_aggregator(args: argparse.Namespace) -> int:
             initial = job.learner_factory()(0, job.learners).get_weights()
     evaluate_fn = job.evaluate_fn()
     agg = Aggregator(
-        contract, store, strategy=strategy_of(job), initial_weights=initial, rounds=job.rounds,
-        min_updates=job.min_updates if job.min_updates is not None else job.learners,
-        round_timeout=job.round_timeout, train_config=job.train, eval_config=job.evaluate_config,
-        evaluate_fn=evaluate_fn, termination=termination_of(job), stop=stop_on_signals(),
+        contract, store, job.run_config(), initial_weights=initial, evaluate_fn=evaluate_fn,
+        stop=stop_on_signals(),
     )
     agg.run()
     results, plot = write_results(
@@ -126,10 +122,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     initial = job.initial_weights()
     started = time.monotonic()
     result = simulate(
-        factory, job.learners, strategy_of(job), job.rounds, chain=job.chain, store=job.store,
-        initial_weights=initial, min_updates=job.min_updates, round_timeout=job.round_timeout,
-        train_config=job.train, eval_config=job.evaluate_config, evaluate_fn=evaluate_fn,
-        termination=termination_of(job), results_dir=job.output,
+        factory, job.learners, chain=job.chain, store=job.store, config=job.run_config(),
+        initial_weights=initial, evaluate_fn=evaluate_fn, results_dir=job.output,
     )
     print_rounds(result)
     print_history(result.history)

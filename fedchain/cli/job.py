@@ -35,7 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..aggregation.strategy import strategy_from_plan
 from ..errors import ConfigError
+from ..federation.config import RunConfig
 
 
 @dataclass
@@ -100,6 +102,20 @@ class Job:
         if unknown:
             raise ConfigError(f"job file {p}: unknown sections {sorted(unknown)}")
         return job
+
+    def run_config(self) -> RunConfig:
+        """The run's settings: the plan's contents and the aggregator's own."""
+        return RunConfig(
+            strategy=strategy_from_plan(self.strategy),
+            rounds=self.rounds,
+            min_updates=self.min_updates,
+            train=dict(self.train),
+            evaluate=dict(self.evaluate_config),
+            round_timeout=self.round_timeout,
+            wall_clock=self.wall_clock,
+            target_metric=self.target_metric,
+            target=self.target,
+        )
 
     def learner_factory(self) -> Any:
         """`make_learner(id, num_learners)`, with the job's [model] options as keywords."""

@@ -99,18 +99,6 @@ def fedchain_of(job: Job, chain: Any, account: Any = None) -> Any:
     return find_contract(chain, job.contract, account, Path(job.deployments))
 
 
-def strategy_of(job: Job) -> Any:
-    from ..aggregation.strategy import strategy_from_plan
-
-    return strategy_from_plan(job.strategy)
-
-
-def termination_of(job: Job) -> Any:
-    from ..federation.aggregator import Termination
-
-    return Termination(job.rounds, job.wall_clock, job.target_metric, job.target)
-
-
 def stop_on_signals() -> threading.Event:
     """SIGINT/SIGTERM set an event the loops watch, so they stop between steps."""
     stop = threading.Event()

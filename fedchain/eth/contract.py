@@ -22,6 +22,9 @@ from .chain import Chain, Receipt
 from .events import EVENT_TYPES, Event, EventDecoder, LearnerAdded, LearnerRemoved, UpdateSubmitted
 from .reverts import decode_revert, error_table
 
+#: Learners registered per transaction (one block has a gas limit).
+LEARNER_BATCH = 100
+
 
 class FedChainReader:
     """The FedChain contract at `address` on `chain`: views and events, no signing."""
@@ -195,6 +198,13 @@ class FedChain(FedChainReader):
 
     def add_learners(self, learners: Sequence[str]) -> Receipt:
         return self._transact("addLearners", [to_checksum_address(a) for a in learners])
+
+    def register_learners(self, learners: Sequence[str]) -> list[Receipt]:
+        """Adds `learners` in batches of LEARNER_BATCH, so any number fits the block gas limit."""
+        return [
+            self.add_learners(learners[i : i + LEARNER_BATCH])
+            for i in range(0, len(learners), LEARNER_BATCH)
+        ]
 
     def remove_learner(self, learner: str) -> Receipt:
         return self._transact("removeLearner", to_checksum_address(learner))
