@@ -210,25 +210,14 @@ def _state_array(state: Weights | None, key: str, like: np.ndarray) -> np.ndarra
 
 
 @dataclass(frozen=True)
-class FedAvgM(Strategy):
-    """FedAvg with server momentum: v = momentum·v + (mean − previous); new = previous + lr·v.
+class FedOpt(FedAvg):
+    """FedAvg's mean as a pseudo-gradient Δ = mean − previous, then a server optimizer step
+    (Reddi et al., 2021). Subclasses give the step; state is carried from round to round.
 
     The optimizer acts on floating layers; integer and bool layers take the FedAvg value.
-    State: float64 "momentum/<layer>" arrays.
     """
 
-    name: ClassVar[str] = "FedAvgM"
     stateful: ClassVar[bool] = True
-    server_lr: float = 1.0
-    momentum: float = 0.9
-    scaling: str = "num_examples"
-    accumulator: str = "float32"
-
-    def __post_init__(self) -> None:
-        _number("server_lr", self.server_lr, 0.0, 1e6)
-        _number("momentum", self.momentum, 0.0, 1.0)
-        _choice("scaling", self.scaling, SCALINGS)
-        _choice("accumulator", self.accumulator, ACCUMULATORS)
 
     def aggregate(
         self, previous: Weights, updates: Iterable[Update], state: Weights | None = None
@@ -236,6 +225,35 @@ class FedAvgM(Strategy):
         mean = stream_mean(previous, updates, self.scaling, self.accumulator)
         if mean is None:
             return previous, state
+        new_state, step = self._optimizer(state)
+        return _server_step(previous, mean, step), new_state
+
+    @abstractmethod
+    def _optimizer(
+        self, state: Weights | None
+    ) -> tuple[Weights, Callable[[str, np.ndarray], np.ndarray]]:
+        """(the new state, filled in by the step as it runs; step(layer, Δ) → the update)."""
+
+
+@dataclass(frozen=True)
+class FedAvgM(FedOpt):
+    """FedAvg with server momentum: v = momentum·v + Δ; new = previous + lr·v.
+
+    State: float64 "momentum/<layer>" arrays.
+    """
+
+    name: ClassVar[str] = "FedAvgM"
+    server_lr: float = 1.0
+    momentum: float = 0.9
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _number("server_lr", self.server_lr, 0.0, 1e6)
+        _number("momentum", self.momentum, 0.0, 1.0)
+
+    def _optimizer(
+        self, state: Weights | None
+    ) -> tuple[Weights, Callable[[str, np.ndarray], np.ndarray]]:
         new_state: Weights = {}
 
         def step(name: str, delta: np.ndarray) -> np.ndarray:
@@ -246,12 +264,12 @@ class FedAvgM(Strategy):
             delta *= self.server_lr
             return delta
 
-        return _server_step(previous, mean, step), new_state
+        return new_state, step
 
 
 @dataclass(frozen=True)
-class FedAdam(Strategy):
-    """FedAvg with a server Adam step on the pseudo-gradient (Reddi et al., 2021).
+class FedAdam(FedOpt):
+    """FedAvg with a server Adam step on the pseudo-gradient.
 
     m = β1·m + (1−β1)·Δ, v = β2·v + (1−β2)·Δ², new = previous + η_t·m / (√v + τ) with the
     bias-corrected η_t = η·√(1−β2^t) / (1−β1^t), t = 1 in the first round (Flower counts
@@ -259,30 +277,23 @@ class FedAdam(Strategy):
     """
 
     name: ClassVar[str] = "FedAdam"
-    stateful: ClassVar[bool] = True
     eta: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.99
     tau: float = 1e-9
-    scaling: str = "num_examples"
-    accumulator: str = "float32"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _number("eta", self.eta, 0.0, 1e6)
         _number("beta1", self.beta1, 0.0, 1.0)
         _number("beta2", self.beta2, 0.0, 1.0)
         _number("tau", self.tau, 0.0, 1e6)
         if self.beta1 == 1.0 or self.beta2 == 1.0:
             raise ConfigError("beta1 and beta2 must be below 1")
-        _choice("scaling", self.scaling, SCALINGS)
-        _choice("accumulator", self.accumulator, ACCUMULATORS)
 
-    def aggregate(
-        self, previous: Weights, updates: Iterable[Update], state: Weights | None = None
-    ) -> tuple[Weights, Weights | None]:
-        mean = stream_mean(previous, updates, self.scaling, self.accumulator)
-        if mean is None:
-            return previous, state
+    def _optimizer(
+        self, state: Weights | None
+    ) -> tuple[Weights, Callable[[str, np.ndarray], np.ndarray]]:
         t = 1 + (int(state["step"]) if state is not None and "step" in state else 0)
         # powers by repeated multiplication: exactly rounded everywhere, unlike libm's pow
         power1 = power2 = 1.0
@@ -300,7 +311,7 @@ class FedAdam(Strategy):
             new_state["m/" + name], new_state["v/" + name] = m, v
             return eta_t * m / (np.sqrt(v) + self.tau)
 
-        return _server_step(previous, mean, step), new_state
+        return new_state, step
 
 
 _STRATEGIES: dict[str, type[Strategy]] = {
