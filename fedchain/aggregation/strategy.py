@@ -113,11 +113,8 @@ class FedAvg(Strategy):
         return (previous, state) if mean is None else (mean, None)
 
 
-@dataclass(frozen=True)
-class FedMedian(Strategy):
-    """Coordinate-wise median of the updates (num_examples is ignored)."""
-
-    name: ClassVar[str] = "FedMedian"
+class _WholeRound(Strategy):
+    """A strategy that needs every update of the round at once (robust rules)."""
 
     def aggregate(
         self, previous: Weights, updates: Iterable[Update], state: Weights | None = None
@@ -125,11 +122,25 @@ class FedMedian(Strategy):
         collected = collect_updates(previous, updates)
         if not collected:
             return previous, state
-        return _in_order(previous, aggregate_median([u.weights for u in collected])), None
+        return self._combine(previous, collected), None
+
+    @abstractmethod
+    def _combine(self, previous: Weights, updates: list[Update]) -> Weights:
+        """The new global model from the round's checked updates (at least one)."""
 
 
 @dataclass(frozen=True)
-class FedTrimmedAvg(Strategy):
+class FedMedian(_WholeRound):
+    """Coordinate-wise median of the updates (num_examples is ignored)."""
+
+    name: ClassVar[str] = "FedMedian"
+
+    def _combine(self, previous: Weights, updates: list[Update]) -> Weights:
+        return _in_order(previous, aggregate_median([u.weights for u in updates]))
+
+
+@dataclass(frozen=True)
+class FedTrimmedAvg(_WholeRound):
     """Coordinate-wise mean without the beta fraction of lowest and of highest values."""
 
     name: ClassVar[str] = "FedTrimmedAvg"
@@ -140,18 +151,12 @@ class FedTrimmedAvg(Strategy):
         if self.beta == 0.5:
             raise ConfigError("beta must be below 0.5: trimming half from each side keeps nothing")
 
-    def aggregate(
-        self, previous: Weights, updates: Iterable[Update], state: Weights | None = None
-    ) -> tuple[Weights, Weights | None]:
-        collected = collect_updates(previous, updates)
-        if not collected:
-            return previous, state
-        result = aggregate_trimmed_mean([u.weights for u in collected], self.beta)
-        return _in_order(previous, result), None
+    def _combine(self, previous: Weights, updates: list[Update]) -> Weights:
+        return _in_order(previous, aggregate_trimmed_mean([u.weights for u in updates], self.beta))
 
 
 @dataclass(frozen=True)
-class Krum(Strategy):
+class Krum(_WholeRound):
     """Krum (m=1: the most central update) or multi-Krum (FedAvg of the m most central)."""
 
     name: ClassVar[str] = "Krum"
@@ -166,20 +171,14 @@ class Krum(Strategy):
         _choice("scaling", self.scaling, SCALINGS)
         _choice("accumulator", self.accumulator, ACCUMULATORS)
 
-    def aggregate(
-        self, previous: Weights, updates: Iterable[Update], state: Weights | None = None
-    ) -> tuple[Weights, Weights | None]:
-        collected = collect_updates(previous, updates)
-        if not collected:
-            return previous, state
-        chosen = krum_select([u.weights for u in collected], self.f, self.m)
+    def _combine(self, previous: Weights, updates: list[Update]) -> Weights:
+        chosen = krum_select([u.weights for u in updates], self.f, self.m)
         if len(chosen) == 1:
-            chosen_weights = collected[chosen[0]].weights
-            return {k: chosen_weights[k].copy() for k in previous}, None
-        kept = [collected[i] for i in chosen]
-        mean = stream_mean(previous, kept, self.scaling, self.accumulator)
+            chosen_weights = updates[chosen[0]].weights
+            return {k: chosen_weights[k].copy() for k in previous}
+        mean = stream_mean(previous, [updates[i] for i in chosen], self.scaling, self.accumulator)
         assert mean is not None  # m >= 2 updates were kept
-        return mean, None
+        return mean
 
 
 def _server_step(
