@@ -1,5 +1,5 @@
 // Hardhat 3 configuration: compiles contracts/ with the pinned solcjs from node_modules,
-// offline, with the same settings as `fedchain compile` (fedchain/compile.py).
+// offline, with the same settings as `fedchain compile` (fedchain/eth/compile.py).
 // Hardhat 3 needs Node >= 22.13: run it with the project-local Node 24, e.g.
 //   node_modules/node/bin/node node_modules/hardhat/dist/src/cli.js compile
 import { fileURLToPath } from "node:url";

@@ -14,7 +14,7 @@ mmap threshold pinned so freed arrays go back to the OS instead of hiding later 
 
 Flower's `aggregate_inplace` takes FitRes whose Parameters are bytes (one `np.save` blob per
 layer), so its time includes deserializing them. The "bytes" contenders give fedchain the
-equivalent work: decoding its own model bytes (`fedchain.codec.decode`, which also validates
+equivalent work: decoding its own model bytes (`fedchain.model.codec.decode`, which also validates
 and checks every value is finite) or, for a like-for-like decode, the very same Parameters
 with Flower's `parameters_to_ndarrays`. The "memory" contenders start from in-memory arrays.
 Results are compared with `aggregate_inplace`'s output (max absolute difference).
@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from fedchain.strategy import FedAvg, Update
+from fedchain.aggregation.strategy import FedAvg, Update
 
 Weights = dict[str, np.ndarray]
 Run = Callable[[], Weights | list[np.ndarray] | None]
@@ -95,7 +95,7 @@ def prepare(name: str, learners: int, params: int) -> Run:
     previous, inputs = make_inputs(learners, params)
     names = list(previous)
     if "codec" in name:
-        from fedchain import codec
+        from fedchain.model import codec
 
         blobs = [(a, n, codec.encode(w)) for a, n, w in inputs]
         del inputs

@@ -24,17 +24,17 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 
-from fedchain import devnet
+from fedchain.aggregation.strategy import FedAvg, Update
 from fedchain.audit import read_federation
-from fedchain.chain import connect
-from fedchain.codec import encode
-from fedchain.contract import FedChain
-from fedchain.learner import metrics_json
-from fedchain.plan import Plan
-from fedchain.report import print_report
+from fedchain.audit.render import print_report
+from fedchain.audit.verify import load_plan, verify
+from fedchain.cli import devnet
+from fedchain.eth.chain import connect
+from fedchain.eth.contract import FedChain
+from fedchain.federation.node import metrics_json
+from fedchain.model.codec import encode
+from fedchain.model.plan import Plan
 from fedchain.storage import open_store
-from fedchain.strategy import FedAvg, Update
-from fedchain.verify import load_plan, verify
 
 TARGET_SECONDS = 30.0
 

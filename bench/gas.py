@@ -20,9 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from fedchain import devnet
-from fedchain.chain import Chain, connect
-from fedchain.contract import FedChain
+from fedchain.cli import devnet
+from fedchain.eth.chain import Chain, connect
+from fedchain.eth.contract import FedChain
 
 #: What the contract must do (from the issue); gas per transaction.
 TARGET_SUBMIT_MEDIAN = 50_000

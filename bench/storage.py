@@ -16,8 +16,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from fedchain import codec
-from fedchain.devnet import start_ipfs_devnode
+from fedchain.cli.devnet import start_ipfs_devnode
+from fedchain.model import codec
 from fedchain.storage import ContentStore
 from fedchain.storage.kubo import KuboStore
 from fedchain.storage.local import LocalStore

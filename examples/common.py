@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import numpy as np
 
-from fedchain.data import (
+from examples.datasets import (
     Dataset,
     dirichlet_partition,
     iid_partition,
@@ -35,7 +35,7 @@ from fedchain.errors import ConfigError
 if TYPE_CHECKING:
     from torch.utils.data import DataLoader
 
-    from fedchain.simulation import SimulationResult
+    from fedchain.federation.simulation import SimulationResult
 
 PARTITIONS = ("iid", "dirichlet")
 
@@ -232,9 +232,8 @@ def _add_option_flags(parser: argparse.ArgumentParser, settings: Settings[Any]) 
 
 def run_example(job_file: Path, argv: Sequence[str] | None = None) -> SimulationResult:
     """`python examples/<name>/run.py`: the example's job in one process, flags overriding it."""
-    from fedchain.job import Job
-    from fedchain.simulation import simulate
-    from fedchain.strategy import strategy_from_plan
+    from fedchain.cli.job import Job
+    from fedchain.federation.simulation import simulate
 
     job = Job.load(job_file)
     task = importlib.import_module(job.learner.partition(":")[0] if job.learner else "")
@@ -267,17 +266,19 @@ def run_example(job_file: Path, argv: Sequence[str] | None = None) -> Simulation
     output = settings.resolve().output_dir or job.output
     train = {key: getattr(args, f"train_{key}") for key in job.train}
     started = time.monotonic()
+    config = dataclasses.replace(
+        job.run_config(),
+        rounds=args.rounds,
+        min_updates=min(job.min_updates or args.learners, args.learners),
+        train=train,
+    )
     result = simulate(
         job.resolve(job.learner, "learner factory"),
         args.learners,
-        strategy_from_plan(job.strategy),
-        args.rounds,
         chain=args.chain,
         store=args.store,
+        config=config,
         initial_weights=job.resolve(job.initial, "initial model")() if job.initial else None,
-        min_updates=min(job.min_updates or args.learners, args.learners),
-        round_timeout=job.round_timeout,
-        train_config=train,
         evaluate_fn=job.resolve(job.evaluate, "evaluate function") if job.evaluate else None,
         results_dir=output,
         title=f"{job_file.parent.name}: {args.learners} learners",

@@ -1,5 +1,16 @@
 """fedchain: decentralized federated learning on Ethereum and IPFS.
 
+Layers, each importing only from those below it:
+
+    cli         the `fedchain` command, job files, dev nodes
+    audit       round history from the chain, re-verified, rendered
+    federation  learner API and node, aggregator, replay, history, simulation
+    aggregation the pure aggregation rules and the strategies
+    eth         chain backends, accounts, the FedChain binding, events, reverts, deploy
+    model       weights codec, torch conversion, the plan
+    storage     CIDs and content stores (embedded, file://, Kubo RPC)
+    errors, progress, npm   the exception tree and small utilities
+
 The names below are imported lazily, so `import fedchain` stays cheap.
 """
 
@@ -10,23 +21,27 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "simulate": "fedchain.simulation",
-    "Learner": "fedchain.learner",
-    "TorchLearner": "fedchain.learner",
-    "TrainResult": "fedchain.learner",
-    "EvalResult": "fedchain.learner",
-    "LearnerNode": "fedchain.learner",
-    "Aggregator": "fedchain.aggregator",
-    "connect": "fedchain.chain",
-    "FedChain": "fedchain.contract",
+    "simulate": "fedchain.federation.simulation",
+    "Learner": "fedchain.federation.learner",
+    "TorchLearner": "fedchain.federation.learner",
+    "TrainResult": "fedchain.federation.learner",
+    "EvalResult": "fedchain.federation.learner",
+    "LearnerNode": "fedchain.federation.node",
+    "Aggregator": "fedchain.federation.aggregator",
+    "Termination": "fedchain.federation.config",
+    "RunConfig": "fedchain.federation.config",
+    "History": "fedchain.federation.history",
+    "connect": "fedchain.eth.chain",
+    "FedChain": "fedchain.eth.contract",
+    "FedChainReader": "fedchain.eth.contract",
     "open_store": "fedchain.storage",
-    "FedAvg": "fedchain.strategy",
-    "FedMedian": "fedchain.strategy",
-    "FedTrimmedAvg": "fedchain.strategy",
-    "Krum": "fedchain.strategy",
-    "FedAvgM": "fedchain.strategy",
-    "FedAdam": "fedchain.strategy",
-    "History": "fedchain.history",
+    "Plan": "fedchain.model.plan",
+    "FedAvg": "fedchain.aggregation.strategy",
+    "FedMedian": "fedchain.aggregation.strategy",
+    "FedTrimmedAvg": "fedchain.aggregation.strategy",
+    "Krum": "fedchain.aggregation.strategy",
+    "FedAvgM": "fedchain.aggregation.strategy",
+    "FedAdam": "fedchain.aggregation.strategy",
 }
 
 __all__ = ["__version__", *_EXPORTS]

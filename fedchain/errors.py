@@ -1,4 +1,26 @@
-"""fedchain's exceptions: callers catch these, never a web3, HTTP or torch internal."""
+"""fedchain's exceptions: callers catch these, never a web3, HTTP or torch internal.
+
+    FedChainError
+    ├── ConfigError            a setting, flag, job file or account is missing or wrong
+    ├── InvalidModel           model bytes or weights failed validation
+    ├── DataError              a data set is missing, malformed or refused
+    ├── AggregationError       updates cannot be aggregated
+    ├── StorageError           content stores                              (.url)
+    │   ├── InvalidCID
+    │   ├── ContentNotFound
+    │   ├── ContentMismatch
+    │   ├── ContentTooLarge
+    │   └── StoreUnavailable
+    └── ChainError             chain nodes and the contract                (.url)
+        ├── ChainUnavailable
+        ├── TransactionFailed                                          (.tx_hash)
+        │   └── TransactionTimeout
+        ├── DeploymentNotFound
+        └── ContractRevert     one subclass per Solidity custom error, in fedchain.eth.reverts
+            ├── NotOwner, NotAggregator, NotLearner, WrongRound, AlreadySubmitted, …
+
+`url` (already stripped of credentials) and `tx_hash` are None where they do not apply.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +29,11 @@ from typing import Any
 
 class FedChainError(Exception):
     """Base class of every error fedchain raises on purpose."""
+
+    def __init__(self, *args: Any, url: str | None = None, tx_hash: str | None = None) -> None:
+        super().__init__(*args)
+        self.url = url
+        self.tx_hash = tx_hash
 
 
 class ConfigError(FedChainError):
@@ -81,9 +108,11 @@ class ContractRevert(ChainError):
     params: tuple[str, ...] = ()
 
     def __init__(self, *args: Any) -> None:
+        self.url = None
+        self.tx_hash = None
         self.args_decoded = args
         self.fields = dict(zip(self.params, args, strict=False))
-        super().__init__(self._message())
+        Exception.__init__(self, self._message())
 
     def _message(self) -> str:
         doc = (type(self).__doc__ or "").strip().splitlines()
@@ -100,142 +129,6 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-class NotOwner(ContractRevert):
-    """Only the contract owner may do this"""
-
-    params = ("caller",)
-
-
-class NotAggregator(ContractRevert):
-    """Only the aggregator may do this"""
-
-    params = ("caller",)
-
-
-class NotLearner(ContractRevert):
-    """The sender is not a registered learner"""
-
-    params = ("caller",)
-
-
-class ZeroAddress(ContractRevert):
-    """The zero address is not allowed here"""
-
-
-class AlreadyLearner(ContractRevert):
-    """The address is already a registered learner"""
-
-    params = ("learner",)
-
-
-class UnknownLearner(ContractRevert):
-    """The address is not a registered learner"""
-
-    params = ("learner",)
-
-
-class GenesisAlreadySet(ContractRevert):
-    """The genesis model was already set"""
-
-
-class NotStarted(ContractRevert):
-    """The federation has not started: no genesis model yet"""
-
-
-class FederationFinished(ContractRevert):
-    """The federation has finished"""
-
-
-class WrongRound(ContractRevert):
-    """The round given is not the round open for updates"""
-
-    params = ("given", "open")
-
-
-class AlreadySubmitted(ContractRevert):
-    """This learner already submitted an update in this round"""
-
-    params = ("round", "learner")
-
-
-class NotSubmitted(ContractRevert):
-    """An included learner did not submit an update in this round"""
-
-    params = ("round", "learner")
-
-
-class IncludedNotAscending(ContractRevert):
-    """Included learners must be listed in strictly ascending address order, once each"""
-
-    params = ("index", "learner")
-
-
-class EmptyCid(ContractRevert):
-    """A CID must not be empty"""
-
-
-class CidTooLong(ContractRevert):
-    """The CID is longer than the contract stores"""
-
-    params = ("length", "max")
-
-
-class NoExamples(ContractRevert):
-    """numExamples must be positive"""
-
-
-class TooManyExamples(ContractRevert):
-    """numExamples is above the contract's limit (2**40)"""
-
-    params = ("given", "max")
-
-
-class MetricsTooLarge(ContractRevert):
-    """The metrics JSON is larger than the contract accepts"""
-
-    params = ("size", "max")
-
-
-class NoGlobalModel(ContractRevert):
-    """No global model has been published for this round yet"""
-
-    params = ("round",)
-
-
-class AlreadyReported(ContractRevert):
-    """This learner already reported an evaluation for this round"""
-
-    params = ("round", "learner")
-
-
-#: Solidity custom error name → exception class (kept in step with contracts/FedChain.sol).
-REVERTS: dict[str, type[ContractRevert]] = {
-    cls.__name__: cls
-    for cls in (
-        NotOwner,
-        NotAggregator,
-        NotLearner,
-        ZeroAddress,
-        AlreadyLearner,
-        UnknownLearner,
-        GenesisAlreadySet,
-        NotStarted,
-        FederationFinished,
-        WrongRound,
-        AlreadySubmitted,
-        NotSubmitted,
-        IncludedNotAscending,
-        EmptyCid,
-        CidTooLong,
-        NoExamples,
-        TooManyExamples,
-        MetricsTooLarge,
-        NoGlobalModel,
-        AlreadyReported,
-    )
-}
-
-
 # --- data ----------------------------------------------------------------------------
 
 
@@ -248,3 +141,14 @@ class DataError(FedChainError):
 
 class AggregationError(FedChainError):
     """Updates cannot be aggregated: out of order, bad num_examples, too few for the strategy."""
+
+
+def __getattr__(name: str) -> Any:
+    # The contract's revert classes live beside the binding (fedchain.eth.reverts); they stay
+    # importable from here, where users have always caught them.
+    from .eth import reverts
+
+    try:
+        return getattr(reverts, name)
+    except AttributeError:
+        raise AttributeError(f"module 'fedchain.errors' has no attribute {name!r}") from None

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Deploy FedChain, as in the seed tutorials: `python scripts/deploy.py --chain URL --learners 3`.
 
-The same as `fedchain deploy`: runs migrations/ in order and records the deployment in
-deployments/<chainId>.json, where the server and client scripts find it.
+The same as `fedchain deploy`: runs the migrations (fedchain/eth/migrations/) in order and
+records the deployment in deployments/<chainId>.json, where the server and client scripts find it.
 """
 
 import sys

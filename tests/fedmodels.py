@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedchain.learner import EvalResult, Learner, TrainResult
+from fedchain.federation.learner import EvalResult, Learner, TrainResult
 
 TRUE_W = np.array([1.0, -2.0, 3.0, 0.5], dtype=np.float32)
 

@@ -12,8 +12,9 @@ import subprocess
 
 import pytest
 
-from fedchain.compile import compile_source, load_artifact, source_path
-from fedchain.devnet import node24, node_bin, project_root
+from fedchain.cli.devnet import node24, node_bin, project_root
+from fedchain.eth.artifact import load_artifact
+from fedchain.eth.compile import compile_source, source_path
 
 
 def without_metadata(code: str) -> bytes:

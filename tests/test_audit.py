@@ -10,18 +10,21 @@ import numpy as np
 import pytest
 from fedmodels import LinearLearner, initial_weights
 
-from fedchain.aggregator import Aggregator
+from fedchain.aggregation.strategy import FedAvg, FedAvgM, Update
 from fedchain.audit import read_federation
-from fedchain.chain import connect
+from fedchain.audit.render import write_html
+from fedchain.audit.verify import load_plan, verify
 from fedchain.cli import main as cli_main
-from fedchain.codec import decode, encode
-from fedchain.contract import FedChain, to_cid
-from fedchain.learner import LearnerNode
-from fedchain.report import write_html
-from fedchain.simulation import simulate
+from fedchain.eth.chain import connect
+from fedchain.eth.contract import FedChain
+from fedchain.federation.aggregator import Aggregator
+from fedchain.federation.config import RunConfig
+from fedchain.federation.node import LearnerNode
+from fedchain.federation.replay import rebuild_state, recompute_round
+from fedchain.federation.simulation import simulate
+from fedchain.model.codec import decode, encode
 from fedchain.storage import open_store
-from fedchain.strategy import FedAvg, FedAvgM, Update
-from fedchain.verify import load_plan, rebuild_state, recompute_round, verify
+from fedchain.storage.cid import to_cid
 
 TRAIN = {"lr": 0.1, "steps": 5}
 
@@ -139,17 +142,10 @@ def round_one_submitted(chain, store, strategy=None, learners=3):
     contract, _ = FedChain.deploy(chain, chain.account(0), chain.account(1).address)
     accounts = [chain.account(2 + i) for i in range(learners)]
     contract.add_learners([a.address for a in accounts])
-    agg = Aggregator(
-        contract.with_account(chain.account(1)),
-        store,
-        strategy=strategy or FedAvg(),
-        initial_weights=initial_weights(),
-        rounds=3,
-        min_updates=1,
-        train_config=TRAIN,
-        round_timeout=0.2,
-        poll_interval=0.05,
-    )
+    config = RunConfig(strategy=strategy or FedAvg(), rounds=3, min_updates=1, train=TRAIN,
+                       round_timeout=0.2, poll_interval=0.05)
+    agg = Aggregator(contract.with_account(chain.account(1)), store, config,
+                     initial_weights=initial_weights())
     agg.start()
     nodes = [
         LearnerNode(LinearLearner(i), contract.with_account(a), store)

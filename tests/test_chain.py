@@ -1,4 +1,4 @@
-"""fedchain.chain: connecting, loading signing accounts, nonces under threads, fee styles."""
+"""fedchain.eth.chain: connecting, loading signing accounts, nonces under threads, fee styles."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from eth_typing import HexStr
 from fixtures.chains import dev
 from web3 import Web3
 
-from fedchain.chain import Chain, connect, dev_account, load_account
-from fedchain.contract import FedChain
-from fedchain.devnet import free_port
+from fedchain.cli.devnet import free_port
 from fedchain.errors import ChainUnavailable, ConfigError
+from fedchain.eth.accounts import dev_account, load_account
+from fedchain.eth.chain import Chain, connect
+from fedchain.eth.contract import FedChain
 
 KEY = HexStr("0x" + "5e" * 32)
 PASSWORD = "correct horse battery staple"
@@ -178,7 +179,7 @@ def test_transactions_mine_with_the_fee_style_the_node_offers(chain: Chain) -> N
 
 
 def test_rpc_urls_are_shown_without_the_api_keys_they_carry() -> None:
-    from fedchain.chain import redact_url
+    from fedchain.eth.chain import redact_url
 
     assert redact_url("https://mainnet.infura.io/v3/0123456789abcdef") == (
         "https://mainnet.infura.io/…")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from fedchain.cli import main
+from fedchain.cli.job import Job
 from fedchain.errors import ConfigError
-from fedchain.job import Job
 
 
 def test_job_file_sections_and_flag_overrides(tmp_path):
@@ -64,7 +64,7 @@ def test_unknown_strategy_exits_2_with_the_known_ones(tmp_path, capsys):
 
 
 def test_chain_that_is_down_exits_2_naming_the_url(capsys):
-    from fedchain.devnet import free_port
+    from fedchain.cli.devnet import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
     assert main(["status", "--chain", url]) == 2
@@ -110,8 +110,8 @@ def test_devnet_serves_a_chain_and_an_ipfs_node_until_interrupted():
 
     import httpx
 
-    from fedchain.chain import connect
-    from fedchain.devnet import free_port
+    from fedchain.cli.devnet import free_port
+    from fedchain.eth.chain import connect
 
     chain_port, ipfs_port = free_port(), free_port()
     proc = subprocess.Popen(

@@ -1,4 +1,4 @@
-"""fedchain.codec: deterministic safetensors bytes, and validation that only raises InvalidModel."""
+"""fedchain.model.codec: deterministic safetensors bytes; validation raises only InvalidModel."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ import safetensors.numpy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedchain import codec
 from fedchain.errors import InvalidModel
+from fedchain.model import codec
+from fedchain.model import torch as model_torch
 
 HERE = Path(__file__).parent
 
@@ -110,7 +111,7 @@ def test_same_weights_give_same_bytes_in_another_process() -> None:
     assert data == codec.encode(small_cnn(), dict(reversed(list(metadata.items()))))
     script = (
         "import hashlib, sys; sys.path.insert(0, '.'); import test_codec as t; "
-        "from fedchain import codec; "
+        "from fedchain.model import codec; "
         "m = {f'key{i}': str(i) for i in range(8)}; "
         "print(hashlib.sha256(codec.encode(t.small_cnn(), m)).hexdigest())"
     )
@@ -328,10 +329,10 @@ def test_torch_state_dict_with_batchnorm_round_trips_into_a_fresh_model() -> Non
     model = make()
     model.train()
     model(torch.randn(5, 3, 8, 8))  # updates BatchNorm running stats and its counter
-    weights = codec.from_state_dict(model.state_dict())
+    weights = model_torch.from_state_dict(model.state_dict())
     assert weights["1.num_batches_tracked"].dtype == np.int64
     fresh = make()
-    fresh.load_state_dict(codec.to_state_dict(codec.decode(codec.encode(weights))))
+    fresh.load_state_dict(model_torch.to_state_dict(codec.decode(codec.encode(weights))))
     model.eval()
     fresh.eval()
     x = torch.randn(2, 3, 8, 8)
@@ -341,7 +342,7 @@ def test_torch_state_dict_with_batchnorm_round_trips_into_a_fresh_model() -> Non
 def test_bfloat16_tensors_are_refused_with_advice() -> None:
     torch = pytest.importorskip("torch")
     with pytest.raises(InvalidModel, match="layer w: bfloat16 .* cast"):
-        codec.from_state_dict({"w": torch.zeros(2, dtype=torch.bfloat16)})
+        model_torch.from_state_dict({"w": torch.zeros(2, dtype=torch.bfloat16)})
 
 
 # --- hostile inputs: never anything but InvalidModel ------------------------------------------

@@ -18,9 +18,6 @@ import pytest
 from eth_account import Account
 from fixtures.chains import Federation, dev
 
-from fedchain import contract as ev
-from fedchain.chain import Chain
-from fedchain.contract import FedChain, cid_text
 from fedchain.errors import (
     AlreadyLearner,
     AlreadyReported,
@@ -46,6 +43,10 @@ from fedchain.errors import (
     WrongRound,
     ZeroAddress,
 )
+from fedchain.eth import events as ev
+from fedchain.eth.chain import Chain
+from fedchain.eth.contract import FedChain
+from fedchain.storage.cid import cid_text
 
 ZERO = "0x" + "00" * 20
 

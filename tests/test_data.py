@@ -1,4 +1,4 @@
-"""Partitioners and readers in fedchain.data, on small files written in the real formats."""
+"""Partitioners and readers in examples.datasets, on small files written in the real formats."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from fedchain.data import (
+from examples.datasets import (
     CIFAR10_CLASSES,
     Dataset,
     dirichlet_partition,

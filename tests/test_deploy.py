@@ -1,4 +1,4 @@
-"""fedchain.deploy on Anvil: the deployment record, re-runs, fresh deploys, finding the contract."""
+"""fedchain.eth.deploy on Anvil: the record, re-runs, fresh deploys, finding the contract."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from eth_utils import to_checksum_address
 from fixtures.chains import dev
 from web3.types import RPCEndpoint
 
-from fedchain.chain import Chain
-from fedchain.compile import load_artifact
-from fedchain.contract import FedChain
-from fedchain.deploy import deploy, find_contract
 from fedchain.errors import DeploymentNotFound
+from fedchain.eth.artifact import load_artifact
+from fedchain.eth.chain import Chain
+from fedchain.eth.contract import FedChain
+from fedchain.eth.deploy import deploy, find_contract
 
 pytestmark = [pytest.mark.anvil, pytest.mark.xdist_group("anvil")]
 

@@ -17,10 +17,10 @@ from examples.dcgan import task as dcgan
 from examples.mlp import task as mlp
 
 ROOT = Path(__file__).resolve().parents[1]
+from fedchain.aggregation.strategy import strategy_from_plan  # noqa: E402
+from fedchain.cli.job import Job  # noqa: E402
 from fedchain.errors import ConfigError  # noqa: E402
-from fedchain.job import Job  # noqa: E402
-from fedchain.simulation import SimulationResult, simulate  # noqa: E402
-from fedchain.strategy import strategy_from_plan  # noqa: E402
+from fedchain.federation.simulation import SimulationResult, simulate  # noqa: E402
 
 TASKS = (cnn, dcgan, mlp)
 

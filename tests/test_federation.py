@@ -8,22 +8,24 @@ import numpy as np
 import pytest
 from fedmodels import LinearLearner, WrongShapeLearner, initial_weights
 
-from fedchain.aggregator import Aggregator
-from fedchain.codec import decode, encode
-from fedchain.contract import to_cid
+from fedchain.aggregation.strategy import FedAvg, Update
 from fedchain.errors import WrongRound
-from fedchain.learner import LearnerNode
-from fedchain.simulation import simulate
-from fedchain.strategy import FedAvg, Update
+from fedchain.federation.aggregator import Aggregator
+from fedchain.federation.config import RunConfig
+from fedchain.federation.node import LearnerNode
+from fedchain.federation.simulation import simulate
+from fedchain.model.codec import decode, encode
+from fedchain.storage.cid import to_cid
 
 TRAIN = {"lr": 0.1, "steps": 5}
 
 
-def make_aggregator(contract, store, **kw):
-    options = dict(strategy=FedAvg(), initial_weights=initial_weights(), rounds=3,
-                   min_updates=3, round_timeout=10.0, train_config=TRAIN, poll_interval=0.05)
+def make_aggregator(contract, store, initial_weights=initial_weights, **kw):
+    options = dict(strategy=FedAvg(), rounds=3, min_updates=3, round_timeout=10.0, train=TRAIN,
+                   poll_interval=0.05)
     options.update(kw)
-    return Aggregator(contract, store, **options)
+    weights = initial_weights() if callable(initial_weights) else initial_weights
+    return Aggregator(contract, store, RunConfig(**options), initial_weights=weights)
 
 
 def test_simulation_runs_rounds_and_records_history(tmp_path, store):
@@ -179,7 +181,7 @@ def test_late_learner_trains_on_the_current_global_model(fed, store):
 
 def _raw_encode(weights):
     """Encodes without the codec's own finiteness check, as a rogue learner could."""
-    from fedchain import codec
+    from fedchain.model import codec
 
     check = codec._check_finite
     codec._check_finite = lambda name, array: None
@@ -190,7 +192,7 @@ def _raw_encode(weights):
 
 
 def test_restarted_aggregator_replays_server_optimizer_state(fed, store):
-    from fedchain.strategy import FedAvgM
+    from fedchain.aggregation.strategy import FedAvgM
 
     chain, aggregator, learners = fed
     nodes = [LearnerNode(LinearLearner(i), c, store, evaluate=False)

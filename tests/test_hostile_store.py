@@ -17,7 +17,7 @@ import httpx
 import pytest
 from hostile_kubo import BLOCKS, LEAF, HostileKubo, PeakRSS, RateLimited
 
-from fedchain.devnet import free_port
+from fedchain.cli.devnet import free_port
 from fedchain.errors import (
     ChainUnavailable,
     ContentMismatch,
@@ -264,7 +264,7 @@ def test_store_credentials_never_reach_messages_or_logs(caplog: pytest.LogCaptur
 def test_chain_api_key_in_the_url_path_never_reaches_messages_or_logs(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from fedchain.chain import connect
+    from fedchain.eth.chain import connect
 
     caplog.set_level(logging.DEBUG)
     for name in ("urllib3", "web3", "fedchain"):

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from fedchain.devnet import DevNode, free_port
+from fedchain.cli.devnet import DevNode, free_port
 from fedchain.errors import (
     ContentMismatch,
     ContentNotFound,

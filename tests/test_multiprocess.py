@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from fedchain.chain import connect
-from fedchain.deploy import find_contract
+from fedchain.eth.chain import connect
+from fedchain.eth.deploy import find_contract
 
 TESTS_DIR = Path(__file__).resolve().parent
 

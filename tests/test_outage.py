@@ -7,10 +7,10 @@ import threading
 
 import pytest
 
-from fedchain import devnet
-from fedchain.chain import connect
+from fedchain.cli import devnet
 from fedchain.errors import ChainUnavailable, FedChainError, StoreUnavailable
-from fedchain.outage import ride_out
+from fedchain.eth.chain import connect
+from fedchain.federation.outage import ride_out
 from fedchain.storage import cid_of, open_store
 
 log = logging.getLogger("test.outage")

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from fedchain import redact
-from fedchain.chain import redact_url as chain_redact_url
+from fedchain.eth.chain import redact_url as chain_redact_url
 from fedchain.redact import redact_url, scrub
 
 

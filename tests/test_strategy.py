@@ -10,9 +10,8 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from fedchain.errors import AggregationError, ConfigError, InvalidModel
-from fedchain.rules import aggregate_median, aggregate_trimmed_mean, krum_select
-from fedchain.strategy import (
+from fedchain.aggregation.rules import aggregate_median, aggregate_trimmed_mean, krum_select
+from fedchain.aggregation.strategy import (
     FedAdam,
     FedAvg,
     FedAvgM,
@@ -24,6 +23,7 @@ from fedchain.strategy import (
     learner_key,
     strategy_from_plan,
 )
+from fedchain.errors import AggregationError, ConfigError, InvalidModel
 
 LEARNERS = [f"0x{i:02X}{'aB' * 19}" for i in range(1, 8)]
 

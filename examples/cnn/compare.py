@@ -24,10 +24,10 @@ import torch  # noqa: E402
 
 from examples.cnn import task  # noqa: E402
 from examples.common import Shard, use_threads  # noqa: E402
-from fedchain.codec import to_state_dict  # noqa: E402
-from fedchain.job import Job  # noqa: E402
-from fedchain.simulation import simulate  # noqa: E402
-from fedchain.strategy import strategy_from_plan  # noqa: E402
+from fedchain.aggregation.strategy import strategy_from_plan  # noqa: E402
+from fedchain.cli.job import Job  # noqa: E402
+from fedchain.federation.simulation import simulate  # noqa: E402
+from fedchain.model.torch import to_state_dict  # noqa: E402
 
 JOB = Path(__file__).with_name("fedchain.toml")
 

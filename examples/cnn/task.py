@@ -22,8 +22,9 @@ from examples.common import (
     shards,
     use_threads,
 )
-from fedchain.codec import Weights, from_state_dict, to_state_dict
-from fedchain.learner import TorchLearner
+from fedchain.federation.learner import TorchLearner
+from fedchain.model.codec import Weights
+from fedchain.model.torch import from_state_dict, to_state_dict
 from fedchain.progress import progress
 
 log = logging.getLogger("examples.cnn")

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from examples.cnn.task import Net
-from fedchain.data import load_digits_dataset, to_torch_loader
+from examples.datasets import load_digits_dataset, to_torch_loader
 
 CONFIDENCE = 0.9
 

@@ -21,12 +21,13 @@ import torch
 import torch.nn.functional as F
 
 from examples.common import Options, Settings, Shard, load_dataset, shards, use_threads
+from examples.datasets import Dataset, load_image_folder
 from examples.dcgan.images import ROUND_FILE, save_grid, write_strip
 from examples.dcgan.model import DCGAN
-from fedchain.codec import Weights, from_state_dict, to_state_dict
-from fedchain.data import Dataset, load_image_folder
 from fedchain.errors import ConfigError
-from fedchain.learner import TorchLearner
+from fedchain.federation.learner import TorchLearner
+from fedchain.model.codec import Weights
+from fedchain.model.torch import from_state_dict, to_state_dict
 from fedchain.progress import progress
 
 log = logging.getLogger("examples.dcgan")

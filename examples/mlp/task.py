@@ -23,9 +23,10 @@ from examples.common import (
     shards,
     use_threads,
 )
-from fedchain.codec import Weights, from_state_dict, to_state_dict
-from fedchain.data import Dataset
-from fedchain.learner import TorchLearner
+from examples.datasets import Dataset
+from fedchain.federation.learner import TorchLearner
+from fedchain.model.codec import Weights
+from fedchain.model.torch import from_state_dict, to_state_dict
 from fedchain.progress import progress
 
 log = logging.getLogger("examples.mlp")

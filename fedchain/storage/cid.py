@@ -191,3 +191,27 @@ class CID:
         if problem:
             raise InvalidCID(problem)
         return self
+
+
+#: How callers may give a CID: its binary form, a CID object, or its text.
+CidLike = bytes | bytearray | CID | str
+
+
+def cid_bytes(cid: CidLike) -> bytes:
+    """The binary form of a CID given as bytes, a CID object or its text."""
+    if isinstance(cid, bytes | bytearray):
+        return bytes(cid)
+    return bytes(CID.coerce(cid))  # text or a CID; InvalidCID for anything else
+
+
+def to_cid(raw: bytes) -> CID:
+    """The CID object of a binary CID read from the chain (InvalidCID if it is not one)."""
+    return CID.from_bytes(raw)
+
+
+def cid_text(raw: bytes) -> str:
+    """The canonical text of a binary CID (falls back to hex for bytes that are not a CID)."""
+    try:
+        return str(CID.from_bytes(raw))
+    except (InvalidCID, ValueError, IndexError):
+        return "0x" + raw.hex()

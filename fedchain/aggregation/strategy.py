@@ -1,0 +1,333 @@
+"""Aggregation strategies: how a round's updates become the next global model.
+
+A strategy is a small frozen dataclass whose fields are its parameters; `to_plan()` records
+it in the federation's plan and `strategy_from_plan` rebuilds it, so an auditor re-runs every
+round with the same parameters. The arithmetic lives in `fedchain.rules`, whose docstring
+states the determinism and dtype rules every strategy follows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..errors import AggregationError, ConfigError
+from ..model.codec import Weights
+from .rules import (
+    ACCUMULATORS,
+    SCALINGS,
+    Update,
+    aggregate_median,
+    aggregate_trimmed_mean,
+    collect_updates,
+    krum_select,
+    learner_key,
+    stream_mean,
+)
+
+__all__ = [
+    "FedAdam",
+    "FedAvg",
+    "FedAvgM",
+    "FedMedian",
+    "FedTrimmedAvg",
+    "Krum",
+    "Strategy",
+    "Update",
+    "Weights",
+    "learner_key",
+    "strategy_from_plan",
+]
+
+
+# --- strategies ----------------------------------------------------------------------
+
+
+def _choice(field: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{field} must be one of {allowed}, got {value!r}")
+
+
+def _number(field: str, value: object, low: float, high: float, *, integer: bool = False) -> None:
+    kinds = (int,) if integer else (int, float)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, kinds)
+        or not math.isfinite(value)
+        or not low <= value <= high
+    ):
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"{field} must be {kind} in [{low}, {high}], got {value!r}")
+
+
+def _in_order(previous: Weights, result: Weights) -> Weights:
+    """`result` with its layers in the previous global model's order (the model's own)."""
+    return {name: result[name] for name in previous}
+
+
+@dataclass(frozen=True)
+class Strategy(ABC):
+    """Turns the previous global model and a round's updates into the next global model."""
+
+    name: ClassVar[str]
+    #: Whether aggregate() carries server-optimizer state from round to round.
+    stateful: ClassVar[bool] = False
+
+    def to_plan(self) -> dict[str, Any]:
+        """The strategy as JSON-able data: {"name": ..., "params": {...}}."""
+        return {"name": self.name, "params": dataclasses.asdict(self)}
+
+    @abstractmethod
+    def aggregate(
+        self, previous: Weights, updates: Iterable[Update], state: Weights | None = None
+    ) -> tuple[Weights, Weights | None]:
+        """(new global model, new server-optimizer state or None) from the updates, in order.
+
+        `updates` must come in ascending learner order; with no updates the result is
+        (`previous`, `state`) unchanged.
+        """
+
+
+@dataclass(frozen=True)
+class FedAvg(Strategy):
+    """Weighted mean of the updates, by num_examples or uniform; streams the updates."""
+
+    name: ClassVar[str] = "FedAvg"
+    scaling: str = "num_examples"
+    accumulator: str = "float32"
+
+    def __post_init__(self) -> None:
+        _choice("scaling", self.scaling, SCALINGS)
+        _choice("accumulator", self.accumulator, ACCUMULATORS)
+
+    def aggregate(
+        self, previous: Weights, updates: Iterable[Update], state: Weights | None = None
+    ) -> tuple[Weights, Weights | None]:
+        mean = stream_mean(previous, updates, self.scaling, self.accumulator)
+        return (previous, state) if mean is None else (mean, None)
+
+
+class _WholeRound(Strategy):
+    """A strategy that needs every update of the round at once (robust rules)."""
+
+    def aggregate(
+        self, previous: Weights, updates: Iterable[Update], state: Weights | None = None
+    ) -> tuple[Weights, Weights | None]:
+        collected = collect_updates(previous, updates)
+        if not collected:
+            return previous, state
+        return self._combine(previous, collected), None
+
+    @abstractmethod
+    def _combine(self, previous: Weights, updates: list[Update]) -> Weights:
+        """The new global model from the round's checked updates (at least one)."""
+
+
+@dataclass(frozen=True)
+class FedMedian(_WholeRound):
+    """Coordinate-wise median of the updates (num_examples is ignored)."""
+
+    name: ClassVar[str] = "FedMedian"
+
+    def _combine(self, previous: Weights, updates: list[Update]) -> Weights:
+        return _in_order(previous, aggregate_median([u.weights for u in updates]))
+
+
+@dataclass(frozen=True)
+class FedTrimmedAvg(_WholeRound):
+    """Coordinate-wise mean without the beta fraction of lowest and of highest values."""
+
+    name: ClassVar[str] = "FedTrimmedAvg"
+    beta: float = 0.2
+
+    def __post_init__(self) -> None:
+        _number("beta", self.beta, 0.0, 0.5)
+        if self.beta == 0.5:
+            raise ConfigError("beta must be below 0.5: trimming half from each side keeps nothing")
+
+    def _combine(self, previous: Weights, updates: list[Update]) -> Weights:
+        return _in_order(previous, aggregate_trimmed_mean([u.weights for u in updates], self.beta))
+
+
+@dataclass(frozen=True)
+class Krum(_WholeRound):
+    """Krum (m=1: the most central update) or multi-Krum (FedAvg of the m most central)."""
+
+    name: ClassVar[str] = "Krum"
+    f: int = 1
+    m: int = 1
+    scaling: str = "num_examples"
+    accumulator: str = "float32"
+
+    def __post_init__(self) -> None:
+        _number("f", self.f, 0, 2**31, integer=True)
+        _number("m", self.m, 1, 2**31, integer=True)
+        _choice("scaling", self.scaling, SCALINGS)
+        _choice("accumulator", self.accumulator, ACCUMULATORS)
+
+    def _combine(self, previous: Weights, updates: list[Update]) -> Weights:
+        chosen = krum_select([u.weights for u in updates], self.f, self.m)
+        if len(chosen) == 1:
+            chosen_weights = updates[chosen[0]].weights
+            return {k: chosen_weights[k].copy() for k in previous}
+        mean = stream_mean(previous, [updates[i] for i in chosen], self.scaling, self.accumulator)
+        assert mean is not None  # m >= 2 updates were kept
+        return mean
+
+
+def _server_step(
+    previous: Weights,
+    mean: Weights,
+    step: Callable[[str, np.ndarray], np.ndarray],
+) -> Weights:
+    """previous + step(name, pseudo-gradient) for floating layers; the mean for the others."""
+    new: Weights = {}
+    for name, prev in previous.items():
+        if prev.dtype.kind != "f":
+            new[name] = mean[name]
+            continue
+        delta = mean[name].astype(np.float64)
+        delta -= prev
+        update = step(name, delta)
+        update += prev
+        new[name] = update.astype(prev.dtype)
+    return new
+
+
+def _state_array(state: Weights | None, key: str, like: np.ndarray) -> np.ndarray | None:
+    if state is None or key not in state:
+        return None
+    if state[key].shape != like.shape:
+        raise AggregationError(f"server state {key} has shape {state[key].shape}, not {like.shape}")
+    return state[key]
+
+
+@dataclass(frozen=True)
+class FedOpt(FedAvg):
+    """FedAvg's mean as a pseudo-gradient Δ = mean − previous, then a server optimizer step
+    (Reddi et al., 2021). Subclasses give the step; state is carried from round to round.
+
+    The optimizer acts on floating layers; integer and bool layers take the FedAvg value.
+    """
+
+    stateful: ClassVar[bool] = True
+
+    def aggregate(
+        self, previous: Weights, updates: Iterable[Update], state: Weights | None = None
+    ) -> tuple[Weights, Weights | None]:
+        mean = stream_mean(previous, updates, self.scaling, self.accumulator)
+        if mean is None:
+            return previous, state
+        new_state, step = self._optimizer(state)
+        return _server_step(previous, mean, step), new_state
+
+    @abstractmethod
+    def _optimizer(
+        self, state: Weights | None
+    ) -> tuple[Weights, Callable[[str, np.ndarray], np.ndarray]]:
+        """(the new state, filled in by the step as it runs; step(layer, Δ) → the update)."""
+
+
+@dataclass(frozen=True)
+class FedAvgM(FedOpt):
+    """FedAvg with server momentum: v = momentum·v + Δ; new = previous + lr·v.
+
+    State: float64 "momentum/<layer>" arrays.
+    """
+
+    name: ClassVar[str] = "FedAvgM"
+    server_lr: float = 1.0
+    momentum: float = 0.9
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _number("server_lr", self.server_lr, 0.0, 1e6)
+        _number("momentum", self.momentum, 0.0, 1.0)
+
+    def _optimizer(
+        self, state: Weights | None
+    ) -> tuple[Weights, Callable[[str, np.ndarray], np.ndarray]]:
+        new_state: Weights = {}
+
+        def step(name: str, delta: np.ndarray) -> np.ndarray:
+            velocity = _state_array(state, "momentum/" + name, delta)
+            if velocity is not None:
+                delta += self.momentum * velocity
+            new_state["momentum/" + name] = delta.copy()
+            delta *= self.server_lr
+            return delta
+
+        return new_state, step
+
+
+@dataclass(frozen=True)
+class FedAdam(FedOpt):
+    """FedAvg with a server Adam step on the pseudo-gradient.
+
+    m = β1·m + (1−β1)·Δ, v = β2·v + (1−β2)·Δ², new = previous + η_t·m / (√v + τ) with the
+    bias-corrected η_t = η·√(1−β2^t) / (1−β1^t), t = 1 in the first round (Flower counts
+    from t = 2). State: float64 "m/<layer>", "v/<layer>" and int64 "step".
+    """
+
+    name: ClassVar[str] = "FedAdam"
+    eta: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-9
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _number("eta", self.eta, 0.0, 1e6)
+        _number("beta1", self.beta1, 0.0, 1.0)
+        _number("beta2", self.beta2, 0.0, 1.0)
+        _number("tau", self.tau, 0.0, 1e6)
+        if self.beta1 == 1.0 or self.beta2 == 1.0:
+            raise ConfigError("beta1 and beta2 must be below 1")
+
+    def _optimizer(
+        self, state: Weights | None
+    ) -> tuple[Weights, Callable[[str, np.ndarray], np.ndarray]]:
+        t = 1 + (int(state["step"]) if state is not None and "step" in state else 0)
+        # powers by repeated multiplication: exactly rounded everywhere, unlike libm's pow
+        power1 = power2 = 1.0
+        for _ in range(t):
+            power1 *= self.beta1
+            power2 *= self.beta2
+        eta_t = self.eta * float(np.sqrt(1.0 - power2)) / (1.0 - power1)
+        new_state: Weights = {"step": np.array(t, dtype=np.int64)}
+
+        def step(name: str, delta: np.ndarray) -> np.ndarray:
+            m = _state_array(state, "m/" + name, delta)
+            v = _state_array(state, "v/" + name, delta)
+            m = (1.0 - self.beta1) * delta + (0.0 if m is None else self.beta1 * m)
+            v = (1.0 - self.beta2) * (delta * delta) + (0.0 if v is None else self.beta2 * v)
+            new_state["m/" + name], new_state["v/" + name] = m, v
+            return eta_t * m / (np.sqrt(v) + self.tau)
+
+        return new_state, step
+
+
+_STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls for cls in (FedAvg, FedMedian, FedTrimmedAvg, Krum, FedAvgM, FedAdam)
+}
+
+
+def strategy_from_plan(plan: Mapping[str, Any]) -> Strategy:
+    """The strategy a plan's {"name", "params"} describes (the inverse of `to_plan`)."""
+    name, params = plan.get("name"), plan.get("params", {})
+    cls = _STRATEGIES.get(name) if isinstance(name, str) else None
+    if cls is None:
+        raise ConfigError(f"unknown strategy {name!r}; known: {', '.join(_STRATEGIES)}")
+    if not isinstance(params, Mapping):
+        raise ConfigError(f"strategy {name} params must be a mapping, got {params!r}")
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(params) - fields)
+    if unknown:
+        raise ConfigError(f"strategy {name} has no parameters {unknown}; it takes {sorted(fields)}")
+    return cls(**params)

@@ -1,0 +1,185 @@
+"""A federation's round history from the chain alone, as an AuditReport.
+
+Reading needs only a chain node and the contract address: one paged pass over the contract's
+events up to a fixed head block (so a federation still running gives a consistent snapshot),
+grouped by round, plus the gas of each transaction from its receipt.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any
+
+from web3.exceptions import Web3RPCError
+
+from ..eth.contract import FedChainReader
+from ..eth.events import (
+    AggregatorChanged,
+    EvaluationReported,
+    Finished,
+    GenesisSet,
+    GlobalModelPublished,
+    LearnerAdded,
+    LearnerRemoved,
+    UpdateSubmitted,
+)
+from ..federation.history import weighted_metrics
+from ..storage.cid import cid_text
+from .report import FAILED, AuditReport, Check, Evaluation, RoundAudit, Submission
+
+RECEIPT = "eth_getTransactionReceipt"
+#: Receipts per JSON-RPC batch: public endpoints commonly cap batches at 100 calls.
+RECEIPT_BATCH = 100
+
+# --- reading the chain ---------------------------------------------------------------
+
+
+def deployment_block(contract: FedChainReader, head: int) -> int:
+    """The block that created the contract (binary search on its code); 0 if history is pruned."""
+    w3, address = contract.chain.w3, contract.address
+
+    def has_code(block: int) -> bool:
+        return bool(contract.chain.call(lambda: w3.eth.get_code(address, block)))
+
+    try:
+        if has_code(0):
+            return 0
+        low, high = 0, head  # no code at `low`, code at `high`
+        while high - low > 1:
+            mid = (low + high) // 2
+            low, high = (low, mid) if has_code(mid) else (mid, high)
+        return high
+    except (Web3RPCError, ValueError):
+        return 0
+
+
+def _gas_used(contract: FedChainReader, txs: Iterable[str], workers: int) -> dict[str, int]:
+    """gasUsed of each transaction, from receipts: JSON-RPC batches where the node takes them,
+    else `workers` requests at a time (web3's per-call formatting costs more than the node)."""
+    chain = contract.chain
+    unique = list(dict.fromkeys(txs))
+    batch = getattr(chain.w3.provider, "make_batch_request", None)
+    if not chain.embedded and batch is not None:
+        used: dict[str, int] = {}
+
+        def ask(part: list[str]) -> Any:
+            return batch([(RECEIPT, [tx]) for tx in part])
+
+        try:
+            for i in range(0, len(unique), RECEIPT_BATCH):
+                part = unique[i : i + RECEIPT_BATCH]
+                for answer in chain.call(partial(ask, part)):
+                    result = answer["result"]
+                    used[result["transactionHash"].lower()] = int(result["gasUsed"], 16)
+            if all(tx.lower() in used for tx in unique):
+                return {tx: used[tx.lower()] for tx in unique}
+        except (Web3RPCError, ValueError, KeyError, TypeError):
+            pass  # a node that refuses batches: ask one receipt at a time
+
+    def one(tx: str) -> tuple[str, int]:
+        receipt = chain.call(lambda: chain.w3.eth.get_transaction_receipt(tx))  # type: ignore[arg-type]
+        return tx, int(receipt["gasUsed"])
+
+    if chain.embedded:  # one in-process EVM behind a lock: threads would only queue
+        return dict(map(one, unique))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return dict(pool.map(one, unique))
+
+
+def _metrics(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return {"unparsed": raw.decode("utf-8", "replace")}
+    return body if isinstance(body, dict) else {"value": body}
+
+
+def read_federation(
+    contract: FedChainReader,
+    *,
+    from_block: int | None = None,
+    gas: bool = True,
+    workers: int = 8,
+    page: int = 10_000,
+) -> AuditReport:
+    """The federation's history from the chain alone: one paged pass over its events."""
+    chain = contract.chain
+    started = time.monotonic()
+    head = chain.block_number()
+    start = deployment_block(contract, head) if from_block is None else from_block
+    report = AuditReport(
+        chain.url, chain.chain_id, contract.address, contract.owner(), "", start, head
+    )
+    rounds: dict[int, RoundAudit] = {}
+    reports: dict[int, list[EvaluationReported]] = {}
+    active: dict[str, bool] = {}
+
+    def at(round: int) -> RoundAudit:
+        return rounds.setdefault(round, RoundAudit(round))
+
+    txs: list[str] = []
+    for e in contract.events(from_block=start, to_block=head, page=page):
+        txs.append(e.tx)
+        if isinstance(e, UpdateSubmitted):
+            at(e.round).submissions.append(
+                Submission(e.learner, cid_text(e.model_cid), e.num_examples, e.block, e.tx)
+            )
+        elif isinstance(e, EvaluationReported):
+            at(e.round).evaluations.append(
+                Evaluation(e.learner, e.num_examples, _metrics(e.metrics), e.block, e.tx)
+            )
+            reports.setdefault(e.round, []).append(e)
+        elif isinstance(e, GlobalModelPublished):
+            r = at(e.round)
+            r.global_cid, r.included = cid_text(e.model_cid), list(e.included)
+            r.publish_block, r.publish_tx = e.block, e.tx
+        elif isinstance(e, GenesisSet):
+            report.genesis_cid, report.plan_cid = cid_text(e.model_cid), cid_text(e.plan_cid)
+            report.genesis_tx = e.tx
+        elif isinstance(e, LearnerAdded | LearnerRemoved):
+            active[e.learner] = isinstance(e, LearnerAdded)
+        elif isinstance(e, AggregatorChanged):
+            report.aggregator = e.next
+        elif isinstance(e, Finished):
+            report.finished_after = e.last_round
+    report.learners = [a for a, on in active.items() if on]
+    report.rounds = [rounds[r] for r in sorted(rounds)]
+    for r in report.rounds:
+        r.abandoned = r.global_cid is None and report.finished_after is not None
+        _chain_checks(r)
+        r.loss, r.metrics = weighted_metrics(reports.get(r.round, []))
+    report.seconds["events"] = time.monotonic() - started
+    if gas:
+        started = time.monotonic()
+        used = _gas_used(contract, txs, workers)
+        for r in report.rounds:
+            for s in r.submissions:
+                s.gas = used.get(s.tx)
+            for v in r.evaluations:
+                v.gas = used.get(v.tx)
+            r.publish_gas = used.get(r.publish_tx) if r.publish_tx else None
+        report.gas_total = sum(used.values())
+        report.seconds["gas"] = time.monotonic() - started
+    return report
+
+
+def _chain_checks(r: RoundAudit) -> None:
+    """What the chain alone can tell about a round: every included learner submitted."""
+    submitted = {s.learner: s for s in r.submissions}
+    for learner in r.included:
+        if learner in submitted:
+            submitted[learner].included = True
+        else:
+            r.checks.append(
+                Check(
+                    FAILED,
+                    "included update",
+                    "included learner has no submission in this round",
+                    r.round,
+                    learner,
+                )
+            )

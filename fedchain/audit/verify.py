@@ -1,0 +1,272 @@
+"""`fedchain audit --verify`: every published round re-run and compared, bit for bit.
+
+`verify` walks the rounds in order holding one round's models at a time, fetches every model
+through the store (bytes checked against the CID), decodes and validates it, re-runs the round
+with the plan's strategy and compares the CID of the re-encoded result with the published
+one. Content the store cannot serve is reported as unfetchable, never as tampering.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from ..aggregation.strategy import Strategy, strategy_from_plan
+from ..errors import (
+    AggregationError,
+    ConfigError,
+    ContentMismatch,
+    ContentNotFound,
+    InvalidModel,
+    StorageError,
+    StoreUnavailable,
+)
+from ..eth.events import UpdateSubmitted
+from ..federation.replay import load_updates
+from ..model.codec import FORMAT, VERSION, ModelSpec, Weights, decode, encode, spec
+from ..model.plan import Plan
+from ..storage import CID, cid_of
+from ..storage.cid import cid_text, to_cid
+from .report import (
+    FAILED,
+    NOTE,
+    OK,
+    UNFETCHABLE,
+    UNVERIFIABLE,
+    AuditReport,
+    Check,
+    RoundAudit,
+    Submission,
+)
+
+#: Failures of the store, not of whoever published the CID.
+UNAVAILABLE = (ContentNotFound, ContentMismatch, StoreUnavailable)
+
+def describe_difference(expected: Weights, got: Weights) -> str:
+    """How `got` differs from `expected`: layers, shapes, dtypes, max |Δ| per differing layer."""
+    if list(expected) != list(got):
+        missing = [k for k in expected if k not in got]
+        extra = [k for k in got if k not in expected]
+        if missing or extra:
+            return f"layers differ: missing {missing}, unexpected {extra}"
+        return "same layers in a different order"
+    parts = []
+    for name, want in expected.items():
+        have = got[name]
+        if have.shape != want.shape or have.dtype != want.dtype:
+            parts.append(f"{name}: {have.dtype}{have.shape} instead of {want.dtype}{want.shape}")
+            continue
+        differ = want != have
+        if differ.any():
+            delta = np.abs(want.astype(np.float64) - have.astype(np.float64))
+            parts.append(
+                f"{name}: max |Δ| {float(delta.max()):.6g} "
+                f"({int(differ.sum())} of {want.size} values differ)"
+            )
+    return "; ".join(parts) or "same values, different encoding"
+
+
+def _raw_cid(text: str) -> bytes:
+    """The binary CID behind `cid_text` output (which shows non-CIDs as 0x-hex)."""
+    return bytes.fromhex(text[2:]) if text.startswith("0x") else bytes(CID.parse(text))
+
+
+def _fetch(store: Any, cid: str, reference: ModelSpec | None, max_bytes: int) -> Weights:
+    return decode(store.get(to_cid(_raw_cid(cid))), reference, max_bytes)
+
+
+def _failure(exc: Exception) -> str:
+    """A check status for a fetch error: the store's failure, or a bad CID or model."""
+    return UNFETCHABLE if isinstance(exc, UNAVAILABLE) else FAILED
+
+
+def _error(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def load_plan(report: AuditReport, store: Any) -> Plan | None:
+    """Fetches the plan the genesis names into `report` (a check says why if it cannot)."""
+    if report.plan_cid is None:
+        return None
+    try:
+        plan = Plan.load(store, _raw_cid(report.plan_cid))
+    except (StorageError, ConfigError) as exc:
+        status = UNFETCHABLE if isinstance(exc, UNAVAILABLE) else FAILED
+        report.checks.append(Check(status, "plan", f"{report.plan_cid}: {_error(exc)}"))
+        return None
+    report.plan = asdict(plan)
+    return plan
+
+
+@dataclass
+class _Walk:
+    """What verification carries from one round to the next."""
+
+    plan: Plan
+    strategy: Strategy
+    reference: ModelSpec
+    previous: Weights | None
+    state: Weights | None = None
+    stateful: bool = False
+    #: The first round whose server-optimizer state could not be recomputed.
+    state_lost: int | None = None
+
+
+def verify(report: AuditReport, store: Any, plan: Plan | None = None) -> None:
+    """Re-checks every published round through `store` and the plan; adds checks in place."""
+    started = time.monotonic()
+    report.verified = True
+    checks = report.checks
+    if report.genesis_cid is None:
+        checks.append(Check(NOTE, "genesis", "no genesis on chain yet: nothing to verify"))
+        return
+    plan = plan or load_plan(report, store)
+    if plan is None:
+        return
+    if plan.codec != {"format": FORMAT, "version": VERSION}:
+        detail = f"models use codec {plan.codec}; this fedchain reads {FORMAT} {VERSION}"
+        checks.append(Check(UNVERIFIABLE, "plan", detail))
+        return
+    try:
+        strategy = strategy_from_plan(plan.strategy)
+    except ConfigError as exc:
+        checks.append(Check(FAILED, "plan", f"strategy: {exc}"))
+        return
+    detail = f"{plan.rounds} rounds, at least {plan.min_updates} updates, {strategy}"
+    checks.append(Check(OK, "plan", detail))
+    try:
+        genesis = _fetch(store, report.genesis_cid, None, plan.max_model_bytes)
+    except (StorageError, InvalidModel) as exc:
+        checks.append(Check(_failure(exc), "genesis model", _error(exc)))
+        return
+    checks.append(Check(OK, "genesis model", f"valid, {len(genesis)} tensors"))
+    walk = _Walk(plan, strategy, spec(genesis), genesis, stateful=strategy.stateful)
+    for r in report.rounds:
+        if r.global_cid is not None:
+            _verify_round(r, store, walk)
+    report.seconds["verify"] = time.monotonic() - started
+
+
+Add = Callable[..., None]
+
+
+def _check_counts(r: RoundAudit, plan: Plan, add: Add) -> None:
+    if r.round > plan.rounds:
+        add(NOTE, "round", f"beyond the plan's {plan.rounds} rounds")
+    if r.included and len(r.included) < plan.min_updates:
+        add(
+            FAILED,
+            "included updates",
+            f"{len(r.included)} included, the plan requires at "
+            f"least {plan.min_updates}: the model should have been carried over",
+        )
+
+
+def _check_left_out(r: RoundAudit, store: Any, walk: _Walk, add: Add) -> None:
+    """Notes whether each update left out of the round was valid (leaving one out may be fair:
+    it may have landed after the aggregator read the round)."""
+    for s in r.left_out:
+        try:
+            _fetch(store, s.cid, walk.reference, walk.plan.max_model_bytes)
+            add(
+                NOTE,
+                "left-out update",
+                f"{s.cid} is a valid update but was not included",
+                s.learner,
+            )
+        except (StorageError, InvalidModel) as exc:
+            add(NOTE, "left-out update", f"{s.cid}: {_error(exc)}", s.learner)
+
+
+def _recompute(r: RoundAudit, store: Any, walk: _Walk, add: Add) -> tuple[Weights | None, Any]:
+    """(the round's global model as the plan says, state), or (None, _) if it cannot be known."""
+    if walk.previous is None:
+        add(UNVERIFIABLE, "global model", "not recomputed: the previous global model is unknown")
+        return None, None
+    problems: list[tuple[UpdateSubmitted, Exception]] = []
+    events = [_event(s, r.round) for s in r.submissions if s.included]
+    updates = load_updates(
+        store,
+        events,
+        reference=walk.reference,
+        max_bytes=walk.plan.max_model_bytes,
+        problems=problems,
+    )
+    new: Weights | None = None
+    try:
+        new, state = walk.strategy.aggregate(walk.previous, updates, walk.state)
+    except (AggregationError, InvalidModel) as exc:
+        add(FAILED, "global model", f"recomputation failed: {exc}")
+    for e, err in problems:
+        add(_failure(err), "included update", f"{cid_text(e.model_cid)}: {_error(err)}", e.learner)
+    return (None, None) if new is None or problems else (new, state)
+
+
+def _event(s: Submission, round: int) -> UpdateSubmitted:
+    return UpdateSubmitted(s.block, s.tx, 0, round, s.learner, _raw_cid(s.cid), s.num_examples)
+
+
+def _verify_round(r: RoundAudit, store: Any, walk: _Walk) -> None:
+    """Checks one round's updates and global model; advances `walk` to the next round."""
+    published_cid = r.global_cid
+    assert published_cid is not None  # only published rounds are verified
+
+    def add(status: str, what: str, detail: str, learner: str | None = None) -> None:
+        r.checks.append(Check(status, what, detail, r.round, learner))
+
+    _check_counts(r, walk.plan, add)
+    _check_left_out(r, store, walk, add)
+    new, new_state = _recompute(r, store, walk, add)
+    recomputed = None if new is None else str(cid_of(encode(new)))
+    if recomputed == published_cid:
+        add(
+            OK,
+            "global model",
+            "bit-identical to the recomputation" + ("" if r.included else " (carried over)"),
+        )
+        try:  # learners need the published model: check the store can serve it
+            for _ in store.get_stream(published_cid):
+                pass
+        except StorageError as exc:
+            add(UNFETCHABLE, "global model", f"matches, but cannot be fetched: {_error(exc)}")
+        walk.previous, walk.state = new, new_state
+        return
+    published: Weights | None = None
+    try:
+        published = _fetch(store, published_cid, walk.reference, walk.plan.max_model_bytes)
+    except (StorageError, InvalidModel) as exc:
+        if recomputed is not None:
+            add(
+                FAILED,
+                "global model",
+                f"global model differs from recomputation: published {published_cid}, "
+                f"recomputed {recomputed}; the published content: {_error(exc)}",
+            )
+        else:
+            add(_failure(exc), "global model", f"published {published_cid}: {_error(exc)}")
+    if new is not None and published is not None:
+        if walk.state_lost is not None and walk.stateful:
+            add(
+                UNVERIFIABLE,
+                "global model",
+                "differs from a recomputation without the "
+                f"server-optimizer state, unknown since round {walk.state_lost}",
+            )
+        else:
+            add(
+                FAILED,
+                "global model",
+                "global model differs from recomputation: "
+                f"{describe_difference(new, published)}; included learners: "
+                f"{', '.join(r.included) or 'none'}",
+            )
+    # Learners train on what was published, so the next round is checked against that.
+    walk.previous = published
+    if new is None:
+        walk.state_lost = walk.state_lost or r.round
+    else:
+        walk.state = new_state

@@ -1,0 +1,1 @@
+"""The Ethereum layer: chain connections, accounts, the FedChain binding, deploy."""

@@ -1,0 +1,1 @@
+"""The federation runtime: learners, the aggregator, replay, history and simulation."""

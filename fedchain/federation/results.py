@@ -1,0 +1,96 @@
+"""A run's files: results.json (MetisFL's name) and history.png, the same from every path.
+
+`simulate` and `fedchain aggregator` both call `write_results`, so both leave the same complete
+record: the plan, every round (global CID, included and rejected updates, timings), and the
+distributed metrics as the learners reported them on chain.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import asdict
+from pathlib import Path
+
+from ..eth.contract import FedChainReader
+from ..eth.events import EvaluationReported
+from ..model.plan import Plan
+from .history import History, weighted_metrics
+
+
+def fill_distributed(history: History, contract: FedChainReader) -> None:
+    """Replaces the distributed series with the example-weighted means reported on chain."""
+    history.losses_distributed.clear()
+    history.metrics_distributed.clear()
+    reports: dict[int, list[EvaluationReported]] = defaultdict(list)
+    for e in contract.events("EvaluationReported"):
+        if isinstance(e, EvaluationReported):
+            reports[e.round].append(e)
+    for round in sorted(reports):
+        loss, metrics = weighted_metrics(reports[round])
+        if loss is not None:
+            history.add_distributed(round, loss, metrics)
+
+
+def write_results(
+    out: str | Path,
+    history: History,
+    contract: FedChainReader,
+    *,
+    store_url: str,
+    plan: Plan | None,
+    title: str = "fedchain",
+) -> tuple[Path, Path]:
+    """Writes `out`/results.json and `out`/history.png; returns their paths."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    fill_distributed(history, contract)
+    record = {
+        "contract": contract.address,
+        "chain": contract.chain.url,
+        "store": store_url,
+        "plan": asdict(plan) if plan is not None else None,
+        **history.to_dict(),
+    }
+    results = out / "results.json"
+    results.write_text(json.dumps(record, indent=2) + "\n")
+    return results, plot_history(history, out / "history.png", title=title)
+
+
+def plot_history(history: History, path: str | Path, title: str = "fedchain") -> Path:
+    """Draws loss and every metric per round (distributed and centralized) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    metric_names = sorted(set(history.metrics_distributed) | set(history.metrics_centralized))
+    panels = 1 + len(metric_names)
+    fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.6), squeeze=False)
+    series = [
+        ("loss", history.losses_distributed, history.losses_centralized),
+        *[
+            (m, history.metrics_distributed.get(m, []), history.metrics_centralized.get(m, []))
+            for m in metric_names
+        ],
+    ]
+    for ax, (name, dist, cent) in zip(axes[0], series, strict=True):
+        for label, points, style in (("distributed", dist, "o-"), ("centralized", cent, "s--")):
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.plot(xs, ys, style, label=label)
+        ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+

@@ -1,0 +1,162 @@
+"""A whole federation in one process: every learner and the aggregator, through the chain.
+
+Nothing takes a shortcut around the chain: learners and the aggregator are the same
+LearnerNode and Aggregator a user runs in separate terminals, here in threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ..aggregation.strategy import FedAvg, Strategy
+from ..errors import ConfigError, FedChainError
+from ..eth.accounts import AGGREGATOR_INDEX, FIRST_LEARNER_INDEX, OWNER_INDEX
+from ..eth.chain import Chain, connect
+from ..eth.contract import FedChain
+from ..model.codec import Weights
+from ..storage import ContentStore, open_store
+from .aggregator import Aggregator, EvaluateFn
+from .config import RunConfig
+from .history import History, RoundResult
+from .learner import Learner
+from .node import LearnerNode
+from .results import fill_distributed, write_results
+
+log = logging.getLogger("fedchain.simulation")
+
+
+@dataclass
+class SimulationResult:
+    """What a simulated run leaves behind."""
+
+    history: History
+    rounds: list[RoundResult]
+    contract: FedChain
+    store: ContentStore
+    learners: list[LearnerNode]
+    results_path: Path | None = None
+    plot_path: Path | None = None
+
+
+def _limit_torch_threads(num_learners: int) -> None:
+    """Learners train concurrently: give each a share of the cores instead of oversubscribing."""
+    torch = sys.modules.get("torch")
+    if torch is None:  # learners that do not use torch: leave it unimported
+        return
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, num_learners)))
+
+
+def simulate(
+    make_learner: Callable[[int, int], Learner],
+    num_learners: int,
+    strategy: Strategy | None = None,
+    rounds: int | None = None,
+    chain: str | Chain = "embedded",
+    store: str | ContentStore = "embedded",
+    *,
+    config: RunConfig | None = None,
+    initial_weights: Weights | None = None,
+    min_updates: int | None = None,
+    round_timeout: float | None = None,
+    train_config: Mapping[str, Any] | None = None,
+    eval_config: Mapping[str, Any] | None = None,
+    evaluate_fn: EvaluateFn | None = None,
+    results_dir: str | Path | None = None,
+    timeout: float = 3600.0,
+    title: str = "fedchain simulation",
+) -> SimulationResult:
+    """Deploys a fresh FedChain, registers `num_learners` learners and runs the federation.
+
+    `make_learner(i, num_learners)` builds learner i. The run's settings come from `config`
+    (default: FedAvg, 3 rounds, every learner required), overridden by the keyword arguments
+    given. Accounts are the dev chain's mnemonic accounts (owner 0, aggregator 1, learners
+    2…), so `chain` must be a dev chain.
+    """
+    if num_learners < 1:
+        raise ConfigError("a federation needs at least one learner")
+    overrides: dict[str, Any] = {
+        "strategy": strategy, "rounds": rounds, "min_updates": min_updates,
+        "round_timeout": round_timeout,
+        "train": dict(train_config) if train_config is not None else None,
+        "evaluate": dict(eval_config) if eval_config is not None else None,
+    }  # fmt: skip
+    cfg = replace(config or RunConfig(), **{k: v for k, v in overrides.items() if v is not None})
+    if cfg.strategy is None:
+        cfg = replace(cfg, strategy=FedAvg())
+    if cfg.min_updates is not None and cfg.min_updates > num_learners:
+        cfg = replace(cfg, min_updates=num_learners)
+    ch = connect(chain, fresh=True) if isinstance(chain, str) and chain == "embedded" else (
+        connect(chain) if isinstance(chain, str) else chain
+    )
+    st = open_store(store) if isinstance(store, str) else store
+    owner = ch.account(OWNER_INDEX)
+    aggregator_account = ch.account(AGGREGATOR_INDEX)
+    learner_accounts = [ch.account(FIRST_LEARNER_INDEX + i) for i in range(num_learners)]
+
+    contract, receipt = FedChain.deploy(ch, owner, aggregator_account.address)
+    contract.register_learners([a.address for a in learner_accounts])
+    log.info("deployed FedChain at %s (chain %s), %d learners", contract.address, ch.url,
+             num_learners)
+
+    _limit_torch_threads(num_learners)
+    learners = [make_learner(i, num_learners) for i in range(num_learners)]
+    weights = initial_weights if initial_weights is not None else learners[0].get_weights()
+
+    stop = threading.Event()
+    agg = Aggregator(
+        contract.with_account(aggregator_account),
+        st,
+        cfg,
+        initial_weights=weights,
+        evaluate_fn=evaluate_fn,
+        stop=stop,
+    )
+    agg.start()
+    nodes = [
+        LearnerNode(learner, contract.with_account(acct), st, name=f"learner-{i}", stop=stop)
+        for i, (learner, acct) in enumerate(zip(learners, learner_accounts, strict=True))
+    ]
+    errors: list[BaseException] = []
+
+    def guarded(fn: Callable[[], Any]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                fn()
+            except BaseException as exc:  # surfaced in the caller's thread below
+                errors.append(exc)
+                stop.set()
+
+        return run
+
+    threads = [threading.Thread(target=guarded(n.run), name=n.name, daemon=True) for n in nodes]
+    for t in threads:
+        t.start()
+    try:
+        guarded(agg.run)()
+        for t in threads:
+            t.join(timeout)
+    finally:
+        stop.set()
+    if errors:
+        first = errors[0]
+        if isinstance(first, FedChainError):
+            raise first
+        raise FedChainError(f"simulation failed: {type(first).__name__}: {first}") from first
+
+    history = agg.history
+    result = SimulationResult(history, agg.results, contract, st, nodes)
+    if results_dir is not None:
+        result.results_path, result.plot_path = write_results(
+            results_dir, history, contract, store_url=st.url, plan=agg.plan,
+            title=title,
+        )
+    else:
+        fill_distributed(history, contract)
+    return result
