@@ -427,6 +427,41 @@ def test_status_of_a_finished_federation_says_so(anvil_node, tmp_path, capsys):
     assert "learners in round" not in out and "no" not in out.split()
 
 
+@pytest.mark.anvil
+@pytest.mark.xdist_group("anvil")
+def test_aggregator_on_a_finished_federation_never_destroys_a_results_file(
+    anvil_node, tmp_path, capsys
+):
+    store = f"file://{tmp_path / 'store'}"
+    job_file = _job_file(tmp_path, "[model]\nlearner = 'fedmodels:make_learner'\n"
+                         "initial = 'fedmodels:initial_weights'\n")
+    assert main(["simulate", "--job", str(job_file), "--chain", anvil_node.url, "--rounds", "2",
+                 "--num-learners", "2", "--store", store, "--output", str(tmp_path / "out")]) == 0
+    results = tmp_path / "out" / "results.json"
+    written = results.read_text()
+    address = json.loads(written)["contract"]
+    aggregator = ["aggregator", "--job", str(job_file), "--chain", anvil_node.url,
+                  "--contract", address, "--store", store]
+    capsys.readouterr()
+
+    assert main([*aggregator, "--output", str(tmp_path / "out")]) == 0
+    assert f"finished after round 2; nothing to run; {results} left as it is" in (
+        capsys.readouterr().out)
+    assert results.read_text() == written
+
+    other = tmp_path / "other" / "results.json"
+    other.parent.mkdir()
+    other.write_text(json.dumps({"contract": "0x" + "ab" * 20, "rounds": []}))
+    assert main([*aggregator, "--output", str(other.parent)]) == 0
+    assert "records another federation" in capsys.readouterr().out
+    assert json.loads(other.read_text())["contract"] == "0x" + "ab" * 20
+
+    other.write_text("{not json")
+    assert main([*aggregator, "--output", str(other.parent)]) == 2
+    _one_line_error(capsys, f"{other} exists but is not readable JSON", "left as it is")
+    assert other.read_text() == "{not json"
+
+
 # --- dev nodes -------------------------------------------------------------------------------
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
@@ -234,7 +235,7 @@ def _already_finished(job: Job, contract: Any, store: Any, plan: Any, old: Any) 
     if plan is None and old is not None and isinstance(old.get("plan"), dict):
         from ..model.plan import Plan
 
-        plan = Plan(**old["plan"])
+        plan = Plan.from_json(json.dumps(old["plan"]).encode())
     results, plot = write_results(job.output, history, contract, store_url=store.url,
                                   plan=plan)
     kept = " (kept from the earlier results.json)" if history.losses_centralized else ""

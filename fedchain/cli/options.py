@@ -147,7 +147,7 @@ def job_from(args: argparse.Namespace) -> Job:
         value = getattr(args, name, None)
         if value is not None:
             job.learner_options[name] = value
-    check_job(job)
+    check_job(job, output=hasattr(args, "output"))
     if hasattr(args, "keystore"):
         check_account_options(args)
     threads = getattr(args, "threads", None)
@@ -158,7 +158,7 @@ def job_from(args: argparse.Namespace) -> Job:
     return job
 
 
-def check_job(job: Job) -> None:
+def check_job(job: Job, output: bool = True) -> None:
     """The URLs and addresses of a job well-formed, before anything connects."""
     from eth_utils import is_address
 
@@ -179,8 +179,7 @@ def check_job(job: Job) -> None:
         raise ConfigError(f"store {store!r} ({_source(job, 'store')}) is not a store URL: use "
                           "'embedded', file:///abs/dir, or an IPFS node's RPC URL such as "
                           "http://127.0.0.1:5001")
-    output = Path(job.output)
-    if output.exists() and not output.is_dir():
+    if output and Path(job.output).exists() and not Path(job.output).is_dir():
         raise ConfigError(f"output {job.output} ({_source(job, 'output')}) is a file, "
                           "not a directory")
 

@@ -41,33 +41,40 @@ def read_results(out: str | Path) -> dict[str, Any] | None:
 
 
 def published_rounds(contract: FedChainReader) -> dict[int, RoundResult]:
-    """Every published round as the chain records it (no rejection reasons: not on chain)."""
+    """Every published round as the chain records it (no rejection reasons: not on chain).
+
+    `seconds` is left at 0: `with_seconds` fills it in from block timestamps, for the rounds
+    that need it.
+    """
     opened: dict[int, int] = {}
     received: dict[int, int] = {}
-    published: list[GlobalModelPublished] = []
+    rounds: dict[int, RoundResult] = {}
     for e in contract.events("GenesisSet", "GlobalModelPublished", "UpdateSubmitted"):
         if isinstance(e, GenesisSet):
             opened[1] = e.block
         elif isinstance(e, GlobalModelPublished):
-            published.append(e)
+            rounds[e.round] = RoundResult(e.round, cid_text(e.model_cid), list(e.included), [],
+                                          0, 0.0, extra={"blocks": (opened.get(e.round),
+                                                                    e.block)})
             opened[e.round + 1] = e.block
         elif isinstance(e, UpdateSubmitted):
             received[e.round] = received.get(e.round, 0) + 1
-    chain = contract.chain
-    stamps: dict[int, int] = {}
-
-    def timestamp(block: int) -> int:
-        if block not in stamps:
-            stamps[block] = int(chain.call(lambda: chain.w3.eth.get_block(block)["timestamp"]))
-        return stamps[block]
-
-    rounds = {}
-    for e in published:
-        start = opened.get(e.round)
-        seconds = float(timestamp(e.block) - timestamp(start)) if start is not None else 0.0
-        rounds[e.round] = RoundResult(e.round, cid_text(e.model_cid), list(e.included), [],
-                                      received.get(e.round, 0), seconds)
+    for n, r in rounds.items():
+        r.received = received.get(n, 0)
     return rounds
+
+
+def with_seconds(r: RoundResult, contract: FedChainReader) -> RoundResult:
+    """A round from `published_rounds` with its duration: from the block that opened it to
+    the block that published it."""
+    chain = contract.chain
+    start, end = r.extra.pop("blocks", (None, None))
+    if start is not None and end is not None:
+        def stamp(block: int) -> int:
+            return int(chain.call(lambda: chain.w3.eth.get_block(block)["timestamp"]))
+
+        r.seconds = float(stamp(end) - stamp(start))
+    return r
 
 
 def same_federation(
@@ -109,7 +116,10 @@ def complete_history(
             continue
         added += 1
         chain_round = on_chain[n]
-        if n in trusted:
+        if n not in trusted:
+            with_seconds(chain_round, contract)
+        else:
+            chain_round.extra.pop("blocks", None)
             r = before[n]
             chain_round.rejected = [
                 Rejected(str(x.get("learner")), str(x.get("cid")), str(x.get("reason")))
