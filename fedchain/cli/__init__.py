@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from .. import __version__
+from .. import __version__, redact
 from ..errors import FedChainError
 from . import commands
 from .job import DEVNET_CHAIN
@@ -222,6 +222,7 @@ def run_script(command: str, argv: list[str] | None = None, prog: str | None = N
 
 def _run(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
+    redact.install()  # no credential of a chain or store URL reaches the log, whoever logs it
     where = f"fedchain {args.command}"
     try:
         return int(args.fn(args) or 0)
