@@ -232,7 +232,6 @@ def _add_option_flags(parser: argparse.ArgumentParser, settings: Settings[Any]) 
 
 def run_example(job_file: Path, argv: Sequence[str] | None = None) -> SimulationResult:
     """`python examples/<name>/run.py`: the example's job in one process, flags overriding it."""
-    from fedchain.aggregation.strategy import strategy_from_plan
     from fedchain.cli.job import Job
     from fedchain.federation.simulation import simulate
 
@@ -267,17 +266,19 @@ def run_example(job_file: Path, argv: Sequence[str] | None = None) -> Simulation
     output = settings.resolve().output_dir or job.output
     train = {key: getattr(args, f"train_{key}") for key in job.train}
     started = time.monotonic()
+    config = dataclasses.replace(
+        job.run_config(),
+        rounds=args.rounds,
+        min_updates=min(job.min_updates or args.learners, args.learners),
+        train=train,
+    )
     result = simulate(
         job.resolve(job.learner, "learner factory"),
         args.learners,
-        strategy_from_plan(job.strategy),
-        args.rounds,
         chain=args.chain,
         store=args.store,
+        config=config,
         initial_weights=job.resolve(job.initial, "initial model")() if job.initial else None,
-        min_updates=min(job.min_updates or args.learners, args.learners),
-        round_timeout=job.round_timeout,
-        train_config=train,
         evaluate_fn=job.resolve(job.evaluate, "evaluate function") if job.evaluate else None,
         results_dir=output,
         title=f"{job_file.parent.name}: {args.learners} learners",

@@ -18,6 +18,7 @@ from fedchain.cli import main as cli_main
 from fedchain.eth.chain import connect
 from fedchain.eth.contract import FedChain
 from fedchain.federation.aggregator import Aggregator
+from fedchain.federation.config import RunConfig
 from fedchain.federation.node import LearnerNode
 from fedchain.federation.replay import rebuild_state, recompute_round
 from fedchain.federation.simulation import simulate
@@ -141,17 +142,10 @@ def round_one_submitted(chain, store, strategy=None, learners=3):
     contract, _ = FedChain.deploy(chain, chain.account(0), chain.account(1).address)
     accounts = [chain.account(2 + i) for i in range(learners)]
     contract.add_learners([a.address for a in accounts])
-    agg = Aggregator(
-        contract.with_account(chain.account(1)),
-        store,
-        strategy=strategy or FedAvg(),
-        initial_weights=initial_weights(),
-        rounds=3,
-        min_updates=1,
-        train_config=TRAIN,
-        round_timeout=0.2,
-        poll_interval=0.05,
-    )
+    config = RunConfig(strategy=strategy or FedAvg(), rounds=3, min_updates=1, train=TRAIN,
+                       round_timeout=0.2, poll_interval=0.05)
+    agg = Aggregator(contract.with_account(chain.account(1)), store, config,
+                     initial_weights=initial_weights())
     agg.start()
     nodes = [
         LearnerNode(LinearLearner(i), contract.with_account(a), store)

@@ -11,6 +11,7 @@ from fedmodels import LinearLearner, WrongShapeLearner, initial_weights
 from fedchain.aggregation.strategy import FedAvg, Update
 from fedchain.errors import WrongRound
 from fedchain.federation.aggregator import Aggregator
+from fedchain.federation.config import RunConfig
 from fedchain.federation.node import LearnerNode
 from fedchain.federation.simulation import simulate
 from fedchain.model.codec import decode, encode
@@ -19,11 +20,12 @@ from fedchain.storage.cid import to_cid
 TRAIN = {"lr": 0.1, "steps": 5}
 
 
-def make_aggregator(contract, store, **kw):
-    options = dict(strategy=FedAvg(), initial_weights=initial_weights(), rounds=3,
-                   min_updates=3, round_timeout=10.0, train_config=TRAIN, poll_interval=0.05)
+def make_aggregator(contract, store, initial_weights=initial_weights, **kw):
+    options = dict(strategy=FedAvg(), rounds=3, min_updates=3, round_timeout=10.0, train=TRAIN,
+                   poll_interval=0.05)
     options.update(kw)
-    return Aggregator(contract, store, **options)
+    weights = initial_weights() if callable(initial_weights) else initial_weights
+    return Aggregator(contract, store, RunConfig(**options), initial_weights=weights)
 
 
 def test_simulation_runs_rounds_and_records_history(tmp_path, store):

@@ -24,17 +24,17 @@ from fedchain.errors import (
 from fedchain.eth.chain import connect
 from fedchain.eth.contract import FedChain
 from fedchain.federation.aggregator import Aggregator
+from fedchain.federation.config import RunConfig
 from fedchain.federation.node import MAX_METRICS_BYTES, LearnerNode, metrics_json
 from fedchain.model.codec import decode, encode
 from fedchain.storage.cid import to_cid
 
 
 def _aggregator(contract, store, **kw):
-    options = dict(strategy=FedAvg(), initial_weights=initial_weights(), rounds=1,
-                   min_updates=1, round_timeout=0.3, poll_interval=0.05,
-                   evaluation_timeout=0.1)
+    options = dict(strategy=FedAvg(), rounds=1, min_updates=1, round_timeout=0.3,
+                   poll_interval=0.05, evaluation_timeout=0.1)
     options.update(kw)
-    return Aggregator(contract, store, **options)
+    return Aggregator(contract, store, RunConfig(**options), initial_weights=initial_weights())
 
 
 def _submit_all(learners, store):

@@ -20,8 +20,8 @@ Account.enable_unaudited_hdwallet_features()
 
 #: The mnemonic every dev chain (Anvil, Hardhat, Ganache as started here, embedded) uses.
 DEV_MNEMONIC = "test test test test test test test test test test test junk"
-#: Accounts funded in the embedded chain's genesis (deriving keys in Python is slow; a run that
-#: needs more has `Chain.fund` top them up).
+#: Accounts every dev chain funds from the start: the embedded chain's genesis (deriving keys in
+#: Python is slow) and Hardhat's node. `Chain.fund` tops up any others a run uses.
 DEV_ACCOUNTS = 20
 #: Accounts funded by the Anvil and Ganache nodes fedchain starts (`fedchain devnet`, tests), so
 #: learners in processes of their own can use dev accounts well past 20.

@@ -19,7 +19,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar, cast
-from urllib.parse import urlsplit
 
 import requests
 from eth_account.signers.local import LocalAccount
@@ -43,6 +42,7 @@ from ..errors import (
     TransactionFailed,
     TransactionTimeout,
 )
+from ..redact import redact_url, register, scrub
 from .accounts import DEV_ACCOUNTS, DEV_CHAIN_IDS, DEV_MNEMONIC, OWNER_INDEX, dev_account
 
 try:  # the embedded chain reports reverts with eth-tester's own exception
@@ -181,8 +181,13 @@ class RpcBackend(Backend):
             provider or Web3.HTTPProvider(url, request_kwargs={"timeout": timeout}),
             redact_url(url),
         )
+        endpoint = getattr(self.provider, "endpoint_uri", None)
+        #: The real URL, secrets and all: only ever scrubbed out of messages and logs.
+        self._endpoint = endpoint if isinstance(endpoint, str) else url
 
     def run(self, fn: Callable[[], T]) -> T:
+        # The real URL's secrets (an API key in its path) stay out of messages and logs.
+        register(self._endpoint)
         try:
             return fn()
         except (requests.ConnectionError, requests.Timeout, ConnectionError) as exc:
@@ -190,8 +195,9 @@ class RpcBackend(Backend):
                 f"chain node at {self.url} is not reachable ({type(exc).__name__})", url=self.url
             ) from None
         except requests.RequestException as exc:  # e.g. HTTP 429 or 5xx from a public node
+            detail = scrub(str(exc), self._endpoint)
             raise ChainUnavailable(
-                f"chain node at {self.url} refused the request: {exc}", url=self.url
+                f"chain node at {self.url} refused the request: {detail}", url=self.url
             ) from None
 
     def gas_limit(self, w3: Web3, tx: TxParams) -> int:
@@ -240,13 +246,6 @@ def connect(url: str = "embedded", *, timeout: float = 30.0, fresh: bool = False
     raise ConfigError(f"unknown chain URL {url!r}: use 'embedded' or http(s)://host:port")
 
 
-def redact_url(url: str) -> str:
-    """The URL as fedchain shows it: no credentials, no path or query (API keys live there)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    hidden = parts.username or parts.password or parts.path not in ("", "/") or parts.query
-    return f"{parts.scheme}://{netloc}" + ("/…" if hidden else "")
 
 
 class Chain:

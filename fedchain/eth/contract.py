@@ -23,6 +23,8 @@ from .events import EVENT_TYPES, Event, EventDecoder, LearnerAdded, LearnerRemov
 from .reverts import decode_revert, error_table
 
 ZERO_ADDRESS = "0x" + "00" * 20
+#: Learners registered per transaction (one block has a gas limit).
+LEARNER_BATCH = 100
 
 
 class FedChainReader:
@@ -202,6 +204,13 @@ class FedChain(FedChainReader):
 
     def add_learners(self, learners: Sequence[str]) -> Receipt:
         return self._transact("addLearners", [to_checksum_address(a) for a in learners])
+
+    def register_learners(self, learners: Sequence[str]) -> list[Receipt]:
+        """Adds `learners` in batches of LEARNER_BATCH, so any number fits the block gas limit."""
+        return [
+            self.add_learners(learners[i : i + LEARNER_BATCH])
+            for i in range(0, len(learners), LEARNER_BATCH)
+        ]
 
     def remove_learner(self, learner: str) -> Receipt:
         return self._transact("removeLearner", to_checksum_address(learner))

@@ -11,11 +11,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from ..aggregation.strategy import Strategy, Update, strategy_from_plan
+from ..aggregation.strategy import Update, strategy_from_plan
 from ..errors import (
     AggregationError,
     ConfigError,
@@ -31,6 +30,7 @@ from ..model.codec import ModelSpec, Weights, decode, encode, spec
 from ..model.plan import Plan
 from ..storage import ContentStore
 from ..storage.cid import cid_text, to_cid
+from .config import RunConfig
 from .history import History, Rejected, RoundResult
 from .outage import ride_out
 from .replay import rebuild_state
@@ -42,29 +42,6 @@ T = TypeVar("T")
 EvaluateFn = Callable[[int, Weights], tuple[float, Mapping[str, float]] | None]
 
 
-@dataclass
-class Termination:
-    """When to stop (MetisFL's termination signals): rounds, wall clock, or a metric target."""
-
-    rounds: int
-    wall_clock_seconds: float | None = None
-    metric: str | None = None
-    target: float | None = None
-    mode: str = "max"
-
-    def reached(self, round: int, started: float, value: float | None) -> str | None:
-        if round >= self.rounds:
-            return f"{self.rounds} rounds done"
-        elapsed = time.monotonic() - started
-        if self.wall_clock_seconds is not None and elapsed >= self.wall_clock_seconds:
-            return f"wall-clock cutoff of {self.wall_clock_seconds:.0f}s reached"
-        if self.target is not None and value is not None:
-            hit = value >= self.target if self.mode == "max" else value <= self.target
-            if hit:
-                return f"{self.metric} reached {value:.4f} (target {self.target})"
-        return None
-
-
 class Aggregator:
     """Drives a federation from the aggregator's account."""
 
@@ -72,36 +49,20 @@ class Aggregator:
         self,
         contract: FedChain,
         store: ContentStore,
+        config: RunConfig | None = None,
         *,
-        strategy: Strategy | None = None,
         initial_weights: Weights | None = None,
-        rounds: int = 3,
-        min_updates: int = 1,
-        round_timeout: float = 300.0,
-        train_config: Mapping[str, Any] | None = None,
-        eval_config: Mapping[str, Any] | None = None,
         evaluate_fn: EvaluateFn | None = None,
-        termination: Termination | None = None,
-        poll_interval: float = 0.2,
-        evaluation_timeout: float = 30.0,
-        max_outage: float = 600.0,
         stop: threading.Event | None = None,
     ) -> None:
         require_signer(contract, "the aggregator")
         self.contract = contract
         self.store = store
-        self.strategy = strategy
+        self.config = config or RunConfig()
+        self.strategy = self.config.strategy
         self.initial_weights = initial_weights
-        self.rounds = rounds
-        self.min_updates = max(0, min_updates)
-        self.round_timeout = round_timeout
-        self.train_config = dict(train_config or {})
-        self.eval_config = dict(eval_config or {})
         self.evaluate_fn = evaluate_fn
-        self.termination = termination or Termination(rounds)
-        self.poll = poll_interval
-        self.evaluation_timeout = evaluation_timeout
-        self.max_outage = max_outage
+        self.termination = self.config.termination()
         self.stop_event = stop or threading.Event()
         self.history = History()
         self.plan: Plan | None = None
@@ -123,13 +84,7 @@ class Aggregator:
         if c.current_round() == 0:
             if self.strategy is None or self.initial_weights is None:
                 raise ConfigError("genesis needs a strategy and initial weights")
-            plan = Plan(
-                strategy=self.strategy.to_plan(),
-                rounds=self.rounds,
-                min_updates=self.min_updates,
-                train=self.train_config,
-                evaluate=self.eval_config,
-            )
+            plan = self.config.plan(c.learner_count())
             model_cid = self.store.put(encode(self.initial_weights))
             plan_cid = self.store.put(plan.to_json())
             receipt = c.set_genesis(model_cid, plan_cid)
@@ -143,6 +98,8 @@ class Aggregator:
                      self.plan.strategy["name"])
             opened = [e.block for e in c.events("GenesisSet", "GlobalModelPublished")]
             self._round_block = opened[-1] if opened else 0
+            for note in self._disagreements(self.plan):
+                log.warning("%s", note)
         learners = c.learner_count()
         if self.plan.min_updates > learners:
             log.warning("min_updates is %d but only %d learners are registered: rounds will "
@@ -154,27 +111,47 @@ class Aggregator:
             # Server-optimizer state lives nowhere but in the history: replay it.
             self._state = rebuild_state(c, self.store, self.strategy, open_round - 1)
             log.info("rebuilt %s state from rounds 1-%d", self.strategy.name, open_round - 1)
-        self.rounds = self.plan.rounds
         self.termination.rounds = self.plan.rounds
-        self.min_updates = self.plan.min_updates
+        return self.plan
+
+    def _disagreements(self, plan: Plan) -> list[str]:
+        """What this aggregator's config asks for that the plan on chain overrides."""
+        wanted = {
+            "rounds": self.config.rounds,
+            "min_updates": self.config.min_updates,
+            "strategy": self.strategy.to_plan() if self.strategy is not None else None,
+        }
+        notes = []
+        for key, value in wanted.items():
+            on_chain = getattr(plan, key)
+            if value is not None and value != on_chain:
+                notes.append(
+                    f"the plan published at genesis says {key} = {on_chain}; the configured "
+                    f"{key} = {value} is ignored: the plan on chain binds every party"
+                )
+        return notes
+
+    def _plan(self) -> Plan:
+        if self.plan is None:
+            raise ConfigError("the aggregator has not started: call start() first")
         return self.plan
 
     # -- one round ---------------------------------------------------------------------
 
     def wait_for_updates(self, round: int) -> list[UpdateSubmitted]:
         """Waits for `min_updates` updates (or every learner, or the timeout); returns them."""
-        deadline = time.monotonic() + self.round_timeout
+        deadline = time.monotonic() + self.config.round_timeout
         learners = max(1, self.contract.learner_count())
         while True:
             updates = self.contract.updates(round, from_block=self._round_block)
-            enough = len(updates) >= max(self.min_updates, 1)
+            enough = len(updates) >= max(self._plan().min_updates, 1)
             if len(updates) >= learners or (enough and time.monotonic() >= deadline):
                 return updates
             if time.monotonic() >= deadline:
-                log.warning("[ROUND %d] timeout after %.0fs with %d of %d updates needed",
-                            round, self.round_timeout, len(updates), self.min_updates)
+                log.warning("[ROUND %d] timeout after %.0fs with %d of %d updates needed", round,
+                            self.config.round_timeout, len(updates), self._plan().min_updates)
                 return updates
-            if self.stop_event.wait(self.poll):
+            if self.stop_event.wait(self.config.poll_interval):
                 raise FedChainError("aggregator stopped")
 
     def _fetch(
@@ -217,13 +194,13 @@ class Aggregator:
         rejected: list[Rejected] = []
         included: list[str] = []
         encoded: bytes | None = None
-        if len(updates) < self.min_updates:
+        if len(updates) < self._plan().min_updates:
             # Below the plan's minimum the round closes without aggregating: the global model
             # carries over and learners train again, instead of the federation hanging.
             new, state = previous, self._state
             log.warning("[ROUND %d] only %d of %d required updates: round closed without "
                         "aggregation, global model carried over", round, len(updates),
-                        self.min_updates)
+                        self._plan().min_updates)
         else:
             try:
                 new, state = self.strategy.aggregate(
@@ -235,9 +212,9 @@ class Aggregator:
                 log.warning("[ROUND %d] aggregation failed (%s: %s): global model carried over",
                             round, type(exc).__name__, exc)
                 new, state, included, encoded = previous, self._state, [], None
-            if len(included) < max(1, self.min_updates):
+            if len(included) < max(1, self._plan().min_updates):
                 log.warning("[ROUND %d] %d valid updates, %d required: global model carried "
-                            "over", round, len(included), self.min_updates)
+                            "over", round, len(included), self._plan().min_updates)
                 new, state, included, encoded = previous, self._state, [], None
         cid = self.store.put(encoded if encoded is not None else encode(new))
         receipt = self.contract.publish_global(round, cid, included)
@@ -268,7 +245,7 @@ class Aggregator:
         c = self.contract
         while not self._ride_out(c.finished):
             round = self._ride_out(c.current_round)
-            if round > self.rounds:
+            if round > self._plan().rounds:
                 break
             result = self._ride_out(partial(self._run_if_open, round))
             if result is None:
@@ -298,16 +275,16 @@ class Aggregator:
 
     def _ride_out(self, step: Callable[[], T]) -> T:
         return ride_out(step, what="aggregator", log=log, stop=self.stop_event,
-                        max_outage=self.max_outage)
+                        max_outage=self.config.max_outage)
 
     def wait_for_evaluations(self, round: int) -> int:
         """Waits (up to `evaluation_timeout`) for every learner's report on `round`'s model."""
-        deadline = time.monotonic() + self.evaluation_timeout
+        deadline = time.monotonic() + self.config.evaluation_timeout
         learners = self.contract.learner_count()
         while True:
             reports = len(list(self.contract.events("EvaluationReported", round=round,
                                                     from_block=self._round_block)))
             if reports >= learners or time.monotonic() >= deadline:
                 return reports
-            if self.stop_event.wait(self.poll):
+            if self.stop_event.wait(self.config.poll_interval):
                 return reports

@@ -11,19 +11,20 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..aggregation.strategy import Strategy
+from ..aggregation.strategy import FedAvg, Strategy
 from ..errors import ConfigError, FedChainError
 from ..eth.accounts import AGGREGATOR_INDEX, FIRST_LEARNER_INDEX, OWNER_INDEX
 from ..eth.chain import Chain, connect
 from ..eth.contract import FedChain
 from ..model.codec import Weights
 from ..storage import ContentStore, open_store
-from .aggregator import Aggregator, EvaluateFn, RoundResult, Termination
-from .history import History
+from .aggregator import Aggregator, EvaluateFn
+from .config import RunConfig
+from .history import History, RoundResult
 from .learner import Learner
 from .node import LearnerNode
 from .results import fill_distributed, write_results
@@ -55,29 +56,42 @@ def _limit_torch_threads(num_learners: int) -> None:
 def simulate(
     make_learner: Callable[[int, int], Learner],
     num_learners: int,
-    strategy: Strategy,
-    rounds: int,
+    strategy: Strategy | None = None,
+    rounds: int | None = None,
     chain: str | Chain = "embedded",
     store: str | ContentStore = "embedded",
     *,
+    config: RunConfig | None = None,
     initial_weights: Weights | None = None,
     min_updates: int | None = None,
-    round_timeout: float = 300.0,
+    round_timeout: float | None = None,
     train_config: Mapping[str, Any] | None = None,
     eval_config: Mapping[str, Any] | None = None,
     evaluate_fn: EvaluateFn | None = None,
-    termination: Termination | None = None,
     results_dir: str | Path | None = None,
     timeout: float = 3600.0,
     title: str = "fedchain simulation",
 ) -> SimulationResult:
     """Deploys a fresh FedChain, registers `num_learners` learners and runs the federation.
 
-    `make_learner(i, num_learners)` builds learner i. Accounts are the dev chain's mnemonic
-    accounts (owner 0, aggregator 1, learners 2…), so `chain` must be a dev chain.
+    `make_learner(i, num_learners)` builds learner i. The run's settings come from `config`
+    (default: FedAvg, 3 rounds, every learner required), overridden by the keyword arguments
+    given. Accounts are the dev chain's mnemonic accounts (owner 0, aggregator 1, learners
+    2…), so `chain` must be a dev chain.
     """
     if num_learners < 1:
         raise ConfigError("a federation needs at least one learner")
+    overrides: dict[str, Any] = {
+        "strategy": strategy, "rounds": rounds, "min_updates": min_updates,
+        "round_timeout": round_timeout,
+        "train": dict(train_config) if train_config is not None else None,
+        "evaluate": dict(eval_config) if eval_config is not None else None,
+    }  # fmt: skip
+    cfg = replace(config or RunConfig(), **{k: v for k, v in overrides.items() if v is not None})
+    if cfg.strategy is None:
+        cfg = replace(cfg, strategy=FedAvg())
+    if cfg.min_updates is not None and cfg.min_updates > num_learners:
+        cfg = replace(cfg, min_updates=num_learners)
     ch = connect(chain, fresh=True) if isinstance(chain, str) and chain == "embedded" else (
         connect(chain) if isinstance(chain, str) else chain
     )
@@ -89,8 +103,7 @@ def simulate(
     ch.fund([aggregator_account.address, *(a.address for a in learner_accounts)])
 
     contract, receipt = FedChain.deploy(ch, owner, aggregator_account.address)
-    for start in range(0, num_learners, 100):  # batches: one block has a gas limit
-        contract.add_learners([a.address for a in learner_accounts[start : start + 100]])
+    contract.register_learners([a.address for a in learner_accounts])
     log.info("deployed FedChain at %s (chain %s), %d learners", contract.address, ch.url,
              num_learners)
 
@@ -102,15 +115,9 @@ def simulate(
     agg = Aggregator(
         contract.with_account(aggregator_account),
         st,
-        strategy=strategy,
+        cfg,
         initial_weights=weights,
-        rounds=rounds,
-        min_updates=num_learners if min_updates is None else min(min_updates, num_learners),
-        round_timeout=round_timeout,
-        train_config=train_config,
-        eval_config=eval_config,
         evaluate_fn=evaluate_fn,
-        termination=termination,
         stop=stop,
     )
     agg.start()

@@ -1,0 +1,96 @@
+"""RunConfig: one federation run's settings, built once and used by every way of running it.
+
+The CLI builds it from a job file and flags, `simulate` from its arguments, the examples from
+theirs; the aggregator takes it whole. At genesis it becomes the plan published on chain; on a
+federation that already started, the plan on chain is binding and the config only supplies
+the aggregator's local settings (polling, timeouts, when to stop early).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..aggregation.strategy import Strategy
+from ..errors import ConfigError
+from ..model.plan import Plan
+
+
+@dataclass
+class Termination:
+    """When to stop (MetisFL's termination signals): rounds, wall clock, or a metric target."""
+
+    rounds: int
+    wall_clock_seconds: float | None = None
+    metric: str | None = None
+    target: float | None = None
+    mode: str = "max"
+
+    def reached(self, round: int, started: float, value: float | None) -> str | None:
+        if round >= self.rounds:
+            return f"{self.rounds} rounds done"
+        elapsed = time.monotonic() - started
+        if self.wall_clock_seconds is not None and elapsed >= self.wall_clock_seconds:
+            return f"wall-clock cutoff of {self.wall_clock_seconds:.0f}s reached"
+        if self.target is not None and value is not None:
+            hit = value >= self.target if self.mode == "max" else value <= self.target
+            if hit:
+                return f"{self.metric} reached {value:.4f} (target {self.target})"
+        return None
+
+
+@dataclass
+class RunConfig:
+    """What a federation runs (published in the plan) and how this aggregator runs it."""
+
+    #: Published in the plan at genesis.
+    strategy: Strategy | None = None
+    rounds: int = 3
+    #: Updates a round needs; None: every learner registered at genesis.
+    min_updates: int | None = None
+    train: dict[str, Any] = field(default_factory=dict)
+    evaluate: dict[str, Any] = field(default_factory=dict)
+    #: The aggregator's own settings.
+    round_timeout: float = 300.0
+    wall_clock: float | None = None
+    target_metric: str | None = None
+    target: float | None = None
+    target_mode: str = "max"
+    poll_interval: float = 0.2
+    evaluation_timeout: float = 30.0
+    max_outage: float = 600.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
+            raise ConfigError(f"rounds must be a positive integer, got {self.rounds!r}")
+        if self.min_updates is not None and (
+            isinstance(self.min_updates, bool)
+            or not isinstance(self.min_updates, int)
+            or self.min_updates < 0
+        ):
+            raise ConfigError(
+                f"min_updates must be a non-negative integer, got {self.min_updates!r}"
+            )
+        for name in ("round_timeout", "poll_interval", "evaluation_timeout", "max_outage"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ConfigError(f"{name} must be a non-negative number, got {value!r}")
+
+    def plan(self, learners: int) -> Plan:
+        """The plan published at genesis for a federation of `learners` registered learners."""
+        if self.strategy is None:
+            raise ConfigError("genesis needs a strategy")
+        min_updates = learners if self.min_updates is None else self.min_updates
+        return Plan(
+            strategy=self.strategy.to_plan(),
+            rounds=self.rounds,
+            min_updates=min_updates,
+            train=dict(self.train),
+            evaluate=dict(self.evaluate),
+        )
+
+    def termination(self) -> Termination:
+        return Termination(
+            self.rounds, self.wall_clock, self.target_metric, self.target, self.target_mode
+        )
