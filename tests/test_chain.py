@@ -167,6 +167,14 @@ def test_a_keystore_without_a_password_or_readable_file_is_a_config_error(
         load_account(keystore=tmp_path / "missing.json", password=PASSWORD)
 
 
+@pytest.mark.parametrize("content", ["{}", "[]", '"x"', '{"version": 3, "crypto": {}}'])
+def test_a_json_file_that_is_not_a_keystore_is_a_config_error(tmp_path: Path, content) -> None:
+    path = tmp_path / "not-a-keystore.json"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match="is not an Ethereum keystore"):
+        load_account(keystore=path, password=PASSWORD)
+
+
 def test_no_account_option_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="no account"):
         load_account()

@@ -67,15 +67,22 @@ def load_account(
         if password is None:
             password = os.environ.get("FEDCHAIN_KEYSTORE_PASSWORD")
         if password is None:
-            raise ConfigError(f"keystore {path} needs a password (--password or env)")
+            raise ConfigError(
+                f"keystore {path} needs a password (--password-file or FEDCHAIN_KEYSTORE_PASSWORD)"
+            )
         try:
             encrypted = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot read keystore {path}: {exc}") from None
+        if not isinstance(encrypted, dict):
+            raise ConfigError(f"{path} is not an Ethereum keystore (JSON v3)")
         try:
-            return Account.from_key(Account.decrypt(encrypted, password))
+            secret = Account.decrypt(encrypted, password)
         except ValueError:
             raise ConfigError(f"wrong password for keystore {path}") from None
+        except (KeyError, TypeError, AttributeError):
+            raise ConfigError(f"{path} is not an Ethereum keystore (JSON v3)") from None
+        return Account.from_key(secret)
     if dev_index is not None:
         return dev_account(dev_index)
     raise ConfigError("no account: give --key, FEDCHAIN_KEY, --keystore, or --dev-account N")
