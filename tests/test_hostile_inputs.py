@@ -41,7 +41,9 @@ V0 = "QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5o"
 
 
 @pytest.mark.parametrize(
-    "value", [None, 5, 10**12, 3.5, ["bafy"], {"cid": 1}, object(), True], ids=repr
+    "value",
+    [None, 5, 10**12, 3.5, ["bafy"], {"cid": 1}, object(), True],
+    ids=["None", "int", "big-int", "float", "list", "dict", "object", "bool"],
 )
 def test_cid_parsers_refuse_what_is_not_a_cid_with_invalid_cid(value: Any) -> None:
     for parse in (CID.parse, CID.from_bytes, CID.coerce, cid_bytes):
