@@ -9,15 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..eth.events import EvaluationReported
+from ..storage.cid import CID
+from .fetching import Rejected
 
-
-@dataclass(frozen=True)
-class Rejected:
-    """An update left out of a round, and why."""
-
-    learner: str
-    cid: str
-    reason: str
+__all__ = ["History", "Rejected", "RoundResult", "weighted_metrics"]
 
 
 @dataclass
@@ -25,13 +20,21 @@ class RoundResult:
     """What the aggregator did in one round."""
 
     round: int
-    global_cid: str
+    #: The CID of the global model published for the round.
+    global_model: CID
+    #: The learners whose updates the global model includes, in learner order.
     included: list[str]
+    #: The submissions left out, and why.
     rejected: list[Rejected]
     received: int
     seconds: float
     centralized: tuple[float, dict[str, float]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def global_cid(self) -> str:
+        """The published global model's CID as text."""
+        return str(self.global_model)
 
     def to_dict(self) -> dict[str, Any]:
         """The round as results.json records it."""
@@ -39,7 +42,7 @@ class RoundResult:
             "round": self.round,
             "global": self.global_cid,
             "included": self.included,
-            "rejected": [vars(x) for x in self.rejected],
+            "rejected": [x.to_dict() for x in self.rejected],
             "seconds": round(self.seconds, 3),
         }
 

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..errors import ConfigError
-from ..storage.cid import to_cid
+from ..storage.cid import CID
 from .codec import DEFAULT_MAX_BYTES, FORMAT, VERSION
+
+if TYPE_CHECKING:
+    from ..storage import ContentStore
 
 PLAN_FORMAT = "fedchain-plan/1"
 MAX_PLAN_BYTES = 1024 * 1024
@@ -52,16 +55,13 @@ class Plan:
             raise ConfigError(f"malformed plan: {exc}") from None
 
     @classmethod
-    def load(cls, store: Any, cid: Any) -> Plan:
-        """The plan behind a CID, fetched (and verified) through `store`."""
+    def load(cls, store: ContentStore, cid: CID | str | None) -> Plan:
+        """The plan behind a CID, fetched through `store` (see `fedchain.model.fetch`)."""
         if not cid:
             raise ConfigError("the federation has no plan yet (no genesis on chain)")
-        if isinstance(cid, bytes):
-            cid = to_cid(cid)
-        data = store.get(cid)
-        if len(data) > MAX_PLAN_BYTES:
-            raise ConfigError(f"plan of {len(data)} bytes exceeds {MAX_PLAN_BYTES}")
-        return cls.from_json(data)
+        from .fetch import fetch_plan  # fetch builds plans: imported here, not at the top
+
+        return fetch_plan(store, cid)
 
     def train_config(self, round: int) -> dict[str, Any]:
         return {**self.train, "round": round}
