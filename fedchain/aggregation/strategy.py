@@ -113,11 +113,8 @@ class FedAvg(Strategy):
         return (previous, state) if mean is None else (mean, None)
 
 
-@dataclass(frozen=True)
-class FedMedian(Strategy):
-    """Coordinate-wise median of the updates (num_examples is ignored)."""
-
-    name: ClassVar[str] = "FedMedian"
+class _WholeRound(Strategy):
+    """A strategy that needs every update of the round at once (robust rules)."""
 
     def aggregate(
         self, previous: Weights, updates: Iterable[Update], state: Weights | None = None
@@ -125,11 +122,25 @@ class FedMedian(Strategy):
         collected = collect_updates(previous, updates)
         if not collected:
             return previous, state
-        return _in_order(previous, aggregate_median([u.weights for u in collected])), None
+        return self._combine(previous, collected), None
+
+    @abstractmethod
+    def _combine(self, previous: Weights, updates: list[Update]) -> Weights:
+        """The new global model from the round's checked updates (at least one)."""
 
 
 @dataclass(frozen=True)
-class FedTrimmedAvg(Strategy):
+class FedMedian(_WholeRound):
+    """Coordinate-wise median of the updates (num_examples is ignored)."""
+
+    name: ClassVar[str] = "FedMedian"
+
+    def _combine(self, previous: Weights, updates: list[Update]) -> Weights:
+        return _in_order(previous, aggregate_median([u.weights for u in updates]))
+
+
+@dataclass(frozen=True)
+class FedTrimmedAvg(_WholeRound):
     """Coordinate-wise mean without the beta fraction of lowest and of highest values."""
 
     name: ClassVar[str] = "FedTrimmedAvg"
@@ -140,18 +151,12 @@ class FedTrimmedAvg(Strategy):
         if self.beta == 0.5:
             raise ConfigError("beta must be below 0.5: trimming half from each side keeps nothing")
 
-    def aggregate(
-        self, previous: Weights, updates: Iterable[Update], state: Weights | None = None
-    ) -> tuple[Weights, Weights | None]:
-        collected = collect_updates(previous, updates)
-        if not collected:
-            return previous, state
-        result = aggregate_trimmed_mean([u.weights for u in collected], self.beta)
-        return _in_order(previous, result), None
+    def _combine(self, previous: Weights, updates: list[Update]) -> Weights:
+        return _in_order(previous, aggregate_trimmed_mean([u.weights for u in updates], self.beta))
 
 
 @dataclass(frozen=True)
-class Krum(Strategy):
+class Krum(_WholeRound):
     """Krum (m=1: the most central update) or multi-Krum (FedAvg of the m most central)."""
 
     name: ClassVar[str] = "Krum"
@@ -166,20 +171,14 @@ class Krum(Strategy):
         _choice("scaling", self.scaling, SCALINGS)
         _choice("accumulator", self.accumulator, ACCUMULATORS)
 
-    def aggregate(
-        self, previous: Weights, updates: Iterable[Update], state: Weights | None = None
-    ) -> tuple[Weights, Weights | None]:
-        collected = collect_updates(previous, updates)
-        if not collected:
-            return previous, state
-        chosen = krum_select([u.weights for u in collected], self.f, self.m)
+    def _combine(self, previous: Weights, updates: list[Update]) -> Weights:
+        chosen = krum_select([u.weights for u in updates], self.f, self.m)
         if len(chosen) == 1:
-            chosen_weights = collected[chosen[0]].weights
-            return {k: chosen_weights[k].copy() for k in previous}, None
-        kept = [collected[i] for i in chosen]
-        mean = stream_mean(previous, kept, self.scaling, self.accumulator)
+            chosen_weights = updates[chosen[0]].weights
+            return {k: chosen_weights[k].copy() for k in previous}
+        mean = stream_mean(previous, [updates[i] for i in chosen], self.scaling, self.accumulator)
         assert mean is not None  # m >= 2 updates were kept
-        return mean, None
+        return mean
 
 
 def _server_step(
@@ -210,25 +209,14 @@ def _state_array(state: Weights | None, key: str, like: np.ndarray) -> np.ndarra
 
 
 @dataclass(frozen=True)
-class FedAvgM(Strategy):
-    """FedAvg with server momentum: v = momentum·v + (mean − previous); new = previous + lr·v.
+class FedOpt(FedAvg):
+    """FedAvg's mean as a pseudo-gradient Δ = mean − previous, then a server optimizer step
+    (Reddi et al., 2021). Subclasses give the step; state is carried from round to round.
 
     The optimizer acts on floating layers; integer and bool layers take the FedAvg value.
-    State: float64 "momentum/<layer>" arrays.
     """
 
-    name: ClassVar[str] = "FedAvgM"
     stateful: ClassVar[bool] = True
-    server_lr: float = 1.0
-    momentum: float = 0.9
-    scaling: str = "num_examples"
-    accumulator: str = "float32"
-
-    def __post_init__(self) -> None:
-        _number("server_lr", self.server_lr, 0.0, 1e6)
-        _number("momentum", self.momentum, 0.0, 1.0)
-        _choice("scaling", self.scaling, SCALINGS)
-        _choice("accumulator", self.accumulator, ACCUMULATORS)
 
     def aggregate(
         self, previous: Weights, updates: Iterable[Update], state: Weights | None = None
@@ -236,6 +224,35 @@ class FedAvgM(Strategy):
         mean = stream_mean(previous, updates, self.scaling, self.accumulator)
         if mean is None:
             return previous, state
+        new_state, step = self._optimizer(state)
+        return _server_step(previous, mean, step), new_state
+
+    @abstractmethod
+    def _optimizer(
+        self, state: Weights | None
+    ) -> tuple[Weights, Callable[[str, np.ndarray], np.ndarray]]:
+        """(the new state, filled in by the step as it runs; step(layer, Δ) → the update)."""
+
+
+@dataclass(frozen=True)
+class FedAvgM(FedOpt):
+    """FedAvg with server momentum: v = momentum·v + Δ; new = previous + lr·v.
+
+    State: float64 "momentum/<layer>" arrays.
+    """
+
+    name: ClassVar[str] = "FedAvgM"
+    server_lr: float = 1.0
+    momentum: float = 0.9
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _number("server_lr", self.server_lr, 0.0, 1e6)
+        _number("momentum", self.momentum, 0.0, 1.0)
+
+    def _optimizer(
+        self, state: Weights | None
+    ) -> tuple[Weights, Callable[[str, np.ndarray], np.ndarray]]:
         new_state: Weights = {}
 
         def step(name: str, delta: np.ndarray) -> np.ndarray:
@@ -246,12 +263,12 @@ class FedAvgM(Strategy):
             delta *= self.server_lr
             return delta
 
-        return _server_step(previous, mean, step), new_state
+        return new_state, step
 
 
 @dataclass(frozen=True)
-class FedAdam(Strategy):
-    """FedAvg with a server Adam step on the pseudo-gradient (Reddi et al., 2021).
+class FedAdam(FedOpt):
+    """FedAvg with a server Adam step on the pseudo-gradient.
 
     m = β1·m + (1−β1)·Δ, v = β2·v + (1−β2)·Δ², new = previous + η_t·m / (√v + τ) with the
     bias-corrected η_t = η·√(1−β2^t) / (1−β1^t), t = 1 in the first round (Flower counts
@@ -259,30 +276,23 @@ class FedAdam(Strategy):
     """
 
     name: ClassVar[str] = "FedAdam"
-    stateful: ClassVar[bool] = True
     eta: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.99
     tau: float = 1e-9
-    scaling: str = "num_examples"
-    accumulator: str = "float32"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _number("eta", self.eta, 0.0, 1e6)
         _number("beta1", self.beta1, 0.0, 1.0)
         _number("beta2", self.beta2, 0.0, 1.0)
         _number("tau", self.tau, 0.0, 1e6)
         if self.beta1 == 1.0 or self.beta2 == 1.0:
             raise ConfigError("beta1 and beta2 must be below 1")
-        _choice("scaling", self.scaling, SCALINGS)
-        _choice("accumulator", self.accumulator, ACCUMULATORS)
 
-    def aggregate(
-        self, previous: Weights, updates: Iterable[Update], state: Weights | None = None
-    ) -> tuple[Weights, Weights | None]:
-        mean = stream_mean(previous, updates, self.scaling, self.accumulator)
-        if mean is None:
-            return previous, state
+    def _optimizer(
+        self, state: Weights | None
+    ) -> tuple[Weights, Callable[[str, np.ndarray], np.ndarray]]:
         t = 1 + (int(state["step"]) if state is not None and "step" in state else 0)
         # powers by repeated multiplication: exactly rounded everywhere, unlike libm's pow
         power1 = power2 = 1.0
@@ -300,7 +310,7 @@ class FedAdam(Strategy):
             new_state["m/" + name], new_state["v/" + name] = m, v
             return eta_t * m / (np.sqrt(v) + self.tau)
 
-        return _server_step(previous, mean, step), new_state
+        return new_state, step
 
 
 _STRATEGIES: dict[str, type[Strategy]] = {

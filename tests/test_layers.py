@@ -1,0 +1,93 @@
+"""The package's layers: every import inside fedchain/ points down (or within its own layer)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import fedchain
+
+PACKAGE = Path(fedchain.__file__).resolve().parent
+
+#: Bottom to top; a module may import from its own layer and the ones before it.
+LAYERS = [
+    ("fedchain", "fedchain.errors", "fedchain.progress", "fedchain.npm", "fedchain.redact"),
+    ("fedchain.storage",),
+    ("fedchain.model",),
+    ("fedchain.eth",),
+    ("fedchain.aggregation",),
+    ("fedchain.federation",),
+    ("fedchain.audit",),
+    ("fedchain.cli",),
+]
+
+#: Thin aliases kept for users, imported lazily: `fedchain.errors.WrongRound` and the other
+#: revert classes, which live beside the binding in fedchain.eth.reverts.
+ALIASES = {("fedchain.errors", "fedchain.eth.reverts")}
+
+
+def _layer(module: str) -> int:
+    best = -1, 0
+    for rank, prefixes in enumerate(LAYERS):
+        for prefix in prefixes:
+            if module == prefix or (prefix != "fedchain" and module.startswith(prefix + ".")):
+                best = max(best, (len(prefix), rank))
+    if best[0] < 0:
+        raise AssertionError(f"{module} is in no layer: add it to LAYERS")
+    return best[1]
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """fedchain modules `path` imports, at any depth of the file (lazy imports included)."""
+    module = _module_name(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("fedchain")}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join([*base, *([node.module] if node.module else [])])
+            else:
+                target = node.module or ""
+            if not target.startswith("fedchain"):
+                continue
+            # `from fedchain.eth import reverts` imports the module fedchain.eth.reverts.
+            for alias in node.names:
+                sub = f"{target}.{alias.name}"
+                is_module = (PACKAGE.parent / sub.replace(".", "/")).with_suffix(".py").exists()
+                found.add(sub if is_module else target)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    return {
+        _module_name(p): {m for m in _imports(p) if m != _module_name(p)}
+        for p in sorted(PACKAGE.rglob("*.py"))
+        if "migrations" not in p.parts
+    }
+
+
+def test_every_import_inside_the_package_points_down_a_layer_or_stays_within_one():
+    upward = [
+        f"{module} (layer {_layer(module)}) imports {target} (layer {_layer(target)})"
+        for module, targets in import_graph().items()
+        for target in sorted(targets)
+        if _layer(target) > _layer(module) and (module, target) not in ALIASES
+    ]
+    assert upward == []
+
+
+def test_the_layer_check_sees_lazy_and_relative_imports():
+    graph = import_graph()
+    # federation.aggregator imports the replay relatively, and the CLI imports lazily.
+    assert "fedchain.federation.replay" in graph["fedchain.federation.aggregator"]
+    assert "fedchain.federation.simulation" in graph["fedchain.cli.commands"]
+    assert _layer("fedchain.cli.commands") > _layer("fedchain.eth.chain")
