@@ -74,6 +74,10 @@ class StoreUnavailable(StorageError):
     """The content store (IPFS node, directory) cannot be reached."""
 
 
+class FetchTimeout(StorageError):
+    """Content did not arrive within its overall deadline (one slow CID, not an outage)."""
+
+
 # --- chain ---------------------------------------------------------------------------
 
 

@@ -3,7 +3,8 @@
 //
 //   POST /api/v0/add?cid-version=1&raw-leaves=true&chunker=size-262144&pin=true&hash=sha2-256
 //   POST /api/v0/cat?arg=<cid>          POST /api/v0/pin/add?arg=<cid>
-//   POST /api/v0/block/stat?arg=<cid>   POST /api/v0/version
+//   POST /api/v0/block/stat?arg=<cid>   POST /api/v0/block/get?arg=<cid>
+//   POST /api/v0/version
 //
 // Errors answer HTTP 500 with Kubo's JSON body {"Message", "Code", "Type": "error"}.
 // Run with the project-local Node 24 (Helia needs Node >= 22):
@@ -180,6 +181,13 @@ const commands = {
     await requireBlock(cid)
     await pin(cid)
     sendJson(res, 200, { Pins: [cid.toString()] })
+  },
+  async 'block/get' (q, req, res) {
+    const cid = parseCid(q.get('arg'))
+    await requireBlock(cid)
+    const block = await blockBytes(cid)
+    res.writeHead(200, { 'Content-Type': 'text/plain', 'Content-Length': block.length })
+    res.end(block)
   },
   async 'block/stat' (q, req, res) {
     const cid = parseCid(q.get('arg'))

@@ -7,6 +7,7 @@ import json
 import struct
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -342,3 +343,88 @@ def test_bfloat16_tensors_are_refused_with_advice() -> None:
     torch = pytest.importorskip("torch")
     with pytest.raises(InvalidModel, match="layer w: bfloat16 .* cast"):
         model_torch.from_state_dict({"w": torch.zeros(2, dtype=torch.bfloat16)})
+
+
+# --- hostile inputs: never anything but InvalidModel ------------------------------------------
+
+
+@pytest.fixture
+def evm_recursion_limit() -> Iterator[None]:
+    """Python's recursion limit as py-evm sets it, under which deep JSON crashed json."""
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(100_000)
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(old)
+
+
+def _one_tensor(shape: Any, dtype: str = "F32", data: bytes = b"") -> bytes:
+    return raw_file({"w": {"dtype": dtype, "shape": shape, "data_offsets": [0, len(data)]}}, data)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (_one_tensor([0, 2**62]), "larger than the 2147483648-byte limit"),
+        (_one_tensor([2**70] * 10), "larger than the"),
+        (_one_tensor([0] * 65), "65 dimensions"),
+        (_one_tensor([0, 2**63, 2**63]), "larger than the"),
+        (None, "model bytes expected, got NoneType"),
+        (5, "model bytes expected, got int"),
+        ("not bytes", "model bytes expected, got str"),
+        ([1, 2], "model bytes expected, got list"),
+        (struct.pack("<Q", 200_000) + b"[" * 100_000 + b"]" * 100_000, "nested deeper"),
+        (struct.pack("<Q", 200_000) + b"{" * 200_000, "nested deeper"),
+        (_one_tensor({"a": [[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]}), "shape {'a'"),
+    ],
+    ids=["0x2^62", "10x2^70", "65-dims", "0x2^63x2^63", "None", "int", "str", "list", "deep",
+         "deep-open", "deep-shape"],
+)
+def test_hostile_inputs_are_invalid_models_with_a_reason(
+    data: Any, reason: str, evm_recursion_limit: None
+) -> None:
+    for reference in (None, small_cnn()):
+        with pytest.raises(InvalidModel, match=reason.replace("(", r"\(")):
+            codec.decode(data, reference=reference)
+    with pytest.raises(InvalidModel):
+        codec.read_spec(data)
+
+
+def test_a_memoryview_of_other_items_is_read_as_bytes() -> None:
+    data = codec.encode(small_cnn())
+    assert len(data) % 4 == 0
+    decoded = codec.decode(memoryview(data).cast("I"))
+    assert codec.spec(decoded) == codec.spec(small_cnn())
+    with pytest.raises(InvalidModel, match="after the last tensor"):
+        codec.decode(memoryview(data + b"\0" * 4).cast("I"))
+
+
+DIM = st.integers(0, 4) | st.sampled_from([2**31, 2**32, 2**62, 2**63, 2**64, 2**70])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(DIM, max_size=70),
+    st.sampled_from(["F32", "F16", "BOOL", "I64", "U8"]),
+    st.binary(max_size=64),
+)
+def test_hostile_shapes_without_a_reference_only_raise_invalid_model(
+    shape: list[int], dtype: str, body: bytes
+) -> None:
+    # A genesis model is decoded with no reference: nothing may crash it.
+    try:
+        weights = codec.decode(_one_tensor(shape, dtype, body))
+    except InvalidModel:
+        return
+    assert list(weights["w"].shape) == shape
+
+
+def test_deeply_nested_order_metadata_is_refused(evm_recursion_limit: None) -> None:
+    header = {
+        "__metadata__": {
+            "format": codec.FORMAT, "version": codec.VERSION, "order": "[" * 100_000,
+        },
+    }  # fmt: skip
+    with pytest.raises(InvalidModel, match="'order'"):
+        codec.decode(raw_file(header))

@@ -12,10 +12,11 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from fedmodels import LinearLearner, initial_weights
+from hostile_kubo import BLOCKS, HostileKubo
 
 from fedchain.aggregation.strategy import FedAvg, FedAvgM
 from fedchain.audit import audit_federation
-from fedchain.errors import ConfigError, ContentTooLarge, InvalidCID, StorageError
+from fedchain.errors import ConfigError, ContentTooLarge, FetchTimeout, InvalidCID, StorageError
 from fedchain.eth.accounts import AGGREGATOR_INDEX, learner_key
 from fedchain.eth.events import ChainCid
 from fedchain.federation.aggregator import Aggregator
@@ -26,9 +27,10 @@ from fedchain.federation.replay import rebuild_state
 from fedchain.federation.simulation import simulate
 from fedchain.model import codec
 from fedchain.model.codec import encode
-from fedchain.model.fetch import FetchTimeout, fetch_model, fetch_plan
+from fedchain.model.fetch import fetch_model, fetch_plan
 from fedchain.model.plan import MAX_PLAN_BYTES, Plan
 from fedchain.storage import CID, cid_of
+from fedchain.storage.kubo import KuboStore
 from fedchain.storage.local import LocalStore
 
 TRAIN = {"lr": 0.1, "steps": 5}
@@ -108,6 +110,28 @@ def test_fetch_model_refuses_content_over_the_limit_and_a_passed_deadline(tmp_pa
     with pytest.raises(FetchTimeout):
         fetch_model(store, cid, max_bytes=LIMIT, deadline=time.monotonic() - 1)
     assert store.take() == []  # nothing was even asked of the store
+
+
+class TricklingStore(LocalStore):
+    """A store that serves content a few bytes at a time, over `seconds`."""
+
+    seconds = 3.0
+
+    def _read(self, cid, *args, **kw) -> Iterator[bytes]:
+        data = b"".join(super()._read(cid, *args, **kw))
+        for i in range(0, len(data), 8):
+            time.sleep(self.seconds * 8 / len(data))
+            yield data[i : i + 8]
+
+
+def test_fetch_model_hands_the_time_left_to_the_store_as_its_timeout(tmp_path):
+    store = TricklingStore(tmp_path / "store")
+    cid = store.put(encode(initial_weights()))
+
+    started = time.monotonic()
+    with pytest.raises(FetchTimeout):
+        fetch_model(store, cid, max_bytes=LIMIT, deadline=started + 0.3)
+    assert time.monotonic() - started < 1.5  # the store gave up at the deadline
 
 
 class EndlessStore(LocalStore):
@@ -264,7 +288,7 @@ def test_an_update_not_fetched_by_the_rounds_deadline_is_left_out_and_the_round_
     assert rejected.learner == last.learner and "FetchTimeout" in rejected.reason
     assert rejected.unavailable
     assert aggregator.current_round() == 2
-    assert all(t is None or t <= 0.7 for t in store.timeouts)
+    assert store.timeouts and all(t is not None and 0 < t <= 0.7 for t in store.timeouts)
 
 
 # --- learners and the global model ----------------------------------------------------
@@ -321,3 +345,54 @@ def test_learner_skips_an_invalid_global_model_and_trains_on_the_next(fed, store
     aggregator.publish_global(2, store.put(encode(initial_weights())), [])
     assert node.step() is True
     assert node.submitted == [3] and node.reported == [2]
+
+
+# --- a dedup bomb on every path -------------------------------------------------------
+
+
+class BombRoutingStore(LocalStore):
+    """A LocalStore that fetches the hostile node's dedup bomb (a valid CID of a 1.29 TiB
+    file) from that node, as an IPFS node would from the network."""
+
+    def __init__(self, directory, node_store) -> None:
+        super().__init__(directory)
+        self.node_store = node_store
+
+    def get_stream(self, cid, max_bytes=None, **kw) -> Iterator[bytes]:
+        if CID.parse(cid) == BLOCKS.bomb:
+            return self.node_store.get_stream(cid, max_bytes, **kw)
+        return super().get_stream(cid, max_bytes, **kw)
+
+
+def test_a_dedup_bomb_is_refused_by_the_aggregator_and_the_audit_without_downloading_it(
+        fed, tmp_path):
+    chain, aggregator, learners = fed
+    with HostileKubo("dedup") as node, KuboStore(node.url) as kubo:
+        store = BombRoutingStore(tmp_path / "store", kubo)
+        config = RunConfig(strategy=FedAvg(), rounds=3, min_updates=1, round_timeout=0.2,
+                           poll_interval=0.05, max_model_bytes=LIMIT)
+        agg = Aggregator(aggregator, store, config, initial_weights=initial_weights())
+        agg.start()
+        honest = LearnerNode(LinearLearner(0), learners[0], store, evaluate=False)
+        honest.step()
+        learners[1].submit_update(1, BLOCKS.bomb, 50)
+
+        result = agg.run_round(1)  # the aggregator: the bomb is rejected, the round goes on
+
+        assert result.included == [learners[0].account.address]
+        (rejected,) = result.rejected
+        assert "ContentTooLarge" in rejected.reason and f"limit of {LIMIT}" in rejected.reason
+        honest.step()
+        learners[1].submit_update(2, BLOCKS.bomb, 50)
+        # A cheating aggregator includes it in round 2.
+        agg.contract.publish_global(2, store.put(encode(initial_weights())),
+                                    [learners[0].account.address, learners[1].account.address])
+
+        report = audit_federation(agg.contract, store)  # left out in 1, included in 2
+
+        assert "cat" not in node.requests  # not one leaf of the 1.29 TiB was asked for
+    (left_out,) = [c for c in report.rounds[0].checks if c.what == "left-out update"]
+    assert "ContentTooLarge" in left_out.detail and f"limit of {LIMIT}" in left_out.detail
+    (failure,) = report.failures()
+    assert (failure.round, failure.what) == (2, "included update")
+    assert "ContentTooLarge" in failure.detail and f"limit of {LIMIT}" in failure.detail

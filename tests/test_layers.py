@@ -11,7 +11,8 @@ PACKAGE = Path(fedchain.__file__).resolve().parent
 
 #: Bottom to top; a module may import from its own layer and the ones before it.
 LAYERS = [
-    ("fedchain", "fedchain.errors", "fedchain.progress", "fedchain.npm", "fedchain.redact"),
+    ("fedchain", "fedchain.errors", "fedchain.progress", "fedchain.npm", "fedchain.redact",
+     "fedchain.jsonsafe"),
     ("fedchain.storage",),
     ("fedchain.model",),
     ("fedchain.eth",),

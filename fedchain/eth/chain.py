@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar, cast
-from urllib.parse import urlsplit
 
 import requests
 from eth_account.signers.local import LocalAccount
@@ -29,6 +28,7 @@ from web3.exceptions import (
 from web3.types import FilterParams, TxParams
 
 from ..errors import ChainUnavailable, ConfigError, TransactionFailed, TransactionTimeout
+from ..redact import redact_url, register, scrub
 from .accounts import DEV_ACCOUNTS, DEV_CHAIN_IDS, DEV_MNEMONIC, dev_account
 
 try:  # the embedded chain reports reverts with eth-tester's own exception
@@ -82,15 +82,6 @@ def connect(url: str = "embedded", *, timeout: float = 30.0, fresh: bool = False
     raise ConfigError(f"unknown chain URL {url!r}: use 'embedded' or http(s)://host:port")
 
 
-def redact_url(url: str) -> str:
-    """The URL as fedchain shows it: no credentials, no path or query (API keys live there)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
-    hidden = parts.username or parts.password or parts.path not in ("", "/") or parts.query
-    return f"{parts.scheme}://{netloc}" + ("/…" if hidden else "")
-
-
 def _embedded_provider() -> Any:
     from eth_tester import EthereumTester, PyEVMBackend
     from web3.providers.eth_tester import EthereumTesterProvider
@@ -125,6 +116,10 @@ class Chain:
 
     def call(self, fn: Callable[[], T]) -> T:
         """Runs a web3 call, turning transport failures into ChainUnavailable."""
+        # The real URL's secrets (an API key in its path) stay out of messages and logs.
+        endpoint = getattr(self.w3.provider, "endpoint_uri", None)
+        endpoint = endpoint if isinstance(endpoint, str) else None
+        register(endpoint)
         try:
             if self._lock is not None:
                 with self._lock:
@@ -135,7 +130,10 @@ class Chain:
                 f"chain node at {self.url} is not reachable ({type(exc).__name__})"
             ) from None
         except requests.RequestException as exc:  # e.g. HTTP 429 or 5xx from a public node
-            raise ChainUnavailable(f"chain node at {self.url} refused the request: {exc}") from None
+            detail = scrub(str(exc), endpoint)
+            raise ChainUnavailable(
+                f"chain node at {self.url} refused the request: {detail}"
+            ) from None
 
     @property
     def chain_id(self) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 from ..aggregation.strategy import Strategy
 from ..errors import ConfigError
 from ..model.codec import DEFAULT_MAX_BYTES
-from ..model.plan import Plan
+from ..model.plan import MAX_MODEL_BYTES, Plan
 
 
 @dataclass
@@ -81,10 +81,11 @@ class RunConfig:
         if self.max_model_bytes is not None and (
             isinstance(self.max_model_bytes, bool)
             or not isinstance(self.max_model_bytes, int)
-            or self.max_model_bytes < 1
+            or not 1 <= self.max_model_bytes <= MAX_MODEL_BYTES
         ):
             raise ConfigError(
-                f"max_model_bytes must be a positive integer, got {self.max_model_bytes!r}"
+                f"max_model_bytes must be an integer in 1..{MAX_MODEL_BYTES}, "
+                f"got {self.max_model_bytes!r}"
             )
         for name in ("round_timeout", "fetch_timeout", "poll_interval", "evaluation_timeout",
                      "max_outage"):

@@ -17,6 +17,7 @@ from ..errors import (
     ContentMismatch,
     ContentNotFound,
     FedChainError,
+    FetchTimeout,
     InvalidModel,
     StorageError,
     StoreUnavailable,
@@ -24,7 +25,7 @@ from ..errors import (
 from ..eth.accounts import learner_key
 from ..eth.events import ChainCid, UpdateSubmitted
 from ..model.codec import ModelSpec, Weights
-from ..model.fetch import FetchTimeout, fetch_model
+from ..model.fetch import fetch_model
 from ..storage import ContentStore
 
 #: Failures of the store (the content may yet be served), not of the submitted content.

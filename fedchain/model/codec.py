@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidModel
+from ..jsonsafe import check_depth, loads
 
 Weights = dict[str, np.ndarray]
 
@@ -36,6 +37,8 @@ FORMAT = "fedchain-weights"
 VERSION = "1"
 DEFAULT_MAX_BYTES = 2 * 1024**3
 _MAX_HEADER = 100 * 1024**2
+#: The most dimensions a tensor may have (numpy 1.x allows 32, 2.x 64).
+MAX_DIMS = 32
 _RESERVED = ("format", "version", "order")
 
 #: safetensors dtype code ⇄ numpy dtype, for the dtypes fedchain accepts.
@@ -177,10 +180,23 @@ def _is_uint(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
+def _buffer(data: object) -> bytes | bytearray | memoryview:
+    """`data` as a flat byte buffer, or InvalidModel (None, an int, a str... are no model)."""
+    if isinstance(data, bytes | bytearray):
+        return data
+    if isinstance(data, memoryview):
+        try:
+            return data.cast("B") if data.format != "B" or data.ndim != 1 else data
+        except (TypeError, ValueError):
+            raise InvalidModel("model bytes must be a contiguous byte buffer") from None
+    raise InvalidModel(f"model bytes expected, got {type(data).__name__}")
+
+
 def _parse_header(
     data: bytes | bytearray | memoryview, max_bytes: int
 ) -> tuple[dict[str, str], list[tuple[TensorSpec, int, int]], int]:
     """Validated (metadata, [(spec, begin, end)] in model order, data start) of a model file."""
+    data = _buffer(data)
     if len(data) > max_bytes:
         raise InvalidModel(f"model is {len(data)} bytes, more than the limit of {max_bytes}")
     if len(data) < 8:
@@ -189,9 +205,9 @@ def _parse_header(
     if n > _MAX_HEADER or n > len(data) - 8:
         raise InvalidModel(f"header length {n} exceeds the {len(data)}-byte model or the limit")
     try:
-        header = json.loads(
-            bytes(data[8 : 8 + n]).decode("utf-8"), object_pairs_hook=_no_duplicates
-        )
+        text = bytes(data[8 : 8 + n])
+        check_depth(text)  # deep nesting would crash json's C scanner (see fedchain.jsonsafe)
+        header = json.loads(text.decode("utf-8"), object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise InvalidModel(f"header is not valid JSON: {exc}") from None
     if not isinstance(header, dict):
@@ -204,8 +220,8 @@ def _parse_header(
     if meta.get("version") != VERSION:
         raise InvalidModel(f"format version {meta.get('version')!r} is not supported ({VERSION!r})")
     try:
-        order = json.loads(meta.get("order", ""))
-    except ValueError:
+        order = loads(meta.get("order", ""), max_depth=1)
+    except (ValueError, RecursionError):
         order = None
     if (
         not isinstance(order, list)
@@ -227,7 +243,14 @@ def _parse_header(
             )
         shape, offsets = info["shape"], info["data_offsets"]
         if not isinstance(shape, list) or not all(_is_uint(d) for d in shape):
-            raise InvalidModel(f"layer {name}: shape {shape!r} is not a list of sizes")
+            raise InvalidModel(f"layer {name}: shape {str(shape)[:100]} is not a list of sizes")
+        if len(shape) > MAX_DIMS:
+            raise InvalidModel(f"layer {name}: {len(shape)} dimensions, more than {MAX_DIMS}")
+        # Even an empty tensor may not declare dimensions no model of max_bytes could fill.
+        if math.prod(max(d, 1) for d in shape) * dtype.itemsize > max_bytes:
+            raise InvalidModel(
+                f"layer {name}: shape {str(shape)[:100]} is larger than the {max_bytes}-byte limit"
+            )
         if not isinstance(offsets, list) or len(offsets) != 2 or not all(map(_is_uint, offsets)):
             raise InvalidModel(f"layer {name}: data_offsets {offsets!r} is not [begin, end]")
         begin, end = offsets
@@ -277,6 +300,7 @@ def decode(
     (little-endian, aligned), which saves a copy of the model when it is only read, as the
     aggregator does with updates.
     """
+    data = _buffer(data)
     _, entries, start = _parse_header(data, max_bytes)
     if reference is not None:
         ref = reference if isinstance(reference, ModelSpec) else spec(reference)

@@ -4,8 +4,10 @@ Every party reads models through `fetch_model`: the aggregator (the round's upda
 previous global model), learners (the global model), the restart replay and the audit. It
 always takes a size limit (the plan's `max_model_bytes`: there is no default to forget) and
 optionally one overall deadline, a `time.monotonic()` value, shared by every fetch that
-must end by then (a round's updates, say). The plan itself is read through `fetch_plan`,
-never more than MAX_PLAN_BYTES of it.
+must end by then (a round's updates, say): each fetch gets the time left as the store's
+`timeout`, and the store raises FetchTimeout when it runs out. Without a deadline the
+store's own default applies (see fedchain.storage.fetch). The plan itself is read through
+`fetch_plan`, never more than MAX_PLAN_BYTES of it.
 
 Errors: the store's (`StorageError`: InvalidCID, ContentNotFound, ContentMismatch,
 ContentTooLarge, StoreUnavailable, FetchTimeout) and the codec's (`InvalidModel`), as raised.
@@ -16,15 +18,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
-from ..errors import ConfigError, ContentTooLarge, StorageError
+from ..errors import ConfigError, ContentTooLarge, FetchTimeout
 from ..storage import ContentStore
 from ..storage.cid import CID
 from .codec import ModelSpec, Weights, decode
 from .plan import MAX_PLAN_BYTES, Plan
 
-
-class FetchTimeout(StorageError):
-    """Content did not arrive by its deadline (one slow CID, not an outage)."""
+__all__ = ["FetchTimeout", "fetch_bytes", "fetch_chunks", "fetch_model", "fetch_plan"]
 
 
 def remaining(deadline: float | None, cid: CID | str) -> float | None:
@@ -44,20 +44,14 @@ def fetch_chunks(
 
     As with `ContentStore.get_stream`, the data is good only once the iterator is exhausted.
     """
-    remaining(deadline, cid)
-    for chunk in store.get_stream(cid, max_bytes):
-        # The deadline is checked between chunks; a store that stalls inside one is bounded
-        # by its own timeout.
-        if deadline is not None and time.monotonic() > deadline:
-            raise FetchTimeout(f"{cid} not fetched by its deadline (from {store.url})")
-        yield chunk
+    return store.get_stream(cid, max_bytes, timeout=remaining(deadline, cid))
 
 
 def fetch_bytes(
     store: ContentStore, cid: CID | str, *, max_bytes: int, deadline: float | None = None
 ) -> bytes:
     """The content of `cid`, verified, at most `max_bytes` of it, all of it by `deadline`."""
-    return b"".join(fetch_chunks(store, cid, max_bytes=max_bytes, deadline=deadline))
+    return store.get(cid, max_bytes, timeout=remaining(deadline, cid))
 
 
 def fetch_model(

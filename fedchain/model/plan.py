@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..errors import ConfigError
+from ..jsonsafe import loads
 from ..storage.cid import CID
 from .codec import DEFAULT_MAX_BYTES, FORMAT, VERSION
 
@@ -20,6 +21,50 @@ if TYPE_CHECKING:
 
 PLAN_FORMAT = "fedchain-plan/1"
 MAX_PLAN_BYTES = 1024 * 1024
+#: Bounds of the plan's counts: rounds and min_updates fit the contract's uint32 counters;
+#: a model is at most 1 TiB.
+MAX_ROUNDS = 2**32 - 1
+MAX_MODEL_BYTES = 2**40
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+#: field → (what it must be, check)
+_FIELDS: dict[str, tuple[str, Any]] = {
+    "strategy": (
+        'an object with a "name"',
+        lambda v: isinstance(v, dict) and isinstance(v.get("name"), str),
+    ),
+    "rounds": (f"an integer in 1..{MAX_ROUNDS}", lambda v: _is_int(v) and 1 <= v <= MAX_ROUNDS),
+    "min_updates": (
+        f"an integer in 0..{MAX_ROUNDS}", lambda v: _is_int(v) and 0 <= v <= MAX_ROUNDS
+    ),
+    "train": ("an object", lambda v: isinstance(v, dict)),
+    "evaluate": ("an object", lambda v: isinstance(v, dict)),
+    "codec": (
+        "an object of strings",
+        lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()),
+    ),
+    "max_model_bytes": (
+        f"an integer in 1..{MAX_MODEL_BYTES}",
+        lambda v: _is_int(v) and 1 <= v <= MAX_MODEL_BYTES,
+    ),
+    "format": ("a string", lambda v: isinstance(v, str)),
+    "software": ("a string", lambda v: isinstance(v, str)),
+}
+
+
+def _check_field(name: str, value: Any) -> None:
+    what, ok = _FIELDS[name]
+    if not ok(value):
+        try:
+            shown = repr(value)
+        except ValueError:  # an int too long to print
+            shown = type(value).__name__
+        shown = shown if len(shown) <= 60 else shown[:60] + "…"
+        raise ConfigError(f"malformed plan: {name} must be {what}, not {shown}")
 
 
 @dataclass(frozen=True)
@@ -41,16 +86,23 @@ class Plan:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
-    def from_json(cls, data: bytes) -> Plan:
+    def from_json(cls, data: bytes | str) -> Plan:
+        """The plan in JSON bytes; ConfigError says what is wrong with a malformed one."""
+        if not isinstance(data, bytes | bytearray | str):
+            raise ConfigError(f"a plan is JSON bytes, not {type(data).__name__}")
+        if len(data) > MAX_PLAN_BYTES:
+            raise ConfigError(f"plan of {len(data)} bytes exceeds {MAX_PLAN_BYTES}")
         try:
-            raw = json.loads(data)
-        except ValueError as exc:
-            raise ConfigError(f"the plan is not valid JSON: {exc}") from None
+            raw = loads(data)  # depth-checked: see fedchain.jsonsafe
+        except (ValueError, RecursionError) as exc:
+            raise ConfigError(f"the plan is not valid JSON: {str(exc)[:200]}") from None
         if not isinstance(raw, dict) or raw.get("format") != PLAN_FORMAT:
             raise ConfigError(f"not a fedchain plan (format {PLAN_FORMAT!r} expected)")
-        known = set(cls.__dataclass_fields__)
+        known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
+        for name, value in known.items():
+            _check_field(name, value)
         try:
-            return cls(**{k: v for k, v in raw.items() if k in known})
+            return cls(**known)
         except TypeError as exc:
             raise ConfigError(f"malformed plan: {exc}") from None
 

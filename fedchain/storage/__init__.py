@@ -7,6 +7,12 @@ Every store returns the CID `ipfs add --cid-version=1` gives, and every `get` re
 CID of the bytes it received and raises ContentMismatch if they do not match, whoever served
 them. CIDs not in fedchain's canonical form (CIDv1, sha2-256, raw or dag-pb) are refused with
 InvalidCID before anything is fetched.
+
+Every fetch is bounded in bytes and in time (see fedchain.storage.fetch): `get(cid,
+max_bytes=None, timeout=None)` refuses content declared or found larger than `max_bytes`
+(2 GiB by default) with ContentTooLarge, before fetching it where the store can read the
+declared size first, and raises FetchTimeout when the content has not all arrived by its
+deadline (by default derived from the size: `DeadlinePolicy`).
 """
 
 from __future__ import annotations
@@ -20,12 +26,27 @@ from pathlib import Path
 from typing import Self
 from urllib.parse import unquote, urlparse
 
-from ..errors import ConfigError, ContentMismatch, ContentTooLarge
+from ..errors import ConfigError, ContentMismatch, ContentTooLarge, FetchTimeout
 from ..progress import transfer
-from .cid import CID
+from .cid import CID, RAW
+from .fetch import (
+    DEFAULT_DEADLINES,
+    DEFAULT_MAX_BYTES,
+    Deadline,
+    DeadlinePolicy,
+    check_limits,
+    relay,
+)
 from .unixfs import CHUNK_SIZE, CidBuilder, cid_of
 
-__all__ = ["CID", "ContentStore", "open_store", "cid_of"]
+__all__ = [
+    "CID",
+    "DEFAULT_MAX_BYTES",
+    "ContentStore",
+    "DeadlinePolicy",
+    "cid_of",
+    "open_store",
+]
 
 
 def as_canonical(cid: CID | str) -> CID:
@@ -43,8 +64,17 @@ class ContentStore(ABC):
         """Store the concatenation of `chunks`; return its CID."""
 
     @abstractmethod
-    def _read(self, cid: CID) -> Iterator[bytes]:
-        """The bytes the backend serves for `cid`, unverified."""
+    def _read(self, cid: CID, deadline: Deadline) -> Iterator[bytes]:
+        """The bytes the backend serves for `cid`, unverified.
+
+        Network stores bound each request by `deadline.remaining()` and register on
+        `deadline.on_abort` whatever closes the connection.
+        """
+
+    def _declared_size(self, cid: CID, deadline: Deadline) -> int | None:
+        """The size the store says the content of `cid` has, read before the content itself
+        (None if it cannot tell). Raises ContentMismatch if what it reads contradicts `cid`."""
+        return None
 
     @abstractmethod
     def pin(self, cid: CID | str) -> None:
@@ -63,20 +93,65 @@ class ContentStore(ABC):
             return self.put_stream([bytes(view)])
         return self.put_stream(transfer(chunks, f"upload to {self.url}", len(view)))
 
-    def get_stream(self, cid: CID | str, max_bytes: int | None = None) -> Iterator[bytes]:
+    #: How long a fetch may take when its caller names no timeout.
+    deadlines: DeadlinePolicy = DEFAULT_DEADLINES
+    #: Whether reads can block on the network, so fetches run in a worker thread (see fetch).
+    _threaded_reads = True
+
+    def get_stream(
+        self, cid: CID | str, max_bytes: int | None = None, *, timeout: float | None = None
+    ) -> Iterator[bytes]:
         """The content of `cid` in chunks, verified against the CID as it streams.
 
         The last chunk is held back until the whole content is verified: a mismatch raises
         ContentMismatch before the iterator ends, so treat the data as good only once the
-        iterator is exhausted. Content larger than `max_bytes` raises ContentTooLarge as soon
-        as the limit is passed, before it is all downloaded.
+        iterator is exhausted. Content larger than `max_bytes` (DEFAULT_MAX_BYTES, 2 GiB, if
+        None) raises ContentTooLarge: before any of it is fetched when its declared size is
+        larger, else as soon as the limit is passed. Content not all delivered within
+        `timeout` seconds (by default `self.deadlines.seconds(size)`) raises FetchTimeout.
+        The fetch, and its deadline, start at the first `next()`.
         """
         want = as_canonical(cid)
-        return self._verified(want, self._read(want), max_bytes)
+        limit, seconds = check_limits(max_bytes, timeout)
+        return self._fetch(want, limit, seconds)
+
+    def _fetch(self, want: CID, limit: int, timeout: float | None) -> Iterator[bytes]:
+        deadline = Deadline(
+            timeout if timeout is not None else self.deadlines.floor, fixed=timeout is not None
+        )
+
+        def produce() -> Iterator[bytes]:
+            declared = self._declared_size(want, deadline)
+            if declared is not None and declared > limit:
+                raise ContentTooLarge(
+                    f"{want} is {declared} bytes, more than the limit of {limit} bytes "
+                    f"(declared by {self.url}; nothing fetched)"
+                )
+            # Content of a raw CID is one chunk at most: more cannot match it.
+            bound = declared if declared is not None else CHUNK_SIZE if want.codec == RAW else None
+            deadline.extend(self.deadlines.seconds(limit if bound is None else min(limit, bound)))
+            yield from self._verified(want, self._read(want, deadline), limit, bound)
+
+        def too_slow(received: int) -> Exception:
+            return FetchTimeout(
+                f"{self.url} did not deliver {want} within its deadline of "
+                f"{deadline.seconds:.3g}s ({received} bytes arrived)"
+            )
+
+        return relay(produce, deadline, too_slow, threaded=self._threaded_reads)
 
     def _verified(
-        self, want: CID, chunks: Iterator[bytes], max_bytes: int | None = None
+        self,
+        want: CID,
+        chunks: Iterator[bytes],
+        max_bytes: int | None = None,
+        expected: int | None = None,
     ) -> Iterator[bytes]:
+        """`chunks`, checked against `want`: the last one only once the whole CID matches.
+
+        More than `max_bytes` raises ContentTooLarge; more than `expected` (the size the
+        store declared, or a raw CID's one chunk) raises ContentMismatch, both at once.
+        """
         builder = CidBuilder()
         held: bytes | None = None
         for chunk in chunks:
@@ -85,6 +160,10 @@ class ContentStore(ABC):
             builder.update(chunk)
             if max_bytes is not None and builder.size > max_bytes:
                 raise ContentTooLarge(f"{want} is larger than the limit of {max_bytes} bytes")
+            if expected is not None and builder.size > expected:
+                raise ContentMismatch(
+                    f"{self.url} served more than the {expected} bytes {want} can hold"
+                )
             if held is not None:
                 yield held
             held = chunk
@@ -96,9 +175,11 @@ class ContentStore(ABC):
         if held is not None:
             yield held
 
-    def get(self, cid: CID | str, max_bytes: int | None = None) -> bytes:
-        """The content of `cid`, verified against the CID (at most `max_bytes` of it)."""
-        chunks = self.get_stream(cid, max_bytes)
+    def get(
+        self, cid: CID | str, max_bytes: int | None = None, *, timeout: float | None = None
+    ) -> bytes:
+        """The content of `cid`, verified against the CID, bounded as `get_stream` says."""
+        chunks = self.get_stream(cid, max_bytes, timeout=timeout)
         return b"".join(transfer(chunks, f"download {str(cid)[:16]}…"))
 
     def put_file(self, path: str | Path) -> CID:
@@ -111,13 +192,20 @@ class ContentStore(ABC):
 
         return self.put_stream(chunks())
 
-    def get_file(self, cid: CID | str, path: str | Path) -> None:
+    def get_file(
+        self,
+        cid: CID | str,
+        path: str | Path,
+        max_bytes: int | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> None:
         """Write the content of `cid` to `path`, which appears only once it is verified."""
         path = Path(path)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
-                for chunk in self.get_stream(cid):
+                for chunk in self.get_stream(cid, max_bytes, timeout=timeout):
                     f.write(chunk)
             os.replace(tmp, path)
         except BaseException:
@@ -137,19 +225,23 @@ class ContentStore(ABC):
 
 def open_store(url: str) -> ContentStore:
     """The content store a URL names: `embedded`, `file:///dir` or `http(s)://host:port`."""
+    from ..redact import redact_url
     from .kubo import KuboStore
     from .local import LocalStore
 
     if url == "embedded":
         return LocalStore()
+    shown = redact_url(url) if "@" in url or "?" in url else url  # no credentials in messages
     parsed = urlparse(url)
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
-            raise ConfigError(f"store URL {url!r}: file URLs must be local (file:///abs/dir)")
+            raise ConfigError(
+                f"store URL {shown!r}: file URLs must be local (file:///abs/dir)"
+            )
         return LocalStore(unquote(parsed.path))
     if parsed.scheme in ("http", "https") and parsed.netloc:
         return KuboStore(url)
     raise ConfigError(
-        f"store URL {url!r} not understood: use 'embedded', 'file:///abs/dir' "
+        f"store URL {shown!r} not understood: use 'embedded', 'file:///abs/dir' "
         "or an IPFS node's RPC API, e.g. 'http://127.0.0.1:5001'"
     )

@@ -85,8 +85,12 @@ class CID:
         return cls(1, codec, bytes(sha256_digest))
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> CID:
+    def from_bytes(cls, data: bytes | bytearray | memoryview) -> CID:
         """Parse a binary CID (what fedchain stores on chain)."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise InvalidCID(f"a binary CID must be bytes, not {type(data).__name__}")
+        if len(data) > _MAX_TEXT:
+            raise InvalidCID(f"{len(data)} bytes are too long for a CID")
         data = bytes(data)
         if len(data) == 34 and data[0] == SHA2_256 and data[1] == 32:
             return cls(0, DAG_PB, data[2:])
@@ -104,6 +108,17 @@ class CID:
         if code == SHA2_256 and length != 32:
             raise InvalidCID(f"sha2-256 digest must be 32 bytes, not {length}")
         return cls(1, codec, digest, code)
+
+    @classmethod
+    def coerce(cls, value: object) -> CID:
+        """A CID from a CID, its text or its binary form; InvalidCID for anything else."""
+        if isinstance(value, CID):
+            return value
+        if isinstance(value, str):
+            return cls.parse(value)
+        if isinstance(value, bytes | bytearray | memoryview):
+            return cls.from_bytes(value)
+        raise InvalidCID(f"a CID must be a CID, text or bytes, not {type(value).__name__}")
 
     @classmethod
     def parse(cls, text: str | CID) -> CID:
@@ -186,9 +201,7 @@ def cid_bytes(cid: CidLike) -> bytes:
     """The binary form of a CID given as bytes, a CID object or its text."""
     if isinstance(cid, bytes | bytearray):
         return bytes(cid)
-    if isinstance(cid, str):
-        return bytes(CID.parse(cid))
-    return bytes(cid)
+    return bytes(CID.coerce(cid))  # text or a CID; InvalidCID for anything else
 
 
 def to_cid(raw: bytes) -> CID:

@@ -1,27 +1,62 @@
 """KuboStore: an IPFS node through the Kubo RPC API (`/api/v0`), over HTTP with httpx.
 
 Commands used: `add` (cid-version=1, raw leaves, 256 KiB chunks, sha2-256, pinned), `cat`,
-`pin/add`, `block/stat` (for `has`, asked offline) and `version`. Uploads and downloads
-stream; connection failures are retried with exponential backoff; Kubo's JSON error bodies
-become fedchain exceptions. Works with Kubo and with scripts/ipfs-devnode.mjs.
+`block/get` (a file's root block, for its declared size), `pin/add`, `block/stat` (for `has`,
+asked offline) and `version`. Uploads and downloads stream; connection failures are retried
+with exponential backoff; Kubo's JSON error bodies become fedchain exceptions. Works with Kubo
+and with scripts/ipfs-devnode.mjs.
 
 `put` also computes the CID itself while uploading and raises ContentMismatch if the node
 answers another one (a node configured with other import settings would).
+
+A node is not trusted (see fedchain.storage.fetch for the bounds of a fetch):
+
+- `get` of a dag-pb CID first reads the root block (`block/get`), checks it hashes to the CID
+  and is the root `ipfs add` builds, and refuses a file whose declared size is over the limit
+  with ContentTooLarge before any leaf is fetched; then `cat` may not stream more than that;
+- every fetch has one overall deadline (FetchTimeout), enforced from outside the thread that
+  reads, which tears the connection down (a node dripping a byte every few seconds never
+  trips a per-read timeout);
+- every other reply (JSON, lines, error bodies) is read up to MAX_REPLY bytes, decompressed
+  incrementally: a gzip bomb is a StorageError, not gigabytes of memory. Replies are asked
+  for uncompressed (`Accept-Encoding: identity`); gzip and deflate are still decoded, anything
+  else is refused.
+
+Credentials: the URL may carry them (`https://user:pass@host:5001`, `…?token=…`, a key in its
+path); they go to the node (basic auth, query parameters, base URL) but `self.url`, which
+messages and results show, is the redacted form (`https://host:5001/…`), and the URL is
+registered with fedchain.redact so that log records (httpx's included) are scrubbed of it.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import functools
+import hashlib
+import socket
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import httpx
 
-from ..errors import ContentMismatch, ContentNotFound, StorageError, StoreUnavailable
+from ..errors import (
+    ContentMismatch,
+    ContentNotFound,
+    FetchTimeout,
+    InvalidCID,
+    StorageError,
+    StoreUnavailable,
+)
+from ..jsonsafe import loads
+from ..redact import redact_url, register, scrub
 from . import ContentStore, as_canonical
-from .cid import CID
+from .cid import CID, DAG_PB
+from .dagpb import MAX_BLOCK, MalformedBlock, declared_size
+from .fetch import DEFAULT_DEADLINES, Deadline, DeadlinePolicy
 from .unixfs import CHUNK_SIZE, CidBuilder
 
 #: `ipfs add` options giving fedchain's canonical CIDs (what `--cid-version=1` implies).
@@ -33,8 +68,83 @@ ADD_PARAMS = {
     "pin": "true",
 }
 
+#: The most bytes (decompressed) fedchain reads of a JSON or line reply.
+MAX_REPLY = 1024 * 1024
+#: The most bytes of an error reply kept for its message.
+MAX_ERROR_REPLY = 64 * 1024
+
 # Errors after which the request never reached the node, so sending it again is safe.
 _RETRYABLE = (httpx.ConnectError, httpx.ConnectTimeout)
+# Commands that fetch content, where a timeout before the answer means "not found (yet)".
+_FETCHES = ("cat", "block/get")
+
+
+class _TooLong(Exception):
+    """A reply went past its byte limit."""
+
+
+def _decoded(response: httpx.Response, chunk: int = CHUNK_SIZE) -> Iterator[bytes]:
+    """The body of a streaming response, decompressed `chunk` bytes at most at a time."""
+    if response.is_stream_consumed:  # already in memory (a transport built it from bytes)
+        content = response.content
+        for start in range(0, len(content), chunk):
+            yield content[start : start + chunk]
+        return
+    header = response.headers.get("content-encoding", "")
+    codings = [c.strip().lower() for c in header.split(",") if c.strip()]
+    codings = [c for c in codings if c != "identity"]
+    raw = response.iter_raw(chunk)
+    if not codings:
+        yield from raw
+        return
+    if len(codings) > 1 or codings[0] not in ("gzip", "x-gzip", "deflate"):
+        raise StorageError(f"the node answered with Content-Encoding {header!r}, not supported")
+    decoder = zlib.decompressobj(32 + zlib.MAX_WBITS)  # gzip or zlib header, detected
+    try:
+        for data in raw:
+            while True:
+                out = decoder.decompress(data, chunk)
+                if out:
+                    yield out
+                data = decoder.unconsumed_tail
+                if decoder.eof or (not data and len(out) < chunk):
+                    break
+            if decoder.eof:
+                break
+        if not decoder.eof:
+            raise StorageError("the node's compressed reply ends before its compressed stream")
+    except zlib.error as exc:
+        raise StorageError(f"the node's {codings[0]} reply does not decompress: {exc}") from None
+
+
+def _read_limited(response: httpx.Response, limit: int, *, truncate: bool = False) -> bytes:
+    """The whole decoded body; past `limit` bytes _TooLong, or the first `limit` bytes if
+    `truncate`. Closes the response."""
+    parts: list[bytes] = []
+    size = 0
+    try:
+        for part in _decoded(response, min(CHUNK_SIZE, limit + 1)):
+            size += len(part)
+            if size > limit:
+                if truncate:
+                    parts.append(part[: len(part) - (size - limit)])
+                    break
+                raise _TooLong(f"more than {limit} bytes")
+            parts.append(part)
+    finally:
+        response.close()
+    return b"".join(parts)
+
+
+def _shutdown(response: httpx.Response) -> None:
+    """Tear down an open response's connection from another thread (wakes a blocked read)."""
+    if response.is_closed:
+        return
+    stream = response.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 class KuboStore(ContentStore):
@@ -49,16 +159,38 @@ class KuboStore(ContentStore):
         retries: int = 3,
         backoff: float = 0.25,
         transport: httpx.BaseTransport | None = None,
+        deadlines: DeadlinePolicy = DEFAULT_DEADLINES,
+        max_reply: int = MAX_REPLY,
     ) -> None:
-        self.url = url.rstrip("/").removesuffix("/api/v0")
+        """`timeout`: per read or write (httpx); `deadlines`: of a whole `get` (see fetch)."""
+        parts = urlsplit(url)
+        host = parts.netloc.rpartition("@")[2]
+        path = parts.path.rstrip("/").removesuffix("/api/v0")
+        self._secret_url = url  # scrubbed from messages
+        secret = host != parts.netloc or path or parts.query or parts.fragment
+        self.url = redact_url(url) if secret else f"{parts.scheme}://{host}"
         self.retries = retries
         self.backoff = backoff
         self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.deadlines = deadlines
+        self.max_reply = max_reply
+        auth = None
+        if parts.username is not None:
+            auth = httpx.BasicAuth(unquote(parts.username), unquote(parts.password or ""))
+        register(url)
         self._client = httpx.Client(
-            base_url=self.url + "/api/v0",
+            base_url=f"{parts.scheme}://{host}{path}/api/v0",
+            params=httpx.QueryParams(parts.query),
+            auth=auth,
+            headers={"Accept-Encoding": "identity"},
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
             transport=transport,
         )
+
+    def _say(self, exc: BaseException) -> str:
+        """An exception's text without this store's credentials."""
+        return scrub(str(exc), self._secret_url)
 
     def _send(
         self,
@@ -66,48 +198,73 @@ class KuboStore(ContentStore):
         params: dict[str, str],
         body: Callable[[], Iterable[bytes]] | None = None,
         headers: dict[str, str] | None = None,
+        deadline: Deadline | None = None,
     ) -> httpx.Response:
-        """POST a command and return the streaming 200 response; errors become fedchain's."""
+        """POST a command and return the streaming 200 response; errors become fedchain's.
+
+        With a `deadline`, the request's timeouts shrink to the time left, and an abort of the
+        deadline tears the response's connection down.
+        """
         for attempt in range(self.retries + 1):
+            timeout: httpx.Timeout | None = None
+            if deadline is not None:
+                left = deadline.remaining()
+                if left <= 0 or deadline.aborted.is_set():
+                    raise FetchTimeout(f"IPFS node {self.url}: {cmd} past its deadline")
+                timeout = httpx.Timeout(
+                    min(self.timeout, left), connect=min(self.connect_timeout, left)
+                )
             request = self._client.build_request(
                 "POST", "/" + cmd, params=params, headers=headers,
                 content=body() if body is not None else None,
+                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
             )  # fmt: skip
             try:
                 response = self._client.send(request, stream=True)
             except _RETRYABLE as exc:
                 if attempt == self.retries:
                     raise StoreUnavailable(
-                        f"IPFS node {self.url} cannot be reached ({type(exc).__name__}: {exc}) "
-                        f"after {self.retries + 1} attempts"
-                    ) from exc
+                        f"IPFS node {self.url} cannot be reached "
+                        f"({type(exc).__name__}: {self._say(exc)}) after {self.retries + 1} "
+                        "attempts"
+                    ) from None
                 time.sleep(self.backoff * 2**attempt)
                 continue
             except httpx.TimeoutException as exc:
-                if cmd == "cat":
+                if deadline is not None and deadline.expired():
+                    raise FetchTimeout(f"IPFS node {self.url}: {cmd} past its deadline") from None
+                if cmd in _FETCHES:
                     raise ContentNotFound(
                         f"IPFS node {self.url} did not start serving {params.get('arg')} "
                         f"within {self.timeout:g}s (it may still be searching the network)"
-                    ) from exc
+                    ) from None
                 raise StoreUnavailable(
                     f"IPFS node {self.url} did not answer {cmd} within {self.timeout:g}s"
                 ) from exc
             except httpx.HTTPError as exc:
-                raise StoreUnavailable(f"IPFS node {self.url}: {cmd} failed: {exc}") from exc
+                raise StoreUnavailable(
+                    f"IPFS node {self.url}: {cmd} failed: {self._say(exc)}"
+                ) from None
+            if deadline is not None:
+                deadline.on_abort(functools.partial(_shutdown, response))
             if response.status_code != 200:
-                try:
-                    response.read()
-                finally:
-                    response.close()
                 raise self._error(cmd, response)
             return response
         raise AssertionError("unreachable")
 
     def _error(self, cmd: str, response: httpx.Response) -> StorageError:
+        """The fedchain exception of a non-200 answer (its body read up to a limit)."""
         try:
-            message = str(response.json()["Message"])
-        except (ValueError, KeyError, TypeError):
-            message = response.text.strip()[:300] or response.reason_phrase
+            text = _read_limited(response, MAX_ERROR_REPLY, truncate=True).decode(
+                "utf-8", "replace"
+            )
+        except (_TooLong, StorageError, httpx.HTTPError):
+            text = ""
+        try:
+            message = str(loads(text)["Message"])
+        except (ValueError, KeyError, TypeError, RecursionError):
+            message = text.strip()[:300] or response.reason_phrase
+        message = scrub(message, self._secret_url)[:300]
         where = f"IPFS node {self.url}: {cmd}"
         if response.status_code in (404, 405):
             return StoreUnavailable(
@@ -119,19 +276,49 @@ class KuboStore(ContentStore):
             return ContentNotFound(f"{where}: {message}")
         return StorageError(f"{where} failed (HTTP {response.status_code}): {message}")
 
-    def _json(self, cmd: str, params: dict[str, str]) -> Any:
-        response = self._send(cmd, params)
+    def _reply(
+        self,
+        cmd: str,
+        response: httpx.Response,
+        limit: int | None = None,
+        deadline: Deadline | None = None,
+        too_long: Callable[[int], StorageError] | None = None,
+    ) -> bytes:
+        """A whole reply body, at most `limit` (max_reply) bytes decompressed."""
+        limit = self.max_reply if limit is None else limit
         try:
-            response.read()
-            return response.json()
-        except (ValueError, httpx.HTTPError) as exc:
-            raise StorageError(f"IPFS node {self.url}: {cmd} answered no JSON: {exc}") from exc
-        finally:
-            response.close()
+            return _read_limited(response, limit)
+        except _TooLong:
+            if too_long is not None:
+                raise too_long(limit) from None
+            raise StorageError(
+                f"IPFS node {self.url}: {cmd} answered more than {limit} bytes"
+            ) from None
+        except httpx.HTTPError as exc:
+            if deadline is not None and deadline.expired():
+                raise FetchTimeout(f"IPFS node {self.url}: {cmd} past its deadline") from None
+            raise StoreUnavailable(
+                f"IPFS node {self.url}: {cmd} broke off: {self._say(exc)}"
+            ) from None
+
+    def _json(self, cmd: str, params: dict[str, str]) -> dict[str, Any]:
+        data = self._reply(cmd, self._send(cmd, params))
+        try:
+            answer = loads(data)
+        except (ValueError, RecursionError) as exc:
+            raise StorageError(
+                f"IPFS node {self.url}: {cmd} answered no JSON: {str(exc)[:100]}"
+            ) from None
+        if not isinstance(answer, dict):
+            raise StorageError(f"IPFS node {self.url}: {cmd} answered JSON that is no object")
+        return answer
 
     def version(self) -> str:
         """The node's version string (Kubo's, or the dev node's)."""
-        return str(self._json("version", {})["Version"])
+        version = self._json("version", {}).get("Version")
+        if not isinstance(version, str) or not version:
+            raise StorageError(f"IPFS node {self.url}: version answered no Version string")
+        return version[:100]
 
     def put(self, data: bytes | bytearray | memoryview) -> CID:
         # Unlike a one-shot stream, whole bytes can be re-sent on a retry.
@@ -170,17 +357,13 @@ class KuboStore(ContentStore):
             yield tail
 
         headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-        response = self._send("add", ADD_PARAMS, body, headers)
+        reply = self._reply("add", self._send("add", ADD_PARAMS, body, headers))
+        lines = [line for line in reply.splitlines() if line.strip()]
         try:
-            lines = [line for line in response.iter_lines() if line.strip()]
-        except httpx.HTTPError as exc:
-            raise StoreUnavailable(f"IPFS node {self.url}: add failed: {exc}") from exc
-        finally:
-            response.close()
-        try:
-            answer = CID.parse(json.loads(lines[-1])["Hash"])
-        except (IndexError, ValueError, KeyError, TypeError) as exc:
-            raise StorageError(f"IPFS node {self.url}: add answered {lines[-1:]!r}") from exc
+            answer = CID.parse(loads(lines[-1])["Hash"])
+        except (IndexError, ValueError, KeyError, TypeError, RecursionError, InvalidCID) as exc:
+            shown = scrub(repr(lines[-1:])[:200], self._secret_url)
+            raise StorageError(f"IPFS node {self.url}: add answered {shown}") from exc
         ours = builder.finish()
         if answer != ours:
             raise ContentMismatch(
@@ -189,15 +372,48 @@ class KuboStore(ContentStore):
             )
         return ours
 
-    def _read(self, cid: CID) -> Iterator[bytes]:
-        response = self._send("cat", {"arg": str(cid)})
-        return self._stream(response)
+    def _declared_size(self, cid: CID, deadline: Deadline) -> int | None:
+        if cid.codec != DAG_PB:
+            return None  # a raw CID is its single block: nothing to read before the data
+        response = self._send("block/get", {"arg": str(cid)}, deadline=deadline)
 
-    def _stream(self, response: httpx.Response) -> Iterator[bytes]:
+        def too_long(limit: int) -> StorageError:
+            return ContentMismatch(
+                f"IPFS node {self.url} served a root block of {cid} larger than {limit} bytes, "
+                "which no canonical file has"
+            )
+
+        block = self._reply("block/get", response, MAX_BLOCK, deadline, too_long)
+        if hashlib.sha256(block).digest() != cid.digest:
+            raise ContentMismatch(
+                f"IPFS node {self.url} served a root block for {cid} that does not hash to it"
+            )
         try:
-            yield from response.iter_bytes(CHUNK_SIZE)
+            return declared_size(block)
+        except MalformedBlock as exc:
+            raise InvalidCID(
+                f"{cid} is not a file as `ipfs add --cid-version=1` builds it: its root {exc}"
+            ) from None
+
+    def _read(self, cid: CID, deadline: Deadline) -> Iterator[bytes]:
+        response = self._send("cat", {"arg": str(cid)}, deadline=deadline)
+        return self._stream(response, deadline)
+
+    def _stream(self, response: httpx.Response, deadline: Deadline) -> Iterator[bytes]:
+        try:
+            yield from _decoded(response)
+        except httpx.TimeoutException:
+            if deadline.expired():
+                raise FetchTimeout(f"IPFS node {self.url}: cat past its deadline") from None
+            raise FetchTimeout(
+                f"IPFS node {self.url} stalled for {self.timeout:g}s while serving content"
+            ) from None
         except httpx.HTTPError as exc:
-            raise StoreUnavailable(f"IPFS node {self.url}: cat broke off: {exc}") from exc
+            if deadline.expired():
+                raise FetchTimeout(f"IPFS node {self.url}: cat past its deadline") from None
+            raise StoreUnavailable(
+                f"IPFS node {self.url}: cat broke off: {self._say(exc)}"
+            ) from None
         finally:
             response.close()
 

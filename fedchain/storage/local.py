@@ -15,6 +15,9 @@ of the same CID both rename identical bytes into place. `get` re-verifies the by
 so a file damaged on disk raises ContentMismatch instead of passing as the model.
 
 Nothing is ever garbage-collected, so every stored file counts as pinned.
+
+A file's size is its declared size: `get` refuses a file larger than its `max_bytes` before
+reading any of it (and still counts the bytes it reads).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import BinaryIO
 from ..errors import ContentNotFound, StoreUnavailable
 from . import ContentStore, as_canonical
 from .cid import CID
+from .fetch import DEFAULT_DEADLINES, Deadline, DeadlinePolicy
 from .unixfs import CHUNK_SIZE, CidBuilder
 
 #: Temporary files older than this belong to writers that died; younger ones may be live.
@@ -55,8 +59,17 @@ def _fsync_dir(path: Path) -> None:
 class LocalStore(ContentStore):
     """Content-addressed files in a directory (see the module docstring)."""
 
-    def __init__(self, directory: str | Path | None = None, read_size: int = 4 * CHUNK_SIZE):
+    _threaded_reads = False  # local files: the deadline is checked between reads
+
+    def __init__(
+        self,
+        directory: str | Path | None = None,
+        read_size: int = 4 * CHUNK_SIZE,
+        *,
+        deadlines: DeadlinePolicy = DEFAULT_DEADLINES,
+    ):
         self.root = Path(directory) if directory is not None else default_dir()
+        self.deadlines = deadlines
         self.url = self.root.resolve().as_uri()
         self._read_size = read_size
         self._files = self.root / "files"
@@ -110,7 +123,17 @@ class LocalStore(ContentStore):
                 os.unlink(tmp)
             raise
 
-    def _read(self, cid: CID) -> Iterator[bytes]:
+    def _declared_size(self, cid: CID, deadline: Deadline) -> int | None:
+        try:
+            return os.stat(self.path_of(cid)).st_size
+        except FileNotFoundError:
+            raise ContentNotFound(f"{cid} is not in the store at {self.root}") from None
+        except OSError as exc:
+            raise StoreUnavailable(
+                f"cannot read {cid} from the store at {self.root}: {exc}"
+            ) from None
+
+    def _read(self, cid: CID, deadline: Deadline) -> Iterator[bytes]:
         try:
             f = open(self.path_of(cid), "rb")  # noqa: SIM115 - closed by the generator
         except FileNotFoundError:

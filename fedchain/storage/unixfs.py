@@ -14,13 +14,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cid import CID, DAG_PB, RAW, encode_varint
+from .cid import CID, DAG_PB, RAW
+from .dagpb import CHUNK_SIZE, MAX_LINKS, encode_file_node
 
-CHUNK_SIZE = 256 * 1024
-MAX_LINKS = 174
-
-# UnixFS Data message: field 1 Type (varint, File = 2), 3 filesize, 4 blocksizes (repeated).
-_UNIXFS_FILE = b"\x08\x02"
+__all__ = ["CHUNK_SIZE", "MAX_LINKS", "CidBuilder", "cid_of", "cid_of_file", "cid_of_stream"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,19 +28,10 @@ class _Node:
 
 
 def _parent(children: list[_Node]) -> _Node:
-    filesize = sum(c.filesize for c in children)
-    data = bytearray(_UNIXFS_FILE)
-    data += b"\x18" + encode_varint(filesize)
-    for c in children:
-        data += b"\x20" + encode_varint(c.filesize)
-    block = bytearray()
-    # dag-pb canonical order: every Links entry (field 2) before Data (field 1).
-    for c in children:
-        link = b"\x0a\x24" + bytes(c.cid) + b"\x12\x00\x18" + encode_varint(c.tsize)
-        block += b"\x12" + encode_varint(len(link)) + link
-    block += b"\x0a" + encode_varint(len(data)) + data
+    block = encode_file_node([(c.cid, c.tsize, c.filesize) for c in children])
     cid = CID.v1(DAG_PB, hashlib.sha256(block).digest())
-    return _Node(cid, len(block) + sum(c.tsize for c in children), filesize)
+    tsize = len(block) + sum(c.tsize for c in children)
+    return _Node(cid, tsize, sum(c.filesize for c in children))
 
 
 class CidBuilder:
