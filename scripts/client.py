@@ -7,7 +7,7 @@ The same as `fedchain learner`; learner N signs with dev account 2+N on a dev ch
 
 import sys
 
-from fedchain.cli import main
+from fedchain.cli import run_script
 
 if __name__ == "__main__":
-    sys.exit(main(["learner", *sys.argv[1:]]))
+    sys.exit(run_script("learner"))

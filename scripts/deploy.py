@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Deploy FedChain, as in the seed tutorials: `python scripts/deploy.py --chain URL --learners 3`.
+"""Deploy FedChain, as in the seed tutorials: `python scripts/deploy.py --dev-learners 3`.
 
 The same as `fedchain deploy`: runs the migrations (fedchain/eth/migrations/) in order and
 records the deployment in deployments/<chainId>.json, where the server and client scripts find it.
@@ -7,7 +7,7 @@ records the deployment in deployments/<chainId>.json, where the server and clien
 
 import sys
 
-from fedchain.cli import main
+from fedchain.cli import run_script
 
 if __name__ == "__main__":
-    sys.exit(main(["deploy", *sys.argv[1:]]))
+    sys.exit(run_script("deploy"))

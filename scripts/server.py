@@ -7,7 +7,7 @@ model per round, until the job's rounds are done.
 
 import sys
 
-from fedchain.cli import main
+from fedchain.cli import run_script
 
 if __name__ == "__main__":
-    sys.exit(main(["aggregator", *sys.argv[1:]]))
+    sys.exit(run_script("aggregator"))

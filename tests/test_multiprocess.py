@@ -24,8 +24,9 @@ TESTS_DIR = Path(__file__).resolve().parent
 pytestmark = [pytest.mark.slow, pytest.mark.ipfs]
 
 
-def _job(tmp_path: Path, chain_url: str, store_url: str, rounds: int = 2) -> Path:
-    job = tmp_path / "job.toml"
+def _job(tmp_path: Path, chain_url: str, store_url: str, rounds: int = 2, name: str = "job.toml",
+         evaluate: str = "") -> Path:
+    job = tmp_path / name
     job.write_text(f"""
 [federation]
 chain = "{chain_url}"
@@ -35,6 +36,7 @@ deployments = "{tmp_path / 'deployments'}"
 [model]
 learner = "fedmodels:make_learner"
 initial = "fedmodels:initial_weights"
+{evaluate}
 
 [strategy]
 name = "FedAvg"
@@ -72,7 +74,7 @@ def _finish(proc: subprocess.Popen, timeout: float = 240) -> str:
 
 
 def _deploy(job: Path, chain_url: str) -> str:
-    return _finish(_fedchain("deploy", "--job", str(job), "--learners", "3"))
+    return _finish(_fedchain("deploy", "--job", str(job), "--dev-learners", "3"))
 
 
 def _wait_until(predicate, timeout: float = 120, what: str = "condition") -> None:
@@ -136,3 +138,98 @@ def test_aggregator_killed_mid_round_resumes_without_losing_updates(anvil_node, 
     published = next(contract.events("GlobalModelPublished", round=1))
     assert len(published.included) == 3
     assert len(contract.updates(1)) == 3  # nobody submitted twice
+
+
+#: A centralized evaluation the aggregator runs after each round (written next to the job).
+EVALUATE = """
+def evaluate(round, weights):
+    return 1.0 / round, {"score": round / 10}
+"""
+
+
+def _run_federation(job: Path) -> str:
+    aggregator = _fedchain("aggregator", "--job", str(job))
+    learners = [_fedchain("learner", "--id", str(i), "--job", str(job)) for i in range(3)]
+    out = _finish(aggregator)
+    for p in learners:
+        _finish(p)
+    return out
+
+
+def _shape(value):
+    """The structure of a JSON value: keys and element shapes, not the numbers."""
+    if isinstance(value, dict):
+        return {k: _shape(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shape(value[0])] if value else []
+    return type(value).__name__
+
+
+@pytest.mark.xdist_group("anvil")
+def test_a_finished_federation_keeps_its_results_and_the_plan_on_chain_wins(
+    anvil_node, ipfs_node, tmp_path
+):
+    (tmp_path / "evalmod.py").write_text(EVALUATE)
+    job = _job(tmp_path, anvil_node.url, ipfs_node.url, rounds=1,
+               evaluate='evaluate = "evalmod:evaluate"')
+    _deploy(job, anvil_node.url)
+    _run_federation(job)
+    results = tmp_path / "out" / "results.json"
+    first = results.read_text()
+    assert json.loads(first)["losses_centralized"] == [[1, 1.0]]
+
+    # The same aggregator again, with a job that asks for 10 rounds.
+    job10 = tmp_path / "job10.toml"
+    job10.write_text(job.read_text().replace("rounds = 1", "rounds = 10"))
+    again = _finish(_fedchain("aggregator", "--job", str(job10)))
+
+    assert results.read_text() == first
+    assert "finished after round 1; nothing to run; " in again
+    assert f"{results} left as it is" in again
+    assert (f"the plan on chain says rounds = 1, so rounds = 10 (from [run] rounds in {job10}) "
+            "is ignored: the plan published at genesis binds every party") in again
+    assert "WARNING" in again  # shown by the default log output
+
+    # Without the file, it is rebuilt from the chain: all but the centralized metrics.
+    results.unlink()
+    rebuilt = _finish(_fedchain("aggregator", "--job", str(job)))
+    assert "rebuilt" in rebuilt and "centralized metrics are not on chain" in rebuilt
+    before, after = json.loads(first), json.loads(results.read_text())
+    for key in ("contract", "plan", "losses_distributed", "metrics_distributed"):
+        assert after[key] == before[key], key
+    assert [(r["round"], r["global"], r["included"]) for r in after["rounds"]] == [
+        (r["round"], r["global"], r["included"]) for r in before["rounds"]]
+    assert after["losses_centralized"] == []
+
+    # The aggregator's results.json has the structure of simulate's.
+    from fedchain.cli import main
+
+    simulated = tmp_path / "simulated"
+    assert main(["simulate", "--job", str(job), "--chain", "embedded", "--store",
+                 f"file://{tmp_path / 'store'}", "--output", str(simulated)]) == 0
+    assert _shape(before) == _shape(json.loads((simulated / "results.json").read_text()))
+
+
+@pytest.mark.xdist_group("anvil")
+def test_an_aggregator_restarted_between_rounds_writes_every_round(anvil_node, ipfs_node,
+                                                                    tmp_path):
+    job = _job(tmp_path, anvil_node.url, ipfs_node.url, rounds=2)
+    _deploy(job, anvil_node.url)
+    contract = find_contract(connect(anvil_node.url), directory=tmp_path / "deployments")
+
+    first = _fedchain("aggregator", "--job", str(job))
+    learners = [_fedchain("learner", "--id", str(i), "--job", str(job)) for i in range(3)]
+    _wait_until(lambda: contract.current_round() == 2, what="round 1 published")
+    first.send_signal(signal.SIGKILL)
+    first.communicate()
+
+    out = _finish(_fedchain("aggregator", "--job", str(job)))
+    for p in learners:
+        _finish(p)
+
+    assert "resuming federation at round 2" in out
+    assert "1 round(s) before this process started are in results.json too" in out
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [r["round"] for r in results["rounds"]] == [1, 2]
+    assert [len(r["included"]) for r in results["rounds"]] == [3, 3]
+    assert [r for r, _ in results["losses_distributed"]] == [1, 2]

@@ -1,14 +1,34 @@
-"""The `fedchain` command: compile, deploy, aggregator, learner, simulate, status, devnet, audit."""
+"""The `fedchain` command: compile, deploy, aggregator, learner, simulate, status, devnet, audit.
+
+`main(argv)` runs it; `run_script(command)` runs one subcommand as a script of its own
+(scripts/deploy.py, server.py, client.py), under the script's name.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
 
+from .. import __version__, redact
 from ..errors import FedChainError
 from . import commands
-from .options import add_account_options, add_federation_options, add_model_options
+from .job import DEVNET_CHAIN
+from .options import (
+    add_account_options,
+    add_chain_options,
+    add_job_option,
+    add_model_options,
+    add_run_options,
+    add_store_option,
+    count,
+    port,
+    positive_int,
+    writable_file,
+)
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -21,108 +41,202 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _add_audit_arguments(p: argparse.ArgumentParser) -> None:
-    """The `fedchain audit` options."""
-    p.add_argument("--job", help="job TOML file (flags override it)")
-    p.add_argument("--chain", help="'embedded' or a JSON-RPC URL, e.g. http://127.0.0.1:8545")
-    p.add_argument("--contract", help="FedChain address (default: deployments/<chainId>.json)")
-    p.add_argument("--deployments", help="directory of deployment records")
-    p.add_argument(
-        "--store", help="'embedded', file:///dir, or a Kubo RPC URL (for the plan and --verify)"
-    )
-    p.add_argument(
-        "--verify",
-        action="store_true",
-        help="fetch every model and re-run every round's aggregation",
-    )
-    p.add_argument("--json", metavar="FILE", help="write the full report as JSON")
-    p.add_argument("--html", metavar="FILE", help="write a self-contained HTML report")
-    p.add_argument(
-        "--from-block",
-        type=int,
-        help="first block to scan (default: the contract's deployment block)",
-    )
-    p.add_argument("--no-gas", action="store_true", help="skip the per-transaction receipts")
-    p.add_argument("--workers", type=int, default=8, help="parallel receipt requests")
+def _verbose_option(p: argparse.ArgumentParser, default: object) -> None:
+    # The subcommands take -v too (`fedchain status -v`); SUPPRESS there keeps a -v given
+    # before the subcommand from being reset by the subparser's default.
+    p.add_argument("-v", "--verbose", action="store_true", default=default,
+                   help="debug logging, and a traceback with every error")
 
+
+def _hidden_learners_alias(p: argparse.ArgumentParser, dest: str, type: Callable[[str], int]
+                           ) -> None:
+    """The old spelling --learners, still accepted (shown as --num-learners or, in deploy,
+    --dev-learners)."""
+    p.add_argument("--learners", dest=dest, type=type, help=argparse.SUPPRESS)
+
+
+# --- the subcommands' arguments --------------------------------------------------------------
+
+
+def _compile_arguments(p: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _deploy_arguments(p: argparse.ArgumentParser) -> None:
+    add_job_option(p)
+    add_chain_options(p, contract=False)
+    g = p.add_argument_group("the federation")
+    g.add_argument("--dev-learners", type=count, metavar="N",
+                   help="register dev accounts 2…N+1 as learners: those of `fedchain learner "
+                   "--id 0` … `--id N-1` (dev chains)")
+    _hidden_learners_alias(p, "dev_learners", count)
+    g.add_argument("--learner", action="append", metavar="ADDR",
+                   help="register this address as a learner (repeatable)")
+    g.add_argument("--aggregator", metavar="ADDR",
+                   help="the aggregator's address (default: dev account 1 on dev chains, "
+                   "else the deploying account)")
+    g.add_argument("--fresh", action="store_true",
+                   help="deploy a new federation even if one is recorded for this chain")
+    add_account_options(p, "dev account 0, the owner")
+
+
+def _aggregator_arguments(p: argparse.ArgumentParser) -> None:
+    add_job_option(p)
+    add_chain_options(p)
+    add_store_option(p)
+    add_account_options(p, "dev account 1")
+    add_run_options(p)
+    # The aggregator builds learner 0 for the genesis model when the job names no initial
+    # model; the old --learners flag said how many partitions that learner's data is one of.
+    p.add_argument("--num-learners", dest="num_learners", type=positive_int,
+                   help=argparse.SUPPRESS)
+    _hidden_learners_alias(p, "num_learners", positive_int)
+    add_model_options(p)
+
+
+def _learner_arguments(p: argparse.ArgumentParser) -> None:
+    add_job_option(p)
+    p.add_argument("--id", type=int, required=True,
+                   help="learner id 0…N-1: its data partition, and dev account 2+id")
+    p.add_argument("--num-learners", dest="num_learners", type=positive_int, metavar="N",
+                   help="the federation's number of learners: the data is split into N "
+                   "partitions and this learner takes partition --id (default: the job's "
+                   "[run] learners, else 3)")
+    _hidden_learners_alias(p, "num_learners", positive_int)
+    add_chain_options(p)
+    add_store_option(p)
+    add_account_options(p, "dev account 2+id")
+    add_model_options(p)
+
+
+def _simulate_arguments(p: argparse.ArgumentParser) -> None:
+    add_job_option(p)
+    p.add_argument("--num-learners", dest="num_learners", type=positive_int, metavar="N",
+                   help="how many learners to simulate, each on its own data partition "
+                   "(default: the job's [run] learners, else 3)")
+    _hidden_learners_alias(p, "num_learners", positive_int)
+    add_chain_options(p, contract=False, deployments=False, default="embedded")
+    add_store_option(p)
+    add_run_options(p)
+    p.add_argument("--audit", action="store_true",
+                   help="audit the finished run from the chain and re-verify every round")
+    add_model_options(p)
+
+
+def _status_arguments(p: argparse.ArgumentParser) -> None:
+    add_job_option(p)
+    add_chain_options(p)
+
+
+def _devnet_arguments(p: argparse.ArgumentParser) -> None:
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--ganache", action="store_true", help="Ganache instead of Anvil")
+    which.add_argument("--hardhat", action="store_true",
+                       help="Hardhat's node instead of Anvil (project-local Node 24)")
+    p.add_argument("--chain-port", type=port, default=8545, metavar="PORT",
+                   help="the chain's JSON-RPC port on 127.0.0.1 (default 8545)")
+    p.add_argument("--ipfs-port", type=port, default=5001, metavar="PORT",
+                   help="the IPFS dev node's RPC port on 127.0.0.1 (default 5001)")
+    p.add_argument("--no-ipfs", action="store_true", help="start the chain only")
+
+
+def _audit_arguments(p: argparse.ArgumentParser) -> None:
+    add_job_option(p)
+    add_chain_options(p)
+    add_store_option(p, "for the plan and --verify; default: the job's with --job or --verify, "
+                     "else none")
+    p.add_argument("--verify", action="store_true",
+                   help="fetch every model and re-run every round's aggregation")
+    p.add_argument("--json", metavar="FILE", type=writable_file,
+                   help="write the full report as JSON")
+    p.add_argument("--html", metavar="FILE", type=writable_file,
+                   help="write a self-contained HTML report")
+    p.add_argument("--from-block", type=count, metavar="N",
+                   help="first block to scan (default: the contract's deployment block)")
+    p.add_argument("--no-gas", action="store_true", help="skip the per-transaction receipts")
+    p.add_argument("--workers", type=positive_int, default=8, metavar="N",
+                   help="parallel receipt requests (default 8)")
+
+
+#: name: (help, arguments, function)
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[..., int]]] = {
+    "compile": ("compile contracts/FedChain.sol into the artifact", _compile_arguments,
+                commands.cmd_compile),
+    "deploy": ("deploy FedChain and register learners (records deployments/<chainId>.json)",
+               _deploy_arguments, commands.cmd_deploy),
+    "aggregator": ("run the aggregator until the federation finishes", _aggregator_arguments,
+                   commands.cmd_aggregator),
+    "learner": ("run one learner until the federation finishes", _learner_arguments,
+                commands.cmd_learner),
+    "simulate": ("a whole federation in one process (embedded chain by default)",
+                 _simulate_arguments, commands.cmd_simulate),
+    "status": ("the federation's state and the open round's submissions", _status_arguments,
+               commands.cmd_status),
+    "devnet": ("start a dev chain (Anvil, Ganache or Hardhat) and the IPFS dev node",
+               _devnet_arguments, commands.cmd_devnet),
+    "audit": ("round history from the chain, optionally re-verified", _audit_arguments,
+              commands.cmd_audit),
+}
+
+EPILOG = (f"deploy, aggregator, learner, status and audit run in processes of their own and "
+          f"use the chain at {DEVNET_CHAIN} (`fedchain devnet`) unless given --chain; "
+          "simulate runs everything in one process on an embedded chain.")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="fedchain", description="Decentralized federated learning on Ethereum and IPFS.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+        prog="fedchain", description="Decentralized federated learning on Ethereum and IPFS.",
+        epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"fedchain {__version__}")
+    _verbose_option(parser, False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (help, arguments, fn) in COMMANDS.items():
+        p = sub.add_parser(name, help=help, description=help[0].upper() + help[1:] + ".")
+        arguments(p)
+        _verbose_option(p, argparse.SUPPRESS)
+        p.set_defaults(fn=fn)
+    return parser
 
-    p = sub.add_parser("compile", help="compile contracts/FedChain.sol into the artifact")
-    p.set_defaults(fn=commands.cmd_compile)
 
-    p = sub.add_parser("deploy", help="deploy FedChain (runs migrations/, records deployments/)")
-    add_federation_options(p, store=False)
-    add_account_options(p)
-    p.add_argument("--learners", type=int, help="register N dev accounts (2…N+1) as learners")
-    p.add_argument("--learner", action="append", metavar="ADDR", help="register a learner")
-    p.add_argument("--aggregator", help="aggregator address (dev chains: dev account 1)")
-    p.add_argument("--fresh", action="store_true", help="deploy again even if recorded")
-    p.set_defaults(fn=commands.cmd_deploy)
-
-    p = sub.add_parser("aggregator", help="run the aggregator until the federation finishes")
-    add_federation_options(p)
-    add_account_options(p)
-    p.add_argument("--rounds", type=int)
-    p.add_argument("--min-updates", type=int)
-    p.add_argument("--round-timeout", type=float)
-    p.add_argument("--learners", dest="num_learners", type=int, help="expected learners")
-    p.add_argument("--strategy", help="strategy name (params from the job file)")
-    p.add_argument("--output", help="directory for results.json and the plot")
-    add_model_options(p)
-    p.set_defaults(fn=commands.cmd_aggregator)
-
-    p = sub.add_parser("learner", help="run one learner until the federation finishes")
-    add_federation_options(p)
-    add_account_options(p)
-    p.add_argument("--id", type=int, required=True, help="learner id (dev account 2+id)")
-    p.add_argument("--learners", dest="num_learners", type=int, help="number of partitions")
-    add_model_options(p)
-    p.set_defaults(fn=commands.cmd_learner)
-
-    p = sub.add_parser("simulate", help="a whole federation in one process")
-    add_federation_options(p)
-    p.add_argument("--learners", dest="num_learners", type=int)
-    p.add_argument("--rounds", type=int)
-    p.add_argument("--min-updates", type=int)
-    p.add_argument("--round-timeout", type=float)
-    p.add_argument("--strategy", help="strategy name (params from the job file)")
-    p.add_argument("--output", help="directory for results.json and the plot")
-    p.add_argument("--audit", action="store_true",
-                   help="audit the finished run from the chain and re-verify every round")
-    add_model_options(p)
-    p.set_defaults(fn=commands.cmd_simulate)
-
-    p = sub.add_parser("status", help="the federation's current round and submissions")
-    add_federation_options(p, store=False)
-    p.set_defaults(fn=commands.cmd_status)
-
-    p = sub.add_parser("devnet", help="start Anvil (or Ganache) and the IPFS dev node")
-    p.add_argument("--ganache", action="store_true", help="Ganache instead of Anvil")
-    p.add_argument("--chain-port", type=int, default=8545)
-    p.add_argument("--ipfs-port", type=int, default=5001)
-    p.add_argument("--no-ipfs", action="store_true")
-    p.set_defaults(fn=commands.cmd_devnet)
-
-    p = sub.add_parser("audit", help="round history from the chain, optionally re-verified")
-    _add_audit_arguments(p)
-    p.set_defaults(fn=commands.cmd_audit)
+def script_parser(command: str, prog: str) -> argparse.ArgumentParser:
+    """The parser of one subcommand as a script of its own, e.g. `usage: deploy.py …`."""
+    help, arguments, fn = COMMANDS[command]
+    parser = argparse.ArgumentParser(
+        prog=prog, description=f"{help[0].upper() + help[1:]} (the same as `fedchain {command}`).")
+    parser.add_argument("--version", action="version", version=f"fedchain {__version__}")
+    arguments(parser)
+    _verbose_option(parser, False)
+    parser.set_defaults(fn=fn, command=command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return _run(build_parser().parse_args(argv))
+
+
+def run_script(command: str, argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Runs `fedchain COMMAND` as the script `prog` (default: the running script's name)."""
+    prog = prog or Path(sys.argv[0]).name
+    return _run(script_parser(command, prog).parse_args(argv))
+
+
+def _run(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
+    redact.install()  # no credential of a chain or store URL reaches the log, whoever logs it
+    where = f"fedchain {args.command}"
     try:
         return int(args.fn(args) or 0)
     except FedChainError as exc:
-        print(f"fedchain {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if args.verbose:
+            traceback.print_exc()
+        print(f"{where}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-
+    except (OSError, ValueError) as exc:
+        # A path or value the checks above let through: one line, the traceback with -v.
+        # Any other exception is a bug in fedchain and keeps its traceback.
+        if args.verbose:
+            raise
+        print(f"{where}: {type(exc).__name__}: {exc} (-v shows the traceback)", file=sys.stderr)
+        return 2

@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
-from ..errors import ConfigError
-from ..eth.accounts import AGGREGATOR_INDEX, FIRST_LEARNER_INDEX
+from ..errors import ConfigError, DeploymentNotFound, StorageError
+from ..eth.accounts import AGGREGATOR_INDEX, DEV_ACCOUNTS, FIRST_LEARNER_INDEX, OWNER_INDEX
+from ..federation.config import RunConfig
 from .job import Job
 from .options import (
     account_for,
+    check_dev_index,
     connect_chain,
     fedchain_of,
     job_from,
     make_console,
+    read_record,
     stop_on_signals,
+    uses_dev_account,
 )
 from .tables import print_history, print_rounds
 
@@ -34,65 +41,212 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- deploy --------------------------------------------------------------------------------
+
+
+def _check_deploy_options(args: argparse.Namespace) -> None:
+    from eth_utils import is_address
+
+    for option, address in [*(("--learner", a) for a in args.learner or []),
+                            ("--aggregator", args.aggregator)]:
+        if address is not None and not is_address(address):
+            raise ConfigError(f"{option} {address!r} is not an address: 0x and 40 hex digits")
+    if args.dev_learners:
+        check_dev_index(FIRST_LEARNER_INDEX + args.dev_learners - 1,
+                        f"--dev-learners {args.dev_learners}: the last learner")
+
+
+def _learner_addresses(args: argparse.Namespace, chain: Any) -> list[str]:
+    """The learners deploy is asked to register: --learner addresses, then dev accounts."""
+    from eth_utils import to_checksum_address
+
+    learners = [to_checksum_address(a) for a in args.learner or []]
+    learners += [chain.account(FIRST_LEARNER_INDEX + i).address
+                 for i in range(args.dev_learners or 0)]
+    return list(dict.fromkeys(learners))
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
-    from ..eth.deploy import deploy
+    from ..eth.contract import FedChain
+    from ..eth.deploy import deploy, record_path
 
     job = job_from(args)
-    chain = connect_chain(job)
-    account = account_for(args, chain, 0)
-    learners = list(args.learner or [])
-    if args.learners is not None:
-        learners += [chain.account(FIRST_LEARNER_INDEX + i).address
-                     for i in range(args.learners)]
+    _check_deploy_options(args)
+    chain = connect_chain(job, "deploy")
+    account = account_for(args, chain, OWNER_INDEX)
+    learners = _learner_addresses(args, chain)
     if args.aggregator:
         aggregator = args.aggregator
-    elif chain.is_dev_chain and args.dev_account is None and not args.key:
+    elif chain.is_dev_chain and uses_dev_account(args) and args.dev_account is None:
         aggregator = chain.account(AGGREGATOR_INDEX).address
     else:
         aggregator = account.address
+    directory = Path(job.deployments)
+    path = record_path(chain, directory)
+    record = read_record(job, chain)
+    if record is not None and not args.fresh:
+        try:
+            FedChain.at(chain, record["address"])
+        except DeploymentNotFound as exc:
+            print(f"{path} is stale: {exc} (the chain was restarted or reset since the "
+                  "deployment was recorded): deploying anew")
     contract, record, new = deploy(
         chain, account, aggregator=aggregator, learners=learners, fresh=args.fresh,
-        directory=Path(job.deployments),
+        directory=directory,
     )
     if new:
         print(f"deployed FedChain at {contract.address} on chain {chain.chain_id}")
         print(f"  tx {record.get('tx')} block {record.get('block')} gas {record.get('gasUsed')}")
+        print(f"  recorded in {path}")
     else:
         print(f"FedChain already deployed at {contract.address} on chain {chain.chain_id} "
-              f"(recorded in {job.deployments}/{chain.chain_id}.json; --fresh to redeploy)")
+              f"(recorded in {path}; --fresh to redeploy)")
+        if args.aggregator and args.aggregator.lower() != contract.aggregator().lower():
+            print(f"  --aggregator {args.aggregator} ignored: this deployment's aggregator is "
+                  f"{contract.aggregator()} (--fresh deploys a new federation)")
+        _register_missing(contract, learners)
     print(f"  owner      {contract.owner()}")
     print(f"  aggregator {contract.aggregator()}")
     print(f"  learners   {contract.learner_count()}")
     return 0
 
 
+def _register_missing(contract: Any, learners: list[str]) -> None:
+    """Registers the asked-for learners an existing deployment lacks, and says so."""
+    missing = [a for a in learners if not contract.is_learner(a)]
+    if not missing:
+        return
+    if contract.finished():
+        raise ConfigError(
+            f"this federation has finished: {len(missing)} more learner(s) could not take part; "
+            "`fedchain deploy --fresh` deploys a new federation with them"
+        )
+    if contract.owner().lower() != contract.account.address.lower():
+        raise ConfigError(
+            f"{len(missing)} learner(s) are not registered, and only the owner "
+            f"{contract.owner()} can register them: deploy with the owner's account "
+            "(dev account 0 on dev chains), or --fresh for a new federation"
+        )
+    contract.register_learners(missing)
+    print(f"  registered {len(missing)} more learner(s): {', '.join(missing)}")
+    if contract.current_round() > 0:
+        print("  they join at the open round; the plan's min_updates is unchanged")
+
+
+# --- aggregator ----------------------------------------------------------------------------
+
+
+def plan_disagreements(job: Job, config: RunConfig, plan: Any) -> list[str]:
+    """What the job or the flags ask for that the plan on chain overrides, said plainly."""
+    wanted: dict[str, Any] = {"rounds": config.rounds, "min_updates": config.min_updates}
+    if config.strategy is not None:
+        wanted["strategy"] = config.strategy.to_plan()
+    notes = []
+    for key, value in wanted.items():
+        on_chain = getattr(plan, key)
+        if key in job.given and value is not None and value != on_chain:
+            notes.append(
+                f"the plan on chain says {key} = {_show(on_chain)}, so {key} = {_show(value)} "
+                f"(from {job.given[key]}) is ignored: the plan published at genesis binds every "
+                "party of this federation; to run with other settings, deploy a new one "
+                "(`fedchain deploy --fresh`)"
+            )
+    return notes
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict) and "name" in value:
+        params = ", ".join(f"{k}={v!r}" for k, v in value.get("params", {}).items())
+        return f"{value['name']}({params})"
+    return str(value)
+
+
+def _plan_on_chain(contract: Any, store: Any) -> Any:
+    from ..model.plan import Plan
+
+    try:
+        return Plan.load(store, contract.plan())
+    except StorageError as exc:
+        log.warning("the plan could not be fetched from %s (%s)", store.url, exc)
+        return None
+
+
 def cmd_aggregator(args: argparse.Namespace) -> int:
     from ..federation.aggregator import Aggregator
     from ..federation.results import write_results
     from ..storage import open_store
+    from .results import complete_history, read_results
 
     job = job_from(args)
-    chain = connect_chain(job)
+    config = job.run_config()
+    old = read_results(job.output)
+    chain = connect_chain(job, "aggregator")
     account = account_for(args, chain, AGGREGATOR_INDEX)
     contract = fedchain_of(job, chain, account)
     store = open_store(job.store)
+    plan = _plan_on_chain(contract, store) if contract.current_round() > 0 else None
+    if plan is not None:
+        for note in plan_disagreements(job, config, plan):
+            log.warning("%s", note)
+        # The aggregator follows the plan on chain; said once above, not again by it.
+        config = dataclasses.replace(config, rounds=plan.rounds, min_updates=plan.min_updates,
+                                     strategy=None)
+    if contract.finished():
+        return _already_finished(job, contract, store, plan, old)
     initial = None
     if contract.current_round() == 0:
         initial = job.initial_weights()
         if initial is None:
             initial = job.learner_factory()(0, job.learners).get_weights()
-    evaluate_fn = job.evaluate_fn()
     agg = Aggregator(
-        contract, store, job.run_config(), initial_weights=initial, evaluate_fn=evaluate_fn,
+        contract, store, config, initial_weights=initial, evaluate_fn=job.evaluate_fn(),
         stop=stop_on_signals(),
     )
     agg.run()
+    history, earlier = complete_history(agg.history, contract, old)
     results, plot = write_results(
-        job.output, agg.history, contract, store_url=store.url, plan=agg.plan
+        job.output, history, contract, store_url=store.url, plan=agg.plan
     )
-    print_history(agg.history)
+    print_history(history)
+    if earlier:
+        print(f"{earlier} round(s) before this process started are in results.json too "
+              "(from the chain, and the earlier results.json for centralized metrics)")
     print(f"results: {results}, plot: {plot}")
     return 0
+
+
+def _already_finished(job: Job, contract: Any, store: Any, plan: Any, old: Any) -> int:
+    """Nothing to run: keep results.json, or (re)build it from the chain if it lacks rounds."""
+    from ..federation.history import History
+    from ..federation.results import write_results
+    from .results import complete_history, covers, same_federation
+
+    last = contract.current_round() - 1
+    path = Path(job.output) / "results.json"
+    said = f"federation {contract.address} finished after round {last}; nothing to run"
+    if covers(old, contract):
+        print(f"{said}; {path} left as it is")
+        return 0
+    if old is not None and not same_federation(old, contract):
+        print(f"{said}; {path} records another federation ({old.get('contract')}) and is "
+              "left as it is: pass --output DIR to write this federation's results")
+        return 0
+    history, _ = complete_history(History(), contract, old)
+    if plan is None and old is not None and isinstance(old.get("plan"), dict):
+        from ..model.plan import Plan
+
+        plan = Plan.from_json(json.dumps(old["plan"]).encode())
+    results, plot = write_results(job.output, history, contract, store_url=store.url,
+                                  plan=plan)
+    kept = " (kept from the earlier results.json)" if history.losses_centralized else ""
+    print(f"{said}; rebuilt {results} from the chain: rounds, included learners, global "
+          f"models and the learners' evaluations; centralized metrics are not on chain{kept}")
+    print_history(history)
+    print(f"results: {results}, plot: {plot}")
+    return 0
+
+
+# --- learner -------------------------------------------------------------------------------
 
 
 def cmd_learner(args: argparse.Namespace) -> int:
@@ -100,11 +254,20 @@ def cmd_learner(args: argparse.Namespace) -> int:
     from ..storage import open_store
 
     job = job_from(args)
-    chain = connect_chain(job)
+    _check_learner_id(args, job)
+    chain = connect_chain(job, "learner")
     account = account_for(args, chain, FIRST_LEARNER_INDEX + args.id)
     contract = fedchain_of(job, chain, account)
     if not contract.is_learner(account.address):
-        raise ConfigError(f"{account.address} is not a registered learner of {contract.address}")
+        raise ConfigError(
+            f"{account.address} is not a registered learner of {contract.address}: the owner "
+            "registers learners with `fedchain deploy --learner ADDR` (dev accounts: "
+            f"`fedchain deploy --dev-learners {args.id + 1}`)"
+        )
+    if contract.finished():
+        print(f"federation {contract.address} finished after round "
+              f"{contract.current_round() - 1}; nothing to do")
+        return 0
     learner = job.learner_factory()(args.id, job.learners)
     node = LearnerNode(learner, contract, open_store(job.store), name=f"learner-{args.id}",
                        stop=stop_on_signals())
@@ -113,16 +276,40 @@ def cmd_learner(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_learner_id(args: argparse.Namespace, job: Job) -> None:
+    if args.id < 0:
+        raise ConfigError(f"--id {args.id}: learner ids start at 0")
+    if args.id >= job.learners:
+        raise ConfigError(
+            f"--id {args.id} is beyond the {job.learners} data partitions (ids 0-"
+            f"{job.learners - 1}, from {job.given.get('learners', 'the default')}): "
+            "set --num-learners N or [run] learners = N for a federation of N learners"
+        )
+    if uses_dev_account(args) and args.dev_account is None:
+        index = FIRST_LEARNER_INDEX + args.id
+        if index >= DEV_ACCOUNTS:
+            raise ConfigError(
+                f"--id {args.id} would sign with dev account {index}, but dev chains have "
+                f"{DEV_ACCOUNTS} funded accounts: ids 0-{DEV_ACCOUNTS - 1 - FIRST_LEARNER_INDEX}"
+                " sign with dev accounts; give other learners a key (--key, FEDCHAIN_KEY or "
+                "--keystore)"
+            )
+
+
+# --- simulate ------------------------------------------------------------------------------
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from ..federation.simulation import simulate
 
     job = job_from(args)
+    config = job.run_config()
     factory = job.learner_factory()
     evaluate_fn = job.evaluate_fn()
     initial = job.initial_weights()
     started = time.monotonic()
     result = simulate(
-        factory, job.learners, chain=job.chain, store=job.store, config=job.run_config(),
+        factory, job.learners, chain=job.chain, store=job.store, config=config,
         initial_weights=initial, evaluate_fn=evaluate_fn, results_dir=job.output,
     )
     print_rounds(result)
@@ -144,24 +331,32 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return report.exit_status()
 
 
+# --- status --------------------------------------------------------------------------------
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from ..storage.cid import cid_text
 
     job = job_from(args)
-    chain = connect_chain(job)
+    chain = connect_chain(job, "status")
     contract = fedchain_of(job, chain)
     round = contract.current_round()
+    finished = contract.finished()
     console = make_console()
     console.print(f"FedChain {contract.address} on chain {chain.chain_id} ({chain.url})")
     console.print(f"owner {contract.owner()}  aggregator {contract.aggregator()}")
-    state = "finished" if contract.finished() else (
-        "waiting for genesis" if round == 0 else f"round {round} open")
+    if finished:
+        state = f"finished after round {round - 1}"
+    else:
+        state = "waiting for genesis" if round == 0 else f"round {round} open"
     console.print(f"state: {state}; {contract.learner_count()} learners")
     if round > 0:
-        console.print(f"latest global model (round {round - 1}): "
+        label = "final" if finished else "latest"
+        console.print(f"{label} global model (round {round - 1}): "
                       f"{cid_text(contract.global_model(round - 1))}")
+    if round > 0 and not finished:
         table = Table(title=f"learners in round {round}")
         table.add_column("learner")
         table.add_column("submitted")
@@ -171,13 +366,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- devnet --------------------------------------------------------------------------------
+
+
 def cmd_devnet(args: argparse.Namespace) -> int:
     from . import devnet
 
     nodes = []
     try:
-        chain = devnet.start_ganache(args.chain_port) if args.ganache else devnet.start_anvil(
-            args.chain_port)
+        if args.hardhat:
+            chain = devnet.start_hardhat(args.chain_port)
+        elif args.ganache:
+            chain = devnet.start_ganache(args.chain_port)
+        else:
+            chain = devnet.start_anvil(args.chain_port)
         nodes.append(chain)
         print(f"chain ({chain.name}): {chain.url}")
         if not args.no_ipfs:
@@ -197,19 +399,18 @@ def cmd_devnet(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- audit ---------------------------------------------------------------------------------
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     """Runs `fedchain audit`; 0 if every check passed, 1 if one failed, 3 if some could not run."""
     from ..audit import audit_federation
     from ..audit.render import print_report, write_html, write_json
-    from ..eth.chain import connect
-    from ..eth.deploy import find_contract
     from ..storage import open_store
 
-    job = Job.load(args.job)
-    chain = connect(args.chain or job.chain)
-    contract = find_contract(
-        chain, args.contract or job.contract, None, Path(args.deployments or job.deployments)
-    )
+    job = job_from(args)
+    chain = connect_chain(job, "audit")
+    contract = fedchain_of(job, chain)
     store_url = args.store or (job.store if args.job or args.verify else None)
     report = audit_federation(
         contract, open_store(store_url) if store_url is not None else None,
@@ -223,5 +424,3 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.html:
         console.print(f"HTML report: {write_html(report, args.html)}")
     return report.exit_status()
-
-

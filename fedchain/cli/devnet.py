@@ -1,4 +1,5 @@
-"""Local dev nodes started from the project's own npm packages: Anvil, Ganache, the IPFS dev node.
+"""Local dev nodes started from the project's own npm packages: Anvil, Ganache, Hardhat, the IPFS
+dev node.
 
 Used by `fedchain devnet`, the test fixtures and the benchmarks. Each node runs as a child
 process on a free loopback port and is stopped (with its process group) on `stop()`.
@@ -139,6 +140,19 @@ def start_ganache(port: int | None = None, chain_id: int = 1337, timeout: float 
         "--wallet.totalAccounts", str(DEV_ACCOUNTS), "--logging.quiet",
     ]
     return _spawn("ganache", argv, url, _rpc_ready(url), timeout)
+
+
+def start_hardhat(port: int | None = None, timeout: float = 90) -> DevNode:
+    """Hardhat 3's node (chain id 31337, 20 accounts of the dev mnemonic, automining), run
+    with the project-local Node 24 (Hardhat 3 needs Node >= 22) from the project root, where
+    hardhat.config.js is."""
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [
+        str(node24()), str(node_bin("hardhat/dist/src/cli.js")),
+        "node", "--hostname", "127.0.0.1", "--port", str(port),
+    ]
+    return _spawn("hardhat", argv, url, _rpc_ready(url), timeout)
 
 
 def start_ipfs_devnode(

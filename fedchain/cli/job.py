@@ -27,17 +27,120 @@ epochs = 1
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import functools
 import importlib
 import sys
 import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..aggregation import strategy as strategies
 from ..aggregation.strategy import strategy_from_plan
 from ..errors import ConfigError
 from ..federation.config import RunConfig
+
+#: The devnet's chain, the default of the commands that run in processes of their own.
+DEVNET_CHAIN = "http://127.0.0.1:8545"
+
+#: A check of one value: None if it is fine, else what it should have been.
+Check = Callable[[Any], str | None]
+
+
+def _text(value: Any) -> str | None:
+    return None if isinstance(value, str) else "a string"
+
+
+def _table(value: Any) -> str | None:
+    return None if isinstance(value, dict) else "a table, e.g. {data = \"digits\"}"
+
+
+def _integer(low: int) -> Check:
+    def check(value: Any) -> str | None:
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+        return None if ok else ("a positive integer" if low == 1 else "an integer ≥ 0")
+
+    return check
+
+
+def _number(value: Any) -> str | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+    return None if ok else "a number ≥ 0 (seconds)"
+
+
+def _any_number(value: Any) -> str | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    return None if ok else "a number"
+
+
+#: The job file's sections with fixed keys, each key with its check. [strategy] is checked by
+#: the strategy it names; [train] and [evaluate] are free-form (they go into the plan).
+SCHEMA: dict[str, dict[str, Check]] = {
+    "federation": {"chain": _text, "store": _text, "contract": _text, "deployments": _text},
+    "model": {"learner": _text, "evaluate": _text, "initial": _text, "options": _table},
+    "run": {
+        "rounds": _integer(1), "learners": _integer(1), "min_updates": _integer(0),
+        "round_timeout": _number, "wall_clock": _number, "target_metric": _text,
+        "target": _any_number,
+    },
+    "output": {"dir": _text},
+}  # fmt: skip
+FREE_SECTIONS = ("strategy", "train", "evaluate")
+
+
+def _closest(word: str, candidates: list[str]) -> str:
+    """ (did you mean 'x'?)", or "" when nothing is close."""
+    match = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _validate(raw: dict[str, Any], where: str) -> None:
+    """Every section and key of a parsed job file known and of the right type, or ConfigError
+    naming the file, the section, the key and what it should be."""
+    sections = [*SCHEMA, *FREE_SECTIONS]
+    for name, body in raw.items():
+        if not isinstance(body, dict):
+            homes = [s for s, keys in SCHEMA.items() if name in keys]
+            hint = f": put it under [{homes[0]}]" if homes else _closest(name, sections)
+            raise ConfigError(f"{where}: {name!r} is outside any section{hint}")
+        if name not in sections:
+            raise ConfigError(f"{where}: unknown section [{name}]{_closest(name, sections)}; "
+                              f"sections are {', '.join(f'[{s}]' for s in sections)}")
+        keys = SCHEMA.get(name)
+        if keys is None:
+            continue
+        for key, value in body.items():
+            check = keys.get(key)
+            if check is None:
+                raise ConfigError(
+                    f"{where}: [{name}] has no key {key!r}{_closest(key, list(keys))}; "
+                    f"its keys are {', '.join(keys)}"
+                )
+            wanted = check(value)
+            if wanted is not None:
+                raise ConfigError(f"{where}: [{name}] {key} must be {wanted}, got {value!r}")
+
+
+def _strategy_fields(name: Any) -> list[str]:
+    cls = getattr(strategies, name, None) if isinstance(name, str) else None
+    if isinstance(cls, type) and issubclass(cls, strategies.Strategy):
+        return [f.name for f in dataclasses.fields(cls)]
+    return []
+
+
+def check_strategy(spec: Mapping[str, Any], where: str) -> None:
+    """The [strategy] section builds its strategy, or ConfigError naming the file."""
+    params = spec.get("params", {})
+    fields = ["name", *_strategy_fields(spec.get("name"))]
+    try:
+        strategy_from_plan(spec)
+    except ConfigError as exc:
+        unknown = [k for k in params if k not in fields]
+        hint = _closest(unknown[0], fields) if unknown else ""
+        raise ConfigError(f"{where}: [strategy] {exc}{hint}") from None
 
 
 @dataclass
@@ -64,6 +167,10 @@ class Job:
     output: str = "runs/latest"
     learner_options: dict[str, Any] = field(default_factory=dict)
     base_dir: Path = field(default_factory=Path.cwd)
+    #: The job file read, if any.
+    path: Path | None = None
+    #: The settings given (by the job file or a flag, not defaults), each with where from.
+    given: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: str | Path | None) -> Job:
@@ -75,13 +182,20 @@ class Job:
             raw = tomllib.loads(p.read_text())
         except FileNotFoundError:
             raise ConfigError(f"job file {p} not found") from None
+        except IsADirectoryError:
+            raise ConfigError(f"job file {p} is a directory, not a TOML file") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read job file {p}: {exc}") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"job file {p}: {exc}") from None
-        job = cls(base_dir=p.resolve().parent)
+        where = f"job file {p}"
+        _validate(raw, where)
+        job = cls(base_dir=p.resolve().parent, path=p)
         fed, model, run = raw.get("federation", {}), raw.get("model", {}), raw.get("run", {})
         for key in ("chain", "store", "contract", "deployments"):
             if key in fed:
                 setattr(job, key, fed[key] or None if key == "contract" else fed[key])
+                job.given[key] = f"[federation] {key} in {p}"
         job.learner = model.get("learner")
         job.evaluate = model.get("evaluate")
         job.initial = model.get("initial")
@@ -90,17 +204,18 @@ class Job:
             params = dict(raw["strategy"])
             name = params.pop("name", "FedAvg")
             job.strategy = {"name": name, "params": params}
+            check_strategy(job.strategy, where)
+            job.given["strategy"] = f"[strategy] in {p}"
         for key in ("rounds", "learners", "min_updates", "round_timeout", "wall_clock",
                     "target_metric", "target"):
             if key in run:
                 setattr(job, key, run[key])
+                job.given[key] = f"[run] {key} in {p}"
         job.train = dict(raw.get("train", {}))
         job.evaluate_config = dict(raw.get("evaluate", {}))
-        job.output = raw.get("output", {}).get("dir", job.output)
-        unknown = set(raw) - {"federation", "model", "strategy", "run", "train", "evaluate",
-                              "output"}
-        if unknown:
-            raise ConfigError(f"job file {p}: unknown sections {sorted(unknown)}")
+        if "dir" in raw.get("output", {}):
+            job.output = raw["output"]["dir"]
+            job.given["output"] = f"[output] dir in {p}"
         return job
 
     def run_config(self) -> RunConfig:

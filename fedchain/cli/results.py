@@ -1,0 +1,168 @@
+"""results.json of `fedchain aggregator`: complete, and never destroyed by a later run.
+
+An aggregator process may have run only part of a federation (it was restarted, or started
+on a federation that had already finished). Its results.json still lists every round: the
+rounds it ran itself, else those an earlier results.json in the same directory recorded for
+the same global models, else rounds rebuilt from the chain's events (global CIDs, included
+learners, updates received; the learners' evaluations are on chain too). Centralized metrics
+are not on chain: they come from this process or from the earlier file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..eth.contract import FedChainReader
+from ..eth.events import GenesisSet, GlobalModelPublished, UpdateSubmitted
+from ..federation.history import History, Rejected, RoundResult
+from ..storage.cid import cid_text
+
+log = logging.getLogger("fedchain")
+
+
+def read_results(out: str | Path) -> dict[str, Any] | None:
+    """The results.json in `out`, if there is a readable one."""
+    path = Path(out) / "results.json"
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path} exists but is not readable JSON ({exc}); it is left as it "
+                          "is: move it away, or pass --output DIR") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} exists but is not a fedchain results file; it is left as it "
+                          "is: move it away, or pass --output DIR")
+    return data
+
+
+def published_rounds(contract: FedChainReader) -> dict[int, RoundResult]:
+    """Every published round as the chain records it (no rejection reasons: not on chain).
+
+    `seconds` is left at 0: `with_seconds` fills it in from block timestamps, for the rounds
+    that need it.
+    """
+    opened: dict[int, int] = {}
+    received: dict[int, int] = {}
+    rounds: dict[int, RoundResult] = {}
+    for e in contract.events("GenesisSet", "GlobalModelPublished", "UpdateSubmitted"):
+        if isinstance(e, GenesisSet):
+            opened[1] = e.block
+        elif isinstance(e, GlobalModelPublished):
+            rounds[e.round] = RoundResult(e.round, cid_text(e.model_cid), list(e.included), [],
+                                          0, 0.0, extra={"blocks": (opened.get(e.round),
+                                                                    e.block)})
+            opened[e.round + 1] = e.block
+        elif isinstance(e, UpdateSubmitted):
+            received[e.round] = received.get(e.round, 0) + 1
+    for n, r in rounds.items():
+        r.received = received.get(n, 0)
+    return rounds
+
+
+def with_seconds(r: RoundResult, contract: FedChainReader) -> RoundResult:
+    """A round from `published_rounds` with its duration: from the block that opened it to
+    the block that published it."""
+    chain = contract.chain
+    start, end = r.extra.pop("blocks", (None, None))
+    if start is not None and end is not None:
+        def stamp(block: int) -> int:
+            return int(chain.call(lambda: chain.w3.eth.get_block(block)["timestamp"]))
+
+        r.seconds = float(stamp(end) - stamp(start))
+    return r
+
+
+def same_federation(
+    old: dict[str, Any] | None, contract: FedChainReader,
+    on_chain: dict[int, RoundResult] | None = None,
+) -> bool:
+    """True if an earlier results.json is of this federation: the same contract, and each
+    round it records has the global model the chain records (a restarted dev chain reuses
+    contract addresses)."""
+    if not old or str(old.get("contract", "")).lower() != contract.address.lower():
+        return False
+    on_chain = published_rounds(contract) if on_chain is None else on_chain
+    return all(n in on_chain and r.get("global") == on_chain[n].global_cid
+               for n, r in _old_rounds(old).items())
+
+
+def _old_rounds(old: dict[str, Any]) -> dict[int, dict[str, Any]]:
+    rounds = {}
+    for r in old.get("rounds", []):
+        if isinstance(r, dict) and isinstance(r.get("round"), int):
+            rounds[r["round"]] = r
+    return rounds
+
+
+def complete_history(
+    history: History, contract: FedChainReader, old: dict[str, Any] | None
+) -> tuple[History, int]:
+    """`history` with every published round; returns it and the number of rounds taken from
+    the chain or the earlier file."""
+    on_chain = published_rounds(contract)
+    ran = {r.round: r for r in history.rounds}
+    before = _old_rounds(old) if old and same_federation(old, contract, on_chain) else {}
+    trusted = set(before)
+    full = History()
+    added = 0
+    for n in sorted(on_chain):
+        if n in ran:
+            full.add_round(ran[n])
+            continue
+        added += 1
+        chain_round = on_chain[n]
+        if n not in trusted:
+            with_seconds(chain_round, contract)
+        else:
+            chain_round.extra.pop("blocks", None)
+            r = before[n]
+            chain_round.rejected = [
+                Rejected(str(x.get("learner")), str(x.get("cid")), str(x.get("reason")))
+                for x in r.get("rejected") or [] if isinstance(x, dict)
+            ]
+            if isinstance(r.get("seconds"), int | float):
+                chain_round.seconds = float(r["seconds"])
+        full.add_round(chain_round)
+    ran_centralized = {n for n, _ in history.losses_centralized}
+    old_metrics = _old_centralized(old, trusted) if old else {}
+    for n in sorted(set(ran_centralized) | set(old_metrics)):
+        if n in ran_centralized:
+            loss = dict(history.losses_centralized)[n]
+            metrics = {k: dict(v)[n] for k, v in history.metrics_centralized.items()
+                       if n in dict(v)}
+        else:
+            loss, metrics = old_metrics[n]
+        full.add_centralized(n, loss, metrics)
+    return full, added
+
+
+def _old_centralized(
+    old: dict[str, Any], trusted: set[int]
+) -> dict[int, tuple[float, dict[str, float]]]:
+    """The earlier file's centralized evaluation of the rounds it shares with this run."""
+    out: dict[int, tuple[float, dict[str, float]]] = {}
+    try:
+        for n, loss in old.get("losses_centralized") or []:
+            if n in trusted:
+                out[n] = (float(loss), {})
+        for name, series in (old.get("metrics_centralized") or {}).items():
+            for n, value in series:
+                if n in out:
+                    out[n][1][name] = float(value)
+    except (TypeError, ValueError, AttributeError):
+        log.warning("the earlier results.json has centralized metrics in a form this version "
+                    "does not read: they are not carried over")
+        return {}
+    return out
+
+
+def covers(old: dict[str, Any] | None, contract: FedChainReader) -> bool:
+    """True if an earlier results.json records every published round of this federation."""
+    on_chain = published_rounds(contract)
+    return same_federation(old, contract, on_chain) and set(_old_rounds(old or {})) == set(
+        on_chain)
