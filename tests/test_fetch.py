@@ -179,10 +179,10 @@ def test_a_round_fetches_into_typed_outcomes_one_model_at_a_time(fed, store):
     agg, events = _submitted(fed, store, bad_cid=store.put(b"not a model"))
 
     outcomes = list(fetch_updates(store, events, max_bytes=LIMIT))
-    assert [o.submission.learner for o in outcomes] == sorted(
+    assert [o.learner for o in outcomes] == sorted(
         (e.learner for e in events), key=learner_key
     )
-    kinds = {o.submission.learner: type(o) for o in outcomes}
+    kinds = {o.learner: type(o) for o in outcomes}
     assert sorted(k.__name__ for k in kinds.values()) == ["Fetched", "Fetched", "Rejected"]
     (rejected,) = [o for o in outcomes if isinstance(o, Rejected)]
     assert rejected.learner == fed[2][1].account.address
@@ -197,7 +197,7 @@ def test_a_round_fetches_into_typed_outcomes_one_model_at_a_time(fed, store):
         alive.append(weakref.ref(update.weights["linear.weight"]))
         del update
     assert [e.learner for e in round_updates.included] == [
-        o.submission.learner for o in fetch_updates(store, events, max_bytes=LIMIT)
+        o.learner for o in fetch_updates(store, events, max_bytes=LIMIT)
         if isinstance(o, Fetched)
     ]
     assert [r.learner for r in round_updates.rejected] == [fed[2][1].account.address]
@@ -212,7 +212,8 @@ def test_bytes_that_are_not_a_cid_are_rejected_and_audited_by_their_hex(fed, sto
 
     assert len(result.included) == 2
     (rejected,) = result.rejected
-    assert "InvalidCID" in rejected.reason and rejected.cid == bad.model_cid
+    assert "InvalidCID" in rejected.reason and rejected.submission == bad
+    assert rejected.cid == bad.model_cid.text
     assert result.to_dict()["rejected"][0]["cid"] == bad.model_cid.text
     report = audit_federation(agg.contract, store)
     assert report.failures() == []

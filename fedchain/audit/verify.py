@@ -157,14 +157,14 @@ def _check_left_out(r: RoundAudit, store: ContentStore, walk: _Walk, add: Add) -
     left_out = [s.event for s in r.left_out]
     for outcome in fetch_updates(store, left_out, max_bytes=walk.plan.max_model_bytes,
                                  reference=walk.reference):
-        e = outcome.submission
+        learner = outcome.learner
         detail = (
-            f"{e.model_cid}: {outcome.reason}"
+            f"{outcome.cid}: {outcome.reason}"
             if isinstance(outcome, Rejected)
-            else f"{e.model_cid} is a valid update but was not included"
+            else f"{outcome.cid} is a valid update but was not included"
         )
         del outcome  # release this model before the next one is fetched
-        add(NOTE, "left-out update", detail, e.learner)
+        add(NOTE, "left-out update", detail, learner)
 
 
 def _recompute(

@@ -225,7 +225,7 @@ class Aggregator:
         receipt = self.contract.publish_global(round, cid, learners)
         self._round_block = receipt.block_number
         self._state = state
-        result = RoundResult(round, cid, learners, fetched.rejected, len(submitted),
+        result = RoundResult(round, str(cid), learners, fetched.rejected, len(submitted),
                              time.monotonic() - started)
         log.info("[ROUND %d] received %d updates, %d rejected, aggregated %d, published %s",
                  round, len(submitted), len(fetched.rejected), len(included), cid)

@@ -23,7 +23,7 @@ from ..errors import (
     StoreUnavailable,
 )
 from ..eth.accounts import learner_key
-from ..eth.events import ChainCid, UpdateSubmitted
+from ..eth.events import UpdateSubmitted
 from ..model.codec import ModelSpec, Weights
 from ..model.fetch import fetch_model
 from ..storage import ContentStore
@@ -45,6 +45,14 @@ class Fetched:
     weights: Weights = field(repr=False)
 
     @property
+    def learner(self) -> str:
+        return self.submission.learner
+
+    @property
+    def cid(self) -> str:
+        return self.submission.model_cid.text
+
+    @property
     def update(self) -> Update:
         """The update as the aggregation rules take it."""
         s = self.submission
@@ -53,15 +61,20 @@ class Fetched:
 
 @dataclass(frozen=True)
 class Rejected:
-    """A submission whose model could not be used, and why."""
+    """A submission left out of a round, and why (results.json records these three fields)."""
 
-    submission: UpdateSubmitted
+    learner: str
+    #: The submitted CID as text (0x-hex if the bytes recorded are not a CID).
+    cid: str
     reason: str
-    #: The error that rejected it (None for a rejection recorded without one).
+    #: The submission (None for a rejection read back from an earlier results file).
+    submission: UpdateSubmitted | None = field(default=None, compare=False, repr=False)
+    #: The error that rejected it (None where it is not known).
     error: FedChainError | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def because(cls, submission: UpdateSubmitted, error: FedChainError) -> Rejected:
+        """The rejection of `submission` by `error`."""
         # Without tracebacks, the error does not keep the failed fetch's frames (and the
         # model bytes in them) alive for as long as the rejection is recorded.
         chained: BaseException | None = error
@@ -70,15 +83,8 @@ class Rejected:
             seen.add(id(chained))
             chained.__traceback__ = None
             chained = chained.__cause__ or chained.__context__
-        return cls(submission, f"{type(error).__name__}: {error}", error)
-
-    @property
-    def learner(self) -> str:
-        return self.submission.learner
-
-    @property
-    def cid(self) -> ChainCid:
-        return self.submission.model_cid
+        return cls(submission.learner, submission.model_cid.text,
+                   f"{type(error).__name__}: {error}", submission, error)
 
     @property
     def unavailable(self) -> bool:
@@ -86,7 +92,7 @@ class Rejected:
         return isinstance(self.error, UNAVAILABLE)
 
     def to_dict(self) -> dict[str, str]:
-        return {"learner": self.learner, "cid": self.cid.text, "reason": self.reason}
+        return {"learner": self.learner, "cid": self.cid, "reason": self.reason}
 
 
 Outcome = Fetched | Rejected

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..eth.events import EvaluationReported
-from ..storage.cid import CID
 from .fetching import Rejected
 
 __all__ = ["History", "Rejected", "RoundResult", "weighted_metrics"]
@@ -20,8 +19,8 @@ class RoundResult:
     """What the aggregator did in one round."""
 
     round: int
-    #: The CID of the global model published for the round.
-    global_model: CID
+    #: The CID of the global model published for the round, as text.
+    global_cid: str
     #: The learners whose updates the global model includes, in learner order.
     included: list[str]
     #: The submissions left out, and why.
@@ -30,11 +29,6 @@ class RoundResult:
     seconds: float
     centralized: tuple[float, dict[str, float]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def global_cid(self) -> str:
-        """The published global model's CID as text."""
-        return str(self.global_model)
 
     def to_dict(self) -> dict[str, Any]:
         """The round as results.json records it."""
