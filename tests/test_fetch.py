@@ -157,6 +157,16 @@ def test_plan_is_never_read_past_its_limit_even_from_an_endless_stream(tmp_path)
         fetch_plan(store, cid)
 
 
+def test_plan_loads_by_cid_text_or_by_the_binary_cid_the_chain_records(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    plan = Plan(strategy=FedAvg().to_plan(), rounds=2, max_model_bytes=LIMIT)
+    cid = store.put(plan.to_json())
+    assert Plan.load(store, cid) == Plan.load(store, str(cid)) == Plan.load(store, bytes(cid))
+    assert fetch_plan(store, cid) == plan
+    with pytest.raises(InvalidCID):
+        Plan.load(store, b"\x07not a cid")
+
+
 # --- typed outcomes -------------------------------------------------------------------
 
 

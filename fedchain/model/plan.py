@@ -107,13 +107,14 @@ class Plan:
             raise ConfigError(f"malformed plan: {exc}") from None
 
     @classmethod
-    def load(cls, store: ContentStore, cid: CID | str | None) -> Plan:
-        """The plan behind a CID, fetched through `store` (see `fedchain.model.fetch`)."""
+    def load(cls, store: ContentStore, cid: CID | str | bytes | None) -> Plan:
+        """The plan behind a CID (or the binary CID the chain records), fetched through
+        `store` (see `fedchain.model.fetch`: never more than MAX_PLAN_BYTES of it)."""
         if not cid:
             raise ConfigError("the federation has no plan yet (no genesis on chain)")
         from .fetch import fetch_plan  # fetch builds plans: imported here, not at the top
 
-        return fetch_plan(store, cid)
+        return fetch_plan(store, CID.from_bytes(cid) if isinstance(cid, bytes) else cid)
 
     def train_config(self, round: int) -> dict[str, Any]:
         return {**self.train, "round": round}
