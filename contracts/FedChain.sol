@@ -34,6 +34,7 @@ contract FedChain {
     /// stay exact and finite in floating point.
     uint256 public constant MAX_EXAMPLES = 1 << 40;
 
+    /// @notice The account that manages learners and the aggregator role.
     address public owner;
     uint32 private _learnerCount;
     uint32 private _learnerSlots;
@@ -45,6 +46,8 @@ contract FedChain {
     /// @dev round => word => bitmap of learner indices that submitted / reported in that round.
     mapping(uint256 => mapping(uint256 => uint256)) private _submitted;
     mapping(uint256 => mapping(uint256 => uint256)) private _reported;
+    /// @notice The account an ownership transfer in progress goes to; zero when none is.
+    address public pendingOwner;
 
     error NotOwner(address caller);
     error NotAggregator(address caller);
@@ -66,6 +69,8 @@ contract FedChain {
     error MetricsTooLarge(uint256 size, uint256 max);
     error NoGlobalModel(uint256 round);
     error AlreadyReported(uint256 round, address learner);
+    /// @notice Only the pending owner (see transferOwnership) may accept the ownership.
+    error NotPendingOwner(address caller);
 
     event LearnerAdded(address indexed learner);
     event LearnerRemoved(address indexed learner);
@@ -79,6 +84,10 @@ contract FedChain {
         uint256 indexed round, address indexed learner, uint256 numExamples, bytes metrics
     );
     event Finished(uint256 lastRound);
+    /// @notice The owner offered ownership to `newOwner` (the zero address: offer withdrawn).
+    event OwnershipTransferStarted(address indexed previousOwner, address indexed newOwner);
+    /// @notice `newOwner` accepted the ownership and is now the owner.
+    event OwnershipTransferred(address indexed previousOwner, address indexed newOwner);
 
     modifier onlyOwner() {
         if (msg.sender != owner) revert NotOwner(msg.sender);
@@ -124,7 +133,9 @@ contract FedChain {
     function removeLearner(address learner) external onlyOwner {
         if (!_learners[learner].active) revert UnknownLearner(learner);
         _learners[learner].active = false;
-        --_learnerCount;
+        unchecked {
+            --_learnerCount; // counts the active learners, this one among them
+        }
         emit LearnerRemoved(learner);
     }
 
@@ -150,6 +161,26 @@ contract FedChain {
         return _state.aggregator;
     }
 
+    // ---------------------------------------------------------------- ownership
+
+    /// @notice Owner only: offers ownership to `newOwner`, who takes it with acceptOwnership;
+    /// the current owner stays in charge until then. A later call replaces the offer, and
+    /// the zero address withdraws it. Emits OwnershipTransferStarted.
+    function transferOwnership(address newOwner) external onlyOwner {
+        pendingOwner = newOwner;
+        emit OwnershipTransferStarted(msg.sender, newOwner);
+    }
+
+    /// @notice The pending owner only: takes over the ownership offered by transferOwnership.
+    /// Emits OwnershipTransferred.
+    function acceptOwnership() external {
+        address next = pendingOwner;
+        if (msg.sender != next) revert NotPendingOwner(msg.sender);
+        delete pendingOwner;
+        emit OwnershipTransferred(owner, next);
+        owner = next;
+    }
+
     // ---------------------------------------------------------------- rounds
 
     /// @notice Aggregator only, once: records the initial model and the run's plan, opens round 1.
@@ -170,17 +201,12 @@ contract FedChain {
     /// @param numExamples Number of training examples behind the update (the FedAvg weight).
     function submitUpdate(uint256 round, bytes calldata modelCid, uint256 numExamples) external {
         State memory s = _state;
-        Learner memory l = _learners[msg.sender];
-        if (!l.active) revert NotLearner(msg.sender);
+        uint256 index = _learnerIndex();
         _checkOpen(s, round);
         _checkCid(modelCid);
         if (numExamples == 0) revert NoExamples();
         if (numExamples > MAX_EXAMPLES) revert TooManyExamples(numExamples, MAX_EXAMPLES);
-        uint256 word = l.index >> 8;
-        uint256 bit = 1 << (l.index & 0xff);
-        uint256 bits = _submitted[round][word];
-        if (bits & bit != 0) revert AlreadySubmitted(round, msg.sender);
-        _submitted[round][word] = bits | bit;
+        if (!_testAndSet(_submitted[round], index)) revert AlreadySubmitted(round, msg.sender);
         emit UpdateSubmitted(round, msg.sender, modelCid, numExamples);
     }
 
@@ -194,15 +220,13 @@ contract FedChain {
     {
         State memory s = _state;
         _checkOpen(s, round);
+        mapping(uint256 => uint256) storage submitted = _submitted[round];
         address prev = address(0);
         for (uint256 i = 0; i < included.length; ++i) {
             address who = included[i];
             if (who <= prev) revert IncludedNotAscending(i, who);
             prev = who;
-            uint256 index = _learners[who].index;
-            if (index == 0 || _submitted[round][index >> 8] & (1 << (index & 0xff)) == 0) {
-                revert NotSubmitted(round, who);
-            }
+            if (!_isSet(submitted, _learners[who].index)) revert NotSubmitted(round, who);
         }
         _globals[round] = _pack(modelCid);
         _state.round = s.round + 1;
@@ -214,17 +238,12 @@ contract FedChain {
     function reportEvaluation(uint256 round, uint256 numExamples, bytes calldata metrics)
         external
     {
-        Learner memory l = _learners[msg.sender];
-        if (!l.active) revert NotLearner(msg.sender);
+        uint256 index = _learnerIndex();
         if (round >= _state.round) revert NoGlobalModel(round);
         if (metrics.length > MAX_METRICS_LENGTH) {
             revert MetricsTooLarge(metrics.length, MAX_METRICS_LENGTH);
         }
-        uint256 word = l.index >> 8;
-        uint256 bit = 1 << (l.index & 0xff);
-        uint256 bits = _reported[round][word];
-        if (bits & bit != 0) revert AlreadyReported(round, msg.sender);
-        _reported[round][word] = bits | bit;
+        if (!_testAndSet(_reported[round], index)) revert AlreadyReported(round, msg.sender);
         emit EvaluationReported(round, msg.sender, numExamples, metrics);
     }
 
@@ -234,7 +253,9 @@ contract FedChain {
         if (s.round == 0) revert NotStarted();
         if (s.finished) revert FederationFinished();
         _state.finished = true;
-        emit Finished(s.round - 1);
+        unchecked {
+            emit Finished(s.round - 1); // s.round >= 1 here
+        }
     }
 
     // ---------------------------------------------------------------- views
@@ -266,17 +287,45 @@ contract FedChain {
 
     /// @notice Whether `learner` submitted an update in `round`.
     function hasSubmitted(uint256 round, address learner) external view returns (bool) {
-        uint256 index = _learners[learner].index;
-        return index != 0 && _submitted[round][index >> 8] & (1 << (index & 0xff)) != 0;
+        return _isSet(_submitted[round], _learners[learner].index);
     }
 
     /// @notice Whether `learner` reported an evaluation of `round`'s global model.
     function hasReported(uint256 round, address learner) external view returns (bool) {
-        uint256 index = _learners[learner].index;
-        return index != 0 && _reported[round][index >> 8] & (1 << (index & 0xff)) != 0;
+        return _isSet(_reported[round], _learners[learner].index);
     }
 
     // ---------------------------------------------------------------- internals
+
+    /// @dev The sender's learner index (its bit in the per-round bitmaps); reverts with
+    /// NotLearner unless the sender is an active learner.
+    function _learnerIndex() private view returns (uint256) {
+        Learner memory l = _learners[msg.sender];
+        if (!l.active) revert NotLearner(msg.sender);
+        return l.index;
+    }
+
+    /// @dev Sets learner `index`'s bit in a round's bitmap; false if it was set already.
+    function _testAndSet(mapping(uint256 => uint256) storage bitmap, uint256 index)
+        private
+        returns (bool)
+    {
+        uint256 word = index >> 8;
+        uint256 bit = 1 << (index & 0xff);
+        uint256 bits = bitmap[word];
+        if (bits & bit != 0) return false;
+        bitmap[word] = bits | bit;
+        return true;
+    }
+
+    /// @dev Whether learner `index`'s bit is set in a round's bitmap (index 0: no learner).
+    function _isSet(mapping(uint256 => uint256) storage bitmap, uint256 index)
+        private
+        view
+        returns (bool)
+    {
+        return index != 0 && bitmap[index >> 8] & (1 << (index & 0xff)) != 0;
+    }
 
     function _checkOpen(State memory s, uint256 round) private pure {
         if (s.round == 0) revert NotStarted();

@@ -15,6 +15,8 @@ import pytest
 from fedchain.cli.devnet import node24, node_bin, project_root
 from fedchain.eth.artifact import load_artifact
 from fedchain.eth.compile import compile_source, source_path
+from fedchain.eth.events import EVENT_TYPES, _snake
+from fedchain.eth.reverts import REVERTS
 
 
 def without_metadata(code: str) -> bytes:
@@ -37,6 +39,62 @@ def test_recompiling_the_source_reproduces_the_artifact() -> None:
     assert fresh["bytecode"] == committed["bytecode"]
     assert fresh["deployedBytecode"] == committed["deployedBytecode"]
     assert fresh["compiler"] == committed["compiler"]
+
+
+def _abi(kind: str) -> dict[str, list[str]]:
+    """name → parameter names of the artifact ABI's items of `kind` (error, event)."""
+    return {
+        item["name"]: [i["name"] for i in item["inputs"]]
+        for item in load_artifact()["abi"]
+        if item["type"] == kind
+    }
+
+
+def test_every_contract_error_has_its_exception_and_every_exception_its_error() -> None:
+    errors = _abi("error")
+    assert sorted(REVERTS) == sorted(errors)
+    for name, params in errors.items():
+        assert REVERTS[name].__name__ == name
+        assert list(REVERTS[name].params) == params, name
+
+
+def test_every_contract_event_has_its_record_and_every_record_its_event() -> None:
+    events = _abi("event")
+    assert sorted(EVENT_TYPES) == sorted(events)
+    for name, params in events.items():
+        fields = [f for f in EVENT_TYPES[name].__dataclass_fields__ if f not in
+                  ("block", "tx", "log_index")]
+        assert fields == [_snake(p) for p in params], name
+
+
+#: The interface clients rely on, with the two-step owner transfer under OpenZeppelin
+#: Ownable2Step's names: nothing here may disappear or change its signature.
+RELEASED_ABI = {
+    "addLearners(address[])", "removeLearner(address)", "setAggregator(address)",
+    "isLearner(address)", "learnerCount()", "aggregator()", "owner()",
+    "setGenesis(bytes,bytes)", "submitUpdate(uint256,bytes,uint256)",
+    "publishGlobal(uint256,bytes,address[])", "reportEvaluation(uint256,uint256,bytes)",
+    "finish()", "currentRound()", "finished()", "genesis()", "plan()", "globalModel(uint256)",
+    "hasSubmitted(uint256,address)", "hasReported(uint256,address)", "MAX_CID_LENGTH()",
+    "MAX_METRICS_LENGTH()", "MAX_EXAMPLES()",
+    "event LearnerAdded(address)", "event LearnerRemoved(address)",
+    "event AggregatorChanged(address,address)", "event GenesisSet(bytes,bytes)",
+    "event UpdateSubmitted(uint256,address,bytes,uint256)",
+    "event GlobalModelPublished(uint256,bytes,address[])",
+    "event EvaluationReported(uint256,address,uint256,bytes)", "event Finished(uint256)",
+    "event OwnershipTransferStarted(address,address)",
+    "event OwnershipTransferred(address,address)",
+    "transferOwnership(address)", "acceptOwnership()", "pendingOwner()",
+}
+
+
+def test_the_released_interface_is_still_there() -> None:
+    have = set()
+    for item in load_artifact()["abi"]:
+        if item["type"] in ("function", "event"):
+            sig = f"{item['name']}({','.join(i['type'] for i in item['inputs'])})"
+            have.add(sig if item["type"] == "function" else f"event {sig}")
+    assert not RELEASED_ABI - have, RELEASED_ABI - have
 
 
 @pytest.mark.slow

@@ -35,6 +35,7 @@ from fedchain.errors import (
     NotAggregator,
     NotLearner,
     NotOwner,
+    NotPendingOwner,
     NotStarted,
     NotSubmitted,
     TooManyExamples,
@@ -94,6 +95,8 @@ def snapshot(fed: Federation) -> dict[str, Any]:
     current = fc.current_round()
     return {
         "round": current,
+        "owner": fc.owner(),
+        "pending owner": fc.pending_owner(),
         "finished": fc.finished(),
         "learners": fc.learner_count(),
         "aggregator": fc.aggregator(),
@@ -163,6 +166,64 @@ def test_owner_hands_the_aggregator_role_to_another_account(federation: Federati
         (ZERO, addr(old)),
         (addr(old), addr(new)),
     ]
+
+
+# --- ownership -----------------------------------------------------------------------------
+
+
+def test_ownership_moves_only_when_the_new_owner_accepts(federation: Federation) -> None:
+    fed, owner, heir = federation, federation.owner, federation.stranger
+    assert owner.pending_owner() is None
+    owner.transfer_ownership(addr(heir))
+    # Offered, not moved: the old owner stays in charge until the heir accepts.
+    assert owner.pending_owner() == addr(heir) and owner.owner() == addr(owner)
+    with unchanged(fed):
+        reverts(NotOwner, {"caller": addr(heir)}, lambda: heir.set_aggregator(addr(heir)))
+    owner.add_learners([dev(fed.chain, 6).address])
+    heir.accept_ownership()
+    assert owner.owner() == addr(heir) and owner.pending_owner() is None
+    with unchanged(fed):
+        reverts(NotOwner, {"caller": addr(owner)}, lambda: owner.remove_learner(addr(heir)))
+        reverts(NotPendingOwner, {"caller": addr(heir)}, heir.accept_ownership)
+    heir.remove_learner(dev(fed.chain, 6).address)
+    events = list(owner.events("OwnershipTransferStarted", "OwnershipTransferred",
+                               from_block=fed.block))
+    assert [type(e) for e in events] == [ev.OwnershipTransferStarted, ev.OwnershipTransferred]
+    assert [(e.previous_owner, e.new_owner) for e in events] == [  # type: ignore[attr-defined]
+        (addr(owner), addr(heir)),
+        (addr(owner), addr(heir)),
+    ]
+
+
+def test_only_the_owner_offers_and_only_the_pending_owner_accepts(
+    federation: Federation,
+) -> None:
+    fed, owner, agg, heir = federation, federation.owner, federation.aggregator, federation.stranger
+    with unchanged(fed):
+        reverts(NotOwner, {"caller": addr(heir)}, lambda: heir.transfer_ownership(addr(heir)))
+        reverts(NotPendingOwner, {"caller": addr(heir)}, heir.accept_ownership)
+    owner.transfer_ownership(addr(heir))
+    with unchanged(fed):
+        reverts(NotPendingOwner, {"caller": addr(agg)}, agg.accept_ownership)
+        reverts(NotPendingOwner, {"caller": addr(owner)}, owner.accept_ownership)
+
+
+def test_a_new_offer_replaces_the_pending_one_and_none_withdraws_it(
+    federation: Federation,
+) -> None:
+    fed, owner, agg, heir = federation, federation.owner, federation.aggregator, federation.stranger
+    owner.transfer_ownership(addr(heir))
+    owner.transfer_ownership(addr(agg))
+    assert owner.pending_owner() == addr(agg)
+    with unchanged(fed):
+        reverts(NotPendingOwner, {"caller": addr(heir)}, heir.accept_ownership)
+    owner.transfer_ownership(None)
+    assert owner.pending_owner() is None
+    with unchanged(fed):
+        reverts(NotPendingOwner, {"caller": addr(agg)}, agg.accept_ownership)
+    offers = list(owner.events("OwnershipTransferStarted", from_block=fed.block))
+    assert [e.new_owner for e in offers] == [addr(heir), addr(agg), ZERO]  # type: ignore[attr-defined]
+    assert owner.owner() == addr(owner)
 
 
 def test_an_unregistered_account_can_neither_submit_nor_report(federation: Federation) -> None:
@@ -589,6 +650,36 @@ def test_the_private_key_never_shows_in_errors_reprs_or_logs(
     out, err = capsys.readouterr()
     text = "\n".join([*seen, caplog.text, out, err]).lower()
     assert KNOWN_KEY[2:] not in text
+
+
+def test_a_revert_mined_in_a_block_is_decoded_and_names_its_transaction(
+    federation: Federation,
+) -> None:
+    fed, learner = federation, federation.learners[0]
+    start(fed)
+    data = learner.contract.functions.submitUpdate(1, cid_v1_raw("u"), 0)._encode_transaction_data()
+    # An explicit gas limit skips estimation: the transaction is mined, and reverts there.
+    with unchanged(fed), pytest.raises(NoExamples) as mined:
+        fed.chain.transact(learner.account, {"to": learner.address, "data": data, "gas": 300_000},
+                           decode_revert=learner.decode_revert)
+    assert mined.value.tx_hash is not None and mined.value.url == fed.chain.url
+    receipt = fed.chain.w3.eth.get_transaction_receipt(mined.value.tx_hash)  # type: ignore[arg-type]
+    assert receipt["status"] == 0 and receipt["from"] == addr(learner)
+    # Found at estimation instead: nothing was mined, so there is no hash to name.
+    with pytest.raises(NoExamples) as estimated:
+        learner.submit_update(1, cid_v1_raw("u"), 0)
+    assert estimated.value.tx_hash is None and estimated.value.url == fed.chain.url
+
+
+def test_a_transaction_that_runs_out_of_gas_says_so(federation: Federation) -> None:
+    fed, learner = federation, federation.learners[0]
+    start(fed)
+    data = learner.contract.functions.submitUpdate(1, cid_v1_raw("u"), 5)._encode_transaction_data()
+    with unchanged(fed), pytest.raises(TransactionFailed, match="ran out of gas") as err:
+        fed.chain.transact(learner.account, {"to": learner.address, "data": data, "gas": 26_000},
+                           decode_revert=learner.decode_revert)
+    assert type(err.value) is TransactionFailed and err.value.tx_hash in str(err.value)
+    learner.submit_update(1, cid_v1_raw("u"), 5)  # the update itself was fine
 
 
 def test_an_unfunded_sender_gets_transaction_failed(federation: Federation) -> None:

@@ -1,8 +1,14 @@
-"""fedchain.eth.deploy on Anvil: the record, re-runs, fresh deploys, finding the contract."""
+"""fedchain.eth.deploy on Anvil: the record, re-runs, fresh deploys, finding the contract, and
+`fedchain deploy` from a built wheel."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +16,7 @@ from eth_utils import to_checksum_address
 from fixtures.chains import dev
 from web3.types import RPCEndpoint
 
+from fedchain.cli import devnet
 from fedchain.errors import DeploymentNotFound
 from fedchain.eth.artifact import load_artifact
 from fedchain.eth.chain import Chain
@@ -99,3 +106,58 @@ def test_an_address_with_other_code_is_not_a_deployment(anvil_chain: Chain) -> N
     )
     with pytest.raises(DeploymentNotFound, match="not this version of FedChain"):
         FedChain.at(anvil_chain, other)
+
+
+# --- from a wheel --------------------------------------------------------------------------
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
+def _build_wheel(tmp: Path) -> Path:
+    """The wheel of this checkout, built offline with the running venv's pip and setuptools
+    (from a copy of the sources, so the checkout gets no build/ or egg-info)."""
+    src = tmp / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(CHECKOUT / name, src / name)
+    shutil.copytree(CHECKOUT / "fedchain", src / "fedchain",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    out = tmp / "wheel"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation",
+         "--no-index", "-q", "-w", str(out)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    [wheel] = out.glob("fedchain-*.whl")
+    return wheel
+
+
+@pytest.mark.slow
+def test_fedchain_deploy_runs_from_an_installed_wheel(tmp_path: Path) -> None:
+    wheel = _build_wheel(tmp_path)
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"fedchain/artifacts/FedChain.json", "fedchain/eth/migrations/001_deploy_fedchain.py",
+            "fedchain/eth/migrations/002_register_learners.py"} <= names
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)  # what installing it puts in site-packages
+    work = tmp_path / "elsewhere"  # outside the checkout: nothing found relative to it
+    work.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    env.pop("FEDCHAIN_KEY", None)
+    where = subprocess.run(
+        [sys.executable, "-c", "import fedchain; print(fedchain.__file__)"],
+        cwd=work, env=env, capture_output=True, text=True, check=True,
+    )
+    assert Path(where.stdout.strip()).is_relative_to(site), where.stdout
+    with devnet.start_anvil() as node:
+        proc = subprocess.run(
+            [sys.executable, "-m", "fedchain.cli", "deploy", "--chain", node.url,
+             "--learners", "2"],
+            cwd=work, env=env, capture_output=True, text=True, timeout=120, check=False,
+        )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "deployed FedChain at" in proc.stdout
+    record = json.loads((work / "deployments" / "31337.json").read_text())
+    assert record["migrations"] == ["001_deploy_fedchain", "002_register_learners"]
+    assert len(record["learners"]) == 2 and record["artifactHash"] == load_artifact()["sourceHash"]

@@ -62,7 +62,7 @@ def _gas_used(contract: FedChainReader, txs: Iterable[str], workers: int) -> dic
     chain = contract.chain
     unique = list(dict.fromkeys(txs))
     batch = getattr(chain.w3.provider, "make_batch_request", None)
-    if not chain.embedded and batch is not None:
+    if chain.backend.supports_batch and batch is not None:
         used: dict[str, int] = {}
 
         def ask(part: list[str]) -> Any:
@@ -83,7 +83,7 @@ def _gas_used(contract: FedChainReader, txs: Iterable[str], workers: int) -> dic
         receipt = chain.call(lambda: chain.w3.eth.get_transaction_receipt(tx))  # type: ignore[arg-type]
         return tx, int(receipt["gasUsed"])
 
-    if chain.embedded:  # one in-process EVM behind a lock: threads would only queue
+    if not chain.backend.concurrent_requests:  # e.g. one in-process EVM: threads would queue
         return dict(map(one, unique))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return dict(pool.map(one, unique))

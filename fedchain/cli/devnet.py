@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from ..errors import ConfigError
-from ..eth.accounts import DEV_ACCOUNTS, DEV_MNEMONIC
+from ..eth.accounts import DEV_MNEMONIC, DEV_NODE_ACCOUNTS
 from ..npm import node24, node_bin, project_root
 
 
@@ -115,21 +115,31 @@ def _rpc_ready(url: str) -> Callable[[], bool]:
     return check
 
 
-def start_anvil(port: int | None = None, chain_id: int = 31337, timeout: float = 30) -> DevNode:
-    """Anvil from @foundry-rs/anvil-linux-amd64 with the dev mnemonic."""
+def start_anvil(
+    port: int | None = None,
+    chain_id: int = 31337,
+    timeout: float = 30,
+    block_time: float | None = None,
+) -> DevNode:
+    """Anvil from @foundry-rs/anvil-linux-amd64 with the dev mnemonic's first
+    DEV_NODE_ACCOUNTS accounts funded; mining each transaction at once, or a block every
+    `block_time` seconds (transactions then stay pending until the next block)."""
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     argv = [
         str(node_bin("@foundry-rs/anvil-linux-amd64/bin/anvil")),
         "--host", "127.0.0.1", "--port", str(port), "--chain-id", str(chain_id),
-        "--mnemonic", DEV_MNEMONIC, "--accounts", str(DEV_ACCOUNTS),
+        "--mnemonic", DEV_MNEMONIC, "--accounts", str(DEV_NODE_ACCOUNTS),
         "--silent",
     ]
+    if block_time is not None:
+        argv += ["--block-time", f"{block_time:g}"]
     return _spawn("anvil", argv, url, _rpc_ready(url), timeout)
 
 
 def start_ganache(port: int | None = None, chain_id: int = 1337, timeout: float = 60) -> DevNode:
-    """Ganache 7 (runs on the machine's Node) with the dev mnemonic and instant mining."""
+    """Ganache 7 (runs on the machine's Node) with the dev mnemonic's first DEV_NODE_ACCOUNTS
+    accounts funded, and instant mining."""
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     node = shutil.which("node") or str(node24())
@@ -137,7 +147,7 @@ def start_ganache(port: int | None = None, chain_id: int = 1337, timeout: float 
         node, str(node_bin("ganache/dist/node/cli.js")),
         "--server.host", "127.0.0.1", "--server.port", str(port),
         "--chain.chainId", str(chain_id), "--wallet.mnemonic", DEV_MNEMONIC,
-        "--wallet.totalAccounts", str(DEV_ACCOUNTS), "--logging.quiet",
+        "--wallet.totalAccounts", str(DEV_NODE_ACCOUNTS), "--logging.quiet",
     ]
     return _spawn("ganache", argv, url, _rpc_ready(url), timeout)
 

@@ -20,8 +20,12 @@ Account.enable_unaudited_hdwallet_features()
 
 #: The mnemonic every dev chain (Anvil, Hardhat, Ganache as started here, embedded) uses.
 DEV_MNEMONIC = "test test test test test test test test test test test junk"
-#: Funded accounts of the embedded chain and of the dev nodes fedchain starts.
+#: Accounts every dev chain funds from the start: the embedded chain's genesis (deriving keys in
+#: Python is slow) and Hardhat's node. `Chain.fund` tops up any others a run uses.
 DEV_ACCOUNTS = 20
+#: Accounts funded by the Anvil and Ganache nodes fedchain starts (`fedchain devnet`, tests), so
+#: learners in processes of their own can use dev accounts well past 20.
+DEV_NODE_ACCOUNTS = 100
 #: Chain ids of the dev chains whose mnemonic accounts may be used by index.
 DEV_CHAIN_IDS = {31337, 1337, 131277322940537}
 
@@ -63,15 +67,22 @@ def load_account(
         if password is None:
             password = os.environ.get("FEDCHAIN_KEYSTORE_PASSWORD")
         if password is None:
-            raise ConfigError(f"keystore {path} needs a password (--password or env)")
+            raise ConfigError(
+                f"keystore {path} needs a password (--password-file or FEDCHAIN_KEYSTORE_PASSWORD)"
+            )
         try:
             encrypted = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot read keystore {path}: {exc}") from None
+        if not isinstance(encrypted, dict):
+            raise ConfigError(f"{path} is not an Ethereum keystore (JSON v3)")
         try:
-            return Account.from_key(Account.decrypt(encrypted, password))
+            secret = Account.decrypt(encrypted, password)
         except ValueError:
             raise ConfigError(f"wrong password for keystore {path}") from None
+        except (KeyError, TypeError, AttributeError):
+            raise ConfigError(f"{path} is not an Ethereum keystore (JSON v3)") from None
+        return Account.from_key(secret)
     if dev_index is not None:
         return dev_account(dev_index)
     raise ConfigError("no account: give --key, FEDCHAIN_KEY, --keystore, or --dev-account N")

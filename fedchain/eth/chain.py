@@ -1,5 +1,10 @@
 """connect(url) → Chain: the embedded py-evm chain or any EVM JSON-RPC node, one interface.
 
+What differs between the two lives in a Backend (EmbeddedBackend, RpcBackend), as transports
+do in httpx: the lock around the in-process EVM, how gas limits are found, transport errors,
+and the capabilities other layers ask about (`chain.backend.keeps_records_in_process`,
+`supports_batch`, `concurrent_requests`, `always_dev_chain`).
+
 Transactions are always signed locally with eth-account (private key, keystore, or a dev
 chain's well-known mnemonic account), so the same code runs on a dev chain and a public
 network. Reverts come back as `fedchain.errors` exceptions named after the contract's errors.
@@ -9,13 +14,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar, cast
 
 import requests
 from eth_account.signers.local import LocalAccount
+from eth_typing import HexStr
 from eth_utils import to_checksum_address
 from eth_utils.exceptions import ValidationError as EthUtilsValidationError
 from web3 import Web3
@@ -25,11 +32,18 @@ from web3.exceptions import (
     TimeExhausted,
     Web3RPCError,
 )
-from web3.types import FilterParams, TxParams
+from web3.types import BlockIdentifier, FilterParams, RPCEndpoint, TxParams
 
-from ..errors import ChainUnavailable, ConfigError, TransactionFailed, TransactionTimeout
+from ..errors import (
+    ChainUnavailable,
+    ConfigError,
+    ContractRevert,
+    FedChainError,
+    TransactionFailed,
+    TransactionTimeout,
+)
 from ..redact import redact_url, register, scrub
-from .accounts import DEV_ACCOUNTS, DEV_CHAIN_IDS, DEV_MNEMONIC, dev_account
+from .accounts import DEV_ACCOUNTS, DEV_CHAIN_IDS, DEV_MNEMONIC, OWNER_INDEX, dev_account
 
 try:  # the embedded chain reports reverts with eth-tester's own exception
     from eth_tester.exceptions import TransactionFailed as _TesterFailed
@@ -47,6 +61,21 @@ T = TypeVar("T")
 #: Gas limit of transactions on the embedded chain (deploying FedChain takes 1.4M).
 EMBEDDED_GAS_LIMIT = 5_000_000
 
+#: Tries to send one transaction: a nonce taken by another transaction of the sender resyncs.
+SEND_ATTEMPTS = 4
+#: What nodes answer when the nonce is taken by a mined or pending transaction of the sender
+#: (geth, Anvil, Hardhat: "nonce too low", "replacement transaction underpriced"; Ganache:
+#: "the tx doesn't have the correct nonce").
+NONCE_TAKEN = ("nonce", "underpriced")
+#: What nodes answer when this very signed transaction is already in their pool (geth:
+#: "already known", Anvil: "transaction already imported", older geth: "known transaction").
+ALREADY_KNOWN = ("already known", "already imported", "known transaction")
+
+#: What `Chain.fund` gives each account on a dev chain (10 ETH) and who gives it.
+DEV_FUNDING = 10 * 10**18
+FUNDER_INDEX = OWNER_INDEX
+
+
 @dataclass(frozen=True)
 class Receipt:
     """The parts of a mined transaction receipt fedchain uses."""
@@ -57,6 +86,142 @@ class Receipt:
     status: int
     logs: tuple[Any, ...]
     contract_address: str | None
+
+
+class Backend(ABC):
+    """How a Chain reaches its node, and what that node can do; `connect` picks one.
+
+    Everything that differs between the in-process chain and a JSON-RPC node lives in a
+    backend (like an httpx transport): Chain and the layers above ask for capabilities and
+    call methods, never test which backend they have.
+    """
+
+    #: The node as fedchain shows it (no credentials, path or query).
+    url: str
+    #: Deployment records stay in this process (the chain dies with it) instead of
+    #: deployments/<chainId>.json.
+    keeps_records_in_process: bool = False
+    #: The node answers JSON-RPC batch requests (e.g. many receipts in one round trip).
+    supports_batch: bool = False
+    #: Requests from several threads run concurrently (False: they queue behind one lock).
+    concurrent_requests: bool = True
+    #: A dev chain whatever its chain id (its dev accounts may be used by index).
+    always_dev_chain: bool = False
+
+    def __init__(self, provider: Any, url: str) -> None:
+        self.provider = provider
+        self.url = url
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r})"
+
+    def web3(self) -> Web3:
+        """The Web3 instance a Chain on this backend uses."""
+        return Web3(self.provider)
+
+    def run(self, fn: Callable[[], T]) -> T:
+        """Runs one request (or a few) against the node."""
+        return fn()
+
+    @abstractmethod
+    def gas_limit(self, w3: Web3, tx: TxParams) -> int:
+        """The gas limit to send `tx` with; a revert raises one of REVERT_ERRORS."""
+
+    def revert_data(self, w3: Web3, tx_hash: str) -> bytes | None:
+        """The revert data of a mined, reverted transaction, replayed by the node in its place
+        in the block; None where the node cannot say."""
+        return None
+
+
+class EmbeddedBackend(Backend):
+    """An in-process py-evm chain (eth-tester) with the dev mnemonic's accounts funded.
+
+    The EVM is not thread-safe, so every request holds one lock; gas costs nothing, so
+    transactions get a fixed limit instead of py-evm's slow estimate.
+    """
+
+    keeps_records_in_process = True
+    concurrent_requests = False
+    always_dev_chain = True
+
+    def __init__(self) -> None:
+        from eth_tester import EthereumTester, PyEVMBackend
+        from web3.providers.eth_tester import EthereumTesterProvider
+
+        backend = PyEVMBackend.from_mnemonic(
+            DEV_MNEMONIC, num_accounts=DEV_ACCOUNTS, hd_path="m/44'/60'/0'/0"
+        )
+        super().__init__(EthereumTesterProvider(EthereumTester(backend)), "embedded")
+        self._lock = threading.RLock()
+
+    def web3(self) -> Web3:
+        w3 = super().web3()
+        # eth_call without a sender is twice as slow on the tester backend.
+        w3.eth.default_account = dev_account(0).address
+        return w3
+
+    def run(self, fn: Callable[[], T]) -> T:
+        with self._lock:
+            return fn()
+
+    def gas_limit(self, w3: Web3, tx: TxParams) -> int:
+        # py-evm's estimator re-runs the transaction a dozen times; one eth_call surfaces a
+        # revert, and a fixed limit covers every FedChain call.
+        w3.eth.call(tx)
+        return EMBEDDED_GAS_LIMIT
+
+
+class RpcBackend(Backend):
+    """An EVM JSON-RPC node over HTTP(S); transport failures become ChainUnavailable."""
+
+    supports_batch = True
+
+    def __init__(self, url: str, *, timeout: float = 30.0, provider: Any = None) -> None:
+        super().__init__(
+            provider or Web3.HTTPProvider(url, request_kwargs={"timeout": timeout}),
+            redact_url(url),
+        )
+        endpoint = getattr(self.provider, "endpoint_uri", None)
+        #: The real URL, secrets and all: only ever scrubbed out of messages and logs.
+        self._endpoint = endpoint if isinstance(endpoint, str) else url
+
+    def run(self, fn: Callable[[], T]) -> T:
+        # The real URL's secrets (an API key in its path) stay out of messages and logs.
+        register(self._endpoint)
+        try:
+            return fn()
+        except (requests.ConnectionError, requests.Timeout, ConnectionError) as exc:
+            raise ChainUnavailable(
+                f"chain node at {self.url} is not reachable ({type(exc).__name__})", url=self.url
+            ) from None
+        except requests.RequestException as exc:  # e.g. HTTP 429 or 5xx from a public node
+            detail = scrub(str(exc), self._endpoint)
+            raise ChainUnavailable(
+                f"chain node at {self.url} refused the request: {detail}", url=self.url
+            ) from None
+
+    def gas_limit(self, w3: Web3, tx: TxParams) -> int:
+        return int(w3.eth.estimate_gas(tx) * 1.2) + 10_000
+
+    def revert_data(self, w3: Web3, tx_hash: str) -> bytes | None:
+        # debug_traceTransaction with the call tracer (geth, Anvil, Hardhat, Erigon): its
+        # `output` is the revert data. Nodes without it (most public ones; Ganache returns
+        # no data for reverts) leave it to the caller's replays.
+        try:
+            answer = w3.provider.make_request(
+                RPCEndpoint("debug_traceTransaction"), [tx_hash, {"tracer": "callTracer"}]
+            )
+        except (Web3RPCError, ValueError, requests.RequestException):
+            return None
+        result = answer.get("result") if isinstance(answer, dict) else None
+        if not isinstance(result, dict):
+            return None
+        output = result.get("output") or result.get("returnValue") or ""
+        try:
+            data = bytes.fromhex(str(output).removeprefix("0x"))
+        except ValueError:
+            return None
+        return data if len(data) >= 4 else None
 
 
 _EMBEDDED: dict[str, Chain] = {}
@@ -72,42 +237,28 @@ def connect(url: str = "embedded", *, timeout: float = 30.0, fresh: bool = False
     if url in ("embedded", "embedded://"):
         with _EMBEDDED_LOCK:
             if fresh or "embedded" not in _EMBEDDED:
-                _EMBEDDED["embedded"] = Chain(_embedded_provider(), "embedded")
+                _EMBEDDED["embedded"] = Chain(EmbeddedBackend())
             return _EMBEDDED["embedded"]
     if url.startswith(("http://", "https://")):
-        provider = Web3.HTTPProvider(url, request_kwargs={"timeout": timeout})
-        chain = Chain(provider, redact_url(url))
+        chain = Chain(RpcBackend(url, timeout=timeout))
         _ = chain.chain_id  # fail fast with ChainUnavailable
         return chain
     raise ConfigError(f"unknown chain URL {url!r}: use 'embedded' or http(s)://host:port")
 
 
-def _embedded_provider() -> Any:
-    from eth_tester import EthereumTester, PyEVMBackend
-    from web3.providers.eth_tester import EthereumTesterProvider
-
-    backend = PyEVMBackend.from_mnemonic(
-        DEV_MNEMONIC, num_accounts=DEV_ACCOUNTS, hd_path="m/44'/60'/0'/0"
-    )
-    return EthereumTesterProvider(EthereumTester(backend))
 
 
 class Chain:
     """A connection to one chain: reads, locally signed transactions, paged log queries."""
 
-    def __init__(self, provider: Any, url: str) -> None:
-        self.url = url
-        self.w3 = Web3(provider)
-        self.embedded = url == "embedded"
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.url = backend.url
+        self.w3 = backend.web3()
         self._nonces: dict[str, int] = {}
         self._nonce_lock = threading.Lock()
-        # The embedded EVM is not thread-safe; serialize every call into it.
-        self._lock = threading.RLock() if self.embedded else None
         self._chain_id: int | None = None
         self._eip1559: bool | None = None
-        if self.embedded:
-            # eth_call without a sender is twice as slow on the tester backend.
-            self.w3.eth.default_account = dev_account(0).address
 
     def __repr__(self) -> str:
         return f"Chain({self.url!r})"
@@ -115,25 +266,8 @@ class Chain:
     # -- low level ---------------------------------------------------------------------
 
     def call(self, fn: Callable[[], T]) -> T:
-        """Runs a web3 call, turning transport failures into ChainUnavailable."""
-        # The real URL's secrets (an API key in its path) stay out of messages and logs.
-        endpoint = getattr(self.w3.provider, "endpoint_uri", None)
-        endpoint = endpoint if isinstance(endpoint, str) else None
-        register(endpoint)
-        try:
-            if self._lock is not None:
-                with self._lock:
-                    return fn()
-            return fn()
-        except (requests.ConnectionError, requests.Timeout, ConnectionError) as exc:
-            raise ChainUnavailable(
-                f"chain node at {self.url} is not reachable ({type(exc).__name__})"
-            ) from None
-        except requests.RequestException as exc:  # e.g. HTTP 429 or 5xx from a public node
-            detail = scrub(str(exc), endpoint)
-            raise ChainUnavailable(
-                f"chain node at {self.url} refused the request: {detail}"
-            ) from None
+        """Runs a web3 call through the backend (transport failures: ChainUnavailable)."""
+        return self.backend.run(fn)
 
     @property
     def chain_id(self) -> int:
@@ -143,7 +277,7 @@ class Chain:
 
     @property
     def is_dev_chain(self) -> bool:
-        return self.embedded or self.chain_id in DEV_CHAIN_IDS
+        return self.backend.always_dev_chain or self.chain_id in DEV_CHAIN_IDS
 
     def block_number(self) -> int:
         return int(self.call(lambda: self.w3.eth.block_number))
@@ -165,17 +299,25 @@ class Chain:
     def _next_nonce(self, address: str) -> int:
         with self._nonce_lock:
             if address not in self._nonces:
-                self._nonces[address] = int(
-                    self.call(lambda: self.w3.eth.get_transaction_count(
-                        to_checksum_address(address), "pending"))
-                )
+                self._nonces[address] = self._pending_count(address)
             nonce = self._nonces[address]
             self._nonces[address] = nonce + 1
             return nonce
 
+    def _pending_count(self, address: str) -> int:
+        return int(self.call(lambda: self.w3.eth.get_transaction_count(
+            to_checksum_address(address), "pending")))
+
     def _forget_nonce(self, address: str) -> None:
         with self._nonce_lock:
             self._nonces.pop(address, None)
+
+    def _resync_nonce(self, address: str, at_least: int = 0) -> None:
+        """Next nonce from the node's pending count; at least `at_least` (a nonce the node says
+        is taken, where its pending count may lag behind its pool)."""
+        count = self._pending_count(address)
+        with self._nonce_lock:
+            self._nonces[address] = max(count, at_least)
 
     def _fees(self) -> dict[str, int]:
         if self._eip1559 is None:
@@ -190,6 +332,13 @@ class Chain:
             return {"maxFeePerGas": 2 * base + tip, "maxPriorityFeePerGas": tip}
         return {"gasPrice": int(self.call(lambda: self.w3.eth.gas_price))}
 
+    def _tag(self, exc: Exception, tx_hash: str | None = None) -> Exception:
+        """`exc` with this chain's URL and, for a mined transaction, its hash attached."""
+        if isinstance(exc, FedChainError):
+            exc.url = exc.url or self.url
+            exc.tx_hash = exc.tx_hash or tx_hash
+        return exc
+
     def transact(
         self,
         account: LocalAccount,
@@ -202,54 +351,79 @@ class Chain:
         """Estimates, signs locally, sends, and waits for the receipt of `tx`.
 
         A revert (at estimation or in the mined block) raises what `decode_revert` makes of
-        it (the contract's typed errors), else TransactionFailed.
+        it (the contract's typed errors), else TransactionFailed; errors carry the chain's
+        `url` and, once the transaction was mined, its `tx_hash`.
+        """
+        decode = decode_revert or (lambda e: TransactionFailed(str(e)))
+        tx = self._prepare(account, tx, decode)
+        tx.update(self._fees())
+        tx_hash = self._send(account, tx, decode)
+        receipt = self._wait(account.address, tx_hash, timeout)
+        if receipt.status != 1:
+            raise self._tag(self._revert_reason(tx, receipt, decode), receipt.tx_hash)
+        if confirmations > 0:
+            self.wait_for_block(receipt.block_number + confirmations, timeout)
+        return receipt
+
+    def _prepare(
+        self, account: LocalAccount, tx: dict[str, Any], decode: Callable[[Exception], Exception]
+    ) -> dict[str, Any]:
+        """`tx` with sender, chain id and a gas limit (a revert found here is raised)."""
+        tx = {**tx, "from": account.address, "chainId": self.chain_id}
+        if "gas" not in tx:
+            try:
+                tx["gas"] = self.call(partial(self.backend.gas_limit, self.w3, cast(TxParams, tx)))
+            except REVERT_ERRORS as exc:
+                raise self._tag(decode(exc)) from None
+        return tx
+
+    def _send(
+        self, account: LocalAccount, tx: dict[str, Any], decode: Callable[[Exception], Exception]
+    ) -> str:
+        """Signs `tx` with the sender's next nonce and sends it; returns its hash.
+
+        A nonce already taken by an earlier transaction of the same sender, mined or still
+        pending (e.g. one this process sent before it was restarted), resyncs the nonce from
+        the node's pending count and signs again; the very same transaction already in the
+        node's pool is simply waited for.
         """
         sender = account.address
-        tx = {**tx, "from": sender, "chainId": self.chain_id}
-        decode = decode_revert or (lambda e: TransactionFailed(str(e)))
-        if "gas" not in tx and self.embedded:
-            # py-evm's estimator re-runs the transaction a dozen times; gas is free here, so
-            # one eth_call surfaces a revert and a fixed limit covers every FedChain call.
-            try:
-                self.call(lambda: self.w3.eth.call(cast(TxParams, tx)))
-            except REVERT_ERRORS as exc:
-                raise decode(exc) from None
-            tx["gas"] = EMBEDDED_GAS_LIMIT
-        elif "gas" not in tx:
-            try:
-                estimate = self.call(lambda: self.w3.eth.estimate_gas(cast(TxParams, tx)))
-            except REVERT_ERRORS as exc:
-                raise decode(exc) from None
-            tx["gas"] = int(estimate * 1.2) + 10_000
-        tx.update(self._fees())
-        for attempt in range(2):
+        for attempt in range(SEND_ATTEMPTS):
             tx["nonce"] = self._next_nonce(sender)
             signed = account.sign_transaction(tx)
             try:
-                tx_hash = self.call(partial(self.w3.eth.send_raw_transaction,
-                                            signed.raw_transaction))
-                break
+                sent = self.call(partial(self.w3.eth.send_raw_transaction, signed.raw_transaction))
+                return "0x" + bytes(sent).hex()
             except REVERT_ERRORS as exc:
-                self._forget_nonce(sender)
-                if attempt == 0 and "nonce" in str(exc).lower():
+                text = str(exc).lower()
+                if any(s in text for s in ALREADY_KNOWN):
+                    return "0x" + bytes(signed.hash).hex()
+                if attempt + 1 < SEND_ATTEMPTS and any(s in text for s in NONCE_TAKEN):
+                    taken = "underpriced" in text or "too low" in text
+                    self._resync_nonce(sender, tx["nonce"] + 1 if taken else 0)
                     continue
-                raise decode(exc) from None
+                self._forget_nonce(sender)
+                raise self._tag(decode(exc)) from None
             except BaseException:
                 # Whether the node got it is unknown: resync from its pending count next time.
                 self._forget_nonce(sender)
                 raise
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    def _wait(self, sender: str, tx_hash: str, timeout: float) -> Receipt:
         try:
             raw = self.call(
                 lambda: self.w3.eth.wait_for_transaction_receipt(
-                    tx_hash, timeout=timeout, poll_latency=0.05
+                    HexStr(tx_hash), timeout=timeout, poll_latency=0.05
                 )
             )
         except TimeExhausted:
             self._forget_nonce(sender)
             raise TransactionTimeout(
-                f"transaction 0x{bytes(tx_hash).hex()} not mined within {timeout:.0f}s"
+                f"transaction {tx_hash} not mined within {timeout:.0f}s",
+                url=self.url, tx_hash=tx_hash,
             ) from None
-        receipt = Receipt(
+        return Receipt(
             tx_hash="0x" + bytes(raw["transactionHash"]).hex(),
             block_number=int(raw["blockNumber"]),
             gas_used=int(raw["gasUsed"]),
@@ -257,27 +431,85 @@ class Chain:
             logs=tuple(raw["logs"]),
             contract_address=raw.get("contractAddress"),
         )
-        if receipt.status != 1:
-            self._replay_revert(tx, receipt, decode)
-        if confirmations > 0:
-            self.wait_for_block(receipt.block_number + confirmations, timeout)
-        return receipt
 
-    def _replay_revert(
+    def _revert_reason(
         self, tx: dict[str, Any], receipt: Receipt, decode: Callable[[Exception], Exception]
-    ) -> None:
-        call = {k: tx[k] for k in ("from", "to", "data", "value") if k in tx}
-        try:
-            self.call(lambda: self.w3.eth.call(cast(TxParams, call), receipt.block_number - 1))
-        except REVERT_ERRORS as exc:
-            raise decode(exc) from None
-        raise TransactionFailed(f"transaction {receipt.tx_hash} reverted (no reason given)")
+    ) -> Exception:
+        """Why a mined transaction reverted, as the contract's typed error where one is found.
+
+        First the node's own replay of the transaction in its place in the block (a trace,
+        where the backend has one); then the call again on the block's parent, in the mined
+        block and at the latest block. The last two find what an earlier transaction in the
+        same block did, e.g. this sender's own duplicate that was still pending when its
+        process restarted (AlreadySubmitted, WrongRound: the callers treat those as done).
+        """
+        if receipt.gas_used >= int(tx.get("gas", 0)) > 0:
+            return TransactionFailed(
+                f"transaction {receipt.tx_hash} ran out of gas (limit {tx['gas']:,})"
+            )
+        data = self.call(partial(self.backend.revert_data, self.w3, receipt.tx_hash))
+        if data:
+            reason = decode(ContractLogicError("execution reverted", data="0x" + data.hex()))
+            if isinstance(reason, ContractRevert):
+                return reason
+        call = cast(TxParams, {k: tx[k] for k in ("from", "to", "data", "value") if k in tx})
+        blocks: list[BlockIdentifier] = [receipt.block_number - 1, receipt.block_number, "latest"]
+        for block in blocks:
+            try:
+                self.call(partial(self.w3.eth.call, call, block))
+            except REVERT_ERRORS as exc:
+                reason = decode(exc)
+                if isinstance(reason, ContractRevert):
+                    return reason
+        return TransactionFailed(f"transaction {receipt.tx_hash} reverted (no reason given)")
+
+    # -- funding -----------------------------------------------------------------------
+
+    def fund(
+        self, addresses: Iterable[str], amount: int = DEV_FUNDING, *, timeout: float = 120.0
+    ) -> list[Receipt]:
+        """Makes sure every address can pay for its transactions.
+
+        On a dev chain, dev account 0 sends `amount` wei to each address holding less than a
+        tenth of it (all transfers sent, then awaited). Any other chain is only checked:
+        addresses holding nothing raise ConfigError, named, before any of them sends and fails.
+        """
+        wanted = list(dict.fromkeys(to_checksum_address(a) for a in addresses))
+        balances = {a: self.balance(a) for a in wanted}
+        if not self.is_dev_chain:
+            empty = [a for a, b in balances.items() if b == 0]
+            if empty:
+                raise ConfigError(
+                    f"{len(empty)} account(s) hold no ETH on chain {self.chain_id} and cannot pay "
+                    f"for transactions: {', '.join(empty)}; fund them first",
+                    url=self.url,
+                )
+            return []
+        funder = self.account(FUNDER_INDEX)
+        needy = [a for a, b in balances.items() if b < amount // 10 and a != funder.address]
+        if not needy:
+            return []
+
+        def decode(exc: Exception) -> Exception:
+            return TransactionFailed(f"funding from dev account {FUNDER_INDEX} failed: {exc}")
+
+        template = self._prepare(funder, {"value": amount, "gas": 21_000}, decode)
+        template.update(self._fees())
+        hashes = [self._send(funder, {**template, "to": a}, decode) for a in needy]
+        receipts = [self._wait(funder.address, h, timeout) for h in hashes]
+        failed = [r.tx_hash for r in receipts if r.status != 1]
+        if failed:
+            raise TransactionFailed(f"funding transfers failed: {', '.join(failed)}",
+                                    url=self.url, tx_hash=failed[0])
+        return receipts
 
     def wait_for_block(self, number: int, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
         while self.block_number() < number:
             if time.monotonic() > deadline:
-                raise TransactionTimeout(f"block {number} not reached within {timeout:.0f}s")
+                raise TransactionTimeout(
+                    f"block {number} not reached within {timeout:.0f}s", url=self.url
+                )
             time.sleep(0.2)
 
     # -- logs --------------------------------------------------------------------------
@@ -307,7 +539,9 @@ class Chain:
                 if page > 1 and _is_range_error(exc):
                     page = max(1, page // 2)
                     continue
-                raise ChainUnavailable(f"eth_getLogs failed on {self.url}: {exc}") from None
+                raise ChainUnavailable(
+                    f"eth_getLogs failed on {self.url}: {exc}", url=self.url
+                ) from None
             yield from logs
             start = end + 1
 

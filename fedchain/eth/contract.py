@@ -22,6 +22,7 @@ from .chain import Chain, Receipt
 from .events import EVENT_TYPES, Event, EventDecoder, LearnerAdded, LearnerRemoved, UpdateSubmitted
 from .reverts import decode_revert, error_table
 
+ZERO_ADDRESS = "0x" + "00" * 20
 #: Learners registered per transaction (one block has a gas limit).
 LEARNER_BATCH = 100
 
@@ -56,6 +57,11 @@ class FedChainReader:
 
     def owner(self) -> str:
         return str(self._view("owner"))
+
+    def pending_owner(self) -> str | None:
+        """The account an ownership transfer in progress goes to, None when none is."""
+        pending = str(self._view("pendingOwner"))
+        return None if int(pending, 16) == 0 else pending
 
     def aggregator(self) -> str:
         return str(self._view("aggregator"))
@@ -153,7 +159,7 @@ class FedChain(FedChainReader):
                                  decode_revert=partial(decode_revert, errors))
         if not receipt.contract_address:
             raise TransactionFailed(f"deployment {receipt.tx_hash} created no contract",
-                                    tx_hash=receipt.tx_hash)
+                                    url=chain.url, tx_hash=receipt.tx_hash)
         return cls(chain, receipt.contract_address, account), receipt
 
     @overload
@@ -211,6 +217,15 @@ class FedChain(FedChainReader):
 
     def set_aggregator(self, aggregator: str) -> Receipt:
         return self._transact("setAggregator", to_checksum_address(aggregator))
+
+    def transfer_ownership(self, new_owner: str | None) -> Receipt:
+        """Owner only: offers ownership to `new_owner`, who takes it with accept_ownership;
+        None (or the zero address) withdraws a pending offer."""
+        return self._transact("transferOwnership", to_checksum_address(new_owner or ZERO_ADDRESS))
+
+    def accept_ownership(self) -> Receipt:
+        """The pending owner only: takes over the ownership offered by transfer_ownership."""
+        return self._transact("acceptOwnership")
 
     def set_genesis(self, model_cid: CidLike, plan_cid: CidLike) -> Receipt:
         return self._transact("setGenesis", cid_bytes(model_cid), cid_bytes(plan_cid))

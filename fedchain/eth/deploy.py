@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,14 +61,18 @@ def record_path(chain: Chain, directory: Path = DEFAULT_DIR) -> Path:
 
 
 def load_record(chain: Chain, directory: Path = DEFAULT_DIR) -> dict[str, Any] | None:
-    """The deployment record of this chain, if any (none is kept for the embedded chain)."""
-    if chain.embedded:
-        return _EMBEDDED_RECORD.get(id(chain))
+    """The deployment record of this chain, if any: from `directory`, or from this process for
+    a chain that lives in it (the embedded one)."""
+    if chain.backend.keeps_records_in_process:
+        return _IN_PROCESS_RECORDS.get(chain)
     path = record_path(chain, directory)
     return json.loads(path.read_text()) if path.exists() else None
 
 
-_EMBEDDED_RECORD: dict[int, dict[str, Any]] = {}
+#: Records of chains that live and die with this process, kept no longer than their Chain.
+_IN_PROCESS_RECORDS: weakref.WeakKeyDictionary[Chain, dict[str, Any]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def deploy(
@@ -107,8 +112,8 @@ def deploy(
         "deployedAt": int(time.time()),
         **ctx.record,
     }
-    if chain.embedded:
-        _EMBEDDED_RECORD[id(chain)] = record
+    if chain.backend.keeps_records_in_process:
+        _IN_PROCESS_RECORDS[chain] = record
     else:
         directory.mkdir(parents=True, exist_ok=True)
         record_path(chain, directory).write_text(json.dumps(record, indent=2) + "\n")
@@ -126,10 +131,14 @@ def find_contract(
     if address is None:
         record = load_record(chain, directory)
         if record is None:
-            where = "this process" if chain.embedded else str(record_path(chain, directory))
+            where = (
+                "this process" if chain.backend.keeps_records_in_process
+                else str(record_path(chain, directory))
+            )
             raise DeploymentNotFound(
                 f"no FedChain deployment recorded for chain {chain.chain_id} in {where}: "
-                "run `fedchain deploy` or pass --contract ADDRESS"
+                "run `fedchain deploy` or pass --contract ADDRESS",
+                url=chain.url,
             )
         address = record["address"]
     return FedChain.at(chain, address, account)

@@ -124,11 +124,28 @@ class Finished(Event):
     last_round: int
 
 
+@dataclass(frozen=True)
+class OwnershipTransferStarted(Event):
+    """The owner offered ownership to `new_owner` (the zero address: the offer withdrawn)."""
+
+    previous_owner: str
+    new_owner: str
+
+
+@dataclass(frozen=True)
+class OwnershipTransferred(Event):
+    """`new_owner` accepted the ownership `previous_owner` offered."""
+
+    previous_owner: str
+    new_owner: str
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
         LearnerAdded, LearnerRemoved, AggregatorChanged, GenesisSet, UpdateSubmitted,
-        GlobalModelPublished, EvaluationReported, Finished,
+        GlobalModelPublished, EvaluationReported, Finished, OwnershipTransferStarted,
+        OwnershipTransferred,
     )
 }
 

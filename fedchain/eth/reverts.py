@@ -122,6 +122,12 @@ class AlreadyReported(ContractRevert):
     params = ("round", "learner")
 
 
+class NotPendingOwner(ContractRevert):
+    """Only the pending owner may accept the ownership"""
+
+    params = ("caller",)
+
+
 #: Solidity custom error name → exception class (tests/test_artifact.py checks it against the ABI).
 REVERTS: dict[str, type[ContractRevert]] = {
     cls.__name__: cls
@@ -146,6 +152,7 @@ REVERTS: dict[str, type[ContractRevert]] = {
         MetricsTooLarge,
         NoGlobalModel,
         AlreadyReported,
+        NotPendingOwner,
     )
 }
 

@@ -99,6 +99,8 @@ def simulate(
     owner = ch.account(OWNER_INDEX)
     aggregator_account = ch.account(AGGREGATOR_INDEX)
     learner_accounts = [ch.account(FIRST_LEARNER_INDEX + i) for i in range(num_learners)]
+    # Dev chains fund only some accounts: top up every one this run sends from (fedchain.eth).
+    ch.fund([aggregator_account.address, *(a.address for a in learner_accounts)])
 
     contract, receipt = FedChain.deploy(ch, owner, aggregator_account.address)
     contract.register_learners([a.address for a in learner_accounts])
