@@ -29,6 +29,7 @@ from fedchain.audit import read_federation
 from fedchain.audit.render import print_report
 from fedchain.audit.verify import load_plan, verify
 from fedchain.cli import devnet
+from fedchain.eth.accounts import learner_key
 from fedchain.eth.chain import connect
 from fedchain.eth.contract import FedChain
 from fedchain.federation.node import metrics_json
@@ -82,7 +83,7 @@ def build(url: str, store_url: str, rounds: int, learners: int) -> tuple[FedChai
     with ThreadPoolExecutor(max_workers=learners) as pool:
         for round in range(1, rounds + 1):
             updates = list(pool.map(lambda i, r=round, b=weights: learn(i, r, b), range(learners)))
-            updates.sort(key=lambda u: int(u.learner, 16))
+            updates.sort(key=lambda u: learner_key(u.learner))
             weights, _ = FedAvg().aggregate(weights, updates)
             agg.publish_global(round, store.put(encode(weights)), [u.learner for u in updates])
             list(pool.map(lambda i, r=round: report(i, r), range(learners)))

@@ -15,6 +15,7 @@ from fedchain.audit import read_federation
 from fedchain.audit.render import write_html
 from fedchain.audit.verify import load_plan, verify
 from fedchain.cli import main as cli_main
+from fedchain.eth.accounts import learner_key
 from fedchain.eth.chain import connect
 from fedchain.eth.contract import FedChain
 from fedchain.federation.aggregator import Aggregator
@@ -158,9 +159,9 @@ def round_one_submitted(chain, store, strategy=None, learners=3):
 
 def submitted_updates(contract, store, round=1):
     """The round's updates in aggregation order, fetched."""
-    events = sorted(contract.updates(round), key=lambda e: int(e.learner, 16))
+    events = sorted(contract.updates(round), key=lambda e: learner_key(e.learner))
     return [
-        Update(e.learner, e.num_examples, decode(store.get(to_cid(e.model_cid)))) for e in events
+        Update(e.learner, e.num_examples, decode(store.get(e.model_cid.require()))) for e in events
     ]
 
 
@@ -207,7 +208,7 @@ def test_published_cid_of_other_content_is_caught(embedded, store, content):
     agg, nodes = round_one_submitted(embedded, store)
     events = agg.contract.updates(1)
     if content == "another valid model":
-        cid = to_cid(events[0].model_cid)  # one learner's update passed off as the average
+        cid = events[0].model_cid.require()  # one learner's update passed off as the average
     else:
         cid = store.put(b"these bytes are not the average of anything")
     agg.contract.publish_global(1, cid, [e.learner for e in events])

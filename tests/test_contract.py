@@ -45,6 +45,7 @@ from fedchain.errors import (
     ZeroAddress,
 )
 from fedchain.eth import events as ev
+from fedchain.eth.accounts import learner_key
 from fedchain.eth.chain import Chain
 from fedchain.eth.contract import FedChain
 from fedchain.storage.cid import cid_text
@@ -81,7 +82,7 @@ def addr(fc: FedChain) -> str:
 
 
 def ascending(*bindings: FedChain) -> list[str]:
-    return sorted((addr(b) for b in bindings), key=lambda a: int(a, 16))
+    return sorted((addr(b) for b in bindings), key=learner_key)
 
 
 def start(fed: Federation) -> None:
@@ -337,7 +338,9 @@ def test_a_second_update_in_the_same_round_reverts(federation: Federation) -> No
             {"round": 1, "learner": addr(learner)},
             lambda: learner.submit_update(1, cid_v1_raw("second"), 10),
         )
-    assert [u.model_cid for u in learner.updates(1, from_block=fed.block)] == [cid_v1_raw("first")]
+    assert [u.model_cid.raw for u in learner.updates(1, from_block=fed.block)] == [
+        cid_v1_raw("first")
+    ]
 
 
 def test_publishing_an_update_that_was_not_submitted_reverts(federation: Federation) -> None:
@@ -546,13 +549,13 @@ def test_events_carry_every_decoded_field(federation: Federation) -> None:
     updates, published, evaluation, removed, finished = events[5:8], *events[8:]
     assert [e.learner for e in added] == [addr(b) for b in fed.learners]  # type: ignore[attr-defined]
     assert isinstance(genesis, ev.GenesisSet)
-    assert (genesis.model_cid, genesis.plan_cid) == (GENESIS, PLAN)
+    assert (genesis.model_cid.raw, genesis.plan_cid.raw) == (GENESIS, PLAN)
     assert [
-        (u.round, u.learner, u.model_cid, u.num_examples)  # type: ignore[attr-defined]
+        (u.round, u.learner, u.model_cid.raw, u.num_examples)  # type: ignore[attr-defined]
         for u in updates
     ] == [(1, addr(b), cid_v1_raw(f"u{n}"), 100 * n) for n, b in enumerate(submit_order, start=1)]
     assert isinstance(published, ev.GlobalModelPublished)
-    assert published.round == 1 and published.model_cid == cid_v1_raw("g1")
+    assert published.round == 1 and published.model_cid.raw == cid_v1_raw("g1")
     assert published.included == tuple(ascending(*fed.learners))
     assert isinstance(evaluation, ev.EvaluationReported)
     assert (evaluation.round, evaluation.learner, evaluation.num_examples) == (
@@ -574,7 +577,7 @@ def test_updates_are_filtered_by_round(federation: Federation) -> None:
     b.submit_update(1, cid_v1_raw("b1"), 2)
     agg.publish_global(1, cid_v1_raw("g1"), [addr(a), addr(b)])
     b.submit_update(2, cid_v1_raw("b2"), 3)
-    assert [(u.learner, u.model_cid) for u in agg.updates(1, from_block=fed.block)] == [
+    assert [(u.learner, u.model_cid.raw) for u in agg.updates(1, from_block=fed.block)] == [
         (addr(a), cid_v1_raw("a1")),
         (addr(b), cid_v1_raw("b1")),
     ]
@@ -599,7 +602,7 @@ def test_cidv0_and_cidv1_round_trip_through_storage_and_events(federation: Feder
     events = list(
         agg.events("GenesisSet", "UpdateSubmitted", "GlobalModelPublished", from_block=fed.block)
     )
-    assert [e.model_cid for e in events] == [v0, raw, pb, v0]  # type: ignore[attr-defined]
+    assert [e.model_cid.raw for e in events] == [v0, raw, pb, v0]  # type: ignore[attr-defined]
 
 
 def test_event_paging_returns_the_same_events_for_any_page_size(federation: Federation) -> None:

@@ -10,6 +10,7 @@ from fedmodels import LinearLearner, WrongShapeLearner, initial_weights
 
 from fedchain.aggregation.strategy import FedAvg, Update
 from fedchain.errors import WrongRound
+from fedchain.eth.accounts import learner_key
 from fedchain.federation.aggregator import Aggregator
 from fedchain.federation.config import RunConfig
 from fedchain.federation.node import LearnerNode
@@ -49,7 +50,7 @@ def test_fedavg_trajectory_equals_in_memory_loop_bit_for_bit(store):
                       train_config=TRAIN)
 
     learners = [LinearLearner(i) for i in range(3)]
-    addresses = sorted((n.address for n in result.learners), key=lambda a: int(a, 16))
+    addresses = sorted((n.address for n in result.learners), key=learner_key)
     by_address = {n.address: i for i, n in enumerate(result.learners)}
     weights = initial_weights()
     for round in (1, 2, 3):
@@ -105,7 +106,7 @@ def test_bad_updates_are_rejected_with_reasons_and_the_round_goes_on(fed, store)
     published = decode(store.get(to_cid(aggregator.global_model(1))))
     first = aggregator.updates(1)[0]
     honest_update = Update(first.learner, first.num_examples,
-                           decode(store.get(to_cid(first.model_cid))))
+                           decode(store.get(first.model_cid.require())))
     expected, _ = FedAvg().aggregate(initial_weights(), [honest_update])
     assert encode(published) == encode(expected)  # only the honest update counted
 
@@ -175,7 +176,7 @@ def test_late_learner_trains_on_the_current_global_model(fed, store):
     assert late.submitted == [2]
     global1 = decode(store.get(to_cid(aggregator.global_model(1))))
     assert int(global1["steps"]) == 1
-    submitted = decode(store.get(to_cid(aggregator.updates(2)[0].model_cid)))
+    submitted = decode(store.get(aggregator.updates(2)[0].model_cid.require()))
     assert int(submitted["steps"]) == 2  # trained from round 1's model, not genesis
 
 

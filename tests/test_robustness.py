@@ -94,21 +94,22 @@ def test_ipfs_blip_while_fetching_retries_the_round_instead_of_dropping_updates(
     agg = _aggregator(aggregator, store, min_updates=3)
     agg.start()
     _submit_all(learners, store)
-    real_get = store.get
-    update_cids = {u.model_cid for u in aggregator.updates(1)}
+    real_read = store._read
+    update_cids = {u.model_cid.cid for u in aggregator.updates(1)}
     blips = iter([True])
 
-    def get_dropped_once(cid, *args, **kw):  # stands in for an IPFS node that drops a request
-        if bytes(cid) in update_cids and next(blips, False):
+    def read_dropped_once(cid, *args, **kw):  # stands in for an IPFS node that drops a request
+        if cid in update_cids and next(blips, False):
             raise StoreUnavailable("IPFS node at http://127.0.0.1:5001 is not reachable")
-        return real_get(cid, *args, **kw)
+        return real_read(cid, *args, **kw)
 
-    monkeypatch.setattr(store, "get", get_dropped_once)
+    monkeypatch.setattr(store, "_read", read_dropped_once)
     agg.stop_event.wait = lambda timeout=None: False  # no real sleeping between retries
     agg.run()
 
     (result,) = agg.results
     assert len(result.included) == 3 and result.rejected == []
+    assert next(blips, None) is None  # the blip did happen
 
 
 def test_absurd_num_examples_is_refused_on_chain_and_the_round_goes_on(fed, store):

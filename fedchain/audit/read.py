@@ -28,7 +28,6 @@ from ..eth.events import (
     UpdateSubmitted,
 )
 from ..federation.history import weighted_metrics
-from ..storage.cid import cid_text
 from .report import FAILED, AuditReport, Check, Evaluation, RoundAudit, Submission
 
 RECEIPT = "eth_getTransactionReceipt"
@@ -125,21 +124,16 @@ def read_federation(
     for e in contract.events(from_block=start, to_block=head, page=page):
         txs.append(e.tx)
         if isinstance(e, UpdateSubmitted):
-            at(e.round).submissions.append(
-                Submission(e.learner, cid_text(e.model_cid), e.num_examples, e.block, e.tx)
-            )
+            at(e.round).submissions.append(Submission(e))
         elif isinstance(e, EvaluationReported):
             at(e.round).evaluations.append(
                 Evaluation(e.learner, e.num_examples, _metrics(e.metrics), e.block, e.tx)
             )
             reports.setdefault(e.round, []).append(e)
         elif isinstance(e, GlobalModelPublished):
-            r = at(e.round)
-            r.global_cid, r.included = cid_text(e.model_cid), list(e.included)
-            r.publish_block, r.publish_tx = e.block, e.tx
+            at(e.round).published = e
         elif isinstance(e, GenesisSet):
-            report.genesis_cid, report.plan_cid = cid_text(e.model_cid), cid_text(e.plan_cid)
-            report.genesis_tx = e.tx
+            report.genesis = e
         elif isinstance(e, LearnerAdded | LearnerRemoved):
             active[e.learner] = isinstance(e, LearnerAdded)
         elif isinstance(e, AggregatorChanged):
@@ -149,7 +143,7 @@ def read_federation(
     report.learners = [a for a, on in active.items() if on]
     report.rounds = [rounds[r] for r in sorted(rounds)]
     for r in report.rounds:
-        r.abandoned = r.global_cid is None and report.finished_after is not None
+        r.abandoned = r.published is None and report.finished_after is not None
         _chain_checks(r)
         r.loss, r.metrics = weighted_metrics(reports.get(r.round, []))
     report.seconds["events"] = time.monotonic() - started

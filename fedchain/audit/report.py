@@ -1,9 +1,15 @@
-"""The audit report: what the chain says about each round, and the checks run on it."""
+"""The audit report: what the chain says about each round, and the checks run on it.
+
+The report holds the chain's own records (the events, with their CIDs decoded once), not
+copies of their fields; `to_dict` gives the JSON form, CIDs as text.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from ..eth.events import GenesisSet, GlobalModelPublished, UpdateSubmitted
 
 OK, FAILED, UNFETCHABLE, UNVERIFIABLE, NOTE = "ok", "failed", "unfetchable", "unverifiable", "note"
 
@@ -21,15 +27,38 @@ class Check:
 
 @dataclass
 class Submission:
-    """An UpdateSubmitted event and whether the round's global model included it."""
+    """An UpdateSubmitted event, its gas, and whether the round's global model included it."""
 
-    learner: str
-    cid: str
-    num_examples: int
-    block: int
-    tx: str
+    event: UpdateSubmitted
     gas: int | None = None
     included: bool = False
+
+    @property
+    def learner(self) -> str:
+        return self.event.learner
+
+    @property
+    def cid(self) -> str:
+        """The submitted CID as text (0x-hex if the bytes are not a CID)."""
+        return self.event.model_cid.text
+
+    @property
+    def num_examples(self) -> int:
+        return self.event.num_examples
+
+    @property
+    def block(self) -> int:
+        return self.event.block
+
+    @property
+    def tx(self) -> str:
+        return self.event.tx
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "learner": self.learner, "cid": self.cid, "num_examples": self.num_examples,
+            "block": self.block, "tx": self.tx, "gas": self.gas, "included": self.included,
+        }  # fmt: skip
 
 
 @dataclass
@@ -50,10 +79,8 @@ class RoundAudit:
 
     round: int
     submissions: list[Submission] = field(default_factory=list)
-    included: list[str] = field(default_factory=list)
-    global_cid: str | None = None
-    publish_block: int | None = None
-    publish_tx: str | None = None
+    #: The round's GlobalModelPublished event (None while unpublished).
+    published: GlobalModelPublished | None = None
     publish_gas: int | None = None
     evaluations: list[Evaluation] = field(default_factory=list)
     loss: float | None = None
@@ -61,6 +88,24 @@ class RoundAudit:
     checks: list[Check] = field(default_factory=list)
     #: The federation finished before this round's global model was published.
     abandoned: bool = False
+
+    @property
+    def included(self) -> list[str]:
+        """The learners whose updates the published global model includes."""
+        return list(self.published.included) if self.published is not None else []
+
+    @property
+    def global_cid(self) -> str | None:
+        """The published global model's CID as text (None while unpublished)."""
+        return self.published.model_cid.text if self.published is not None else None
+
+    @property
+    def publish_block(self) -> int | None:
+        return self.published.block if self.published is not None else None
+
+    @property
+    def publish_tx(self) -> str | None:
+        return self.published.tx if self.published is not None else None
 
     @property
     def left_out(self) -> list[Submission]:
@@ -83,6 +128,25 @@ class RoundAudit:
             return UNFETCHABLE
         return OK if OK in states else "unverified"
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "round": self.round,
+            "submissions": [s.to_dict() for s in self.submissions],
+            "included": self.included,
+            "global_cid": self.global_cid,
+            "publish_block": self.publish_block,
+            "publish_tx": self.publish_tx,
+            "publish_gas": self.publish_gas,
+            "evaluations": [asdict(e) for e in self.evaluations],
+            "loss": self.loss,
+            "metrics": self.metrics,
+            "checks": [asdict(c) for c in self.checks],
+            "abandoned": self.abandoned,
+            "status": self.status,
+            "gas": self.gas,
+            "left_out": len(self.left_out),
+        }
+
 
 @dataclass
 class AuditReport:
@@ -96,9 +160,8 @@ class AuditReport:
     from_block: int
     head_block: int
     learners: list[str] = field(default_factory=list)
-    genesis_cid: str | None = None
-    genesis_tx: str | None = None
-    plan_cid: str | None = None
+    #: The GenesisSet event (None before genesis).
+    genesis: GenesisSet | None = None
     plan: dict[str, Any] | None = None
     finished_after: int | None = None
     rounds: list[RoundAudit] = field(default_factory=list)
@@ -106,6 +169,20 @@ class AuditReport:
     gas_total: int | None = None
     verified: bool = False
     seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def genesis_cid(self) -> str | None:
+        """The genesis model's CID as text (None before genesis)."""
+        return self.genesis.model_cid.text if self.genesis is not None else None
+
+    @property
+    def plan_cid(self) -> str | None:
+        """The plan's CID as text (None before genesis)."""
+        return self.genesis.plan_cid.text if self.genesis is not None else None
+
+    @property
+    def genesis_tx(self) -> str | None:
+        return self.genesis.tx if self.genesis is not None else None
 
     @property
     def open_round(self) -> int | None:
@@ -129,13 +206,29 @@ class AuditReport:
         return 1 if self.failures() else 3 if self.unfetchable() else 0
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["open_round"] = self.open_round
-        for r, out in zip(self.rounds, data["rounds"], strict=True):
-            out.update(status=r.status, gas=r.gas, left_out=len(r.left_out))
-        data["summary"] = {
-            "failed": len(self.failures()),
-            "unfetchable": len(self.unfetchable()),
-            "exit_status": self.exit_status(),
+        return {
+            "chain": self.chain,
+            "chain_id": self.chain_id,
+            "contract": self.contract,
+            "owner": self.owner,
+            "aggregator": self.aggregator,
+            "from_block": self.from_block,
+            "head_block": self.head_block,
+            "learners": self.learners,
+            "genesis_cid": self.genesis_cid,
+            "genesis_tx": self.genesis_tx,
+            "plan_cid": self.plan_cid,
+            "plan": self.plan,
+            "finished_after": self.finished_after,
+            "rounds": [r.to_dict() for r in self.rounds],
+            "checks": [asdict(c) for c in self.checks],
+            "gas_total": self.gas_total,
+            "verified": self.verified,
+            "seconds": self.seconds,
+            "open_round": self.open_round,
+            "summary": {
+                "failed": len(self.failures()),
+                "unfetchable": len(self.unfetchable()),
+                "exit_status": self.exit_status(),
+            },
         }
-        return data

@@ -3,7 +3,9 @@
 `verify` walks the rounds in order holding one round's models at a time, fetches every model
 through the store (bytes checked against the CID), decodes and validates it, re-runs the round
 with the plan's strategy and compares the CID of the re-encoded result with the published
-one. Content the store cannot serve is reported as unfetchable, never as tampering.
+one. Every model is fetched through `fedchain.model.fetch` with the plan's `max_model_bytes`,
+updates as the round's aggregation fetches them (`fedchain.federation.fetching`). Content the
+store cannot serve is reported as unfetchable, never as tampering.
 """
 
 from __future__ import annotations
@@ -11,26 +13,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import numpy as np
 
 from ..aggregation.strategy import Strategy, strategy_from_plan
-from ..errors import (
-    AggregationError,
-    ConfigError,
-    ContentMismatch,
-    ContentNotFound,
-    InvalidModel,
-    StorageError,
-    StoreUnavailable,
-)
-from ..eth.events import UpdateSubmitted
-from ..federation.replay import load_updates
-from ..model.codec import FORMAT, VERSION, ModelSpec, Weights, decode, encode, spec
+from ..errors import AggregationError, ConfigError, InvalidModel, StorageError
+from ..eth.events import ChainCid
+from ..federation.fetching import UNAVAILABLE, Rejected, RoundUpdates, fetch_updates
+from ..model.codec import FORMAT, VERSION, ModelSpec, Weights, encode, spec
+from ..model.fetch import fetch_chunks, fetch_model, fetch_plan
 from ..model.plan import Plan
-from ..storage import CID, cid_of
-from ..storage.cid import cid_text, to_cid
+from ..storage import ContentStore, cid_of
 from .report import (
     FAILED,
     NOTE,
@@ -40,11 +33,8 @@ from .report import (
     AuditReport,
     Check,
     RoundAudit,
-    Submission,
 )
 
-#: Failures of the store, not of whoever published the CID.
-UNAVAILABLE = (ContentNotFound, ContentMismatch, StoreUnavailable)
 
 def describe_difference(expected: Weights, got: Weights) -> str:
     """How `got` differs from `expected`: layers, shapes, dtypes, max |Δ| per differing layer."""
@@ -70,13 +60,9 @@ def describe_difference(expected: Weights, got: Weights) -> str:
     return "; ".join(parts) or "same values, different encoding"
 
 
-def _raw_cid(text: str) -> bytes:
-    """The binary CID behind `cid_text` output (which shows non-CIDs as 0x-hex)."""
-    return bytes.fromhex(text[2:]) if text.startswith("0x") else bytes(CID.parse(text))
-
-
-def _fetch(store: Any, cid: str, reference: ModelSpec | None, max_bytes: int) -> Weights:
-    return decode(store.get(to_cid(_raw_cid(cid))), reference, max_bytes)
+def _fetch(store: ContentStore, cid: ChainCid, reference: ModelSpec | None,
+           max_bytes: int) -> Weights:
+    return fetch_model(store, cid.require(), max_bytes=max_bytes, reference=reference)
 
 
 def _failure(exc: Exception) -> str:
@@ -88,15 +74,14 @@ def _error(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def load_plan(report: AuditReport, store: Any) -> Plan | None:
+def load_plan(report: AuditReport, store: ContentStore) -> Plan | None:
     """Fetches the plan the genesis names into `report` (a check says why if it cannot)."""
-    if report.plan_cid is None:
+    if report.genesis is None:
         return None
     try:
-        plan = Plan.load(store, _raw_cid(report.plan_cid))
+        plan = fetch_plan(store, report.genesis.plan_cid.require())
     except (StorageError, ConfigError) as exc:
-        status = UNFETCHABLE if isinstance(exc, UNAVAILABLE) else FAILED
-        report.checks.append(Check(status, "plan", f"{report.plan_cid}: {_error(exc)}"))
+        report.checks.append(Check(_failure(exc), "plan", f"{report.plan_cid}: {_error(exc)}"))
         return None
     report.plan = asdict(plan)
     return plan
@@ -116,12 +101,12 @@ class _Walk:
     state_lost: int | None = None
 
 
-def verify(report: AuditReport, store: Any, plan: Plan | None = None) -> None:
+def verify(report: AuditReport, store: ContentStore, plan: Plan | None = None) -> None:
     """Re-checks every published round through `store` and the plan; adds checks in place."""
     started = time.monotonic()
     report.verified = True
     checks = report.checks
-    if report.genesis_cid is None:
+    if report.genesis is None:
         checks.append(Check(NOTE, "genesis", "no genesis on chain yet: nothing to verify"))
         return
     plan = plan or load_plan(report, store)
@@ -139,14 +124,14 @@ def verify(report: AuditReport, store: Any, plan: Plan | None = None) -> None:
     detail = f"{plan.rounds} rounds, at least {plan.min_updates} updates, {strategy}"
     checks.append(Check(OK, "plan", detail))
     try:
-        genesis = _fetch(store, report.genesis_cid, None, plan.max_model_bytes)
+        genesis = _fetch(store, report.genesis.model_cid, None, plan.max_model_bytes)
     except (StorageError, InvalidModel) as exc:
         checks.append(Check(_failure(exc), "genesis model", _error(exc)))
         return
     checks.append(Check(OK, "genesis model", f"valid, {len(genesis)} tensors"))
     walk = _Walk(plan, strategy, spec(genesis), genesis, stateful=strategy.stateful)
     for r in report.rounds:
-        if r.global_cid is not None:
+        if r.published is not None:
             _verify_round(r, store, walk)
     report.seconds["verify"] = time.monotonic() - started
 
@@ -166,54 +151,48 @@ def _check_counts(r: RoundAudit, plan: Plan, add: Add) -> None:
         )
 
 
-def _check_left_out(r: RoundAudit, store: Any, walk: _Walk, add: Add) -> None:
+def _check_left_out(r: RoundAudit, store: ContentStore, walk: _Walk, add: Add) -> None:
     """Notes whether each update left out of the round was valid (leaving one out may be fair:
     it may have landed after the aggregator read the round)."""
-    for s in r.left_out:
-        try:
-            _fetch(store, s.cid, walk.reference, walk.plan.max_model_bytes)
-            add(
-                NOTE,
-                "left-out update",
-                f"{s.cid} is a valid update but was not included",
-                s.learner,
-            )
-        except (StorageError, InvalidModel) as exc:
-            add(NOTE, "left-out update", f"{s.cid}: {_error(exc)}", s.learner)
+    left_out = [s.event for s in r.left_out]
+    for outcome in fetch_updates(store, left_out, max_bytes=walk.plan.max_model_bytes,
+                                 reference=walk.reference):
+        learner = outcome.learner
+        detail = (
+            f"{outcome.cid}: {outcome.reason}"
+            if isinstance(outcome, Rejected)
+            else f"{outcome.cid} is a valid update but was not included"
+        )
+        del outcome  # release this model before the next one is fetched
+        add(NOTE, "left-out update", detail, learner)
 
 
-def _recompute(r: RoundAudit, store: Any, walk: _Walk, add: Add) -> tuple[Weights | None, Any]:
+def _recompute(
+    r: RoundAudit, store: ContentStore, walk: _Walk, add: Add
+) -> tuple[Weights | None, Weights | None]:
     """(the round's global model as the plan says, state), or (None, _) if it cannot be known."""
     if walk.previous is None:
         add(UNVERIFIABLE, "global model", "not recomputed: the previous global model is unknown")
         return None, None
-    problems: list[tuple[UpdateSubmitted, Exception]] = []
-    events = [_event(s, r.round) for s in r.submissions if s.included]
-    updates = load_updates(
-        store,
-        events,
-        reference=walk.reference,
-        max_bytes=walk.plan.max_model_bytes,
-        problems=problems,
-    )
+    included = [s.event for s in r.submissions if s.included]
+    updates = RoundUpdates(fetch_updates(store, included, max_bytes=walk.plan.max_model_bytes,
+                                         reference=walk.reference))
     new: Weights | None = None
     try:
         new, state = walk.strategy.aggregate(walk.previous, updates, walk.state)
     except (AggregationError, InvalidModel) as exc:
         add(FAILED, "global model", f"recomputation failed: {exc}")
-    for e, err in problems:
-        add(_failure(err), "included update", f"{cid_text(e.model_cid)}: {_error(err)}", e.learner)
-    return (None, None) if new is None or problems else (new, state)
+    for rejected in updates.rejected:
+        status = UNFETCHABLE if rejected.unavailable else FAILED
+        add(status, "included update", f"{rejected.cid}: {rejected.reason}", rejected.learner)
+    return (None, None) if new is None or updates.rejected else (new, state)
 
 
-def _event(s: Submission, round: int) -> UpdateSubmitted:
-    return UpdateSubmitted(s.block, s.tx, 0, round, s.learner, _raw_cid(s.cid), s.num_examples)
-
-
-def _verify_round(r: RoundAudit, store: Any, walk: _Walk) -> None:
+def _verify_round(r: RoundAudit, store: ContentStore, walk: _Walk) -> None:
     """Checks one round's updates and global model; advances `walk` to the next round."""
-    published_cid = r.global_cid
-    assert published_cid is not None  # only published rounds are verified
+    assert r.published is not None  # only published rounds are verified
+    published_cid = r.published.model_cid
+    limit = walk.plan.max_model_bytes
 
     def add(status: str, what: str, detail: str, learner: str | None = None) -> None:
         r.checks.append(Check(status, what, detail, r.round, learner))
@@ -221,15 +200,15 @@ def _verify_round(r: RoundAudit, store: Any, walk: _Walk) -> None:
     _check_counts(r, walk.plan, add)
     _check_left_out(r, store, walk, add)
     new, new_state = _recompute(r, store, walk, add)
-    recomputed = None if new is None else str(cid_of(encode(new)))
-    if recomputed == published_cid:
+    recomputed = None if new is None else cid_of(encode(new))
+    if recomputed is not None and recomputed == published_cid.cid:
         add(
             OK,
             "global model",
             "bit-identical to the recomputation" + ("" if r.included else " (carried over)"),
         )
         try:  # learners need the published model: check the store can serve it
-            for _ in store.get_stream(published_cid):
+            for _ in fetch_chunks(store, recomputed, max_bytes=limit):
                 pass
         except StorageError as exc:
             add(UNFETCHABLE, "global model", f"matches, but cannot be fetched: {_error(exc)}")
@@ -237,7 +216,7 @@ def _verify_round(r: RoundAudit, store: Any, walk: _Walk) -> None:
         return
     published: Weights | None = None
     try:
-        published = _fetch(store, published_cid, walk.reference, walk.plan.max_model_bytes)
+        published = _fetch(store, published_cid, walk.reference, limit)
     except (StorageError, InvalidModel) as exc:
         if recomputed is not None:
             add(

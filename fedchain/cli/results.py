@@ -19,7 +19,6 @@ from ..errors import ConfigError
 from ..eth.contract import FedChainReader
 from ..eth.events import GenesisSet, GlobalModelPublished, UpdateSubmitted
 from ..federation.history import History, Rejected, RoundResult
-from ..storage.cid import cid_text
 
 log = logging.getLogger("fedchain")
 
@@ -53,7 +52,7 @@ def published_rounds(contract: FedChainReader) -> dict[int, RoundResult]:
         if isinstance(e, GenesisSet):
             opened[1] = e.block
         elif isinstance(e, GlobalModelPublished):
-            rounds[e.round] = RoundResult(e.round, cid_text(e.model_cid), list(e.included), [],
+            rounds[e.round] = RoundResult(e.round, e.model_cid.text, list(e.included), [],
                                           0, 0.0, extra={"blocks": (opened.get(e.round),
                                                                     e.block)})
             opened[e.round + 1] = e.block

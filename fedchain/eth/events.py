@@ -1,14 +1,68 @@
-"""FedChain's events as typed records, decoded from raw logs with eth_abi."""
+"""FedChain's events as typed records, decoded from raw logs with eth_abi.
+
+CIDs are decoded once, here, into `ChainCid`: the bytes on chain and the CID they are.
+"""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 from eth_abi import decode as abi_decode
 from eth_utils import to_checksum_address
+
+from ..errors import InvalidCID
+from ..storage.cid import CID
+
+
+@dataclass(frozen=True, slots=True)
+class ChainCid:
+    """A CID as the chain records it: its bytes, and the CID they are (None if they are not).
+
+    The contract takes any bytes (up to 63) as a CID, so what an account recorded may not be
+    one; it stays representable, shown as 0x-hex, so that it can be reported. Equal when the
+    bytes are.
+    """
+
+    raw: bytes
+    #: The CID the bytes are, or None.
+    cid: CID | None = field(init=False, compare=False)
+    #: Why the bytes are not a CID (None when they are).
+    problem: str | None = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        raw = bytes(self.raw)
+        cid: CID | None = None
+        problem: str | None = None
+        if not raw:
+            problem = "no CID recorded"
+        else:
+            try:
+                cid = CID.from_bytes(raw)
+            except (InvalidCID, ValueError, IndexError) as exc:
+                problem = str(exc) or type(exc).__name__
+        object.__setattr__(self, "raw", raw)
+        object.__setattr__(self, "cid", cid)
+        object.__setattr__(self, "problem", problem)
+
+    @property
+    def text(self) -> str:
+        """The CID's text, or 0x-hex of bytes that are not a CID."""
+        return str(self.cid) if self.cid is not None else "0x" + self.raw.hex()
+
+    def require(self) -> CID:
+        """The CID; InvalidCID saying why when the recorded bytes are not one."""
+        if self.cid is None:
+            raise InvalidCID(f"{self.text} is not a CID: {self.problem}")
+        return self.cid
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __bytes__(self) -> bytes:
+        return self.raw
 
 
 @dataclass(frozen=True)
@@ -38,22 +92,22 @@ class AggregatorChanged(Event):
 
 @dataclass(frozen=True)
 class GenesisSet(Event):
-    model_cid: bytes
-    plan_cid: bytes
+    model_cid: ChainCid
+    plan_cid: ChainCid
 
 
 @dataclass(frozen=True)
 class UpdateSubmitted(Event):
     round: int
     learner: str
-    model_cid: bytes
+    model_cid: ChainCid
     num_examples: int
 
 
 @dataclass(frozen=True)
 class GlobalModelPublished(Event):
     round: int
-    model_cid: bytes
+    model_cid: ChainCid
     included: tuple[str, ...]
 
 
@@ -94,6 +148,10 @@ EVENT_TYPES: dict[str, type[Event]] = {
         OwnershipTransferred,
     )
 }
+
+
+#: Event fields that hold a CID.
+CID_FIELDS = frozenset({"model_cid", "plan_cid"})
 
 
 def _snake(name: str) -> str:
@@ -146,7 +204,8 @@ class EventDecoder:
                 (value,) = abi_decode([item["type"]], bytes(next(topics)))
             else:
                 value = values[item["name"]]
-            fields[_snake(item["name"])] = convert_value(value)
+            name = _snake(item["name"])
+            fields[name] = ChainCid(value) if name in CID_FIELDS else convert_value(value)
         return EVENT_TYPES[abi["name"]](
             block=int(log["blockNumber"]),
             tx="0x" + bytes(log["transactionHash"]).hex(),

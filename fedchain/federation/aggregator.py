@@ -10,11 +10,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import TypeVar
 
-from ..aggregation.strategy import Update, strategy_from_plan
+from ..aggregation.strategy import strategy_from_plan
 from ..errors import (
     AggregationError,
     ConfigError,
@@ -23,15 +23,15 @@ from ..errors import (
     StorageError,
     StoreUnavailable,
 )
-from ..eth.accounts import learner_key
 from ..eth.contract import FedChain, require_signer
-from ..eth.events import UpdateSubmitted
-from ..model.codec import ModelSpec, Weights, decode, encode, spec
+from ..eth.events import ChainCid, UpdateSubmitted
+from ..model.codec import ModelSpec, Weights, encode, spec
+from ..model.fetch import fetch_model
 from ..model.plan import Plan
 from ..storage import ContentStore
-from ..storage.cid import cid_text, to_cid
 from .config import RunConfig
-from .history import History, Rejected, RoundResult
+from .fetching import RoundUpdates, fetch_updates
+from .history import History, RoundResult
 from .outage import ride_out
 from .replay import rebuild_state
 
@@ -93,7 +93,7 @@ class Aggregator:
                      plan.strategy["name"])
             self.plan = plan
         else:
-            self.plan = Plan.load(self.store, c.plan())
+            self.plan = Plan.load(self.store, ChainCid(c.plan()).require())
             log.info("resuming federation at round %d (%s)", c.current_round(),
                      self.plan.strategy["name"])
             opened = [e.block for e in c.events("GenesisSet", "GlobalModelPublished")]
@@ -109,7 +109,8 @@ class Aggregator:
         open_round = c.current_round()
         if self.strategy.stateful and open_round > 1:
             # Server-optimizer state lives nowhere but in the history: replay it.
-            self._state = rebuild_state(c, self.store, self.strategy, open_round - 1)
+            self._state = rebuild_state(c, self.store, self.strategy, open_round - 1,
+                                        max_bytes=self.plan.max_model_bytes)
             log.info("rebuilt %s state from rounds 1-%d", self.strategy.name, open_round - 1)
         self.termination.rounds = self.plan.rounds
         return self.plan
@@ -119,6 +120,7 @@ class Aggregator:
         wanted = {
             "rounds": self.config.rounds,
             "min_updates": self.config.min_updates,
+            "max_model_bytes": self.config.max_model_bytes,
             "strategy": self.strategy.to_plan() if self.strategy is not None else None,
         }
         notes = []
@@ -154,76 +156,79 @@ class Aggregator:
             if self.stop_event.wait(self.config.poll_interval):
                 raise FedChainError("aggregator stopped")
 
-    def _fetch(
-        self, round: int, updates: list[UpdateSubmitted], rejected: list[Rejected],
-        included: list[str],
-    ) -> Iterator[Update]:
-        """Fetches, verifies and validates each update in learner order; bad ones are skipped."""
-        assert self._spec is not None and self.plan is not None
-        limit = self.plan.max_model_bytes
-        for u in sorted(updates, key=lambda u: learner_key(u.learner)):
-            cid = cid_text(u.model_cid)
-            try:
-                data = self.store.get(to_cid(u.model_cid), max_bytes=limit)
-                weights = decode(data, reference=self._spec, max_bytes=limit, copy=False)
-                # Keep it: audits and restarts of stateful strategies fetch it again later.
-                self.store.pin(to_cid(u.model_cid))
-            except StoreUnavailable:
-                raise  # an outage, not a bad update: the round is retried
-            except (InvalidModel, StorageError) as exc:
-                rejected.append(Rejected(u.learner, cid, f"{type(exc).__name__}: {exc}"))
-                log.warning("[ROUND %d] rejected update of %s (%s): %s", round, u.learner, cid, exc)
-                continue
-            included.append(u.learner)
-            yield Update(u.learner, u.num_examples, weights)
-            del weights, data  # release this update before the next one is fetched
+    def round_updates(self, updates: list[UpdateSubmitted],
+                      deadline: float | None = None) -> RoundUpdates:
+        """The round's updates, fetched in learner order as the strategy pulls them (with the
+        plan's size limit, by `deadline`); a store outage is raised, so the round is retried."""
+        assert self._spec is not None
+        outcomes = fetch_updates(self.store, updates, max_bytes=self._plan().max_model_bytes,
+                                 reference=self._spec, deadline=deadline, copy=False)
+        return RoundUpdates(outcomes, raise_errors=(StoreUnavailable,))
 
     def previous_global(self, round: int) -> Weights:
-        raw = self.contract.global_model(round - 1)
-        weights = decode(self.store.get(to_cid(raw)))
+        """The global model published before `round` (the genesis model before round 1)."""
+        cid = ChainCid(self.contract.global_model(round - 1)).require()
+        weights = fetch_model(self.store, cid, max_bytes=self._plan().max_model_bytes,
+                              reference=self._spec)
         if self._spec is None:
             self._spec = spec(weights)
         return weights
+
+    def _pin(self, round: int, included: list[UpdateSubmitted]) -> None:
+        """Keeps the included updates: audits and restarts of stateful strategies fetch them."""
+        for u in included:
+            try:
+                self.store.pin(u.model_cid.require())
+            except StoreUnavailable:
+                raise  # an outage: the round is retried
+            except StorageError as exc:
+                log.warning("[ROUND %d] could not pin the update of %s (%s): %s", round,
+                            u.learner, u.model_cid, exc)
 
     def run_round(self, round: int) -> RoundResult:
         """Aggregates and publishes `round` (which must be the open round)."""
         assert self.strategy is not None
         started = time.monotonic()
-        updates = self.wait_for_updates(round)
+        # Fetching ends by the round's own deadline: what has not arrived by then is left out.
+        deadline = started + self.config.round_timeout + self.config.fetch_timeout
+        submitted = self.wait_for_updates(round)
         previous = self.previous_global(round)
-        rejected: list[Rejected] = []
-        included: list[str] = []
+        fetched = self.round_updates(submitted, deadline)
+        included: list[UpdateSubmitted] = []
         encoded: bytes | None = None
-        if len(updates) < self._plan().min_updates:
+        if len(submitted) < self._plan().min_updates:
             # Below the plan's minimum the round closes without aggregating: the global model
             # carries over and learners train again, instead of the federation hanging.
             new, state = previous, self._state
             log.warning("[ROUND %d] only %d of %d required updates: round closed without "
-                        "aggregation, global model carried over", round, len(updates),
+                        "aggregation, global model carried over", round, len(submitted),
                         self._plan().min_updates)
         else:
             try:
-                new, state = self.strategy.aggregate(
-                    previous, self._fetch(round, updates, rejected, included), self._state
-                )
-                encoded = encode(new)
+                new, state = self.strategy.aggregate(previous, fetched, self._state)
+                included, encoded = fetched.included, encode(new)
             except (AggregationError, InvalidModel) as exc:
                 # No input may crash the aggregator (it would crash again on restart).
                 log.warning("[ROUND %d] aggregation failed (%s: %s): global model carried over",
                             round, type(exc).__name__, exc)
-                new, state, included, encoded = previous, self._state, [], None
+                new, state = previous, self._state
+            for r in fetched.rejected:
+                log.warning("[ROUND %d] rejected update of %s (%s): %s", round, r.learner, r.cid,
+                            r.reason)
             if len(included) < max(1, self._plan().min_updates):
                 log.warning("[ROUND %d] %d valid updates, %d required: global model carried "
                             "over", round, len(included), self._plan().min_updates)
                 new, state, included, encoded = previous, self._state, [], None
+        self._pin(round, included)
         cid = self.store.put(encoded if encoded is not None else encode(new))
-        receipt = self.contract.publish_global(round, cid, included)
+        learners = [u.learner for u in included]
+        receipt = self.contract.publish_global(round, cid, learners)
         self._round_block = receipt.block_number
         self._state = state
-        result = RoundResult(round, str(cid), included, rejected, len(updates),
+        result = RoundResult(round, str(cid), learners, fetched.rejected, len(submitted),
                              time.monotonic() - started)
         log.info("[ROUND %d] received %d updates, %d rejected, aggregated %d, published %s",
-                 round, len(updates), len(rejected), len(included), cid)
+                 round, len(submitted), len(fetched.rejected), len(included), cid)
         if self.evaluate_fn is not None:
             outcome = self.evaluate_fn(round, new)
             if outcome is not None:

@@ -14,7 +14,8 @@ from typing import Any
 
 from ..aggregation.strategy import Strategy
 from ..errors import ConfigError
-from ..model.plan import Plan
+from ..model.codec import DEFAULT_MAX_BYTES
+from ..model.plan import MAX_MODEL_BYTES, Plan
 
 
 @dataclass
@@ -51,8 +52,13 @@ class RunConfig:
     min_updates: int | None = None
     train: dict[str, Any] = field(default_factory=dict)
     evaluate: dict[str, Any] = field(default_factory=dict)
+    #: The largest model (update or global) anyone fetches, in bytes; None: 2 GiB.
+    max_model_bytes: int | None = None
     #: The aggregator's own settings.
     round_timeout: float = 300.0
+    #: Seconds past `round_timeout` by which a round's updates must have been fetched: an
+    #: update not fetched by then is left out of the round as unavailable.
+    fetch_timeout: float = 600.0
     wall_clock: float | None = None
     target_metric: str | None = None
     target: float | None = None
@@ -72,7 +78,17 @@ class RunConfig:
             raise ConfigError(
                 f"min_updates must be a non-negative integer, got {self.min_updates!r}"
             )
-        for name in ("round_timeout", "poll_interval", "evaluation_timeout", "max_outage"):
+        if self.max_model_bytes is not None and (
+            isinstance(self.max_model_bytes, bool)
+            or not isinstance(self.max_model_bytes, int)
+            or not 1 <= self.max_model_bytes <= MAX_MODEL_BYTES
+        ):
+            raise ConfigError(
+                f"max_model_bytes must be an integer in 1..{MAX_MODEL_BYTES}, "
+                f"got {self.max_model_bytes!r}"
+            )
+        for name in ("round_timeout", "fetch_timeout", "poll_interval", "evaluation_timeout",
+                     "max_outage"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise ConfigError(f"{name} must be a non-negative number, got {value!r}")
@@ -88,6 +104,7 @@ class RunConfig:
             min_updates=min_updates,
             train=dict(self.train),
             evaluate=dict(self.evaluate),
+            max_model_bytes=self.max_model_bytes or DEFAULT_MAX_BYTES,
         )
 
     def termination(self) -> Termination:

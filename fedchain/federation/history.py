@@ -9,15 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..eth.events import EvaluationReported
+from .fetching import Rejected
 
-
-@dataclass(frozen=True)
-class Rejected:
-    """An update left out of a round, and why."""
-
-    learner: str
-    cid: str
-    reason: str
+__all__ = ["History", "Rejected", "RoundResult", "weighted_metrics"]
 
 
 @dataclass
@@ -25,8 +19,11 @@ class RoundResult:
     """What the aggregator did in one round."""
 
     round: int
+    #: The CID of the global model published for the round, as text.
     global_cid: str
+    #: The learners whose updates the global model includes, in learner order.
     included: list[str]
+    #: The submissions left out, and why.
     rejected: list[Rejected]
     received: int
     seconds: float
@@ -39,7 +36,7 @@ class RoundResult:
             "round": self.round,
             "global": self.global_cid,
             "included": self.included,
-            "rejected": [vars(x) for x in self.rejected],
+            "rejected": [x.to_dict() for x in self.rejected],
             "seconds": round(self.seconds, 3),
         }
 

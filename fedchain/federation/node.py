@@ -1,4 +1,8 @@
-"""LearnerNode: runs one Learner against a federation (train each round, evaluate each model)."""
+"""LearnerNode: runs one Learner against a federation (train each round, evaluate each model).
+
+A global model the store cannot serve yet is waited for, and one that is invalid is skipped
+(the learner waits for the next round): neither ends an honest learner.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,17 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
+from enum import Enum
 
-from ..errors import FedChainError
+from ..errors import (
+    ContentTooLarge,
+    FedChainError,
+    InvalidCID,
+    InvalidModel,
+    StorageError,
+)
 from ..eth.contract import FedChain, require_signer
+from ..eth.events import ChainCid
 from ..eth.reverts import (
     AlreadyReported,
     AlreadySubmitted,
@@ -17,10 +29,10 @@ from ..eth.reverts import (
     NoGlobalModel,
     WrongRound,
 )
-from ..model.codec import ModelSpec, Weights, decode, encode, spec
+from ..model.codec import ModelSpec, Weights, encode, spec
+from ..model.fetch import fetch_model
 from ..model.plan import Plan
 from ..storage import ContentStore
-from ..storage.cid import to_cid
 from .learner import Learner
 from .outage import ride_out
 
@@ -29,6 +41,17 @@ log = logging.getLogger("fedchain.learner")
 
 #: The contract's limit on a metrics report.
 MAX_METRICS_BYTES = 1024
+#: A model refused for what it is: waiting will not make it usable.
+REFUSED = (InvalidModel, InvalidCID, ContentTooLarge)
+#: How often a learner still waiting for a global model says so again, in seconds.
+WAIT_WARNING_INTERVAL = 60.0
+
+
+class Unusable(Enum):
+    """Why a step could not use a round's global model."""
+
+    NOT_YET = "not retrievable yet: tried again at the next step"
+    REFUSED = "refused as invalid: the round is skipped"
 
 
 def metrics_json(loss: float, metrics: Mapping[str, float]) -> bytes:
@@ -85,32 +108,85 @@ class LearnerNode:
         self._spec: ModelSpec | None = None
         self.submitted: list[int] = []
         self.reported: list[int] = []
+        #: Rounds whose global model was refused (invalid): neither evaluated nor trained on.
+        self.skipped: list[int] = []
         self._handled_round = -1
+        #: (what is waited for, since when (wall clock), when last said) while waiting.
+        self._waiting: tuple[str, float, float] | None = None
 
     # -- helpers -----------------------------------------------------------------------
 
     def plan(self) -> Plan:
         if self._plan is None:
-            self._plan = Plan.load(self.store, self.contract.plan())
+            self._plan = Plan.load(self.store, ChainCid(self.contract.plan()).require())
         return self._plan
 
     def global_weights(self, round: int) -> Weights:
         """The verified, validated global model of `round` (0 = genesis)."""
-        raw = self.contract.global_model(round)
-        if not raw:
+        recorded = ChainCid(self.contract.global_model(round))
+        if not recorded.raw:
             raise NoGlobalModel(round)
-        limit = self.plan().max_model_bytes
-        data = self.store.get(to_cid(raw), max_bytes=limit)
-        weights = decode(data, reference=self._spec, max_bytes=limit)
+        weights = fetch_model(self.store, recorded.require(),
+                              max_bytes=self.plan().max_model_bytes, reference=self._spec)
         if self._spec is None:
             self._spec = spec(weights)
         return weights
 
+    def _usable_plan(self) -> Plan | None:
+        """The plan, or None (with a warning) while it cannot be fetched yet."""
+        try:
+            plan = self.plan()
+        except (InvalidCID, ContentTooLarge):
+            raise  # a plan that is not one: no round can be run, waiting will not help
+        except StorageError as exc:
+            self._wait("the federation's plan", exc)
+            return None
+        self._waited()
+        return plan
+
+    def _usable_global(self, round: int) -> Weights | Unusable:
+        """`round`'s global model, or why it cannot be used now (with a warning)."""
+        try:
+            weights = self.global_weights(round)
+        except REFUSED as exc:
+            self._waiting = None
+            self.skipped.append(round)
+            log.warning("%s: the global model of round %d is unusable (%s: %s): not training "
+                        "on it; waiting for the next round", self.name, round,
+                        type(exc).__name__, exc)
+            return Unusable.REFUSED
+        except StorageError as exc:  # not found, not served in time, store down: wait
+            self._wait(f"the global model of round {round}", exc)
+            return Unusable.NOT_YET
+        self._waited()
+        return weights
+
+    def _waited(self) -> None:
+        """Says that what the learner waited for has arrived."""
+        if self._waiting is not None:
+            what, since, _ = self._waiting
+            log.info("%s: %s arrived after %.0fs", self.name, what, time.time() - since)
+            self._waiting = None
+
+    def _wait(self, what: str, exc: Exception) -> None:
+        """Says (now and then) that the learner waits for `what`, and since when."""
+        now = time.time()
+        if self._waiting is None or self._waiting[0] != what:
+            self._waiting = (what, now, 0.0)
+        what, since, said = self._waiting
+        if now - said >= WAIT_WARNING_INTERVAL:
+            started = time.strftime("%H:%M:%S", time.localtime(since))
+            log.warning("%s: waiting for %s since %s (%.0fs): %s: %s", self.name, what, started,
+                        now - since, type(exc).__name__, exc)
+            self._waiting = (what, since, now)
+
     # -- steps -------------------------------------------------------------------------
 
-    def train_round(self, round: int) -> bool:
-        """Trains on the global model before `round` and submits; False if the round moved on."""
-        weights = self.global_weights(round - 1)
+    def train_round(self, round: int, weights: Weights | None = None) -> bool:
+        """Trains on the global model before `round` (`weights`, else fetched) and submits;
+        False if the round moved on."""
+        if weights is None:
+            weights = self.global_weights(round - 1)
         result = self.learner.train(weights, self.plan().train_config(round))
         if self._spec is not None:
             self._spec.check(spec(result.weights))
@@ -130,9 +206,11 @@ class LearnerNode:
         )
         return True
 
-    def evaluate_round(self, round: int) -> None:
-        """Evaluates `round`'s global model on local test data and reports it on chain."""
-        weights = self.global_weights(round)
+    def evaluate_round(self, round: int, weights: Weights | None = None) -> None:
+        """Evaluates `round`'s global model (`weights`, else fetched) on local test data and
+        reports it on chain."""
+        if weights is None:
+            weights = self.global_weights(round)
         result = self.learner.evaluate(weights, self.plan().eval_config(round))
         try:
             self.contract.report_evaluation(
@@ -146,7 +224,12 @@ class LearnerNode:
                  result.loss, shown)
 
     def step(self) -> bool:
-        """Does whatever is due now; returns False when the federation has finished."""
+        """Does whatever is due now; returns False when the federation has finished.
+
+        A global model that cannot be fetched yet is waited for (the next step tries again);
+        one that is refused as invalid is neither evaluated nor trained on, and the learner
+        waits for the next round. Neither ends the learner.
+        """
         c = self.contract
         round = c.current_round()
         if round == 0:
@@ -154,18 +237,31 @@ class LearnerNode:
         if round == self._handled_round:
             # Nothing new to do until the round moves on or the federation finishes.
             return not c.finished()
+        plan = self._usable_plan()
+        if plan is None:
+            return True  # try again at the next step
         last_published = round - 1
-        if (
+        evaluate = (
             self.evaluate_models
             and last_published >= 1
             and not c.has_reported(last_published, self.address)
-        ):
-            self.evaluate_round(last_published)
-        if c.finished():
-            return False
+        )
+        finished = c.finished()
         # Past the plan's last round only finish() is due: training would be wasted.
-        if round <= self.plan().rounds and not c.has_submitted(round, self.address):
-            self.train_round(round)
+        train = not finished and round <= plan.rounds and not c.has_submitted(round, self.address)
+        if evaluate or train:
+            weights = self._usable_global(last_published)
+            if weights is Unusable.NOT_YET:
+                return True  # try again at the next step
+            if not isinstance(weights, Unusable):
+                if evaluate:
+                    # A learner may change the arrays it is given: training gets its own.
+                    copy = {k: v.copy() for k, v in weights.items()} if train else weights
+                    self.evaluate_round(last_published, copy)
+                if train:
+                    self.train_round(round, weights)
+        if finished:
+            return False
         self._handled_round = round
         return True
 

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
-from ..errors import ConfigError, ContentTooLarge
+from ..errors import ConfigError
 from ..jsonsafe import loads
-from ..storage.cid import to_cid
+from ..storage.cid import CID
 from .codec import DEFAULT_MAX_BYTES, FORMAT, VERSION
+
+if TYPE_CHECKING:
+    from ..storage import ContentStore
 
 PLAN_FORMAT = "fedchain-plan/1"
 MAX_PLAN_BYTES = 1024 * 1024
@@ -104,17 +107,14 @@ class Plan:
             raise ConfigError(f"malformed plan: {exc}") from None
 
     @classmethod
-    def load(cls, store: Any, cid: Any) -> Plan:
-        """The plan behind a CID, fetched (and verified) through `store`."""
+    def load(cls, store: ContentStore, cid: CID | str | bytes | None) -> Plan:
+        """The plan behind a CID (or the binary CID the chain records), fetched through
+        `store` (see `fedchain.model.fetch`: never more than MAX_PLAN_BYTES of it)."""
         if not cid:
             raise ConfigError("the federation has no plan yet (no genesis on chain)")
-        if isinstance(cid, bytes):
-            cid = to_cid(cid)
-        try:
-            data = store.get(cid, max_bytes=MAX_PLAN_BYTES)
-        except ContentTooLarge:
-            raise ConfigError(f"the plan {cid} is larger than {MAX_PLAN_BYTES} bytes") from None
-        return cls.from_json(data)
+        from .fetch import fetch_plan  # fetch builds plans: imported here, not at the top
+
+        return fetch_plan(store, CID.from_bytes(cid) if isinstance(cid, bytes) else cid)
 
     def train_config(self, round: int) -> dict[str, Any]:
         return {**self.train, "round": round}

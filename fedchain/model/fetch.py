@@ -1,0 +1,83 @@
+"""Fetching a model or the plan by CID: fetched, verified, decoded and validated, in one place.
+
+Every party reads models through `fetch_model`: the aggregator (the round's updates, the
+previous global model), learners (the global model), the restart replay and the audit. It
+always takes a size limit (the plan's `max_model_bytes`: there is no default to forget) and
+optionally one overall deadline, a `time.monotonic()` value, shared by every fetch that
+must end by then (a round's updates, say): each fetch gets the time left as the store's
+`timeout`, and the store raises FetchTimeout when it runs out. Without a deadline the
+store's own default applies (see fedchain.storage.fetch). The plan itself is read through
+`fetch_plan`, never more than MAX_PLAN_BYTES of it.
+
+Errors: the store's (`StorageError`: InvalidCID, ContentNotFound, ContentMismatch,
+ContentTooLarge, StoreUnavailable, FetchTimeout) and the codec's (`InvalidModel`), as raised.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from ..errors import ConfigError, ContentTooLarge, FetchTimeout
+from ..storage import ContentStore
+from ..storage.cid import CID
+from .codec import ModelSpec, Weights, decode
+from .plan import MAX_PLAN_BYTES, Plan
+
+__all__ = ["FetchTimeout", "fetch_bytes", "fetch_chunks", "fetch_model", "fetch_plan"]
+
+
+def remaining(deadline: float | None, cid: CID | str) -> float | None:
+    """Seconds left until `deadline` (None: no deadline); FetchTimeout once it has passed."""
+    if deadline is None:
+        return None
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise FetchTimeout(f"{cid} not fetched: its deadline passed {-left:.3g}s ago")
+    return left
+
+
+def fetch_chunks(
+    store: ContentStore, cid: CID | str, *, max_bytes: int, deadline: float | None = None
+) -> Iterator[bytes]:
+    """The content of `cid` in chunks, verified, at most `max_bytes`, all of it by `deadline`.
+
+    As with `ContentStore.get_stream`, the data is good only once the iterator is exhausted.
+    """
+    return store.get_stream(cid, max_bytes, timeout=remaining(deadline, cid))
+
+
+def fetch_bytes(
+    store: ContentStore, cid: CID | str, *, max_bytes: int, deadline: float | None = None
+) -> bytes:
+    """The content of `cid`, verified, at most `max_bytes` of it, all of it by `deadline`."""
+    return store.get(cid, max_bytes, timeout=remaining(deadline, cid))
+
+
+def fetch_model(
+    store: ContentStore,
+    cid: CID | str,
+    *,
+    max_bytes: int,
+    reference: ModelSpec | None = None,
+    deadline: float | None = None,
+    copy: bool = True,
+) -> Weights:
+    """The weights behind `cid`: fetched by `deadline`, verified against the CID, at most
+    `max_bytes`, decoded and validated (finite values; the names, shapes and dtypes of
+    `reference` when given).
+
+    `copy=False` leaves the arrays as read-only views into the fetched bytes (see `decode`),
+    for a model that is only read, as the aggregator reads updates.
+    """
+    data = fetch_bytes(store, cid, max_bytes=max_bytes, deadline=deadline)
+    return decode(data, reference, max_bytes, copy=copy)
+
+
+def fetch_plan(store: ContentStore, cid: CID | str, *, deadline: float | None = None) -> Plan:
+    """The plan behind `cid`: never more than MAX_PLAN_BYTES of it is read (ConfigError)."""
+    try:
+        data = fetch_bytes(store, cid, max_bytes=MAX_PLAN_BYTES, deadline=deadline)
+    except ContentTooLarge:
+        raise ConfigError(f"the plan {cid} is larger than {MAX_PLAN_BYTES} bytes") from None
+    return Plan.from_json(data)
