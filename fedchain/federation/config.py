@@ -41,13 +41,18 @@ class Termination:
         return None
 
 
+#: Rounds of a federation whose configuration names none.
+DEFAULT_ROUNDS = 3
+
+
 @dataclass
 class RunConfig:
     """What a federation runs (published in the plan) and how this aggregator runs it."""
 
     #: Published in the plan at genesis.
     strategy: Strategy | None = None
-    rounds: int = 3
+    #: None: DEFAULT_ROUNDS at genesis, whatever the plan says when resuming.
+    rounds: int | None = None
     #: Updates a round needs; None: every learner registered at genesis.
     min_updates: int | None = None
     train: dict[str, Any] = field(default_factory=dict)
@@ -68,7 +73,9 @@ class RunConfig:
     max_outage: float = 600.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1:
+        if self.rounds is not None and (
+            isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1
+        ):
             raise ConfigError(f"rounds must be a positive integer, got {self.rounds!r}")
         if self.min_updates is not None and (
             isinstance(self.min_updates, bool)
@@ -100,7 +107,7 @@ class RunConfig:
         min_updates = learners if self.min_updates is None else self.min_updates
         return Plan(
             strategy=self.strategy.to_plan(),
-            rounds=self.rounds,
+            rounds=self.rounds or DEFAULT_ROUNDS,
             min_updates=min_updates,
             train=dict(self.train),
             evaluate=dict(self.evaluate),
@@ -109,5 +116,9 @@ class RunConfig:
 
     def termination(self) -> Termination:
         return Termination(
-            self.rounds, self.wall_clock, self.target_metric, self.target, self.target_mode
+            self.rounds or DEFAULT_ROUNDS,
+            self.wall_clock,
+            self.target_metric,
+            self.target,
+            self.target_mode,
         )
