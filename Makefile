@@ -4,7 +4,7 @@ PIP     := .venv/bin/pip
 STAMP_PY  := .venv/.fedchain-installed
 STAMP_NPM := node_modules/.fedchain-installed
 
-.PHONY: setup demo test lint compile bench clean cid-vectors
+.PHONY: setup demo test lint compile bench clean cid-vectors docs-check
 
 setup: $(STAMP_PY) $(STAMP_NPM)
 
@@ -38,6 +38,10 @@ bench: setup
 	$(PY) bench/storage.py
 	$(PY) bench/aggregate.py
 	$(PY) bench/audit.py
+
+# Every CID and gas figure the READMEs quote, recomputed (all rounds of every example).
+docs-check: setup
+	$(PY) scripts/docs_numbers.py --check
 
 clean:
 	rm -rf .venv node_modules build dist *.egg-info .pytest_cache
