@@ -35,16 +35,21 @@ def encode_varint(n: int) -> bytes:
     return bytes(out)
 
 
-def decode_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    """Read one unsigned varint at `pos`; return (value, next position)."""
+def decode_varint(
+    buf: bytes, pos: int, max_len: int = 9, error: type[Exception] = InvalidCID
+) -> tuple[int, int]:
+    """Read one unsigned varint (below 2**64, at most `max_len` bytes) at `pos`; return (value,
+    next position). A truncated or over-long one raises `error`."""
     value = shift = 0
-    for i in range(pos, min(len(buf), pos + 9)):
+    for i in range(pos, min(len(buf), pos + max_len)):
         b = buf[i]
         value |= (b & 0x7F) << shift
         if not b & 0x80:
+            if value >= 1 << 64:
+                break
             return value, i + 1
         shift += 7
-    raise InvalidCID("truncated or over-long varint")
+    raise error("truncated or over-long varint")
 
 
 def b58encode(data: bytes) -> str:

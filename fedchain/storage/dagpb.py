@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .cid import CID, encode_varint
+from .cid import CID, decode_varint, encode_varint
 
 CHUNK_SIZE = 256 * 1024
 MAX_LINKS = 174
@@ -64,16 +64,7 @@ def encode_file_node(children: Sequence[tuple[CID, int, int]]) -> bytes:
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    for i in range(pos, min(len(buf), pos + 10)):
-        b = buf[i]
-        value |= (b & 0x7F) << shift
-        if not b & 0x80:
-            if value >= 1 << 64:
-                break
-            return value, i + 1
-        shift += 7
-    raise MalformedBlock("truncated or over-long varint")
+    return decode_varint(buf, pos, max_len=10, error=MalformedBlock)
 
 
 def _fields(buf: bytes) -> list[tuple[int, int, int | bytes]]:

@@ -26,9 +26,9 @@ import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from ..errors import ContentNotFound, StoreUnavailable
 from . import ContentStore, as_canonical
@@ -54,6 +54,9 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+T = TypeVar("T")
 
 
 class LocalStore(ContentStore):
@@ -124,25 +127,23 @@ class LocalStore(ContentStore):
             raise
 
     def _declared_size(self, cid: CID, deadline: Deadline) -> int | None:
-        try:
-            return os.stat(self.path_of(cid)).st_size
-        except FileNotFoundError:
-            raise ContentNotFound(f"{cid} is not in the store at {self.root}") from None
-        except OSError as exc:
-            raise StoreUnavailable(
-                f"cannot read {cid} from the store at {self.root}: {exc}"
-            ) from None
+        return self._file(cid, os.stat).st_size
 
     def _read(self, cid: CID, deadline: Deadline) -> Iterator[bytes]:
+        # closed by the generator
+        return self._chunks(self._file(cid, lambda path: open(path, "rb")))  # noqa: SIM115
+
+    def _file(self, cid: CID, use: Callable[[Path], T]) -> T:
+        """`use(path of cid)`, with a missing file as ContentNotFound, other I/O errors as
+        StoreUnavailable."""
         try:
-            f = open(self.path_of(cid), "rb")  # noqa: SIM115 - closed by the generator
+            return use(self.path_of(cid))
         except FileNotFoundError:
             raise ContentNotFound(f"{cid} is not in the store at {self.root}") from None
         except OSError as exc:
             raise StoreUnavailable(
                 f"cannot read {cid} from the store at {self.root}: {exc}"
             ) from None
-        return self._chunks(f)
 
     def _chunks(self, f: BinaryIO) -> Iterator[bytes]:
         with f:
