@@ -21,7 +21,7 @@ $(STAMP_NPM): package.json package-lock.json
 	touch $@
 
 demo: setup
-	$(PY) -m fedchain.cli simulate --job examples/cnn/fedchain.toml --rounds 3 --output runs/demo --audit
+	$(PY) -m fedchain.cli simulate --job examples/cnn/fedchain.toml --output runs/demo --audit
 
 test: setup
 	$(PY) -m pytest -n 2

@@ -49,6 +49,7 @@ class Options:
     partition: str = "iid"  # iid | dirichlet
     alpha: float = 0.5  # Dirichlet concentration: smaller is more skewed
     seed: int = 0  # data split, shuffling and initial weights
+    local_test: float = 0.0  # share of each learner's partition kept as its own test data
     limit: int = 0  # keep at most this many training examples (0: all)
     output_dir: str = ""  # where evaluate_global writes pictures
     threads: int = 1  # torch threads in this process (0: torch's default, one per core)
@@ -66,6 +67,11 @@ class Options:
             raise ConfigError(f"partition must be iid or dirichlet, got {self.partition!r}")
         if not self.alpha > 0:
             raise ConfigError(f"alpha must be positive, got {self.alpha}")
+        if not 0 <= self.local_test < 1:
+            raise ConfigError(
+                f"local_test must be 0 (evaluate on the held-out test set) or a share below 1, "
+                f"got {self.local_test}"
+            )
         if self.limit < 0:
             raise ConfigError(f"limit must be 0 (all) or positive, got {self.limit}")
         if self.threads < 0:
@@ -191,7 +197,13 @@ class Shard:
 def shards(
     ds: Dataset, learner_id: int, num_learners: int, options: Options
 ) -> tuple[Shard, Shard]:
-    """A learner's training shard (IID or Dirichlet) and its IID slice of the test set."""
+    """A learner's training shard (IID or Dirichlet) and its test shard.
+
+    The test shard is the learner's IID slice of the held-out test set, or, with
+    options.local_test > 0, that share of the learner's own partition (Flower's quickstarts
+    split each partition into train and test this way); the held-out test set then stays
+    the aggregator's alone.
+    """
     if not 0 <= learner_id < num_learners:
         raise ConfigError(f"learner id {learner_id} is outside 0..{num_learners - 1}")
     seed = options.seed * 1000 + learner_id
@@ -202,8 +214,23 @@ def shards(
     else:
         xs, ys = iid_partition(ds.x_train, ds.y_train, num_learners, options.seed)
         train = Shard(xs[learner_id], ys[learner_id], seed)
+    if options.local_test > 0:
+        return split_local(train, options.local_test)
     xs, ys = iid_partition(ds.x_test, ds.y_test, num_learners, options.seed)
     return train, Shard(xs[learner_id], ys[learner_id], seed)
+
+
+def split_local(shard: Shard, test_share: float) -> tuple[Shard, Shard]:
+    """A partition split at random (seeded by the shard) into local training and test data."""
+    if len(shard) < 2:
+        raise ConfigError(f"a partition of {len(shard)} examples cannot be split in two")
+    order = np.random.default_rng(shard.seed).permutation(len(shard))
+    n_test = min(max(1, round(len(shard) * test_share)), len(shard) - 1)
+    test, train = np.sort(order[:n_test]), np.sort(order[n_test:])
+    return (
+        Shard(shard.x[train], shard.y[train], shard.seed),
+        Shard(shard.x[test], shard.y[test], shard.seed),
+    )
 
 
 def label_counts(shard: Shard, num_classes: int = 10) -> list[int]:
@@ -214,7 +241,9 @@ def label_counts(shard: Shard, num_classes: int = 10) -> list[int]:
 # --- the run script ------------------------------------------------------------------
 
 
-def _add_option_flags(parser: argparse.ArgumentParser, settings: Settings[Any]) -> None:
+def _add_option_flags(
+    parser: argparse.ArgumentParser, settings: Settings[Any], job_options: Mapping[str, Any]
+) -> None:
     g = parser.add_argument_group("learner options (also FEDCHAIN_<NAME> environment variables)")
     for name, field in settings.fields.items():
         if name == "output_dir":  # that is --output
@@ -226,7 +255,7 @@ def _add_option_flags(parser: argparse.ArgumentParser, settings: Settings[Any]) 
             type=kind,
             default=None,
             metavar=name.upper(),
-            help=f"default {settings.defaults.get(name, field.default)!r}",
+            help=f"default {job_options.get(name, settings.defaults.get(name, field.default))!r}",
         )
 
 
@@ -256,12 +285,13 @@ def run_example(job_file: Path, argv: Sequence[str] | None = None) -> Simulation
             metavar=key.upper(),
             help=f"[train] {key}, default {value!r}",
         )
-    _add_option_flags(parser, settings)
+    _add_option_flags(parser, settings, job.learner_options)
     args = parser.parse_args(argv)
 
     options = {name: getattr(args, name, None) for name in settings.fields}
     if args.output is not None:
         options["output_dir"] = args.output
+    settings.configure(**job.learner_options)  # the job's [model] options; flags win
     settings.configure(**options)
     output = settings.resolve().output_dir or job.output
     train = {key: getattr(args, f"train_{key}") for key in job.train}

@@ -482,8 +482,11 @@ def _start_devnet(*flags: str) -> tuple[subprocess.Popen, str]:
 
 
 def _stop(proc: subprocess.Popen) -> None:
+    # "Ctrl-C to stop." is printed just before the handlers go in; an interrupt sent in
+    # between would end it as a KeyboardInterrupt (exit 130), on a busy machine.
+    _wait_until_signal_is_handled(proc.pid, signal.SIGTERM)
     proc.send_signal(signal.SIGINT)
-    proc.wait(timeout=30)
+    proc.wait(timeout=120)  # it stops its nodes first, each given up to 20 s
     assert proc.returncode == 0
 
 
@@ -500,6 +503,9 @@ def test_devnet_serves_a_chain_and_an_ipfs_node_until_interrupted():
         assert connect(f"http://127.0.0.1:{chain_port}").chain_id == 31337
         version = httpx.post(f"http://127.0.0.1:{ipfs_port}/api/v0/version", timeout=5)
         assert version.status_code == 200
+        # "Ctrl-C to stop." is printed just before the handlers go in; an interrupt sent in
+        # between would end it as a KeyboardInterrupt (exit 130), on a busy machine.
+        _wait_until_signal_is_handled(proc.pid, signal.SIGTERM)
     finally:
         _stop(proc)
     with pytest.raises(httpx.ConnectError):
@@ -567,3 +573,24 @@ def test_license_is_an_spdx_expression():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert project["license"] == "Apache-2.0"
     assert not any(c.startswith("License ::") for c in project.get("classifiers", []))
+
+
+def _wait_until_signal_is_handled(pid: int, signum: int, timeout: float = 60.0) -> None:
+    """Waits until process `pid` catches `signum` (SigCgt in /proc/<pid>/status, Linux).
+
+    `fedchain devnet` installs its SIGINT and SIGTERM handlers together; Python catches
+    SIGINT from the start, so the SIGTERM bit is the one that tells.
+    """
+    import time
+    from pathlib import Path
+
+    status = Path(f"/proc/{pid}/status")
+    if not status.exists():  # not Linux: nothing to look at
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        fields = dict(line.split(":", 1) for line in status.read_text().splitlines() if ":" in line)
+        if int(fields["SigCgt"], 16) >> (signum - 1) & 1:
+            return
+        assert time.monotonic() < deadline, f"process {pid} did not handle signal {signum}"
+        time.sleep(0.05)

@@ -26,6 +26,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.ipfs]
 
 def _job(tmp_path: Path, chain_url: str, store_url: str, rounds: int = 2, name: str = "job.toml",
          evaluate: str = "") -> Path:
+    # round_timeout is only a backstop: with every learner up, a round closes as soon as all
+    # three updates are on chain. It must outlast any machine's start of the learner processes,
+    # or the aggregator killed mid-round would already have closed round 1 with two of them.
     job = tmp_path / name
     job.write_text(f"""
 [federation]
@@ -46,7 +49,7 @@ scaling = "num_examples"
 rounds = {rounds}
 learners = 3
 min_updates = 3
-round_timeout = 120
+round_timeout = 900
 
 [train]
 lr = 0.1
@@ -66,8 +69,15 @@ def _fedchain(*args: str, **kw) -> subprocess.Popen:
     )
 
 
-def _finish(proc: subprocess.Popen, timeout: float = 240) -> str:
-    out, _ = proc.communicate(timeout=timeout)
+def _finish(proc: subprocess.Popen, timeout: float = 600) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # not left running behind a failed test
+        out, _ = proc.communicate()
+        raise AssertionError(
+            f"{proc.args} did not finish within {timeout:.0f}s:\n{out.decode(errors='replace')}"
+        ) from None
     text = out.decode(errors="replace")
     assert proc.returncode == 0, text
     return text
@@ -77,7 +87,7 @@ def _deploy(job: Path, chain_url: str) -> str:
     return _finish(_fedchain("deploy", "--job", str(job), "--dev-learners", "3"))
 
 
-def _wait_until(predicate, timeout: float = 120, what: str = "condition") -> None:
+def _wait_until(predicate, timeout: float = 300, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"

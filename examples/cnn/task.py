@@ -107,19 +107,42 @@ def initial_weights(**options: Any) -> Weights:
 
 
 def make_learner(learner_id: int, num_learners: int, **options: Any) -> TorchLearner:
-    """Learner `learner_id` of `num_learners`: its shard of the training and test data."""
+    """Learner `learner_id` of `num_learners`: its shard of the training data, and its test
+    data (its own local split with `local_test`, else its slice of the held-out test set)."""
     opts = SETTINGS.resolve(**options)
     use_threads(opts)
     train_shard, test_shard = shards(_dataset(opts), learner_id, num_learners, opts)
     log.info(
-        "learner %d: %d training examples (%s, %s), per class %s",
+        "learner %d: %d training examples (%s, %s), per class %s; evaluates on %d %s",
         learner_id,
         len(train_shard),
         opts.data,
         opts.partition,
         label_counts(train_shard),
+        len(test_shard),
+        "local test examples of its own" if opts.local_test else "held-out test examples",
     )
     return TorchLearner(_model(opts.seed), train, test, train_shard, test_shard)
+
+
+_explained: set[float] = set()
+
+
+def _explain_columns(opts: Options, held_out: int) -> None:
+    """Says once what the evaluation table's distributed and centralized columns hold."""
+    if opts.local_test in _explained:
+        return
+    _explained.add(opts.local_test)
+    if opts.local_test:
+        learners = f"their own local test data ({100 * opts.local_test:.0f} % of each partition)"
+    else:
+        learners = "their slices of the held-out test set (so the two columns agree)"
+    log.info(
+        "evaluation columns: distributed = example-weighted mean of the learners' evaluations "
+        "on %s; centralized = the aggregator's evaluation on the held-out test set (%d images)",
+        learners,
+        held_out,
+    )
 
 
 def evaluate_global(round: int, weights: Weights, **options: Any) -> tuple[float, dict[str, float]]:
@@ -127,6 +150,7 @@ def evaluate_global(round: int, weights: Weights, **options: Any) -> tuple[float
     opts = SETTINGS.resolve(**options)
     use_threads(opts)
     ds = _dataset(opts)
+    _explain_columns(opts, len(ds.y_test))
     model = Net()
     model.load_state_dict(to_state_dict(weights))
     model.eval()
