@@ -321,6 +321,20 @@ def run_example(job_file: Path, argv: Sequence[str] | None = None) -> Simulation
     return result
 
 
+def main(job_file: Path) -> int:
+    """The run scripts' entry point: run_example, with a fedchain error as one line (exit 2)."""
+    import sys
+
+    from fedchain.errors import FedChainError
+
+    try:
+        run_example(job_file)
+    except FedChainError as exc:
+        print(f"{Path(sys.argv[0]).name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def print_history(result: SimulationResult) -> None:
     """One line per round: updates included, distributed and centralized evaluation."""
     h = result.history

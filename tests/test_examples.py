@@ -190,3 +190,18 @@ def test_fedchain_simulate_runs_the_job_file(
     assert len(saved["rounds"][0]["included"]) == 2
     assert rounds_of(saved["losses_centralized"]) == [1]
     assert "1 rounds in" in capsys.readouterr().out
+
+
+def test_run_script_with_missing_data_says_so_in_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "cnn" / "run.py"), "--data", "cifar10",
+         "--data-dir", str(tmp_path / "missing"), "--store", f"file://{tmp_path / 'store'}"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.startswith("run.py:")]
+    assert "missing" in line

@@ -6,8 +6,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root, for `examples`
 
-from examples.common import run_example  # noqa: E402
+from examples.common import main  # noqa: E402
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)-7s %(name)s | %(message)s")
-    run_example(Path(__file__).with_name("fedchain.toml"))
+    sys.exit(main(Path(__file__).with_name("fedchain.toml")))
