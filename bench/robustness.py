@@ -56,6 +56,7 @@ from fedchain.aggregation.strategy import (  # noqa: E402
     Strategy,
 )
 from fedchain.errors import InvalidModel  # noqa: E402
+from fedchain.eth.accounts import FIRST_LEARNER_INDEX, dev_account  # noqa: E402
 from fedchain.federation import node as node_module  # noqa: E402
 from fedchain.federation import simulation as simulation_module  # noqa: E402
 from fedchain.federation.learner import EvalResult, Learner, TrainResult  # noqa: E402
@@ -192,6 +193,38 @@ def hostile_encoding(enabled: bool) -> Iterator[None]:
         node_module.encode = original  # type: ignore[assignment]
 
 
+class BoundCounter(logging.Handler):
+    """Counts the updates `rules.bounded_mean` clipped or capped, the rogue's and the others'."""
+
+    def __init__(self, rogue: str) -> None:
+        super().__init__(logging.INFO)
+        self.rogue = rogue.lower()
+        self.rogue_bounded = self.honest_bounded = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not isinstance(record.args, tuple) or not record.args:
+            return
+        if str(record.args[0]).lower() == self.rogue:
+            self.rogue_bounded += 1
+        else:
+            self.honest_bounded += 1
+
+
+@contextlib.contextmanager
+def counting_bounds(rogue: str) -> Iterator[BoundCounter]:
+    logger = logging.getLogger("fedchain.aggregation")
+    counter, level, propagate = BoundCounter(rogue), logger.level, logger.propagate
+    logger.addHandler(counter)
+    logger.setLevel(logging.INFO)
+    logger.propagate = logging.getLogger().level <= logging.INFO  # shown with --verbose only
+    try:
+        yield counter
+    finally:
+        logger.removeHandler(counter)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
 @dataclass
 class Cell:
     attack: str
@@ -203,6 +236,8 @@ class Cell:
     duplicates: list[str] = field(default_factory=list)
     seconds: float = 0.0
     accuracies: list[float] = field(default_factory=list)
+    rogue_bounded: int = 0  # times the rogue's update was clipped or its claim capped
+    honest_bounded: int = 0  # the same for the honest learners' updates
 
 
 def run_cell(attack: str, label: str, strategy: Strategy, rounds: int, learners: int,
@@ -222,11 +257,17 @@ def run_cell(attack: str, label: str, strategy: Strategy, rounds: int, learners:
 
     started = time.monotonic()
     try:
-        with hostile_encoding(attack == "nan"), watching_victim(shared):
-            result = simulate(make_learner, learners, strategy, rounds,
-                              min_updates=min_updates, round_timeout=120.0,
-                              train_config=TRAIN, evaluate_fn=evaluate,
-                              initial_weights=task.initial_weights(), timeout=600.0)
+        rogue_address = dev_account(FIRST_LEARNER_INDEX + ROGUE).address
+        with hostile_encoding(attack == "nan"), watching_victim(shared), \
+                counting_bounds(rogue_address) as counter:
+            try:
+                result = simulate(make_learner, learners, strategy, rounds,
+                                  min_updates=min_updates, round_timeout=120.0,
+                                  train_config=TRAIN, evaluate_fn=evaluate,
+                                  initial_weights=task.initial_weights(), timeout=600.0)
+            finally:
+                cell.rogue_bounded = counter.rogue_bounded
+                cell.honest_bounded = counter.honest_bounded
     except Exception as exc:  # a crashed run is a result
         cell.crash = f"{type(exc).__name__}: {str(exc)[:120]}"
     else:
@@ -256,9 +297,13 @@ def table(cells: list[Cell], labels: list[str], attacks: list[str]) -> str:
     def show(c: Cell) -> str:
         acc = "-" if c.accuracy is None else f"{c.accuracy:.3f}"
         text = f"{acc} {c.aggregated}/{c.rounds}"
+        if c.rogue_bounded or c.honest_bounded:
+            text += f" b{c.rogue_bounded}+{c.honest_bounded}"
+        if c.duplicates:
+            text += f" d{len(c.duplicates)}"
         return text + (" CRASH" if c.crash else "")
 
-    width = max(22, *(len(s) + 2 for s in labels))
+    width = max(24, *(len(s) + 2 for s in labels))
     lines = ["attack    " + "".join(s.ljust(width) for s in labels)]
     by = {(c.attack, c.strategy): c for c in cells}
     for a in attacks:
@@ -277,10 +322,13 @@ def main() -> None:
                    help="a label of the default set or a constructor, e.g. 'FedAvg(clip=1.5)'; "
                         "repeatable (default: the five of the table)")
     p.add_argument("--json", type=Path, help="also write the cells here")
+    p.add_argument("--partition", choices=("iid", "dirichlet"), default="iid",
+                   help="how the digits are split among learners (dirichlet: alpha 0.5)")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
                         format="%(asctime)s %(name)s %(message)s")
+    task.configure(partition=args.partition)
     attacks = args.attacks.split(",")
     unknown = sorted(set(attacks) - set(ATTACKS))
     if unknown:
@@ -294,12 +342,16 @@ def main() -> None:
             cells.append(cell)
             print(f"{attack:7} {label:24} acc={cell.accuracy} per round={cell.accuracies} "
                   f"aggregated={cell.aggregated}/{cell.rounds} {cell.seconds:.0f}s "
+                  f"bounded rogue/honest={cell.rogue_bounded}/{cell.honest_bounded} "
                   f"{cell.crash} {'; '.join(cell.duplicates)}", flush=True)
             if args.json:
                 args.json.write_text(json.dumps([vars(c) for c in cells], indent=1))
     print()
-    print(f"{args.learners} learners (learner {ROGUE} rogue), {args.rounds} rounds, MLP on digits, "
-          f"min_updates={args.min_updates}; cell: final centralized accuracy, rounds aggregated")
+    print(f"{args.learners} learners (learner {ROGUE} rogue), {args.rounds} rounds, MLP on digits "
+          f"({args.partition}), "
+          f"min_updates={args.min_updates}. Cell: final centralized accuracy, rounds aggregated; "
+          "bR+H: updates clipped or claims capped, the rogue's + the honest ones'; dN: "
+          "submissions find_duplicates flags; CRASH: a learner or the aggregator raised")
     print(table(cells, [label for label, _ in chosen], attacks))
 
 

@@ -224,7 +224,8 @@ def test_clipped_fedavg_takes_a_one_shot_generator() -> None:
     from_list, _ = ROBUST_FEDAVG.aggregate(PREVIOUS, ups)
     from_gen, _ = ROBUST_FEDAVG.aggregate(PREVIOUS, (u for u in ups))
     assert digest(from_list) == digest(from_gen)
-    assert not ROBUST_FEDAVG.streams and FedAvg().streams
+    assert not ROBUST_FEDAVG.streams and FedAvg().streams and FedAvgM().streams
+    assert not FedMedian().streams and not FedAvgM(clip=1.0).streams
 
 
 def test_fedavgm_without_momentum_is_clipped_fedavg() -> None:
@@ -380,6 +381,13 @@ GOLDEN = {
 }
 
 
+def test_update_norms_reproduce_the_recorded_bits() -> None:
+    # the reduction order is part of the protocol: numpy 2.4's np.sum gives ...d8bp+12 here
+    assert fixed_sum(pseudo(65_539, 0) ** 2).hex() == "0x1.55572b4df2d8ap+12"
+    assert update_norm(PREVIOUS, honest(1)[0].weights).hex() == "0x1.876d95938a2f1p-1"
+    assert update_norm(PREVIOUS, scaled(1e30)).hex() == "0x1.e25ec035ca26fp+105"
+
+
 @pytest.mark.parametrize("attack", sorted(GOLDEN))
 def test_bounded_rounds_reproduce_the_recorded_bits(attack: str) -> None:
     rounds = {
@@ -412,6 +420,8 @@ def test_plans_without_bounds_are_unchanged() -> None:
 def test_bounds_are_recorded_in_the_plan(strategy: Strategy) -> None:
     plan = json.loads(json.dumps(strategy.to_plan()))
     assert strategy_from_plan(plan) == strategy
+    one = json.dumps(FedAvg(clip=2, examples_cap=2).to_plan())
+    assert one == json.dumps(ROBUST_FEDAVG.to_plan())  # `clip = 2` and `clip = 2.0`: one plan
     assert ROBUST_FEDAVG.to_plan() == {"name": "FedAvg", "params": {
         "scaling": "num_examples", "accumulator": "float32", "clip": 2.0, "examples_cap": 2.0}}
 

@@ -79,12 +79,22 @@ def _number(field: str, value: object, low: float, high: float, *, integer: bool
         raise ConfigError(f"{field} must be {kind} in [{low}, {high}], got {value!r}")
 
 
-def _bound(field: str, value: object) -> None:
-    """A Byzantine bound: None (off) or a positive finite number."""
+def _bound(strategy: Strategy, field: str) -> None:
+    """A Byzantine bound: None (off) or a positive finite number, kept as a float (so that
+    `clip = 2` and `clip = 2.0` give one plan)."""
+    value = getattr(strategy, field)
     if value is not None:
         _number(field, value, 0.0, 1e6)
         if value == 0:
             raise ConfigError(f"{field} must be positive (or None to turn it off), got 0")
+        object.__setattr__(strategy, field, float(value))
+
+
+def _examples_cap(strategy: Strategy, scaling: str) -> None:
+    _bound(strategy, "examples_cap")
+    if getattr(strategy, "examples_cap", None) is not None and scaling != "num_examples":
+        raise ConfigError("examples_cap bounds num_examples weights: it needs scaling "
+                          f"'num_examples', not {scaling!r}")
 
 
 def _in_order(previous: Weights, result: Weights) -> Weights:
@@ -103,6 +113,12 @@ class Strategy(ABC):
     #: Parameters left out of the plan while they are None (their default): adding an
     #: optional bound to a strategy does not change the plans, and CIDs, of those without it.
     _optional: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def streams(self) -> bool:
+        """Whether `aggregate` folds updates in one at a time (memory: one model and the sum)
+        rather than holding the whole round (memory: N models)."""
+        return False
 
     def to_plan(self) -> dict[str, Any]:
         """The strategy as JSON-able data: {"name": ..., "params": {...}}."""
@@ -140,7 +156,8 @@ class Strategy(ABC):
 
 @dataclass(frozen=True)
 class FedAvg(Strategy):
-    """Weighted mean of the updates, by num_examples or uniform; streams the updates."""
+    """Weighted mean of the updates, by num_examples or uniform; streams the updates unless
+    `clip` or `examples_cap` bound them (then the round is held: see `rules.bounded_mean`)."""
 
     name: ClassVar[str] = "FedAvg"
     _optional: ClassVar[tuple[str, ...]] = ("clip", "examples_cap")
@@ -156,15 +173,12 @@ class FedAvg(Strategy):
     def __post_init__(self) -> None:
         _choice("scaling", self.scaling, SCALINGS)
         _choice("accumulator", self.accumulator, ACCUMULATORS)
-        _bound("clip", self.clip)
-        _bound("examples_cap", self.examples_cap)
-        if self.examples_cap is not None and self.scaling != "num_examples":
-            raise ConfigError("examples_cap bounds num_examples weights: it needs scaling "
-                              f"'num_examples', not {self.scaling!r}")
+        _bound(self, "clip")
+        _examples_cap(self, self.scaling)
 
     @property
     def streams(self) -> bool:
-        """Whether updates are folded in one at a time (no bounds), not held for the round."""
+        """Without bounds; clip and examples_cap need the round's medians first."""
         return self.clip is None and self.examples_cap is None
 
     def _mean(self, previous: Weights, updates: Iterable[Update]) -> Weights | None:
@@ -239,10 +253,7 @@ class Krum(_WholeRound):
         _number("m", self.m, 1, 2**31, integer=True)
         _choice("scaling", self.scaling, SCALINGS)
         _choice("accumulator", self.accumulator, ACCUMULATORS)
-        _bound("examples_cap", self.examples_cap)
-        if self.examples_cap is not None and self.scaling != "num_examples":
-            raise ConfigError("examples_cap bounds num_examples weights: it needs scaling "
-                              f"'num_examples', not {self.scaling!r}")
+        _examples_cap(self, self.scaling)
 
     def _combine(self, previous: Weights, updates: list[Update]) -> Weights:
         chosen = krum_select([u.weights for u in updates], self.f, self.m)
