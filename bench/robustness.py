@@ -296,12 +296,14 @@ def parse_strategy(text: str) -> tuple[str, Strategy]:
 def table(cells: list[Cell], labels: list[str], attacks: list[str]) -> str:
     def show(c: Cell) -> str:
         acc = "-" if c.accuracy is None else f"{c.accuracy:.3f}"
+        if c.crash:  # the history went down with the run: the rounds published before it
+            return f"{acc} CRASH@r{len(c.accuracies) + 1}"
         text = f"{acc} {c.aggregated}/{c.rounds}"
         if c.rogue_bounded or c.honest_bounded:
             text += f" b{c.rogue_bounded}+{c.honest_bounded}"
         if c.duplicates:
             text += f" d{len(c.duplicates)}"
-        return text + (" CRASH" if c.crash else "")
+        return text
 
     width = max(24, *(len(s) + 2 for s in labels))
     lines = ["attack    " + "".join(s.ljust(width) for s in labels)]
@@ -325,7 +327,13 @@ def main() -> None:
     p.add_argument("--partition", choices=("iid", "dirichlet"), default="iid",
                    help="how the digits are split among learners (dirichlet: alpha 0.5)")
     p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--table", type=Path, help="only print the table of a --json file")
     args = p.parse_args()
+    if args.table:
+        cells = [Cell(**c) for c in json.loads(args.table.read_text())]
+        labels = list(dict.fromkeys(c.strategy for c in cells))
+        print(table(cells, labels, list(dict.fromkeys(c.attack for c in cells))))
+        return
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
                         format="%(asctime)s %(name)s %(message)s")
     task.configure(partition=args.partition)
@@ -351,7 +359,8 @@ def main() -> None:
           f"({args.partition}), "
           f"min_updates={args.min_updates}. Cell: final centralized accuracy, rounds aggregated; "
           "bR+H: updates clipped or claims capped, the rogue's + the honest ones'; dN: "
-          "submissions find_duplicates flags; CRASH: a learner or the aggregator raised")
+          "submissions find_duplicates flags; CRASH@rN: a learner or the aggregator raised in "
+          "round N (accuracy: the last published model's)")
     print(table(cells, [label for label, _ in chosen], attacks))
 
 
