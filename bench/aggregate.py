@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from fedchain.aggregation.strategy import FedAvg, Update
+from fedchain.aggregation.strategy import ROBUST_FEDAVG, FedAvg, Strategy, Update
 
 Weights = dict[str, np.ndarray]
 Run = Callable[[], Weights | list[np.ndarray] | None]
@@ -51,9 +51,13 @@ CONTENDERS = {
     "fedchain f64 + codec.decode": ("bytes (codec)", "FedAvg(accumulator='float64')"),
     "fedchain f32 + flwr decode": ("bytes (npy)", "FedAvg(), same decode as Flower"),
     "fedchain f32 + decode views": ("bytes (codec)", "FedAvg(), decode(copy=False)"),
+    "fedchain robust + decode views": (
+        "bytes (codec)", "ROBUST_FEDAVG (clip=2, examples_cap=2): holds the round's N views"
+    ),
     "flwr aggregate": ("arrays", "Flower's list-based FedAvg"),
     "fedchain f32": ("arrays", "FedAvg()"),
     "fedchain f64": ("arrays", "FedAvg(accumulator='float64')"),
+    "fedchain robust": ("arrays", "ROBUST_FEDAVG: norms, then clipped Δ summed in float64"),
     "codec.decode only": ("bytes (codec)", "decode all N models, no aggregation"),
     "flwr decode only": ("bytes (npy)", "parameters_to_ndarrays on all N, no aggregation"),
 }
@@ -107,7 +111,7 @@ def prepare(name: str, learners: int, params: int) -> Run:
             for address, n, blob in blobs:
                 yield Update(address, n, decode(blob))
 
-        strategy = FedAvg(accumulator="float64" if "f64" in name else "float32")
+        strategy = _strategy(name)
         return lambda: strategy.aggregate(previous, fetch_codec())[0]
     if "bytes (npy)" in CONTENDERS[name][0]:
         from flwr.common import Code, FitRes, Status, ndarrays_to_parameters
@@ -140,8 +144,14 @@ def prepare(name: str, learners: int, params: int) -> Run:
         pairs = [(list(w.values()), n) for _, n, w in inputs]
         return lambda: aggregate(pairs)
     updates = [Update(a, n, w) for a, n, w in inputs]
-    strategy = FedAvg(accumulator="float64" if "f64" in name else "float32")
+    strategy = _strategy(name)
     return lambda: strategy.aggregate(previous, updates)[0]
+
+
+def _strategy(name: str) -> Strategy:
+    if "robust" in name:
+        return ROBUST_FEDAVG
+    return FedAvg(accumulator="float64" if "f64" in name else "float32")
 
 
 def _status_kib(field: str) -> int:

@@ -154,7 +154,8 @@ def test_learner_order_is_case_insensitive_hex() -> None:
 
 def test_no_updates_returns_previous_and_state_unchanged() -> None:
     state = {"momentum/conv.bias": np.ones(4)}
-    for strategy in (FedAvg(), FedMedian(), FedTrimmedAvg(), Krum(), FedAvgM(), FedAdam()):
+    for strategy in (FedAvg(), FedMedian(), FedTrimmedAvg(), Krum(), FedAvgM(), FedAdam(),
+                     FedAvg(clip=2.0, examples_cap=2.0), FedAdam(clip=1.0)):
         result, new_state = strategy.aggregate(PREVIOUS, iter([]), state)
         assert result is PREVIOUS and new_state is state
 
@@ -260,6 +261,9 @@ STRATEGIES: list[Strategy] = [
     Krum(f=2, m=3),
     FedAvgM(server_lr=0.7, momentum=0.5),
     FedAdam(eta=0.03, beta1=0.8, beta2=0.95, tau=1e-3),
+    FedAvg(clip=2.0, examples_cap=2.0),
+    FedAvgM(server_lr=0.7, clip=1.5),
+    Krum(f=1, m=3, examples_cap=3.0),
 ]
 
 

@@ -7,7 +7,8 @@ accumulation dtype (no BLAS, no threads, no fused multiply-add), so it does not 
 the machine.
 
 dtypes: floating layers are summed in the `accumulator` dtype ("float32" or "float64", never
-narrower than the layer) and divided once at the end. Integer layers (e.g. BatchNorm's
+narrower than the layer) and divided once at the end (the bounded mean, `bounded_mean`, always
+sums differences from the previous global model in float64). Integer layers (e.g. BatchNorm's
 `num_batches_tracked`) are aggregated in float64 and rounded half to even back to their
 dtype (exact below 2**53); bool layers are treated as 0/1 integers, so they become a
 (weighted) majority vote in which a tie gives False. Results have the names, order, shapes
@@ -16,15 +17,20 @@ and dtypes of the previous global model.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+import logging
+import math
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from ..errors import AggregationError, ConfigError, InvalidModel
+from ..errors import AggregationError, ConfigError, InvalidCID, InvalidModel
 from ..eth.accounts import learner_key
 from ..model.codec import Weights
+from ..storage.cid import CID
+
+log = logging.getLogger("fedchain.aggregation")
 
 SCALINGS = ("num_examples", "uniform")
 ACCUMULATORS = ("float32", "float64")
@@ -128,7 +134,7 @@ def _start_sum(weights: Mapping[str, np.ndarray], factor: int, accumulator: str)
     return acc
 
 
-def _mean_from_sum(acc: Weights, total: int, previous: Weights) -> Weights:
+def _mean_from_sum(acc: Weights, total: int | float, previous: Weights) -> Weights:
     """acc / total in previous's dtypes; consumes acc (each sum is freed once it is divided)."""
     mean: Weights = {}
     for name, ref in previous.items():
@@ -254,3 +260,291 @@ def krum_select(models: Sequence[Weights], f: int, m: int = 1) -> list[int]:
         scores.append(sum(float(d) for d in others))
     ranked = sorted(range(n), key=lambda i: (scores[i], i))
     return sorted(ranked[:m])
+
+
+# --- fixed-order reductions and finiteness -------------------------------------------
+
+
+def fixed_sum(values: np.ndarray) -> float:
+    """The sum of a 1-D float64 array, in an order this function fixes; `values` is overwritten.
+
+    A binary tree by halves: element i is added to element i + ⌈n/2⌉, and again on the first
+    ⌈n/2⌉, until one is left. Every step is an elementwise IEEE-754 addition (correctly
+    rounded, no fused multiply-add possible), so the result depends only on the values and
+    their count. `np.sum` is deterministic too for a given numpy build (pairwise summation
+    over a contiguous array, whose split points depend only on the length), but that blocking
+    is an implementation detail numpy may change between versions, and `np.dot` /
+    `np.linalg.norm` go to BLAS, whose reduction order depends on the library, the CPU's SIMD
+    width and the thread count. An auditor re-running a round with another numpy or BLAS
+    gets the same bits from this one.
+    """
+    n = values.size
+    while n > 1:
+        half = (n + 1) // 2
+        np.add(values[: n - half], values[half:n], out=values[: n - half])
+        n = half
+    return float(values[0]) if values.size else 0.0
+
+
+def require_finite(weights: Mapping[str, np.ndarray], what: str) -> None:
+    """Raise AggregationError naming the first floating layer with NaN or ±inf values."""
+    for name, array in weights.items():
+        if array.dtype.kind != "f":
+            continue
+        flat = np.ravel(array)
+        # In blocks: a whole-layer isfinite() would allocate a temporary as large as the layer.
+        for start in range(0, flat.size, _BLOCK):
+            if not np.isfinite(flat[start : start + _BLOCK]).all():
+                bad = int(np.count_nonzero(~np.isfinite(flat)))
+                raise AggregationError(
+                    f"{what}: layer {name} has {bad} non-finite value(s) (NaN, ±inf or an "
+                    "overflow); nothing is published"
+                )
+
+
+# --- Byzantine bounds: examples cap and update-norm clipping --------------------------
+
+
+def lower_median(values: Sequence[Any]) -> Any:
+    """The ⌈n/2⌉-th smallest value (the median for odd n, the lower middle value for even n).
+
+    Always one of the values (an integer stays an integer), and robust to ⌈n/2⌉ − 1 values
+    that are too large, one more than the usual median for even n (with two updates it is
+    the smaller, where the usual median would let one rogue set half the bound).
+    """
+    if not values:
+        raise AggregationError("the median of no values")
+    return sorted(values)[(len(values) - 1) // 2]
+
+
+def examples_cap_value(counts: Sequence[int], examples_cap: float) -> int:
+    """The most examples one update may count for: max(1, ⌊examples_cap × lower median⌋)."""
+    median = int(lower_median([int(c) for c in counts]))
+    return max(1, math.floor(examples_cap * median))  # one IEEE product: the same everywhere
+
+
+def capped_counts(counts: Sequence[int], examples_cap: float) -> list[int]:
+    """Each claimed num_examples, capped at `examples_cap_value` of the round's claims."""
+    cap = examples_cap_value(counts, examples_cap)
+    return [min(int(c), cap) for c in counts]
+
+
+def update_norm(previous: Weights, weights: Mapping[str, np.ndarray]) -> float:
+    """‖weights − previous‖₂ over the floating layers, in float64, bit-reproducible.
+
+    Layers in the previous model's order, each in blocks of a fixed size; a block's squared
+    differences are summed by `fixed_sum` and the block sums added in order. For float16 and
+    float32 layers the result is finite for any finite update (|Δ| ≤ 6.9e38, so Δ² ≤ 4.7e77);
+    float64 layers whose differences exceed about 1e154 give +inf. NaN only for NaN or
+    infinite inputs.
+    """
+    total = 0.0
+    scratch = np.empty(_BLOCK, np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for name, ref in previous.items():
+            if ref.dtype.kind != "f":
+                continue
+            flat, base = np.ravel(weights[name]), np.ravel(ref)
+            for start in range(0, flat.size, _BLOCK):
+                stop = min(start + _BLOCK, flat.size)
+                part = scratch[: stop - start]
+                np.subtract(flat[start:stop], base[start:stop], out=part, dtype=np.float64)
+                np.multiply(part, part, out=part)
+                total += fixed_sum(part)
+    return math.sqrt(total)
+
+
+def clip_factors(norms: Sequence[float], clip: float) -> tuple[float, list[float]]:
+    """(bound B = clip × lower median of the norms, each update's factor min(1, B / norm)).
+
+    An infinite norm beyond a finite bound gets factor 0 (its update adds nothing); NaN norms
+    must be refused before (see `bounded_mean`).
+    """
+    bound = clip * float(lower_median(list(norms)))
+    return bound, [1.0 if norm <= bound else bound / norm for norm in norms]
+
+
+def _fold_delta(
+    acc: np.ndarray, weights: np.ndarray, previous: np.ndarray, scale: float, scratch: np.ndarray
+) -> None:
+    """acc += scale × (weights − previous), in float64, block by block, in place."""
+    flat, base = np.ravel(weights), np.ravel(previous)
+    for start in range(0, acc.size, _BLOCK):
+        stop = min(start + _BLOCK, acc.size)
+        part = scratch[: stop - start]
+        np.subtract(flat[start:stop], base[start:stop], out=part, dtype=np.float64)
+        if scale != 1.0:
+            np.multiply(part, scale, out=part)
+        np.add(acc[start:stop], part, out=acc[start:stop])
+
+
+def clipped_mean(
+    previous: Weights, updates: Sequence[Update], weights: Sequence[int], factors: Sequence[float]
+) -> Weights:
+    """previous + Σ wᵢ·cᵢ·Δᵢ / Σ wᵢ for floating layers (Δᵢ = updateᵢ − previous, float64).
+
+    Integer and bool layers are the plain weighted mean Σ wᵢ·xᵢ / Σ wᵢ, rounded as FedAvg does.
+    The sum is in float64 whatever the layer's dtype, so bounded differences cannot overflow;
+    an update with factor 0 is not folded in at all (its Δ may be infinite).
+    """
+    total = float(sum(int(w) for w in weights))
+    floating = {n: np.zeros(r.size, np.float64) for n, r in previous.items() if r.dtype.kind == "f"}
+    other_layers = {n: r for n, r in previous.items() if n not in floating}
+    others: Weights | None = None
+    scratch = np.empty(_BLOCK, np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for update, weight, factor in zip(updates, weights, factors, strict=True):
+            scale = float(weight) * factor
+            if scale != 0.0:
+                for name, acc in floating.items():
+                    _fold_delta(acc, update.weights[name], previous[name], scale, scratch)
+            rest = {n: update.weights[n] for n in other_layers}
+            if others is None:
+                others = _start_sum(rest, int(weight), "float64")
+            else:
+                weighted_sum_into(others, rest, int(weight))
+        assert others is not None  # at least one update
+        rest_mean = _mean_from_sum(others, total, other_layers) if other_layers else {}
+        mean: Weights = {}
+        for name, ref in previous.items():
+            if name not in floating:
+                mean[name] = rest_mean[name]
+                continue
+            acc = floating.pop(name)
+            np.divide(acc, total, out=acc)
+            np.add(acc, np.ravel(ref), out=acc)
+            mean[name] = acc.astype(ref.dtype).reshape(ref.shape)
+            del acc
+    return mean
+
+
+def bounded_mean(
+    previous: Weights,
+    updates: Iterable[Update],
+    *,
+    clip: float | None = None,
+    examples_cap: float | None = None,
+    scaling: str = "num_examples",
+    accumulator: str = "float32",
+) -> Weights | None:
+    """FedAvg's weighted mean with Byzantine bounds; None when there are no updates.
+
+    - `examples_cap` = k: each num_examples counts for at most max(1, ⌊k × m⌋), m the lower
+      median of the round's claims (scaling "num_examples" only). One learner claiming 2**40
+      examples then weighs as much as k typical learners, not all of them.
+    - `clip` = c (Sun et al., 2019, "Can you really backdoor federated learning?", with an
+      adaptive bound): each difference Δᵢ = updateᵢ − previous is scaled by min(1, B / ‖Δᵢ‖),
+      B = c × the lower median of the round's ‖Δⱼ‖ (float64, `update_norm`), and the scaled
+      differences are averaged in float64 (`clipped_mean`): no finite update, even all 3e38,
+      can overflow the sum, and one update moves the model by at most B × its weight share.
+
+    With neither, this is `stream_mean` (one update in memory at a time). With either, the
+    round's updates are held in memory (N models, like FedMedian and Krum): both bounds need a
+    median over the whole round before the first update is folded in, and `updates` may be a
+    one-shot generator that fetches them.
+    """
+    if clip is None and examples_cap is None:
+        return stream_mean(previous, updates, scaling, accumulator)
+    if scaling not in SCALINGS or accumulator not in ACCUMULATORS:
+        raise ConfigError(f"scaling {scaling!r} / accumulator {accumulator!r} is not known")
+    collected = collect_updates(previous, updates)
+    if not collected:
+        return None
+    if examples_cap is not None and scaling == "num_examples":
+        counts = capped_counts([u.num_examples for u in collected], examples_cap)
+        for update, count in zip(collected, counts, strict=True):
+            if count != update.num_examples:
+                log.info("num_examples of %s capped from %d to %d (examples_cap %g)",
+                         update.learner, update.num_examples, count, examples_cap)
+        collected = [
+            u if c == u.num_examples else replace(u, num_examples=c)
+            for u, c in zip(collected, counts, strict=True)
+        ]
+    if clip is None:
+        return stream_mean(previous, collected, scaling, accumulator)
+    norms = [update_norm(previous, u.weights) for u in collected]
+    for update, norm in zip(collected, norms, strict=True):
+        if math.isnan(norm):
+            raise AggregationError(
+                f"update from {update.learner} has non-finite values: its norm is NaN"
+            )
+    bound, factors = clip_factors(norms, clip)
+    for update, norm, factor in zip(collected, norms, factors, strict=True):
+        if factor != 1.0:
+            log.info("update of %s clipped: norm %.4g > bound %.4g, scaled by %.4g",
+                     update.learner, norm, bound, factor)
+    weights = [u.num_examples if scaling == "num_examples" else 1 for u in collected]
+    return clipped_mean(previous, collected, weights, factors)
+
+
+# --- exact duplicates ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One update submitted in a round, as the chain orders it.
+
+    `content` identifies the model's bytes: the multihash of its CID (so the CIDv0 and CIDv1
+    spellings of one block agree; see `Submission.of`) or a hash of the fetched bytes.
+    `order` is (block number, log index), the chain's total order of events. `ref` carries
+    the caller's own record (e.g. the event) through, and takes no part in comparisons.
+    """
+
+    learner: str
+    content: Hashable
+    order: tuple[int, int]
+    ref: Any = field(default=None, compare=False)
+
+    @classmethod
+    def of(cls, event: Any) -> Submission:
+        """The submission of an UpdateSubmitted-like event (.learner, .model_cid, .block,
+        .log_index); content is its CID's multihash, or the raw bytes if they are no CID."""
+        raw = bytes(event.model_cid)
+        try:
+            content: Hashable = CID.from_bytes(raw).multihash
+        except InvalidCID:
+            content = raw
+        return cls(event.learner, content, (int(event.block), int(event.log_index)), event)
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """A submission whose content an earlier submission of the round already had."""
+
+    submission: Submission
+    original: Submission
+
+    @property
+    def reason(self) -> str:
+        return f"same content as {self.original.learner}'s update"
+
+
+def find_duplicates(
+    submissions: Iterable[Submission],
+) -> tuple[list[Submission], list[Duplicate]]:
+    """(the first submission of each content, the later ones), both in chain order.
+
+    A learner that resubmits another learner's CID (free-riding, or doubling the victim's
+    weight) is the later one and is dropped; the first submitter keeps its update. Pure and
+    deterministic: the aggregator filters a round with it before aggregating and an audit
+    re-derives the same split from the chain. Two submissions with the same order key cannot
+    come from one chain and raise AggregationError.
+    """
+    ordered = sorted(submissions, key=lambda s: s.order)
+    for a, b in zip(ordered, ordered[1:], strict=False):
+        if a.order == b.order:
+            raise AggregationError(
+                f"submissions of {a.learner} and {b.learner} have the same chain position "
+                f"{a.order}"
+            )
+    first: dict[Hashable, Submission] = {}
+    kept: list[Submission] = []
+    duplicates: list[Duplicate] = []
+    for s in ordered:
+        original = first.get(s.content)
+        if original is None:
+            first[s.content] = s
+            kept.append(s)
+        else:
+            duplicates.append(Duplicate(s, original))
+    return kept, duplicates

@@ -2,8 +2,18 @@
 
 A strategy is a small frozen dataclass whose fields are its parameters; `to_plan()` records
 it in the federation's plan and `strategy_from_plan` rebuilds it, so an auditor re-runs every
-round with the same parameters. The arithmetic lives in `fedchain.rules`, whose docstring
-states the determinism and dtype rules every strategy follows.
+round with the same parameters. The arithmetic lives in `fedchain.aggregation.rules`, whose
+docstring states the determinism and dtype rules every strategy follows.
+
+No strategy returns a model (or server state) with a NaN or infinite floating value: the
+result is checked before it is returned and AggregationError names the layer, so the
+aggregator carries the previous model over instead of publishing it.
+
+Byzantine bounds (FedAvg and the FedOpt family): `clip` bounds each update's difference from
+the previous model to `clip` × the round's median difference norm, and `examples_cap` bounds
+what one num_examples claim counts for, to `examples_cap` × the round's median claim (see
+`rules.bounded_mean`). Both default to None (plain FedAvg, whose plan is unchanged);
+`ROBUST_FEDAVG` is the recommended configuration for federations that trust no single learner.
 """
 
 from __future__ import annotations
@@ -13,7 +23,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, final
 
 import numpy as np
 
@@ -25,13 +35,16 @@ from .rules import (
     Update,
     aggregate_median,
     aggregate_trimmed_mean,
+    bounded_mean,
+    capped_counts,
     collect_updates,
     krum_select,
     learner_key,
-    stream_mean,
+    require_finite,
 )
 
 __all__ = [
+    "ROBUST_FEDAVG",
     "FedAdam",
     "FedAvg",
     "FedAvgM",
@@ -66,6 +79,24 @@ def _number(field: str, value: object, low: float, high: float, *, integer: bool
         raise ConfigError(f"{field} must be {kind} in [{low}, {high}], got {value!r}")
 
 
+def _bound(strategy: Strategy, field: str) -> None:
+    """A Byzantine bound: None (off) or a positive finite number, kept as a float (so that
+    `clip = 2` and `clip = 2.0` give one plan)."""
+    value = getattr(strategy, field)
+    if value is not None:
+        _number(field, value, 0.0, 1e6)
+        if value == 0:
+            raise ConfigError(f"{field} must be positive (or None to turn it off), got 0")
+        object.__setattr__(strategy, field, float(value))
+
+
+def _examples_cap(strategy: Strategy, scaling: str) -> None:
+    _bound(strategy, "examples_cap")
+    if getattr(strategy, "examples_cap", None) is not None and scaling != "num_examples":
+        raise ConfigError("examples_cap bounds num_examples weights: it needs scaling "
+                          f"'num_examples', not {scaling!r}")
+
+
 def _in_order(previous: Weights, result: Weights) -> Weights:
     """`result` with its layers in the previous global model's order (the model's own)."""
     return {name: result[name] for name in previous}
@@ -79,45 +110,93 @@ class Strategy(ABC):
     #: Whether aggregate() carries server-optimizer state from round to round.
     stateful: ClassVar[bool] = False
 
+    #: Parameters left out of the plan while they are None (their default): adding an
+    #: optional bound to a strategy does not change the plans, and CIDs, of those without it.
+    _optional: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def streams(self) -> bool:
+        """Whether `aggregate` folds updates in one at a time (memory: one model and the sum)
+        rather than holding the whole round (memory: N models)."""
+        return False
+
     def to_plan(self) -> dict[str, Any]:
         """The strategy as JSON-able data: {"name": ..., "params": {...}}."""
-        return {"name": self.name, "params": dataclasses.asdict(self)}
+        params = dataclasses.asdict(self)
+        for name in self._optional:
+            if params.get(name) is None:
+                params.pop(name, None)
+        return {"name": self.name, "params": params}
 
-    @abstractmethod
+    @final
     def aggregate(
         self, previous: Weights, updates: Iterable[Update], state: Weights | None = None
     ) -> tuple[Weights, Weights | None]:
         """(new global model, new server-optimizer state or None) from the updates, in order.
 
         `updates` must come in ascending learner order; with no updates the result is
-        (`previous`, `state`) unchanged.
+        (`previous`, `state`) unchanged. AggregationError if the new model or state has a
+        non-finite floating value (the layer is named): it must not be published.
         """
+        # Overflows are expected from hostile updates, and caught right below: no warnings.
+        with np.errstate(over="ignore", invalid="ignore"):
+            new, new_state = self._aggregate(previous, updates, state)
+        if new is not previous:
+            require_finite(new, f"{self.name} result")
+        if new_state is not None and new_state is not state:
+            require_finite(new_state, f"{self.name} server state")
+        return new, new_state
+
+    @abstractmethod
+    def _aggregate(
+        self, previous: Weights, updates: Iterable[Update], state: Weights | None
+    ) -> tuple[Weights, Weights | None]:
+        """`aggregate` without the final check."""
 
 
 @dataclass(frozen=True)
 class FedAvg(Strategy):
-    """Weighted mean of the updates, by num_examples or uniform; streams the updates."""
+    """Weighted mean of the updates, by num_examples or uniform; streams the updates unless
+    `clip` or `examples_cap` bound them (then the round is held: see `rules.bounded_mean`)."""
 
     name: ClassVar[str] = "FedAvg"
+    _optional: ClassVar[tuple[str, ...]] = ("clip", "examples_cap")
     scaling: str = "num_examples"
     accumulator: str = "float32"
+    #: Bound each update's difference from the previous model to clip × the round's median
+    #: difference norm (None: no bound). Sums differences in float64 whatever `accumulator`.
+    clip: float | None = None
+    #: Count each num_examples as at most examples_cap × the round's median claim (None: as
+    #: claimed). Only with scaling "num_examples".
+    examples_cap: float | None = None
 
     def __post_init__(self) -> None:
         _choice("scaling", self.scaling, SCALINGS)
         _choice("accumulator", self.accumulator, ACCUMULATORS)
+        _bound(self, "clip")
+        _examples_cap(self, self.scaling)
 
-    def aggregate(
-        self, previous: Weights, updates: Iterable[Update], state: Weights | None = None
+    @property
+    def streams(self) -> bool:
+        """Without bounds; clip and examples_cap need the round's medians first."""
+        return self.clip is None and self.examples_cap is None
+
+    def _mean(self, previous: Weights, updates: Iterable[Update]) -> Weights | None:
+        return bounded_mean(previous, updates, clip=self.clip, examples_cap=self.examples_cap,
+                            scaling=self.scaling, accumulator=self.accumulator)
+
+    def _aggregate(
+        self, previous: Weights, updates: Iterable[Update], state: Weights | None
     ) -> tuple[Weights, Weights | None]:
-        mean = stream_mean(previous, updates, self.scaling, self.accumulator)
+        mean = self._mean(previous, updates)
         return (previous, state) if mean is None else (mean, None)
 
 
 class _WholeRound(Strategy):
     """A strategy that needs every update of the round at once (robust rules)."""
 
-    def aggregate(
-        self, previous: Weights, updates: Iterable[Update], state: Weights | None = None
+    def _aggregate(
+        self, previous: Weights, updates: Iterable[Update], state: Weights | None
     ) -> tuple[Weights, Weights | None]:
         collected = collect_updates(previous, updates)
         if not collected:
@@ -160,23 +239,33 @@ class Krum(_WholeRound):
     """Krum (m=1: the most central update) or multi-Krum (FedAvg of the m most central)."""
 
     name: ClassVar[str] = "Krum"
+    _optional: ClassVar[tuple[str, ...]] = ("examples_cap",)
     f: int = 1
     m: int = 1
     scaling: str = "num_examples"
     accumulator: str = "float32"
+    #: multi-Krum's mean counts each num_examples as at most examples_cap × the median claim
+    #: of the whole round (None: as claimed).
+    examples_cap: float | None = None
 
     def __post_init__(self) -> None:
         _number("f", self.f, 0, 2**31, integer=True)
         _number("m", self.m, 1, 2**31, integer=True)
         _choice("scaling", self.scaling, SCALINGS)
         _choice("accumulator", self.accumulator, ACCUMULATORS)
+        _examples_cap(self, self.scaling)
 
     def _combine(self, previous: Weights, updates: list[Update]) -> Weights:
         chosen = krum_select([u.weights for u in updates], self.f, self.m)
         if len(chosen) == 1:
             chosen_weights = updates[chosen[0]].weights
             return {k: chosen_weights[k].copy() for k in previous}
-        mean = stream_mean(previous, [updates[i] for i in chosen], self.scaling, self.accumulator)
+        if self.examples_cap is not None:
+            counts = capped_counts([u.num_examples for u in updates], self.examples_cap)
+            updates = [dataclasses.replace(u, num_examples=c)
+                       for u, c in zip(updates, counts, strict=True)]
+        mean = bounded_mean(previous, [updates[i] for i in chosen], scaling=self.scaling,
+                            accumulator=self.accumulator)
         assert mean is not None  # m >= 2 updates were kept
         return mean
 
@@ -218,10 +307,10 @@ class FedOpt(FedAvg):
 
     stateful: ClassVar[bool] = True
 
-    def aggregate(
-        self, previous: Weights, updates: Iterable[Update], state: Weights | None = None
+    def _aggregate(
+        self, previous: Weights, updates: Iterable[Update], state: Weights | None
     ) -> tuple[Weights, Weights | None]:
-        mean = stream_mean(previous, updates, self.scaling, self.accumulator)
+        mean = self._mean(previous, updates)
         if mean is None:
             return previous, state
         new_state, step = self._optimizer(state)
@@ -312,6 +401,13 @@ class FedAdam(FedOpt):
 
         return new_state, step
 
+
+#: The recommended strategy for a federation that trusts no single learner (templates,
+#: `simulate` and `make demo` default to it): FedAvg whose updates are clipped to twice the
+#: round's median difference norm and whose num_examples claims count for at most twice the
+#: round's median claim. See bench/robustness.py for how it and the alternatives fare
+#: against one rogue learner of five.
+ROBUST_FEDAVG = FedAvg(clip=2.0, examples_cap=2.0)
 
 _STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls for cls in (FedAvg, FedMedian, FedTrimmedAvg, Krum, FedAvgM, FedAdam)

@@ -1,0 +1,368 @@
+"""One rogue learner of five against each strategy: the MLP example on digits, through the chain.
+
+    .venv/bin/python bench/robustness.py                      # every attack × every strategy
+    .venv/bin/python bench/robustness.py --rounds 5 --attacks none,claim --json out.json
+    .venv/bin/python bench/robustness.py --strategy 'FedAvg(clip=1.5, examples_cap=3)'
+
+Each cell is a whole `fedchain.simulate` run (embedded chain and store, 5 learners of
+`examples.mlp.task`, learner 4 rogue) with `min_updates=4`, so a rejected update leaves a
+quorum and the cell measures the strategy, not the quorum rule. The rogue wraps its Learner
+and returns, from `train`:
+
+    none      its honest update (the all-honest baseline)
+    x1e30     its trained weights × 1e30 (floating layers)
+    3e38      every floating weight 3e38 (finite, but 5 of them overflow a float32 sum)
+    claim     the global model unchanged (a free-rider) claiming 2**40 examples
+    nan       every floating weight NaN (written past the codec's own finiteness check,
+              as a hostile client would; the aggregator rejects it at decode)
+    copy      learner 0's update of the round, byte for byte (the same CID) and its
+              num_examples, submitted once learner 0's submission is on chain: free-riding
+              that doubles the victim's weight
+
+Reported per cell: the centralized accuracy of the last published global model, the rounds
+that aggregated (rather than carrying the previous model over), whether the run crashed (a
+learner or the aggregator raised), and for every run the submissions that
+`rules.find_duplicates` flags from the chain's events.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from examples.mlp import task  # noqa: E402
+from fedchain.aggregation.rules import Submission, find_duplicates  # noqa: E402
+from fedchain.aggregation.strategy import (  # noqa: E402
+    ROBUST_FEDAVG,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedMedian,
+    FedTrimmedAvg,
+    Krum,
+    Strategy,
+)
+from fedchain.errors import InvalidModel  # noqa: E402
+from fedchain.eth.accounts import FIRST_LEARNER_INDEX, dev_account  # noqa: E402
+from fedchain.federation import node as node_module  # noqa: E402
+from fedchain.federation import simulation as simulation_module  # noqa: E402
+from fedchain.federation.learner import EvalResult, Learner, TrainResult  # noqa: E402
+from fedchain.federation.simulation import simulate  # noqa: E402
+from fedchain.model import codec  # noqa: E402
+
+Weights = dict[str, np.ndarray]
+
+ATTACKS = ("none", "x1e30", "3e38", "claim", "nan", "copy")
+ROGUE, VICTIM = 4, 0
+TRAIN = {"epochs": 3, "lr": 0.001, "batch_size": 64}
+STRATEGIES: dict[str, Strategy] = {
+    "FedAvg": FedAvg(),
+    "FedAvg(clip=2,cap=2)": ROBUST_FEDAVG,
+    "FedMedian": FedMedian(),
+    "FedTrimmedAvg(0.2)": FedTrimmedAvg(beta=0.2),
+    "Krum(f=1)": Krum(f=1),
+}
+
+
+def _floating(weights: Mapping[str, np.ndarray], fill: Any) -> Weights:
+    return {
+        k: (fill(v) if v.dtype.kind == "f" else v.copy()).astype(v.dtype)
+        for k, v in weights.items()
+    }
+
+
+class Shared:
+    """What learner threads of one run share: the victim's update per round, once on chain."""
+
+    def __init__(self) -> None:
+        self.results: dict[int, TrainResult] = {}
+        self.on_chain: set[int] = set()
+        self.ready = threading.Condition()
+
+    def put(self, round: int, result: TrainResult) -> None:
+        with self.ready:
+            self.results[round] = result
+
+    def landed(self, round: int) -> None:
+        with self.ready:
+            self.on_chain.add(round)
+            self.ready.notify_all()
+
+    def get(self, round: int, timeout: float = 600.0) -> TrainResult:
+        """The victim's update, once its submission is on chain (a copier reads it there)."""
+        with self.ready:
+            if not self.ready.wait_for(lambda: round in self.on_chain, timeout):
+                raise TimeoutError(f"the victim's round-{round} update never came")
+            return self.results[round]
+
+
+@contextlib.contextmanager
+def watching_victim(shared: Shared) -> Iterator[None]:
+    """simulate's learner nodes tell `shared` when the victim's submission has landed."""
+
+    class Node(simulation_module.LearnerNode):
+        def train_round(self, round: int) -> bool:
+            done = super().train_round(round)
+            if self.name == f"learner-{VICTIM}":
+                shared.landed(round)
+            return done
+
+    original = simulation_module.LearnerNode
+    simulation_module.LearnerNode = Node  # type: ignore[misc]
+    try:
+        yield
+    finally:
+        simulation_module.LearnerNode = original  # type: ignore[misc]
+
+
+class Wrapped(Learner):
+    """A Learner that delegates to `inner`, then maybe turns its training result into an attack."""
+
+    def __init__(self, inner: Learner, attack: str | None, shared: Shared,
+                 victim: bool = False) -> None:
+        self.inner, self.attack, self.shared, self.victim = inner, attack, shared, victim
+
+    def get_weights(self) -> Weights:
+        return self.inner.get_weights()
+
+    def set_weights(self, weights: Weights) -> None:
+        self.inner.set_weights(weights)
+
+    def evaluate(self, weights: Weights, config: Mapping[str, Any]) -> EvalResult:
+        return self.inner.evaluate(weights, config)
+
+    def train(self, weights: Weights, config: Mapping[str, Any]) -> TrainResult:
+        round = int(config["round"])
+        if self.attack == "claim":  # no training at all
+            return TrainResult({k: v.copy() for k, v in weights.items()}, 2**40)
+        if self.attack == "copy":
+            victim = self.shared.get(round)
+            return TrainResult(victim.weights, victim.num_examples, victim.metrics)
+        result = self.inner.train(weights, config)
+        if self.victim:
+            self.shared.put(round, result)
+        if self.attack == "x1e30":
+            with np.errstate(over="ignore"):
+                return TrainResult(_floating(result.weights, lambda v: v * 1e30),
+                                   result.num_examples)
+        if self.attack == "3e38":
+            return TrainResult(_floating(result.weights, lambda v: np.full_like(v, 3e38)),
+                               result.num_examples)
+        if self.attack == "nan":
+            return TrainResult(_floating(result.weights, lambda v: np.full_like(v, np.nan)),
+                               result.num_examples)
+        return result
+
+
+def _encode_anything(weights: Mapping[str, np.ndarray], metadata: Any = None) -> bytes:
+    """codec.encode, except that non-finite values are written instead of refused."""
+    try:
+        return codec.encode(weights, metadata)
+    except InvalidModel:
+        finite = {k: np.nan_to_num(v) if v.dtype.kind == "f" else v for k, v in weights.items()}
+        raw = codec.encode(finite, metadata)
+        header = 8 + int.from_bytes(raw[:8], "little")
+        body = b"".join(np.ascontiguousarray(v).astype(v.dtype.newbyteorder("<")).tobytes()
+                        for v in weights.values())
+        assert len(body) == len(raw) - header
+        return raw[:header] + body
+
+
+@contextlib.contextmanager
+def hostile_encoding(enabled: bool) -> Iterator[None]:
+    """Learner nodes write NaN models (only the rogue makes any) while enabled."""
+    original = node_module.encode
+    if enabled:
+        node_module.encode = _encode_anything  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        node_module.encode = original  # type: ignore[assignment]
+
+
+class BoundCounter(logging.Handler):
+    """Counts the updates `rules.bounded_mean` clipped or capped, the rogue's and the others'."""
+
+    def __init__(self, rogue: str) -> None:
+        super().__init__(logging.INFO)
+        self.rogue = rogue.lower()
+        self.rogue_bounded = self.honest_bounded = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not isinstance(record.args, tuple) or not record.args:
+            return
+        if str(record.args[0]).lower() == self.rogue:
+            self.rogue_bounded += 1
+        else:
+            self.honest_bounded += 1
+
+
+@contextlib.contextmanager
+def counting_bounds(rogue: str) -> Iterator[BoundCounter]:
+    logger = logging.getLogger("fedchain.aggregation")
+    counter, level, propagate = BoundCounter(rogue), logger.level, logger.propagate
+    logger.addHandler(counter)
+    logger.setLevel(logging.INFO)
+    logger.propagate = logging.getLogger().level <= logging.INFO  # shown with --verbose only
+    try:
+        yield counter
+    finally:
+        logger.removeHandler(counter)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
+@dataclass
+class Cell:
+    attack: str
+    strategy: str
+    accuracy: float | None = None
+    aggregated: int = 0
+    rounds: int = 0
+    crash: str = ""
+    duplicates: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    accuracies: list[float] = field(default_factory=list)
+    rogue_bounded: int = 0  # times the rogue's update was clipped or its claim capped
+    honest_bounded: int = 0  # the same for the honest learners' updates
+
+
+def run_cell(attack: str, label: str, strategy: Strategy, rounds: int, learners: int,
+             min_updates: int) -> Cell:
+    cell = Cell(attack, label, rounds=rounds)
+    shared = Shared()
+
+    def make_learner(i: int, n: int) -> Learner:
+        inner = task.make_learner(i, n)
+        rogue = attack if (i == ROGUE and attack != "none") else None
+        return Wrapped(inner, rogue, shared, victim=(i == VICTIM))
+
+    def evaluate(round: int, weights: Weights) -> tuple[float, dict[str, float]]:
+        loss, metrics = task.evaluate_global(round, weights)
+        cell.accuracies.append(round_to(metrics["accuracy"]))
+        return loss, metrics
+
+    started = time.monotonic()
+    try:
+        rogue_address = dev_account(FIRST_LEARNER_INDEX + ROGUE).address
+        with hostile_encoding(attack == "nan"), watching_victim(shared), \
+                counting_bounds(rogue_address) as counter:
+            try:
+                result = simulate(make_learner, learners, strategy, rounds,
+                                  min_updates=min_updates, round_timeout=120.0,
+                                  train_config=TRAIN, evaluate_fn=evaluate,
+                                  initial_weights=task.initial_weights(), timeout=600.0)
+            finally:
+                cell.rogue_bounded = counter.rogue_bounded
+                cell.honest_bounded = counter.honest_bounded
+    except Exception as exc:  # a crashed run is a result
+        cell.crash = f"{type(exc).__name__}: {str(exc)[:120]}"
+    else:
+        cell.aggregated = sum(1 for r in result.rounds if r.included)
+        for r in range(1, rounds + 1):
+            _, duplicates = find_duplicates(Submission.of(e) for e in result.contract.updates(r))
+            cell.duplicates += [f"r{r} {d.submission.learner[:8]}: {d.reason}"
+                                for d in duplicates]
+    cell.seconds = time.monotonic() - started
+    cell.accuracy = cell.accuracies[-1] if cell.accuracies else None
+    return cell
+
+
+def round_to(x: float) -> float:
+    return float(f"{x:.4f}")
+
+
+def parse_strategy(text: str) -> tuple[str, Strategy]:
+    names = {"FedAvg": FedAvg, "FedMedian": FedMedian, "FedTrimmedAvg": FedTrimmedAvg,
+             "Krum": Krum, "FedAvgM": FedAvgM, "FedAdam": FedAdam}
+    if text in STRATEGIES:
+        return text, STRATEGIES[text]
+    return text, eval(text, {"__builtins__": {}}, names)  # bench-only: a trusted command line
+
+
+def table(cells: list[Cell], labels: list[str], attacks: list[str]) -> str:
+    def show(c: Cell) -> str:
+        acc = "-" if c.accuracy is None else f"{c.accuracy:.3f}"
+        if c.crash:  # the history went down with the run: the rounds published before it
+            return f"{acc} CRASH@r{len(c.accuracies) + 1}"
+        text = f"{acc} {c.aggregated}/{c.rounds}"
+        if c.rogue_bounded or c.honest_bounded:
+            text += f" b{c.rogue_bounded}+{c.honest_bounded}"
+        if c.duplicates:
+            text += f" d{len(c.duplicates)}"
+        return text
+
+    width = max(24, *(len(s) + 2 for s in labels))
+    lines = ["attack    " + "".join(s.ljust(width) for s in labels)]
+    by = {(c.attack, c.strategy): c for c in cells}
+    for a in attacks:
+        row = [show(by[a, s]) if (a, s) in by else "" for s in labels]
+        lines.append(a.ljust(10) + "".join(r.ljust(width) for r in row))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--learners", type=int, default=5)
+    p.add_argument("--min-updates", type=int, default=4)
+    p.add_argument("--attacks", default=",".join(ATTACKS))
+    p.add_argument("--strategy", action="append",
+                   help="a label of the default set or a constructor, e.g. 'FedAvg(clip=1.5)'; "
+                        "repeatable (default: the five of the table)")
+    p.add_argument("--json", type=Path, help="also write the cells here")
+    p.add_argument("--partition", choices=("iid", "dirichlet"), default="iid",
+                   help="how the digits are split among learners (dirichlet: alpha 0.5)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--table", type=Path, help="only print the table of a --json file")
+    args = p.parse_args()
+    if args.table:
+        cells = [Cell(**c) for c in json.loads(args.table.read_text())]
+        labels = list(dict.fromkeys(c.strategy for c in cells))
+        print(table(cells, labels, list(dict.fromkeys(c.attack for c in cells))))
+        return
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
+                        format="%(asctime)s %(name)s %(message)s")
+    task.configure(partition=args.partition)
+    attacks = args.attacks.split(",")
+    unknown = sorted(set(attacks) - set(ATTACKS))
+    if unknown:
+        p.error(f"unknown attacks {unknown}; known: {', '.join(ATTACKS)}")
+    chosen = [parse_strategy(s) for s in (args.strategy or list(STRATEGIES))]
+    cells: list[Cell] = []
+    for attack in attacks:
+        for label, strategy in chosen:
+            cell = run_cell(attack, label, strategy, args.rounds, args.learners,
+                            args.min_updates)
+            cells.append(cell)
+            print(f"{attack:7} {label:24} acc={cell.accuracy} per round={cell.accuracies} "
+                  f"aggregated={cell.aggregated}/{cell.rounds} {cell.seconds:.0f}s "
+                  f"bounded rogue/honest={cell.rogue_bounded}/{cell.honest_bounded} "
+                  f"{cell.crash} {'; '.join(cell.duplicates)}", flush=True)
+            if args.json:
+                args.json.write_text(json.dumps([vars(c) for c in cells], indent=1))
+    print()
+    print(f"{args.learners} learners (learner {ROGUE} rogue), {args.rounds} rounds, MLP on digits "
+          f"({args.partition}), "
+          f"min_updates={args.min_updates}. Cell: final centralized accuracy, rounds aggregated; "
+          "bR+H: updates clipped or claims capped, the rogue's + the honest ones'; dN: "
+          "submissions find_duplicates flags; CRASH@rN: a learner or the aggregator raised in "
+          "round N (accuracy: the last published model's)")
+    print(table(cells, [label for label, _ in chosen], attacks))
+
+
+if __name__ == "__main__":
+    main()
