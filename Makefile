@@ -38,6 +38,8 @@ bench: setup
 	$(PY) bench/storage.py
 	$(PY) bench/aggregate.py
 	$(PY) bench/audit.py
+	$(PY) bench/hostile.py
+	$(PY) bench/robustness.py
 
 # Every CID and gas figure the READMEs quote, recomputed (all rounds of every example).
 docs-check: setup
