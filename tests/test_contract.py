@@ -48,9 +48,13 @@ from fedchain.eth import events as ev
 from fedchain.eth.accounts import learner_key
 from fedchain.eth.chain import Chain
 from fedchain.eth.contract import FedChain
-from fedchain.storage.cid import cid_text
+from fedchain.eth.events import ChainCid
 
 ZERO = "0x" + "00" * 20
+
+
+def _text(raw: bytes) -> str:
+    return ChainCid(raw).text
 
 
 def _digest(tag: str) -> bytes:
@@ -592,13 +596,13 @@ def test_cidv0_and_cidv1_round_trip_through_storage_and_events(federation: Feder
     assert (len(v0), len(raw), len(pb)) == (34, 36, 36)
     agg.set_genesis(v0, pb)
     # The binding takes CID text too; the chain stores the binary form.
-    learner.submit_update(1, cid_text(raw), 10)
-    agg.publish_global(1, cid_text(pb), [addr(learner)])
-    agg.publish_global(2, cid_text(v0), [])
+    learner.submit_update(1, _text(raw), 10)
+    agg.publish_global(1, _text(pb), [addr(learner)])
+    agg.publish_global(2, _text(v0), [])
     assert (agg.genesis(), agg.plan()) == (v0, pb)
     assert [agg.global_model(r) for r in range(3)] == [v0, pb, v0]
-    assert cid_text(agg.global_model(0)).startswith("Qm")
-    assert cid_text(pb).startswith("bafy") and cid_text(raw).startswith("bafk")
+    assert _text(agg.global_model(0)).startswith("Qm")
+    assert _text(pb).startswith("bafy") and _text(raw).startswith("bafk")
     events = list(
         agg.events("GenesisSet", "UpdateSubmitted", "GlobalModelPublished", from_block=fed.block)
     )

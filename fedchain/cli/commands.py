@@ -337,7 +337,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from ..storage.cid import cid_text
+    from ..eth.events import ChainCid
 
     job = job_from(args)
     chain = connect_chain(job, "status")
@@ -355,7 +355,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if round > 0:
         label = "final" if finished else "latest"
         console.print(f"{label} global model (round {round - 1}): "
-                      f"{cid_text(contract.global_model(round - 1))}")
+                      f"{ChainCid(contract.global_model(round - 1)).text}")
     if round > 0 and not finished:
         table = Table(title=f"learners in round {round}")
         table.add_column("learner")

@@ -212,11 +212,3 @@ def cid_bytes(cid: CidLike) -> bytes:
 def to_cid(raw: bytes) -> CID:
     """The CID object of a binary CID read from the chain (InvalidCID if it is not one)."""
     return CID.from_bytes(raw)
-
-
-def cid_text(raw: bytes) -> str:
-    """The canonical text of a binary CID (falls back to hex for bytes that are not a CID)."""
-    try:
-        return str(CID.from_bytes(raw))
-    except (InvalidCID, ValueError, IndexError):
-        return "0x" + raw.hex()
