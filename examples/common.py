@@ -299,7 +299,8 @@ def run_example(job_file: Path, argv: Sequence[str] | None = None) -> Simulation
     config = dataclasses.replace(
         job.run_config(),
         rounds=args.rounds,
-        min_updates=min(job.min_updates or args.learners, args.learners),
+        # None: the default quorum of args.learners (federation.config.default_min_updates)
+        min_updates=None if job.min_updates is None else min(job.min_updates, args.learners),
         train=train,
     )
     result = simulate(

@@ -10,19 +10,25 @@ contract = "0x…"                    # optional: else deployments/<chainId>.jso
 learner = "examples.cnn.task:make_learner"      # (learner_id, num_learners) -> Learner
 evaluate = "examples.cnn.task:evaluate_global"  # optional: (round, weights) -> (loss, metrics)
 
-[strategy]
+[strategy]                          # without this section: FedAvg, clip = 2, examples_cap = 2
 name = "FedAvg"
 scaling = "num_examples"
+clip = 2.0                          # Byzantine bounds; leave both out for plain FedAvg
+examples_cap = 2.0
 
 [run]
 rounds = 3
 learners = 3
-min_updates = 3
+# min_updates = 2                   # default: a quorum, ceil(2 × learners / 3)
 round_timeout = 300
 
 [train]       # sent to learners through the plan
 epochs = 1
 ```
+
+Defaults (what a job without [strategy] or min_updates runs) survive one rogue learner of
+five: `ROBUST_FEDAVG` and a two-thirds quorum (`federation.config.default_min_updates`). A
+[strategy] section is taken as written: `name = "FedAvg"` alone is plain FedAvg.
 """
 
 from __future__ import annotations
@@ -39,12 +45,18 @@ from pathlib import Path
 from typing import Any
 
 from ..aggregation import strategy as strategies
-from ..aggregation.strategy import strategy_from_plan
+from ..aggregation.strategy import ROBUST_FEDAVG, strategy_from_plan
 from ..errors import ConfigError
 from ..federation.config import RunConfig
 
 #: The devnet's chain, the default of the commands that run in processes of their own.
 DEVNET_CHAIN = "http://127.0.0.1:8545"
+
+#: The strategy of a job whose file has no [strategy] section: FedAvg with Byzantine bounds.
+DEFAULT_STRATEGY: dict[str, Any] = {
+    "name": ROBUST_FEDAVG.name,
+    "params": {"clip": ROBUST_FEDAVG.clip, "examples_cap": ROBUST_FEDAVG.examples_cap},
+}
 
 #: A check of one value: None if it is fine, else what it should have been.
 Check = Callable[[Any], str | None]
@@ -154,9 +166,12 @@ class Job:
     learner: str | None = None
     evaluate: str | None = None
     initial: str | None = None
-    strategy: dict[str, Any] = field(default_factory=lambda: {"name": "FedAvg", "params": {}})
+    strategy: dict[str, Any] = field(
+        default_factory=lambda: {**DEFAULT_STRATEGY, "params": dict(DEFAULT_STRATEGY["params"])}
+    )
     rounds: int = 3
     learners: int = 3
+    #: None: the default quorum of the learners registered at genesis.
     min_updates: int | None = None
     round_timeout: float = 300.0
     wall_clock: float | None = None

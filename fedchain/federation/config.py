@@ -8,6 +8,7 @@ the aggregator's local settings (polling, timeouts, when to stop early).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,15 +46,29 @@ class Termination:
 DEFAULT_ROUNDS = 3
 
 
+def default_min_updates(learners: int) -> int:
+    """The updates a round needs when the configuration names no `min_updates`: a quorum of
+    two thirds of the learners, ⌈2n/3⌉, at least 1 (n = 3 → 2, 5 → 4, 10 → 7).
+
+    Not all of them: with every learner required, one learner that sends a bad update (or
+    none) would stop every round from aggregating. The aggregator still waits for every
+    learner until the round's timeout; the quorum only decides whether the round aggregates
+    what it got or carries the global model over.
+    """
+    return max(1, math.ceil(2 * learners / 3))
+
+
 @dataclass
 class RunConfig:
     """What a federation runs (published in the plan) and how this aggregator runs it."""
 
-    #: Published in the plan at genesis.
+    #: Published in the plan at genesis. None: the plan on chain's (resuming); genesis needs
+    #: one (`simulate` and job files default to `aggregation.strategy.ROBUST_FEDAVG`).
     strategy: Strategy | None = None
     #: None: DEFAULT_ROUNDS at genesis, whatever the plan says when resuming.
     rounds: int | None = None
-    #: Updates a round needs; None: every learner registered at genesis.
+    #: Updates a round needs; None: `default_min_updates` of the learners registered at
+    #: genesis (a two-thirds quorum).
     min_updates: int | None = None
     train: dict[str, Any] = field(default_factory=dict)
     evaluate: dict[str, Any] = field(default_factory=dict)
@@ -104,7 +119,8 @@ class RunConfig:
         """The plan published at genesis for a federation of `learners` registered learners."""
         if self.strategy is None:
             raise ConfigError("genesis needs a strategy")
-        min_updates = learners if self.min_updates is None else self.min_updates
+        min_updates = (default_min_updates(learners) if self.min_updates is None
+                       else self.min_updates)
         return Plan(
             strategy=self.strategy.to_plan(),
             rounds=self.rounds or DEFAULT_ROUNDS,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..aggregation.strategy import FedAvg, Strategy
+from ..aggregation.strategy import ROBUST_FEDAVG, Strategy
 from ..errors import ConfigError, FedChainError
 from ..eth.accounts import AGGREGATOR_INDEX, FIRST_LEARNER_INDEX, OWNER_INDEX
 from ..eth.chain import Chain, connect
@@ -74,9 +74,13 @@ def simulate(
 ) -> SimulationResult:
     """Deploys a fresh FedChain, registers `num_learners` learners and runs the federation.
 
-    `make_learner(i, num_learners)` builds learner i. The run's settings come from `config`
-    (default: FedAvg, 3 rounds, every learner required), overridden by the keyword arguments
-    given. Accounts are the dev chain's mnemonic accounts (owner 0, aggregator 1, learners
+    `make_learner(i, num_learners)` builds learner i. The run's settings come from `config`,
+    overridden by the keyword arguments given. Defaults that survive one rogue learner of
+    five (see bench/robustness.py): `ROBUST_FEDAVG` (FedAvg with updates clipped to twice the
+    round's median change and num_examples claims capped at twice the median claim), 3
+    rounds, and a two-thirds quorum of the learners (`config.default_min_updates`). Pass
+    `strategy=FedAvg()` for plain FedAvg, `min_updates=num_learners` to require every
+    learner. Accounts are the dev chain's mnemonic accounts (owner 0, aggregator 1, learners
     2…), so `chain` must be a dev chain.
     """
     if num_learners < 1:
@@ -89,7 +93,7 @@ def simulate(
     }  # fmt: skip
     cfg = replace(config or RunConfig(), **{k: v for k, v in overrides.items() if v is not None})
     if cfg.strategy is None:
-        cfg = replace(cfg, strategy=FedAvg())
+        cfg = replace(cfg, strategy=ROBUST_FEDAVG)
     if cfg.min_updates is not None and cfg.min_updates > num_learners:
         cfg = replace(cfg, min_updates=num_learners)
     ch = connect(chain, fresh=True) if isinstance(chain, str) and chain == "embedded" else (
