@@ -12,6 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from ..federation.history import strict_json
 from .report import FAILED, NOTE, OK, UNFETCHABLE, UNVERIFIABLE, AuditReport, Check, RoundAudit
 
 # --- terminal ------------------------------------------------------------------------
@@ -112,6 +113,10 @@ def print_report(report: AuditReport, console: Console) -> None:
         what = [] if c.detail.startswith(c.what) else [c.what]
         console.print(f"[{_STYLES[c.status]}]{c.status:>12}[/] " + ": ".join(
             [*where, *what, c.detail]), highlight=False)  # fmt: skip
+    for r in report.rounds:
+        for ev, problem in r.ignored_evaluations:
+            console.print(f"[{_STYLES[NOTE]}]{'ignored':>12}[/] round {r.round}: {ev.learner}: "
+                          f"evaluation report left out: {problem}", highlight=False)
     gas = f", {report.gas_total:,} gas" if report.gas_total is not None else ""
     timing = ", ".join(f"{k} {v:.1f}s" for k, v in report.seconds.items())
     console.print(f"{len(report.rounds)} rounds{gas}; read in {timing}")
@@ -133,7 +138,8 @@ def write_json(report: AuditReport, path: str | Path) -> Path:
     """The whole report as JSON."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    # Strict JSON: a NaN or Infinity a learner reported is written as null.
+    path.write_text(json.dumps(strict_json(report.to_dict()), indent=2, allow_nan=False) + "\n")
     return path
 
 
@@ -216,15 +222,18 @@ def _round_details(r: RoundAudit) -> str:
         ]
         for s in r.submissions
     ]
+    problems = [v.problem(r.round) for v in r.evaluations]
     evals = [[_code(v.learner), str(v.num_examples), _code(json.dumps(v.metrics)),
-              str(v.block), f"{v.gas or '-'}"] for v in r.evaluations]  # fmt: skip
+              str(v.block), f"{v.gas or '-'}",
+              "yes" if p is None else _status(NOTE, f"no: {p}")]
+             for v, p in zip(r.evaluations, problems, strict=True)]  # fmt: skip
     parts = [
         f'<details id="round-{r.round}"><summary>round {r.round}: {_status(r.status)}, global '
         f"{_code(r.global_cid or 'not published')}</summary>",
         _table(["learner", "update CID", "examples", "block", "tx", "gas", "included"], subs),
     ]
     if evals:
-        parts.append(_table(["learner", "examples", "metrics", "block", "gas"], evals))
+        parts.append(_table(["learner", "examples", "metrics", "block", "gas", "counted"], evals))
     if r.checks:
         parts.append(_table(["status", "check", "learner", "detail"], _check_rows(r.checks)))
     return "".join(parts) + "</details>"

@@ -1,7 +1,9 @@
 """The audit report: what the chain says about each round, and the checks run on it.
 
 The report holds the chain's own records (the events, with their CIDs decoded once), not
-copies of their fields; `to_dict` gives the JSON form, CIDs as text.
+copies of their fields; `to_dict` gives the JSON form, CIDs as text. Evaluation reports that
+`federation.history.report_problem` refuses stay in the report, marked ignored with the
+reason (`RoundAudit.ignored_evaluations`); the round's loss and metrics leave them out.
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..eth.events import GenesisSet, GlobalModelPublished, UpdateSubmitted
+from ..eth.events import EvaluationReported, GenesisSet, GlobalModelPublished, UpdateSubmitted
+from ..federation.history import report_problem
+from ..jsonsafe import loads
 
 OK, FAILED, UNFETCHABLE, UNVERIFIABLE, NOTE = "ok", "failed", "unfetchable", "unverifiable", "note"
 
@@ -61,6 +65,15 @@ class Submission:
         }  # fmt: skip
 
 
+def parse_metrics(raw: bytes) -> dict[str, Any]:
+    """A report's metrics as a dict to show: the JSON object, else the text or value wrapped."""
+    try:
+        body = loads(raw)
+    except (ValueError, RecursionError):
+        return {"unparsed": raw.decode("utf-8", "replace")}
+    return body if isinstance(body, dict) else {"value": body}
+
+
 @dataclass
 class Evaluation:
     """An EvaluationReported event of a round's global model."""
@@ -71,6 +84,26 @@ class Evaluation:
     block: int
     tx: str
     gas: int | None = None
+    #: The metrics bytes as reported on chain (None: only the parsed `metrics` are known, and
+    #: `problem` judges those).
+    raw: bytes | None = field(default=None, repr=False)
+
+    @classmethod
+    def of(cls, event: EvaluationReported) -> Evaluation:
+        """The evaluation of an EvaluationReported event, its metrics bytes kept."""
+        return cls(event.learner, event.num_examples, parse_metrics(event.metrics), event.block,
+                   event.tx, raw=bytes(event.metrics))
+
+    def problem(self, round: int) -> str | None:
+        """Why the round's distributed metrics leave this report out (None: it counts)."""
+        return report_problem(round, self.num_examples,
+                              self.raw if self.raw is not None else self.metrics)
+
+    def to_dict(self, round: int) -> dict[str, Any]:
+        return {
+            "learner": self.learner, "num_examples": self.num_examples, "metrics": self.metrics,
+            "block": self.block, "tx": self.tx, "gas": self.gas, "ignored": self.problem(round),
+        }  # fmt: skip
 
 
 @dataclass
@@ -108,6 +141,12 @@ class RoundAudit:
         return self.published.tx if self.published is not None else None
 
     @property
+    def ignored_evaluations(self) -> list[tuple[Evaluation, str]]:
+        """The evaluation reports left out of the round's loss and metrics, with the reason."""
+        found = [(e, e.problem(self.round)) for e in self.evaluations]
+        return [(e, problem) for e, problem in found if problem is not None]
+
+    @property
     def left_out(self) -> list[Submission]:
         return [s for s in self.submissions if not s.included]
 
@@ -137,7 +176,8 @@ class RoundAudit:
             "publish_block": self.publish_block,
             "publish_tx": self.publish_tx,
             "publish_gas": self.publish_gas,
-            "evaluations": [asdict(e) for e in self.evaluations],
+            "evaluations": [e.to_dict(self.round) for e in self.evaluations],
+            "ignored_evaluations": len(self.ignored_evaluations),
             "loss": self.loss,
             "metrics": self.metrics,
             "checks": [asdict(c) for c in self.checks],

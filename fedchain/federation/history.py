@@ -1,17 +1,125 @@
-"""History of a run (Flower's names): losses and metrics per round, a pure record."""
+"""History of a run (Flower's names): losses and metrics per round, a pure record.
+
+Learners' evaluation reports come from the chain, where any learner can write anything:
+`report_problem` is the rule that leaves a report out of the distributed metrics (History,
+results.json, the audit), and every value a History holds is finite, so its JSON is strict.
+"""
 
 from __future__ import annotations
 
-import json
+import logging
+import math
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..eth.events import EvaluationReported
+from ..jsonsafe import loads
 from .fetching import Rejected
 
-__all__ = ["History", "Rejected", "RoundResult", "weighted_metrics"]
+__all__ = [
+    "MAX_EXAMPLES",
+    "History",
+    "Rejected",
+    "RoundResult",
+    "report_problem",
+    "strict_json",
+    "usable_reports",
+    "weighted_metrics",
+]
+
+log = logging.getLogger("fedchain.history")
+
+#: The contract's MAX_EXAMPLES: the most examples an update may claim. An evaluation report
+#: claiming more is absurd (the contract does not check reports' numExamples).
+MAX_EXAMPLES = 2**40
+
+
+def _shown(value: float) -> str:
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+
+
+def report_problem(
+    round: int, num_examples: int, metrics: bytes | str | Mapping[str, Any]
+) -> str | None:
+    """Why an evaluation report must not count in the distributed metrics, or None.
+
+    A report counts when it is about a published round (not round 0, the genesis model),
+    claims 1..MAX_EXAMPLES examples, and its metrics are a JSON object whose every value is a
+    finite number (`metrics` as reported on chain, or already parsed into a mapping).
+    """
+    if round < 1:
+        return "a report on round 0 (the genesis model): no round produced it"
+    if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 1:
+        return f"numExamples is {num_examples}: the report would weigh nothing"
+    if num_examples > MAX_EXAMPLES:
+        shown = f"{num_examples:,}" if num_examples < 10**15 else f"{num_examples:.3g}"
+        return (f"numExamples {shown} is above 2**40, the contract's MAX_EXAMPLES: the report "
+                "would outweigh every other")
+    body: Any = metrics
+    if not isinstance(metrics, Mapping):
+        try:
+            body = loads(metrics)  # depth-checked; NaN and Infinity parse, and are refused below
+        except (ValueError, RecursionError):
+            return "the metrics are not JSON"
+    if not isinstance(body, Mapping):
+        return f"the metrics are a JSON {_json_type(body)}, not an object of numbers"
+    for key, value in body.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"metric {key!r} is a JSON {_json_type(value)}, not a number"
+        try:
+            number = float(value)
+        except OverflowError:
+            return f"metric {key!r} is an integer too large for a float"
+        if not math.isfinite(number):
+            return f"metric {key!r} is {_shown(number)}, not a finite number"
+    return None
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "array" if isinstance(value, list) else "object"
+
+
+def usable_reports(reports: Iterable[EvaluationReported]) -> list[EvaluationReported]:
+    """The reports that count in the distributed metrics; each one left out is logged with
+    its reason (`report_problem`)."""
+    kept = []
+    for r in reports:
+        problem = report_problem(r.round, r.num_examples, r.metrics)
+        if problem is None:
+            kept.append(r)
+        else:
+            log.warning("[ROUND %d] evaluation report of %s ignored: %s", r.round, r.learner,
+                        problem)
+    return kept
+
+
+def _finite(what: str, round: int, value: float) -> bool:
+    if math.isfinite(value):
+        return True
+    log.warning("[ROUND %d] %s is %s: left out of the history", round, what, _shown(value))
+    return False
+
+
+def strict_json(value: Any) -> Any:
+    """`value` with every non-finite float (NaN, ±Infinity) replaced by None, in dicts, lists
+    and tuples at any depth: what `json.dumps(..., allow_nan=False)` accepts."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(v) for v in value]
+    return value
 
 
 @dataclass
@@ -55,14 +163,24 @@ class History:
         self.rounds.append(result)
 
     def add_centralized(self, round: int, loss: float, metrics: Mapping[str, float]) -> None:
-        self.losses_centralized.append((round, float(loss)))
-        for k, v in metrics.items():
-            self.metrics_centralized.setdefault(k, []).append((round, float(v)))
+        """Records the aggregator's evaluation; a non-finite value is logged and left out."""
+        self._add(round, "centralized", loss, metrics, self.losses_centralized,
+                  self.metrics_centralized)
 
     def add_distributed(self, round: int, loss: float, metrics: Mapping[str, float]) -> None:
-        self.losses_distributed.append((round, float(loss)))
+        """Records the learners' mean evaluation; a non-finite value is logged and left out."""
+        self._add(round, "distributed", loss, metrics, self.losses_distributed,
+                  self.metrics_distributed)
+
+    @staticmethod
+    def _add(round: int, kind: str, loss: float, metrics: Mapping[str, float],
+             losses: list[tuple[int, float]],
+             series: dict[str, list[tuple[int, float]]]) -> None:
+        if _finite(f"the {kind} loss", round, float(loss)):
+            losses.append((round, float(loss)))
         for k, v in metrics.items():
-            self.metrics_distributed.setdefault(k, []).append((round, float(v)))
+            if _finite(f"the {kind} {k}", round, float(v)):
+                series.setdefault(k, []).append((round, float(v)))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -75,22 +193,25 @@ class History:
 
 
 def weighted_metrics(
-    reports: list[EvaluationReported],
+    reports: Iterable[EvaluationReported],
 ) -> tuple[float | None, dict[str, float]]:
-    """Example-weighted mean of the loss and numeric metrics in evaluation reports."""
+    """Example-weighted mean of the loss and metrics in a round's evaluation reports.
+
+    Only the reports `usable_reports` keeps count (the others are logged); a mean that still
+    overflows (finite values too large to sum) is logged and left out.
+    """
     sums: dict[str, float] = defaultdict(float)
     weights: dict[str, float] = defaultdict(float)
-    for r in reports:
-        try:
-            body = json.loads(r.metrics)
-        except ValueError:
-            continue
-        if not isinstance(body, dict):
-            continue
-        for k, v in body.items():
-            if isinstance(v, int | float) and not isinstance(v, bool):
-                sums[k] += float(v) * r.num_examples
-                weights[k] += r.num_examples
-    means = {k: sums[k] / weights[k] for k in sums if weights[k] > 0}
+    rounds = set()
+    for r in usable_reports(reports):
+        rounds.add(r.round)
+        for k, v in loads(r.metrics).items():
+            sums[k] += float(v) * r.num_examples
+            weights[k] += r.num_examples
+    means: dict[str, float] = {}
+    for k in sums:
+        mean = sums[k] / weights[k]
+        if _finite(f"the mean {k} of the reports", min(rounds), mean):
+            means[k] = mean
     loss = means.pop("loss", None)
     return loss, means

@@ -2,7 +2,8 @@
 
 `simulate` and `fedchain aggregator` both call `write_results`, so both leave the same complete
 record: the plan, every round (global CID, included and rejected updates, timings), and the
-distributed metrics as the learners reported them on chain.
+distributed metrics as the learners reported them on chain (the reports `history.report_problem`
+refuses left out). results.json is strict JSON: a non-finite number is written as null.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from pathlib import Path
 from ..eth.contract import FedChainReader
 from ..eth.events import EvaluationReported
 from ..model.plan import Plan
-from .history import History, weighted_metrics
+from .history import History, strict_json, weighted_metrics
 
 
 def fill_distributed(history: History, contract: FedChainReader) -> None:
-    """Replaces the distributed series with the example-weighted means reported on chain."""
+    """Replaces the distributed series with the example-weighted means reported on chain;
+    a report that `history.report_problem` refuses (non-finite metrics, an absurd
+    numExamples, round 0) is logged and left out."""
     history.losses_distributed.clear()
     history.metrics_distributed.clear()
     reports: dict[int, list[EvaluationReported]] = defaultdict(list)
@@ -53,7 +56,7 @@ def write_results(
         **history.to_dict(),
     }
     results = out / "results.json"
-    results.write_text(json.dumps(record, indent=2) + "\n")
+    results.write_text(json.dumps(strict_json(record), indent=2, allow_nan=False) + "\n")
     return results, plot_history(history, out / "history.png", title=title)
 
 
