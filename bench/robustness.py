@@ -1,13 +1,22 @@
 """One rogue learner of five against each strategy: the MLP example on digits, through the chain.
 
-    .venv/bin/python bench/robustness.py                      # every attack × every strategy
+    .venv/bin/python bench/robustness.py                      # every attack × every column
     .venv/bin/python bench/robustness.py --rounds 5 --attacks none,claim --json out.json
+    .venv/bin/python bench/robustness.py --strategy defaults --strategy FedAvg
     .venv/bin/python bench/robustness.py --strategy 'FedAvg(clip=1.5, examples_cap=3)'
 
 Each cell is a whole `fedchain.simulate` run (embedded chain and store, 5 learners of
-`examples.mlp.task`, learner 4 rogue) with `min_updates=4`, so a rejected update leaves a
-quorum and the cell measures the strategy, not the quorum rule. The rogue wraps its Learner
-and returns, from `train`:
+`examples.mlp.task`, learner 4 rogue). The columns:
+
+    defaults              what `simulate` runs when told nothing: ROBUST_FEDAVG (FedAvg,
+                          clip=2, examples_cap=2) and the default quorum, min_updates=4 of 5
+    FedAvg                plain FedAvg, the same quorum
+    FedAvg, all required  plain FedAvg with min_updates=5: fedchain's defaults before
+    FedMedian, FedTrimmedAvg(0.2), Krum(f=1)   robust rules, the same quorum
+
+With the quorum a rejected update still leaves enough, so those columns measure the strategy,
+not the quorum rule (`--min-updates N` sets one for every column). The rogue wraps its
+Learner and returns, from `train`:
 
     none      its honest update (the all-honest baseline)
     x1e30     its trained weights × 1e30 (floating layers)
@@ -22,7 +31,10 @@ and returns, from `train`:
 Reported per cell: the centralized accuracy of the last published global model, the rounds
 that aggregated (rather than carrying the previous model over), whether the run crashed (a
 learner or the aggregator raised), and for every run the submissions that
-`rules.find_duplicates` flags from the chain's events.
+`rules.find_duplicates` flags from the chain's events. Then, for the defaults column, each
+attack against the target: no crash, every round aggregating and a final accuracy within
+3 points of the all-honest run ("copy" is listed but not held to it: duplicate exclusion,
+not the strategy, answers it).
 """
 
 from __future__ import annotations
@@ -68,13 +80,22 @@ Weights = dict[str, np.ndarray]
 ATTACKS = ("none", "x1e30", "3e38", "claim", "nan", "copy")
 ROGUE, VICTIM = 4, 0
 TRAIN = {"epochs": 3, "lr": 0.001, "batch_size": 64}
-STRATEGIES: dict[str, Strategy] = {
-    "FedAvg": FedAvg(),
-    "FedAvg(clip=2,cap=2)": ROBUST_FEDAVG,
-    "FedMedian": FedMedian(),
-    "FedTrimmedAvg(0.2)": FedTrimmedAvg(beta=0.2),
-    "Krum(f=1)": Krum(f=1),
+#: A column's min_updates meaning every learner.
+ALL = -1
+#: (strategy, min_updates) per column; None: what `simulate` runs when given none.
+STRATEGIES: dict[str, tuple[Strategy | None, int | None]] = {
+    "defaults": (None, None),
+    "FedAvg": (FedAvg(), None),
+    "FedAvg, all required": (FedAvg(), ALL),
+    "FedMedian": (FedMedian(), None),
+    "FedTrimmedAvg(0.2)": (FedTrimmedAvg(beta=0.2), None),
+    "Krum(f=1)": (Krum(f=1), None),
 }
+DEFAULTS = "defaults"
+#: The target for the defaults: final accuracy within this of the all-honest run.
+TOLERANCE = 0.03
+#: Attacks the strategy is not meant to answer (see the module docstring).
+NOT_HELD = ("copy",)
 
 
 def _floating(weights: Mapping[str, np.ndarray], fill: Any) -> Weights:
@@ -114,8 +135,8 @@ def watching_victim(shared: Shared) -> Iterator[None]:
     """simulate's learner nodes tell `shared` when the victim's submission has landed."""
 
     class Node(simulation_module.LearnerNode):
-        def train_round(self, round: int) -> bool:
-            done = super().train_round(round)
+        def train_round(self, round: int, *args: Any, **kwargs: Any) -> bool:
+            done = super().train_round(round, *args, **kwargs)
             if self.name == f"learner-{VICTIM}":
                 shared.landed(round)
             return done
@@ -238,11 +259,16 @@ class Cell:
     accuracies: list[float] = field(default_factory=list)
     rogue_bounded: int = 0  # times the rogue's update was clipped or its claim capped
     honest_bounded: int = 0  # the same for the honest learners' updates
+    plan: str = ""  # the strategy and min_updates the run's plan recorded
 
 
-def run_cell(attack: str, label: str, strategy: Strategy, rounds: int, learners: int,
-             min_updates: int) -> Cell:
+def run_cell(attack: str, label: str, strategy: Strategy | None, rounds: int, learners: int,
+             min_updates: int | None) -> Cell:
+    """One run; `strategy` and `min_updates` None: simulate's defaults, min_updates ALL: every
+    learner."""
     cell = Cell(attack, label, rounds=rounds)
+    if min_updates == ALL:
+        min_updates = learners
     shared = Shared()
 
     def make_learner(i: int, n: int) -> Learner:
@@ -272,6 +298,7 @@ def run_cell(attack: str, label: str, strategy: Strategy, rounds: int, learners:
         cell.crash = f"{type(exc).__name__}: {str(exc)[:120]}"
     else:
         cell.aggregated = sum(1 for r in result.rounds if r.included)
+        cell.plan = _plan_text(result)
         for r in range(1, rounds + 1):
             _, duplicates = find_duplicates(Submission.of(e) for e in result.contract.updates(r))
             cell.duplicates += [f"r{r} {d.submission.learner[:8]}: {d.reason}"
@@ -281,16 +308,54 @@ def run_cell(attack: str, label: str, strategy: Strategy, rounds: int, learners:
     return cell
 
 
+def _plan_text(result: Any) -> str:
+    """The strategy and quorum of the run's plan, as published on chain."""
+    from fedchain.model.plan import Plan
+
+    plan = Plan.load(result.store, result.contract.plan())
+    params = ", ".join(f"{k}={v}" for k, v in plan.strategy["params"].items()
+                       if k in ("clip", "examples_cap", "beta", "f"))
+    return f"{plan.strategy['name']}({params}) min_updates={plan.min_updates}"
+
+
 def round_to(x: float) -> float:
     return float(f"{x:.4f}")
 
 
-def parse_strategy(text: str) -> tuple[str, Strategy]:
+def parse_strategy(text: str) -> tuple[str, Strategy | None, int | None]:
     names = {"FedAvg": FedAvg, "FedMedian": FedMedian, "FedTrimmedAvg": FedTrimmedAvg,
-             "Krum": Krum, "FedAvgM": FedAvgM, "FedAdam": FedAdam}
+             "Krum": Krum, "FedAvgM": FedAvgM, "FedAdam": FedAdam, "ROBUST_FEDAVG": ROBUST_FEDAVG}
     if text in STRATEGIES:
-        return text, STRATEGIES[text]
-    return text, eval(text, {"__builtins__": {}}, names)  # bench-only: a trusted command line
+        return text, *STRATEGIES[text]
+    strategy = eval(text, {"__builtins__": {}}, names)  # bench-only: a trusted command line
+    return text, strategy, None
+
+
+def verdicts(cells: list[Cell], label: str = DEFAULTS) -> list[str]:
+    """One line per attack: does column `label` meet the target against it?"""
+    by = {c.attack: c for c in cells if c.strategy == label}
+    honest = by.get("none")
+    if honest is None or honest.accuracy is None:
+        return []
+    lines = []
+    for attack, c in by.items():
+        if attack == "none":
+            continue
+        problems = []
+        if c.crash:
+            problems.append(f"crashed ({c.crash})")
+        if c.aggregated != c.rounds:
+            problems.append(f"{c.rounds - c.aggregated} round(s) carried over")
+        if c.accuracy is None or honest.accuracy - c.accuracy > TOLERANCE:
+            problems.append(f"accuracy {c.accuracy} vs {honest.accuracy} all-honest")
+        shown = "-" if c.accuracy is None else f"{c.accuracy - honest.accuracy:+.3f}"
+        if attack in NOT_HELD:
+            verdict = "not held to it (duplicate exclusion answers it)"
+        else:
+            verdict = "FAIL: " + "; ".join(problems) if problems else "meets the target"
+        lines.append(f"  {attack:7} {shown} vs all-honest, {c.aggregated}/{c.rounds} "
+                     f"aggregated: {verdict}")
+    return lines
 
 
 def table(cells: list[Cell], labels: list[str], attacks: list[str]) -> str:
@@ -318,11 +383,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--learners", type=int, default=5)
-    p.add_argument("--min-updates", type=int, default=4)
+    p.add_argument("--min-updates", type=int, default=None,
+                   help="for every column (default: each column's, see above)")
     p.add_argument("--attacks", default=",".join(ATTACKS))
     p.add_argument("--strategy", action="append",
-                   help="a label of the default set or a constructor, e.g. 'FedAvg(clip=1.5)'; "
-                        "repeatable (default: the five of the table)")
+                   help="a column label (defaults, FedAvg, 'FedAvg, all required', …) or a "
+                        "constructor, e.g. 'FedAvg(clip=1.5)'; repeatable (default: every "
+                        "column)")
     p.add_argument("--json", type=Path, help="also write the cells here")
     p.add_argument("--partition", choices=("iid", "dirichlet"), default="iid",
                    help="how the digits are split among learners (dirichlet: alpha 0.5)")
@@ -333,6 +400,7 @@ def main() -> None:
         cells = [Cell(**c) for c in json.loads(args.table.read_text())]
         labels = list(dict.fromkeys(c.strategy for c in cells))
         print(table(cells, labels, list(dict.fromkeys(c.attack for c in cells))))
+        _print_verdicts(cells)
         return
     logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
                         format="%(asctime)s %(name)s %(message)s")
@@ -344,24 +412,37 @@ def main() -> None:
     chosen = [parse_strategy(s) for s in (args.strategy or list(STRATEGIES))]
     cells: list[Cell] = []
     for attack in attacks:
-        for label, strategy in chosen:
-            cell = run_cell(attack, label, strategy, args.rounds, args.learners,
-                            args.min_updates)
+        for label, strategy, min_updates in chosen:
+            if args.min_updates is not None:
+                min_updates = args.min_updates
+            cell = run_cell(attack, label, strategy, args.rounds, args.learners, min_updates)
             cells.append(cell)
-            print(f"{attack:7} {label:24} acc={cell.accuracy} per round={cell.accuracies} "
+            print(f"{attack:7} {label:24} [{cell.plan}] acc={cell.accuracy} "
+                  f"per round={cell.accuracies} "
                   f"aggregated={cell.aggregated}/{cell.rounds} {cell.seconds:.0f}s "
                   f"bounded rogue/honest={cell.rogue_bounded}/{cell.honest_bounded} "
                   f"{cell.crash} {'; '.join(cell.duplicates)}", flush=True)
             if args.json:
                 args.json.write_text(json.dumps([vars(c) for c in cells], indent=1))
     print()
+    quorum = (f"min_updates={args.min_updates}" if args.min_updates is not None else
+              "min_updates: the default quorum (4 of 5) except where 'all required'")
     print(f"{args.learners} learners (learner {ROGUE} rogue), {args.rounds} rounds, MLP on digits "
           f"({args.partition}), "
-          f"min_updates={args.min_updates}. Cell: final centralized accuracy, rounds aggregated; "
+          f"{quorum}. Cell: final centralized accuracy, rounds aggregated; "
           "bR+H: updates clipped or claims capped, the rogue's + the honest ones'; dN: "
           "submissions find_duplicates flags; CRASH@rN: a learner or the aggregator raised in "
           "round N (accuracy: the last published model's)")
-    print(table(cells, [label for label, _ in chosen], attacks))
+    print(table(cells, [label for label, _, _ in chosen], attacks))
+    _print_verdicts(cells)
+
+
+def _print_verdicts(cells: list[Cell]) -> None:
+    lines = verdicts(cells)
+    if lines:
+        print(f"\n{DEFAULTS}: no crash, every round aggregated, final accuracy within "
+              f"{TOLERANCE * 100:.0f} points of the all-honest run?")
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":
