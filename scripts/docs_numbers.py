@@ -19,7 +19,7 @@ import importlib.util
 import re
 import statistics
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -55,12 +55,16 @@ class Run:
     plan: str
     rounds: int
     published: dict[int, str] = field(default_factory=dict)
+    #: rounds → the plan of the same job run with `--rounds` (a quote after such a command)
+    plans: dict[int, str] = field(default_factory=dict)
     #: (round, learner index) → the CID the learner submitted
     submitted: dict[tuple[int, int], str] = field(default_factory=dict)
 
 
-def run_example(name: str, rounds: int | None, store_dir: Path) -> Run:
-    """The example's job file, run on the embedded chain for `rounds` (default: the job's)."""
+def run_example(name: str, rounds: int | None, store_dir: Path,
+                plan_rounds: Iterable[int] = ()) -> Run:
+    """The example's job file, run on the embedded chain for `rounds` (default: the job's);
+    also the plans the job publishes when run with `--rounds R`, R in `plan_rounds`."""
     job = Job.load(ROOT / "examples" / name / "fedchain.toml")
     config = job.run_config()
     plan = config.plan(job.learners)
@@ -71,6 +75,8 @@ def run_example(name: str, rounds: int | None, store_dir: Path) -> Run:
         initial_weights=initial, store=open_store(f"file://{store_dir}"),
     )  # fmt: skip
     run = Run(str(cid_of(encode(initial))), str(cid_of(plan.to_json())), wanted)
+    for r in plan_rounds:
+        run.plans[r] = str(cid_of(replace(config, rounds=r).plan(job.learners).to_json()))
     run.published = {r.round: r.global_cid for r in result.rounds}
     index = {dev_account(FIRST_LEARNER_INDEX + i).address: i for i in range(job.learners)}
     for e in result.contract.events("UpdateSubmitted"):
@@ -79,11 +85,16 @@ def run_example(name: str, rounds: int | None, store_dir: Path) -> Run:
 
 
 def example_quotes(path: Path) -> Iterator[Quote]:
-    """The CIDs an example's README quotes, in full (shortened ones are left out)."""
+    """The CIDs an example's README quotes, in full (shortened ones are left out). A plan
+    quoted after a command with `--rounds R` is the plan of R rounds ("plan R")."""
+    rounds = ""
     for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.startswith("$ "):
+            flag = re.search(r"--rounds[ =](\d+)", line)
+            rounds = f" {flag[1]}" if flag else ""
         if m := re.search(rf"genesis model {CID}, plan {CID}", line):
             yield Quote(path, n, "genesis", m[1])
-            yield Quote(path, n, "plan", m[2])
+            yield Quote(path, n, "plan" + rounds, m[2])
         if m := re.search(rf"\[ROUND (\d+)\] received .* published {CID}", line):
             yield Quote(path, n, f"published {m[1]}", m[2])
         if m := re.search(rf"\[ROUND (\d+)\] learner-(\d+) submitted {CID}", line):
@@ -96,7 +107,7 @@ def expected(run: Run, what: str) -> str | None:
     if kind == "genesis":
         return run.genesis
     if kind == "plan":
-        return run.plan
+        return run.plans.get(int(rest[0])) if rest else run.plan
     if kind == "published":
         return run.published.get(int(rest[0]))
     return run.submitted.get((int(rest[0]), int(rest[1])))
@@ -167,7 +178,8 @@ def stale_quotes(
         quotes = list(example_quotes(path))
         if not quotes:
             continue
-        run = run_example(name, rounds, store_dir / name)
+        plan_rounds = {int(q.what.split()[1]) for q in quotes if q.what.startswith("plan ")}
+        run = run_example(name, rounds, store_dir / name, plan_rounds)
         print(f"{name}: genesis {run.genesis}, plan {run.plan}")
         for r, cid in sorted(run.published.items()):
             print(f"{name}: round {r} published {cid}")
