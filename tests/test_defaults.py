@@ -68,7 +68,7 @@ class Times1e30(LinearLearner):
 
 def test_one_1e30_learner_of_five_neither_crashes_nor_stalls_a_default_simulation(tmp_path):
     store = open_store(f"file://{tmp_path / 'store'}")
-    rounds = 4
+    rounds = 3
 
     def make(i, n):
         return Times1e30(i) if i == 4 else LinearLearner(i)
