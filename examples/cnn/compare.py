@@ -134,9 +134,12 @@ def main(argv: list[str] | None = None) -> None:
         ),
     }
     args.out.mkdir(parents=True, exist_ok=True)
+    strategy = job.strategy
+    bounds = "".join(f", {k} {v}" for k, v in strategy["params"].items()
+                     if k in ("clip", "examples_cap"))
     settings = (
         f"digits 32×32×3, {args.epochs} epochs/round, SGD lr {args.lr} momentum "
-        f"{args.momentum}, batch {args.batch_size}, FedAvg by examples"
+        f"{args.momentum}, batch {args.batch_size}, {strategy['name']} by examples{bounds}"
     )
     (args.out / "compare.json").write_text(json.dumps({"settings": settings, **rows}, indent=2))
     plot(rows, args.out / "accuracy.png", "CNN on digits")
