@@ -66,7 +66,7 @@ def build(url: str, store_url: str, rounds: int, learners: int) -> tuple[FedChai
         "steps": np.zeros((), np.int64),
     }
     plan = Plan(strategy=FedAvg().to_plan(), rounds=rounds, min_updates=learners)
-    agg.set_genesis(store.put(encode(weights)), store.put(plan.to_json()))
+    agg.set_genesis(store.put(encode(weights)), store.put(plan.to_json()), plan.rounds)
     sent = 4
     rngs = [np.random.default_rng(i) for i in range(learners)]
 

@@ -2,24 +2,70 @@
 pragma solidity 0.8.28;
 
 /// @title FedChain: one federated-learning federation per deployment.
-/// @notice Learners submit the CIDs of their model updates per round; the aggregator publishes
-/// the CID of each round's global model, which opens the next round. Events carry the full
-/// history (who submitted what, with how many examples, what was averaged, evaluations);
-/// storage keeps only what a transaction must check, so gas stays flat across rounds.
-/// @dev CIDs are binary CIDs (CIDv0 or CIDv1), at most 63 bytes, stored packed in two slots.
+/// @notice Learners submit the CIDs of their model updates per round. A committee of
+/// aggregators votes on each round's global model: the round closes, and the next one opens,
+/// when `quorum` members vote for the same model, server state and included set (a majority,
+/// so two different models can never both be accepted). Each round has optional deadlines,
+/// enforced with the block timestamp: one for updates (and reveals, in commit-reveal mode),
+/// then one for votes, after which anyone may close the round with the previous global model
+/// carried over. Events carry the full history (who submitted what, every vote, what was
+/// averaged, evaluations, disputes); storage keeps only what a transaction must check, so gas
+/// stays flat across rounds and over learners: included sets are bitmaps over learner indices.
+/// @dev CIDs are binary CIDs (CIDv0 or CIDv1), at most 63 bytes. Learner `index` is 1-based;
+/// its bit in every bitmap is `index - 1` (word `(index - 1) / 256`).
 contract FedChain {
-    /// @dev Per-learner record. `index` is 1-based and stable: it is the learner's bit in the
-    /// per-round bitmaps, and survives removal so a re-added learner keeps its history.
+    /// @dev Per-learner record. `index` is stable: it survives removal, so a re-added learner
+    /// keeps its bit and its history.
     struct Learner {
         bool active;
         uint32 index;
     }
 
-    /// @dev Hot state read by every round transaction, packed into one slot.
+    /// @dev A committee member: valid while `epoch` is the committee's current epoch.
+    struct Member {
+        uint16 epoch;
+        uint8 index; // 1-based; its bit in a vote tally is index - 1
+    }
+
+    /// @notice The run's parameters, fixed at genesis (the plan records the same values).
+    /// @param rounds The last round: closing it finishes the federation.
+    /// @param updateWindow Seconds a round accepts updates (commitments in commit-reveal mode)
+    /// after it opens; 0: no deadline (votes then close submissions).
+    /// @param revealWindow Commit-reveal mode when non-zero: seconds after the update deadline
+    /// in which committed updates are revealed. Needs an update window.
+    /// @param voteWindow Seconds for votes after the updates' (and reveals') deadline; once
+    /// past, anyone may close the round with the previous model carried over. 0: no deadline.
+    /// @param selectPpm Client sampling: each learner takes part in a round with this
+    /// probability in parts per million, drawn from the round's seed. 0 (or 1e6): everyone.
+    /// @param bufferSize Asynchronous (FedBuff) rounds: votes may close a round once this many
+    /// updates arrived, before the update deadline. 0: every active learner's update.
+    /// @param maxStaleness Asynchronous rounds: an update trained for round r is accepted up to
+    /// round r + maxStaleness. 0: synchronous rounds.
+    struct Params {
+        uint32 rounds;
+        uint24 updateWindow;
+        uint24 revealWindow;
+        uint24 voteWindow;
+        uint24 selectPpm;
+        uint16 bufferSize;
+        uint8 maxStaleness;
+    }
+
+    /// @dev Hot state read by every round transaction: one slot.
     struct State {
-        address aggregator;
-        uint64 round;
+        uint32 round;
+        uint32 lastRound;
+        uint32 openedAt;
+        uint24 updateWindow;
+        uint24 revealWindow;
+        uint24 voteWindow;
+        uint24 selectPpm;
+        uint16 bufferSize;
+        uint16 epoch;
+        uint8 maxStaleness;
+        uint8 quorum;
         bool finished;
+        bool frozen; // a vote was cast in the open round: its submissions are final
     }
 
     /// @dev A CID packed as: a = length byte followed by the first 31 bytes, b = the next 32.
@@ -33,21 +79,34 @@ contract FedChain {
     /// @dev 2**40 examples: far beyond any learner's data, small enough that FedAvg weights
     /// stay exact and finite in floating point.
     uint256 public constant MAX_EXAMPLES = 1 << 40;
+    uint256 public constant MAX_COMMITTEE = 255;
+    /// @notice selectPpm that selects every learner.
+    uint256 public constant ALL = 1_000_000;
+    /// @notice The digest a vote to finish the federation carries.
+    bytes32 public constant FINISH = keccak256("fedchain.finish");
 
-    /// @notice The account that manages learners and the aggregator role.
+    /// @notice The account that manages learners and the committee.
     address public owner;
     uint32 private _learnerCount;
     uint32 private _learnerSlots;
     State private _state;
+    PackedCid private _latest;
+    bytes32 private _seed;
     bytes private _plan;
-
-    mapping(address => Learner) private _learners;
-    mapping(uint256 => PackedCid) private _globals;
-    /// @dev round => word => bitmap of learner indices that submitted / reported in that round.
-    mapping(uint256 => mapping(uint256 => uint256)) private _submitted;
-    mapping(uint256 => mapping(uint256 => uint256)) private _reported;
     /// @notice The account an ownership transfer in progress goes to; zero when none is.
     address public pendingOwner;
+    address[] private _committee;
+
+    mapping(address => Learner) private _learners;
+    mapping(address => Member) private _members;
+    /// @dev word => bits of the active learners.
+    mapping(uint256 => uint256) private _active;
+    /// @dev round => word => bits of the learners that submitted / reported in that round.
+    mapping(uint256 => mapping(uint256 => uint256)) private _submitted;
+    mapping(uint256 => mapping(uint256 => uint256)) private _reported;
+    mapping(uint256 => mapping(address => bytes32)) private _commitments;
+    /// @dev keccak(round, epoch, digest) => bits of the members that voted for digest.
+    mapping(bytes32 => uint256) private _tally;
 
     error NotOwner(address caller);
     error NotAggregator(address caller);
@@ -55,13 +114,30 @@ contract FedChain {
     error ZeroAddress();
     error AlreadyLearner(address learner);
     error UnknownLearner(address learner);
+    error InvalidCommittee(uint256 size, uint256 quorum);
+    error DuplicateMember(address member);
+    error InvalidParams(string reason);
     error GenesisAlreadySet();
     error NotStarted();
     error FederationFinished();
     error WrongRound(uint256 given, uint256 open);
     error AlreadySubmitted(uint256 round, address learner);
-    error NotSubmitted(uint256 round, address learner);
-    error IncludedNotAscending(uint256 index, address learner);
+    error SubmissionsClosed(uint256 round);
+    error UpdateDeadlinePassed(uint256 round, uint256 deadline);
+    error NotSelected(uint256 round, address learner);
+    error CommitRequired();
+    error CommitRevealOff();
+    error NoCommitment(uint256 round, address learner);
+    error CommitmentMismatch(uint256 round, address learner);
+    error RevealNotOpen(uint256 round, uint256 opensAfter);
+    error RevealDeadlinePassed(uint256 round, uint256 deadline);
+    error BitmapLength(uint256 given, uint256 expected);
+    error SubmissionsChanged(uint256 round);
+    error NotIncludable(uint256 round, uint256 word, uint256 bits);
+    error VotingNotOpen(uint256 round, uint256 opensAfter);
+    error VoteDeadlinePassed(uint256 round, uint256 deadline);
+    error AlreadyVoted(uint256 round, address member);
+    error RoundNotExpired(uint256 round, uint256 deadline);
     error EmptyCid();
     error CidTooLong(uint256 length, uint256 max);
     error NoExamples();
@@ -72,14 +148,51 @@ contract FedChain {
     /// @notice Only the pending owner (see transferOwnership) may accept the ownership.
     error NotPendingOwner(address caller);
 
-    event LearnerAdded(address indexed learner);
+    event LearnerAdded(address indexed learner, uint256 index);
     event LearnerRemoved(address indexed learner);
-    event AggregatorChanged(address indexed previous, address indexed next);
-    event GenesisSet(bytes modelCid, bytes planCid);
-    event UpdateSubmitted(
-        uint256 indexed round, address indexed learner, bytes modelCid, uint256 numExamples
+    event CommitteeChanged(uint256 epoch, address[] members, uint256 quorum);
+    event GenesisVoted(address indexed member, bytes32 indexed digest);
+    event GenesisSet(
+        bytes modelCid,
+        bytes planCid,
+        uint256 rounds,
+        uint256 updateWindow,
+        uint256 revealWindow,
+        uint256 voteWindow,
+        uint256 selectPpm,
+        uint256 bufferSize,
+        uint256 maxStaleness
     );
-    event GlobalModelPublished(uint256 indexed round, bytes modelCid, address[] included);
+    /// @notice Round `round` opened with sampling seed `seed` (only when sampling is on).
+    event RoundSeeded(uint256 indexed round, bytes32 seed);
+    /// @param staleness How many rounds before `round` the update was trained for (0: for it).
+    event UpdateSubmitted(
+        uint256 indexed round,
+        address indexed learner,
+        bytes modelCid,
+        uint256 numExamples,
+        uint256 staleness
+    );
+    event UpdateCommitted(uint256 indexed round, address indexed learner, bytes32 commitment);
+    /// @notice A committee member's vote; `included` is a bitmap over learner indices.
+    event Voted(
+        uint256 indexed round,
+        address indexed member,
+        bytes32 indexed digest,
+        bytes modelCid,
+        bytes stateCid,
+        uint256[] included
+    );
+    /// @notice `round` closed on this model. `stateCid` is the server-optimizer state after
+    /// the round (empty: none, or unchanged). `included` is a bitmap over learner indices.
+    event GlobalModelPublished(
+        uint256 indexed round, bytes modelCid, bytes stateCid, uint256[] included
+    );
+    /// @notice `round` passed its vote deadline without a quorum; `closer` closed it with the
+    /// previous global model carried over.
+    event RoundTimedOut(uint256 indexed round, address closer);
+    /// @notice A learner re-derived `round`'s global model and got `computedCid` instead.
+    event Disputed(uint256 indexed round, address indexed learner, bytes computedCid);
     event EvaluationReported(
         uint256 indexed round, address indexed learner, uint256 numExamples, bytes metrics
     );
@@ -94,18 +207,11 @@ contract FedChain {
         _;
     }
 
-    modifier onlyAggregator() {
-        if (msg.sender != _state.aggregator) revert NotAggregator(msg.sender);
-        _;
-    }
-
     /// @notice Deploys a federation; the deployer becomes the owner.
-    /// @param aggregator_ The only account allowed to set the genesis and publish global models.
-    constructor(address aggregator_) {
-        if (aggregator_ == address(0)) revert ZeroAddress();
+    /// @param committee The aggregators (at most 255); `quorum` of them must agree on a round.
+    constructor(address[] memory committee, uint256 quorum) {
         owner = msg.sender;
-        _state.aggregator = aggregator_;
-        emit AggregatorChanged(address(0), aggregator_);
+        _setCommittee(committee, quorum);
     }
 
     // ---------------------------------------------------------------- membership
@@ -122,28 +228,40 @@ contract FedChain {
             if (l.index == 0) l.index = ++slots;
             l.active = true;
             _learners[who] = l;
+            uint256 bit = uint256(l.index) - 1;
+            _active[bit >> 8] |= 1 << (bit & 0xff);
             ++count;
-            emit LearnerAdded(who);
+            emit LearnerAdded(who, l.index);
         }
         _learnerCount = count;
         _learnerSlots = slots;
     }
 
-    /// @notice Owner only: deregisters a learner; its past submissions stay on record.
+    /// @notice Owner only: deregisters a learner. Its past submissions stay on record; an
+    /// update it submitted in the open round can no longer be included.
     function removeLearner(address learner) external onlyOwner {
-        if (!_learners[learner].active) revert UnknownLearner(learner);
+        Learner memory l = _learners[learner];
+        if (!l.active) revert UnknownLearner(learner);
         _learners[learner].active = false;
+        uint256 bit = uint256(l.index) - 1;
+        _active[bit >> 8] &= ~(1 << (bit & 0xff));
         unchecked {
             --_learnerCount; // counts the active learners, this one among them
         }
         emit LearnerRemoved(learner);
     }
 
-    /// @notice Owner only: hands the aggregator role to another account.
+    /// @notice Owner only: replaces the committee of aggregators. Votes cast before the change
+    /// no longer count. `quorum` must be a majority of `members`.
+    function setCommittee(address[] calldata members, uint256 quorum) external onlyOwner {
+        _setCommittee(members, quorum);
+    }
+
+    /// @notice Owner only: makes `next` the only aggregator (a committee of one).
     function setAggregator(address next) external onlyOwner {
-        if (next == address(0)) revert ZeroAddress();
-        emit AggregatorChanged(_state.aggregator, next);
-        _state.aggregator = next;
+        address[] memory members = new address[](1);
+        members[0] = next;
+        _setCommittee(members, 1);
     }
 
     /// @notice Whether `who` is a registered (active) learner.
@@ -156,9 +274,30 @@ contract FedChain {
         return _learnerCount;
     }
 
-    /// @notice The account allowed to publish global models.
+    /// @notice `who`'s learner index (1-based; 0: never registered).
+    function learnerIndex(address who) external view returns (uint256) {
+        return _learners[who].index;
+    }
+
+    /// @notice Number of learner indices handed out (registered ever).
+    function learnerSlots() external view returns (uint256) {
+        return _learnerSlots;
+    }
+
+    /// @notice The committee's first member (the aggregator, for a committee of one).
     function aggregator() external view returns (address) {
-        return _state.aggregator;
+        return _committee[0];
+    }
+
+    /// @notice The committee of aggregators and its quorum.
+    function committee() external view returns (address[] memory members, uint256 quorum) {
+        return (_committee, _state.quorum);
+    }
+
+    /// @notice Whether `who` is a member of the current committee.
+    function isAggregator(address who) external view returns (bool) {
+        Member memory m = _members[who];
+        return m.index != 0 && m.epoch == _state.epoch;
     }
 
     // ---------------------------------------------------------------- ownership
@@ -183,54 +322,172 @@ contract FedChain {
 
     // ---------------------------------------------------------------- rounds
 
-    /// @notice Aggregator only, once: records the initial model and the run's plan, opens round 1.
+    /// @notice Committee only: a vote for the initial model, the run's plan and its parameters.
+    /// When `quorum` members voted for the same three, round 1 opens.
     /// @param modelCid CID of the genesis (round 0) global model.
     /// @param planCid CID of the JSON plan (strategy and parameters, rounds, codec version).
-    function setGenesis(bytes calldata modelCid, bytes calldata planCid) external onlyAggregator {
+    function setGenesis(bytes calldata modelCid, bytes calldata planCid, Params calldata p)
+        external
+    {
         State memory s = _state;
+        uint256 member = _member(s);
         if (s.round != 0) revert GenesisAlreadySet();
-        if (s.finished) revert FederationFinished();
-        _globals[0] = _pack(modelCid);
+        _checkCid(modelCid);
         _checkCid(planCid);
+        _checkParams(p);
+        bytes32 digest = keccak256(abi.encode(modelCid, planCid, p));
+        emit GenesisVoted(msg.sender, digest);
+        if (!_vote(s, 0, digest, member)) return;
+        _latest = _pack(modelCid);
         _plan = planCid;
-        _state.round = 1;
-        emit GenesisSet(modelCid, planCid);
+        s.round = 1;
+        s.lastRound = p.rounds;
+        s.updateWindow = p.updateWindow;
+        s.revealWindow = p.revealWindow;
+        s.voteWindow = p.voteWindow;
+        s.selectPpm = p.selectPpm;
+        s.bufferSize = p.bufferSize;
+        s.maxStaleness = p.maxStaleness;
+        _open(s, 1);
+        emit GenesisSet(
+            modelCid,
+            planCid,
+            p.rounds,
+            p.updateWindow,
+            p.revealWindow,
+            p.voteWindow,
+            p.selectPpm,
+            p.bufferSize,
+            p.maxStaleness
+        );
     }
 
-    /// @notice Learners only: submits the CID of this learner's update for the open round, once.
+    /// @notice Learners only: submits the CID of this learner's update, once per open round.
+    /// @param round The round the update was trained for: the open round, or in asynchronous
+    /// mode up to maxStaleness rounds before it.
     /// @param numExamples Number of training examples behind the update (the FedAvg weight).
     function submitUpdate(uint256 round, bytes calldata modelCid, uint256 numExamples) external {
         State memory s = _state;
         uint256 index = _learnerIndex();
-        _checkOpen(s, round);
+        _checkAccepting(s);
+        if (s.revealWindow != 0) revert CommitRequired();
+        uint256 open = s.round;
+        if (round > open || open - round > s.maxStaleness) revert WrongRound(round, open);
         _checkCid(modelCid);
-        if (numExamples == 0) revert NoExamples();
-        if (numExamples > MAX_EXAMPLES) revert TooManyExamples(numExamples, MAX_EXAMPLES);
-        if (!_testAndSet(_submitted[round], index)) revert AlreadySubmitted(round, msg.sender);
-        emit UpdateSubmitted(round, msg.sender, modelCid, numExamples);
+        _checkExamples(numExamples);
+        if (s.selectPpm != 0 && !_selected(s, index)) revert NotSelected(open, msg.sender);
+        if (!_testAndSet(_submitted[open], index)) revert AlreadySubmitted(open, msg.sender);
+        emit UpdateSubmitted(open, msg.sender, modelCid, numExamples, open - round);
     }
 
-    /// @notice Aggregator only: publishes the open round's global model and opens the next round.
-    /// @param included The learners whose updates were averaged, in strictly ascending address
-    /// order (which also rules out duplicates); each must have submitted in `round`. May be
-    /// empty when a round closes without usable updates (then the model is carried over).
-    function publishGlobal(uint256 round, bytes calldata modelCid, address[] calldata included)
+    /// @notice Commit-reveal mode, learners only, before the update deadline: commits to
+    /// keccak256(abi.encode(learner, round, modelCid, numExamples, salt)).
+    function commitUpdate(uint256 round, bytes32 commitment) external {
+        State memory s = _state;
+        uint256 index = _learnerIndex();
+        _checkAccepting(s);
+        if (s.revealWindow == 0) revert CommitRevealOff();
+        if (round != s.round) revert WrongRound(round, s.round);
+        if (s.selectPpm != 0 && !_selected(s, index)) revert NotSelected(round, msg.sender);
+        if (commitment == 0 || _commitments[round][msg.sender] != 0) {
+            revert AlreadySubmitted(round, msg.sender);
+        }
+        _commitments[round][msg.sender] = commitment;
+        emit UpdateCommitted(round, msg.sender, commitment);
+    }
+
+    /// @notice Commit-reveal mode, learners only, between the update and reveal deadlines:
+    /// reveals the committed update, which then counts as submitted.
+    function revealUpdate(uint256 round, bytes calldata modelCid, uint256 numExamples, bytes32 salt)
         external
-        onlyAggregator
     {
         State memory s = _state;
-        _checkOpen(s, round);
-        mapping(uint256 => uint256) storage submitted = _submitted[round];
-        address prev = address(0);
-        for (uint256 i = 0; i < included.length; ++i) {
-            address who = included[i];
-            if (who <= prev) revert IncludedNotAscending(i, who);
-            prev = who;
-            if (!_isSet(submitted, _learners[who].index)) revert NotSubmitted(round, who);
+        uint256 index = _learnerIndex();
+        if (s.round == 0) revert NotStarted();
+        if (s.finished) revert FederationFinished();
+        if (s.revealWindow == 0) revert CommitRevealOff();
+        if (round != s.round) revert WrongRound(round, s.round);
+        if (s.frozen) revert SubmissionsClosed(round);
+        uint256 opens = uint256(s.openedAt) + s.updateWindow;
+        if (block.timestamp <= opens) revert RevealNotOpen(round, opens);
+        if (block.timestamp > opens + s.revealWindow) {
+            revert RevealDeadlinePassed(round, opens + s.revealWindow);
         }
-        _globals[round] = _pack(modelCid);
-        _state.round = s.round + 1;
-        emit GlobalModelPublished(round, modelCid, included);
+        bytes32 c = _commitments[round][msg.sender];
+        if (c == 0) revert NoCommitment(round, msg.sender);
+        if (keccak256(abi.encode(msg.sender, round, modelCid, numExamples, salt)) != c) {
+            revert CommitmentMismatch(round, msg.sender);
+        }
+        _checkCid(modelCid);
+        _checkExamples(numExamples);
+        if (!_testAndSet(_submitted[round], index)) revert AlreadySubmitted(round, msg.sender);
+        emit UpdateSubmitted(round, msg.sender, modelCid, numExamples, 0);
+    }
+
+    /// @notice Committee only: a vote for the open round's global model. When `quorum` members
+    /// voted for the same model, state and included set, the round closes and the next opens.
+    /// @param stateCid The server-optimizer state after the round (empty: none).
+    /// @param included Bitmap (over learner indices) of the updates averaged; each must have
+    /// been submitted in `round` by a learner still registered. May be all zero when a round
+    /// closes without usable updates (then the model is carried over).
+    /// @param seen The round's submissions as the voter read them: must equal the chain's, so
+    /// a vote always accounts for every submission. Both bitmaps have one word per 256
+    /// learner indices handed out.
+    function publishGlobal(
+        uint256 round,
+        bytes calldata modelCid,
+        bytes calldata stateCid,
+        uint256[] calldata included,
+        uint256[] calldata seen
+    ) external {
+        State memory s = _state;
+        uint256 member = _member(s);
+        _checkOpen(s, round);
+        _checkCid(modelCid);
+        if (stateCid.length > MAX_CID_LENGTH) {
+            revert CidTooLong(stateCid.length, MAX_CID_LENGTH);
+        }
+        uint256 arrived = _checkIncluded(round, included, seen);
+        uint256 updateEnd = _updateEnd(s);
+        if (s.updateWindow != 0 && block.timestamp <= updateEnd) {
+            // Before the deadline a vote would cut the round short: only once every active
+            // learner (or, asynchronously, the buffer) is in.
+            uint256 needed = s.bufferSize != 0 ? s.bufferSize : _learnerCount;
+            if (arrived < needed) revert VotingNotOpen(round, updateEnd);
+        }
+        if (s.voteWindow != 0 && block.timestamp > updateEnd + s.voteWindow) {
+            revert VoteDeadlinePassed(round, updateEnd + s.voteWindow);
+        }
+        bytes32 digest = keccak256(abi.encode(modelCid, stateCid, included));
+        emit Voted(round, msg.sender, digest, modelCid, stateCid, included);
+        if (!_vote(s, round, digest, member)) {
+            if (!s.frozen) _state.frozen = true;
+            return;
+        }
+        _latest = _pack(modelCid);
+        emit GlobalModelPublished(round, modelCid, stateCid, included);
+        _close(s);
+    }
+
+    /// @notice Anyone, once the open round's vote deadline has passed without a quorum:
+    /// closes it with the previous global model carried over, so the federation moves on.
+    function closeRound(uint256 round) external {
+        State memory s = _state;
+        _checkOpen(s, round);
+        uint256 deadline = s.voteWindow == 0 ? 0 : _updateEnd(s) + s.voteWindow;
+        if (deadline == 0 || block.timestamp <= deadline) revert RoundNotExpired(round, deadline);
+        emit RoundTimedOut(round, msg.sender);
+        emit GlobalModelPublished(round, _unpack(_latest), "", new uint256[](0));
+        _close(s);
+    }
+
+    /// @notice Learners only: records that this learner re-derived `round`'s global model from
+    /// the chain and the store and got `computedCid`, not the published one.
+    function dispute(uint256 round, bytes calldata computedCid) external {
+        _learnerIndex();
+        if (round == 0 || round >= _state.round) revert NoGlobalModel(round);
+        _checkCid(computedCid);
+        emit Disputed(round, msg.sender, computedCid);
     }
 
     /// @notice Learners only, once per round: reports the evaluation of `round`'s global model.
@@ -239,7 +496,8 @@ contract FedChain {
         external
     {
         uint256 index = _learnerIndex();
-        if (round >= _state.round) revert NoGlobalModel(round);
+        if (round == 0 || round >= _state.round) revert NoGlobalModel(round);
+        _checkExamples(numExamples);
         if (metrics.length > MAX_METRICS_LENGTH) {
             revert MetricsTooLarge(metrics.length, MAX_METRICS_LENGTH);
         }
@@ -247,11 +505,15 @@ contract FedChain {
         emit EvaluationReported(round, msg.sender, numExamples, metrics);
     }
 
-    /// @notice Aggregator only: ends the federation; no submissions or global models after it.
-    function finish() external onlyAggregator {
+    /// @notice Committee only: a vote to end the federation now (closing the last round ends
+    /// it on its own); with `quorum` votes, no submissions or global models after it.
+    function finish() external {
         State memory s = _state;
+        uint256 member = _member(s);
         if (s.round == 0) revert NotStarted();
         if (s.finished) revert FederationFinished();
+        emit Voted(s.round, msg.sender, FINISH, "", "", new uint256[](0));
+        if (!_vote(s, s.round, FINISH, member)) return;
         _state.finished = true;
         unchecked {
             emit Finished(s.round - 1); // s.round >= 1 here
@@ -265,14 +527,43 @@ contract FedChain {
         return _state.round;
     }
 
-    /// @notice Whether the aggregator has finished the federation.
+    /// @notice Whether the federation has finished.
     function finished() external view returns (bool) {
         return _state.finished;
     }
 
-    /// @notice CID of the genesis model (empty before genesis).
-    function genesis() external view returns (bytes memory) {
-        return _unpack(_globals[0]);
+    /// @notice The open round's timing: when it opened, its update deadline (commitments in
+    /// commit-reveal mode), reveal deadline and vote deadline (0: none), and whether a vote
+    /// has closed its submissions.
+    function roundInfo()
+        external
+        view
+        returns (
+            uint256 round,
+            uint256 openedAt,
+            uint256 updateDeadline,
+            uint256 revealDeadline,
+            uint256 voteDeadline,
+            bool frozen
+        )
+    {
+        State memory s = _state;
+        uint256 u = s.updateWindow == 0 ? 0 : uint256(s.openedAt) + s.updateWindow;
+        uint256 r = s.revealWindow == 0 ? u : u + s.revealWindow;
+        uint256 v = s.voteWindow == 0 ? 0 : _updateEnd(s) + s.voteWindow;
+        return (s.round, s.openedAt, u, r, v, s.frozen);
+    }
+
+    /// @notice The parameters fixed at genesis.
+    function params() external view returns (Params memory p) {
+        State memory s = _state;
+        p.rounds = s.lastRound;
+        p.updateWindow = s.updateWindow;
+        p.revealWindow = s.revealWindow;
+        p.voteWindow = s.voteWindow;
+        p.selectPpm = s.selectPpm;
+        p.bufferSize = s.bufferSize;
+        p.maxStaleness = s.maxStaleness;
     }
 
     /// @notice CID of the run's JSON plan (empty before genesis).
@@ -280,14 +571,55 @@ contract FedChain {
         return _plan;
     }
 
-    /// @notice CID of `round`'s global model; round 0 is the genesis model. Empty if unpublished.
-    function globalModel(uint256 round) external view returns (bytes memory) {
-        return _unpack(_globals[round]);
+    /// @notice The last closed round (0: genesis) and its global model's CID (empty before
+    /// genesis). Earlier rounds' models are in the GenesisSet/GlobalModelPublished events.
+    function latestGlobal() external view returns (uint256 round, bytes memory modelCid) {
+        uint256 open = _state.round;
+        return (open == 0 ? 0 : open - 1, _unpack(_latest));
+    }
+
+    /// @notice The open round's sampling seed (zero when sampling is off).
+    function roundSeed() external view returns (bytes32) {
+        return _state.selectPpm == 0 ? bytes32(0) : _seed;
+    }
+
+    /// @notice Whether `learner` is selected for the open round (always, without sampling).
+    function isSelected(address learner) external view returns (bool) {
+        State memory s = _state;
+        uint256 index = _learners[learner].index;
+        return index != 0 && (s.selectPpm == 0 || _selected(s, index));
+    }
+
+    /// @notice Bitmap of the learners that submitted in `round` (one word per 256 indices).
+    function submittedBits(uint256 round) external view returns (uint256[] memory bits) {
+        bits = new uint256[](_words());
+        for (uint256 w = 0; w < bits.length; ++w) {
+            bits[w] = _submitted[round][w];
+        }
+    }
+
+    /// @notice Bitmap of the active learners (one word per 256 indices).
+    function activeBits() external view returns (uint256[] memory bits) {
+        bits = new uint256[](_words());
+        for (uint256 w = 0; w < bits.length; ++w) {
+            bits[w] = _active[w];
+        }
+    }
+
+    /// @notice How many current committee members voted `digest` in `round` (0: genesis)
+    /// while the round is open (a vote reaching the quorum closes it and is not stored).
+    function votes(uint256 round, bytes32 digest) external view returns (uint256) {
+        return _popcount(_tally[keccak256(abi.encode(round, _state.epoch, digest))]);
     }
 
     /// @notice Whether `learner` submitted an update in `round`.
     function hasSubmitted(uint256 round, address learner) external view returns (bool) {
         return _isSet(_submitted[round], _learners[learner].index);
+    }
+
+    /// @notice `learner`'s commitment in `round` (commit-reveal mode; zero: none).
+    function commitment(uint256 round, address learner) external view returns (bytes32) {
+        return _commitments[round][learner];
     }
 
     /// @notice Whether `learner` reported an evaluation of `round`'s global model.
@@ -297,8 +629,130 @@ contract FedChain {
 
     // ---------------------------------------------------------------- internals
 
-    /// @dev The sender's learner index (its bit in the per-round bitmaps); reverts with
-    /// NotLearner unless the sender is an active learner.
+    function _setCommittee(address[] memory members, uint256 quorum) private {
+        uint256 n = members.length;
+        if (n == 0 || n > MAX_COMMITTEE || quorum == 0 || quorum > n || 2 * quorum <= n) {
+            revert InvalidCommittee(n, quorum);
+        }
+        uint16 epoch = _state.epoch + 1;
+        for (uint256 i = 0; i < n; ++i) {
+            address who = members[i];
+            if (who == address(0)) revert ZeroAddress();
+            if (_members[who].epoch == epoch) revert DuplicateMember(who);
+            _members[who] = Member(epoch, uint8(i + 1));
+        }
+        _committee = members;
+        _state.epoch = epoch;
+        _state.quorum = uint8(quorum);
+        emit CommitteeChanged(epoch, members, quorum);
+    }
+
+    /// @dev The sender's committee index; reverts with NotAggregator unless it is a member.
+    function _member(State memory s) private view returns (uint256) {
+        Member memory m = _members[msg.sender];
+        if (m.index == 0 || m.epoch != s.epoch) revert NotAggregator(msg.sender);
+        return m.index;
+    }
+
+    /// @dev Records `member`'s vote for `digest`; true when it completes the quorum (the
+    /// closing vote is not stored). A committee of one decides alone.
+    function _vote(State memory s, uint256 round, bytes32 digest, uint256 member)
+        private
+        returns (bool)
+    {
+        if (s.quorum == 1) return true;
+        bytes32 key = keccak256(abi.encode(round, s.epoch, digest));
+        uint256 bits = _tally[key];
+        uint256 bit = 1 << (member - 1);
+        if (bits & bit != 0) revert AlreadyVoted(round, msg.sender);
+        bits |= bit;
+        if (_popcount(bits) >= s.quorum) return true;
+        _tally[key] = bits;
+        return false;
+    }
+
+    /// @dev Closes the open round: finishes after the last one, else opens the next.
+    function _close(State memory s) private {
+        uint256 round = s.round;
+        if (round >= s.lastRound) {
+            s.round = uint32(round + 1);
+            s.finished = true;
+            _state = s;
+            emit Finished(round);
+            return;
+        }
+        _open(s, round + 1);
+    }
+
+    function _open(State memory s, uint256 round) private {
+        s.round = uint32(round);
+        s.openedAt = uint32(block.timestamp);
+        s.frozen = false;
+        _state = s;
+        if (s.selectPpm != 0) {
+            bytes32 seed = keccak256(abi.encode(blockhash(block.number - 1), block.prevrandao, round));
+            _seed = seed;
+            emit RoundSeeded(round, seed);
+        }
+    }
+
+    /// @dev Checks a vote's bitmaps against the chain; returns how many active learners
+    /// submitted in the round.
+    function _checkIncluded(uint256 round, uint256[] calldata included, uint256[] calldata seen)
+        private
+        view
+        returns (uint256 arrived)
+    {
+        uint256 words = _words();
+        if (included.length != words) revert BitmapLength(included.length, words);
+        if (seen.length != words) revert BitmapLength(seen.length, words);
+        mapping(uint256 => uint256) storage submitted = _submitted[round];
+        for (uint256 w = 0; w < words; ++w) {
+            uint256 sub = submitted[w];
+            if (seen[w] != sub) revert SubmissionsChanged(round);
+            uint256 usable = sub & _active[w];
+            uint256 bad = included[w] & ~usable;
+            if (bad != 0) revert NotIncludable(round, w, bad);
+            arrived += _popcount(usable);
+        }
+    }
+
+    function _checkParams(Params calldata p) private pure {
+        if (p.rounds == 0) revert InvalidParams("rounds must be at least 1");
+        if (p.selectPpm > ALL) revert InvalidParams("selectPpm above 1e6");
+        if (p.revealWindow != 0 && p.updateWindow == 0) {
+            revert InvalidParams("commit-reveal needs an update window");
+        }
+        if (p.revealWindow != 0 && p.maxStaleness != 0) {
+            revert InvalidParams("commit-reveal rounds are synchronous");
+        }
+    }
+
+    /// @dev Updates are accepted: started, not finished, no vote yet, before the deadline.
+    function _checkAccepting(State memory s) private view {
+        if (s.round == 0) revert NotStarted();
+        if (s.finished) revert FederationFinished();
+        if (s.frozen) revert SubmissionsClosed(s.round);
+        if (s.updateWindow != 0 && block.timestamp > uint256(s.openedAt) + s.updateWindow) {
+            revert UpdateDeadlinePassed(s.round, uint256(s.openedAt) + s.updateWindow);
+        }
+    }
+
+    /// @dev When updates (and reveals) stop: the moment the vote window starts.
+    function _updateEnd(State memory s) private pure returns (uint256) {
+        if (s.updateWindow == 0) return s.openedAt;
+        return uint256(s.openedAt) + s.updateWindow + s.revealWindow;
+    }
+
+    function _selected(State memory s, uint256 index) private view returns (bool) {
+        return uint256(keccak256(abi.encode(_seed, index))) % ALL < s.selectPpm;
+    }
+
+    function _words() private view returns (uint256) {
+        return (uint256(_learnerSlots) + 255) >> 8;
+    }
+
+    /// @dev The sender's learner index; reverts with NotLearner unless it is an active learner.
     function _learnerIndex() private view returns (uint256) {
         Learner memory l = _learners[msg.sender];
         if (!l.active) revert NotLearner(msg.sender);
@@ -310,8 +764,9 @@ contract FedChain {
         private
         returns (bool)
     {
-        uint256 word = index >> 8;
-        uint256 bit = 1 << (index & 0xff);
+        uint256 b = index - 1;
+        uint256 word = b >> 8;
+        uint256 bit = 1 << (b & 0xff);
         uint256 bits = bitmap[word];
         if (bits & bit != 0) return false;
         bitmap[word] = bits | bit;
@@ -324,7 +779,21 @@ contract FedChain {
         view
         returns (bool)
     {
-        return index != 0 && bitmap[index >> 8] & (1 << (index & 0xff)) != 0;
+        if (index == 0) return false;
+        uint256 b = index - 1;
+        return bitmap[b >> 8] & (1 << (b & 0xff)) != 0;
+    }
+
+    function _popcount(uint256 x) private pure returns (uint256 n) {
+        unchecked {
+            x = x - ((x >> 1) & 0x5555555555555555555555555555555555555555555555555555555555555555);
+            x = (x & 0x3333333333333333333333333333333333333333333333333333333333333333)
+                + ((x >> 2) & 0x3333333333333333333333333333333333333333333333333333333333333333);
+            x = (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f;
+            x = (x + (x >> 8)) & 0x00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff00ff;
+            // 16-bit lanes now hold the counts; their sum (at most 256) fits the top lane.
+            n = (x * 0x0001000100010001000100010001000100010001000100010001000100010001) >> 240;
+        }
     }
 
     function _checkOpen(State memory s, uint256 round) private pure {
@@ -333,13 +802,17 @@ contract FedChain {
         if (round != s.round) revert WrongRound(round, s.round);
     }
 
+    function _checkExamples(uint256 numExamples) private pure {
+        if (numExamples == 0) revert NoExamples();
+        if (numExamples > MAX_EXAMPLES) revert TooManyExamples(numExamples, MAX_EXAMPLES);
+    }
+
     function _checkCid(bytes calldata cid) private pure {
         if (cid.length == 0) revert EmptyCid();
         if (cid.length > MAX_CID_LENGTH) revert CidTooLong(cid.length, MAX_CID_LENGTH);
     }
 
     function _pack(bytes calldata cid) private pure returns (PackedCid memory p) {
-        _checkCid(cid);
         bytes memory buf = abi.encodePacked(uint8(cid.length), cid, new bytes(63 - cid.length));
         bytes32 a;
         bytes32 b;

@@ -257,7 +257,7 @@ def test_federation_in_progress_audits_published_rounds_and_shows_the_open_one(e
     assert report.exit_status() == 0
 
 
-def test_left_out_valid_update_is_noted_not_failed(embedded, store):
+def test_a_valid_update_left_out_fails_the_round(embedded, store):
     agg, nodes = round_one_submitted(embedded, store)
     updates = submitted_updates(agg.contract, store)[:2]
     partial, _ = FedAvg().aggregate(initial_weights(), updates)
@@ -265,9 +265,13 @@ def test_left_out_valid_update_is_noted_not_failed(embedded, store):
 
     report = audit(agg.contract, store)
 
-    assert report.rounds[0].status == "ok" and len(report.rounds[0].left_out) == 1
-    (note,) = [c for c in report.rounds[0].checks if c.status == "note"]
-    assert "valid update but was not included" in note.detail
+    # The model is the right average of what it includes, but a vote accounts for every
+    # submission of its round: leaving a valid one out, with no rule of the plan excluding
+    # it, is cheating.
+    assert report.rounds[0].status == "failed" and len(report.rounds[0].left_out) == 1
+    (failed,) = [c for c in report.rounds[0].checks if c.status == "failed"]
+    assert failed.what == "left-out update" and "no rule of the plan excludes it" in failed.detail
+    assert report.exit_status() == 1
 
 
 # --- the command, against a node another process could run ---------------------------

@@ -328,7 +328,7 @@ def _started_round(node: devnet.DevNode, learner_index: int) -> tuple[Chain, Fed
     fc, _ = FedChain.deploy(chain, owner, aggregator.address)
     fc.add_learners([learner.address])
     agg = fc.with_account(aggregator)
-    agg.set_genesis(b"\x01\x55\x12\x20" + b"g" * 32, b"\x01\x55\x12\x20" + b"p" * 32)
+    agg.set_genesis(b"\x01\x55\x12\x20" + b"g" * 32, b"\x01\x55\x12\x20" + b"p" * 32, 10)
     return chain, agg, fc.with_account(learner)
 
 
@@ -426,7 +426,8 @@ def test_a_restarted_aggregator_republishing_gets_wrong_round(slow_node: devnet.
     first = Background(lambda: agg.publish_global(1, cid, []))
     _wait_until_pending(chain, sender, sent + 1)
     restarted = connect(slow_node.url)
-    data = agg.contract.functions.publishGlobal(1, cid, [])._encode_transaction_data()
+    bits, seen = agg.bitmaps(1, [])
+    data = agg.contract.functions.publishGlobal(1, cid, b"", bits, seen)._encode_transaction_data()
     with pytest.raises(WrongRound) as err:
         restarted.transact(agg.account, {"to": agg.address, "data": data, "gas": 300_000},
                            decode_revert=agg.decode_revert)

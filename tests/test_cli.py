@@ -371,6 +371,24 @@ def test_deploy_with_more_learners_registers_the_missing_ones(anvil_node, tmp_pa
 
 @pytest.mark.anvil
 @pytest.mark.xdist_group("anvil")
+def test_deploy_a_committee_and_only_its_members_aggregate(anvil_node, tmp_path, capsys):
+    records = str(tmp_path / "deployments")
+    base = ["deploy", "--chain", anvil_node.url, "--deployments", records, "--dev-learners", "2"]
+    assert main([*base, "--aggregators", "3", "--quorum", "1"]) == 2
+    _one_line_error(capsys, "--quorum 1 must be a majority of the 3 aggregators", "")
+    assert main([*base, "--aggregators", "3", "--quorum", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "committee  2 of 3: --id 0 0x70997970C51812dc3A010C7d01b50e0d17dc79C8, --id 1 " in out
+    job_file = _job_file(tmp_path, f"[federation]\nchain = '{anvil_node.url}'\n"
+                         f"deployments = '{records}'\n"
+                         "[model]\nlearner = 'fedmodels:make_learner'\n")
+    # Member 3 does not exist: its dev account is no aggregator of this federation.
+    assert main(["aggregator", "--id", "3", "--job", str(job_file)]) == 2
+    _one_line_error(capsys, "is not an aggregator of this federation", "--id K")
+
+
+@pytest.mark.anvil
+@pytest.mark.xdist_group("anvil")
 def test_learner_that_is_not_registered_is_refused(anvil_node, tmp_path, capsys):
     records = str(tmp_path / "deployments")
     main(["deploy", "--chain", anvil_node.url, "--dev-learners", "1", "--deployments", records])

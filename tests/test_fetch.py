@@ -306,10 +306,12 @@ def test_an_update_not_fetched_by_the_rounds_deadline_is_left_out_and_the_round_
 
 
 def _started(fed, store):
+    # These tests publish made-up global models to see how a learner waits and skips; a
+    # learner that re-derives them would refuse them as disputed (tests/test_trust.py).
     chain, aggregator, learners = fed
     agg = Aggregator(aggregator, store, RunConfig(strategy=FedAvg(), rounds=3, min_updates=1,
                                                   train=TRAIN, round_timeout=0.2,
-                                                  poll_interval=0.05),
+                                                  poll_interval=0.05, verify="off"),
                      initial_weights=initial_weights())
     agg.start()
     return agg

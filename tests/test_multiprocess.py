@@ -243,3 +243,54 @@ def test_an_aggregator_restarted_between_rounds_writes_every_round(anvil_node, i
     assert [r["round"] for r in results["rounds"]] == [1, 2]
     assert [len(r["included"]) for r in results["rounds"]] == [3, 3]
     assert [r for r, _ in results["losses_distributed"]] == [1, 2]
+
+
+COMMITTEE = """
+[protocol]
+aggregators = 3
+quorum = 2
+update_window = 600
+vote_window = 600
+"""
+
+
+@pytest.mark.xdist_group("anvil")
+def test_a_committee_outlives_a_dead_member_and_a_round_without_quorum_is_closed(
+    anvil_node, ipfs_node, tmp_path
+):
+    job = _job(tmp_path, anvil_node.url, ipfs_node.url, rounds=2)
+    job.write_text(job.read_text() + COMMITTEE)
+    deployed = _deploy(job, anvil_node.url)
+    assert "committee  2 of 3" in deployed
+    chain = connect(anvil_node.url)
+    contract = find_contract(chain, directory=tmp_path / "deployments")
+
+    # Member 2 never runs: two of three still open the federation and close round 1.
+    members = [_fedchain("aggregator", "--id", str(k), "--job", str(job)) for k in (0, 1)]
+    learners = [_fedchain("learner", "--id", str(i), "--job", str(job)) for i in range(3)]
+    _wait_until(lambda: contract.current_round() == 2, timeout=600, what="round 1 closed")
+    # Then member 1 dies too: round 2 cannot reach a quorum.
+    members[1].send_signal(signal.SIGKILL)
+    members[1].communicate()
+    _wait_until(lambda: len(contract.updates(2)) == 3
+                and any(True for _ in contract.events("Voted", round=2)),
+                timeout=600, what="round 2's updates and member 0's vote")
+    assert contract.current_round() == 2
+    # Past the vote deadline (the chain's clock moved on), a learner closes the round.
+    chain.advance_time(1300)
+    out = _finish(members[0])
+    learner_outs = [_finish(p) for p in learners]
+
+    assert contract.finished()
+    [timed_out] = contract.events("RoundTimedOut", round=2)
+    # Whoever saw the deadline pass first closed it: a learner, or the last live member.
+    assert timed_out.closer in [*contract.learners(), contract.committee()[0][0]]
+    assert contract.global_model(2) == contract.global_model(1)  # carried over
+    round1 = next(contract.events("GlobalModelPublished", round=1))
+    assert len(round1.included) == 3
+    assert "[ROUND 1] received 3 updates, 0 rejected, aggregated 3" in out
+    assert ("no quorum by the vote deadline" in out
+            or "passed its vote deadline without a quorum: closed it" in "".join(learner_outs))
+    # Before training round 2, every learner re-derived round 1's model and found it right.
+    for i, text in enumerate(learner_outs):
+        assert f"learner-{i}: re-derived the global model of round 1" in text, text

@@ -7,7 +7,6 @@ grouped by round, plus the gas of each transaction from its receipt.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,17 +17,20 @@ from web3.exceptions import Web3RPCError
 
 from ..eth.contract import FedChainReader
 from ..eth.events import (
-    AggregatorChanged,
+    CommitteeChanged,
+    Disputed,
     EvaluationReported,
     Finished,
     GenesisSet,
     GlobalModelPublished,
     LearnerAdded,
     LearnerRemoved,
+    RoundTimedOut,
     UpdateSubmitted,
+    Voted,
 )
 from ..federation.history import weighted_metrics
-from .report import FAILED, AuditReport, Check, Evaluation, RoundAudit, Submission
+from .report import FAILED, NOTE, AuditReport, Check, Evaluation, RoundAudit, Submission
 
 RECEIPT = "eth_getTransactionReceipt"
 #: Receipts per JSON-RPC batch: public endpoints commonly cap batches at 100 calls.
@@ -89,14 +91,6 @@ def _gas_used(contract: FedChainReader, txs: Iterable[str], workers: int) -> dic
         return dict(pool.map(one, unique))
 
 
-def _metrics(raw: bytes) -> dict[str, Any]:
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        return {"unparsed": raw.decode("utf-8", "replace")}
-    return body if isinstance(body, dict) else {"value": body}
-
-
 def read_federation(
     contract: FedChainReader,
     *,
@@ -121,23 +115,32 @@ def read_federation(
         return rounds.setdefault(round, RoundAudit(round))
 
     txs: list[str] = []
+    open_round = 1
     for e in contract.events(from_block=start, to_block=head, page=page):
         txs.append(e.tx)
-        if isinstance(e, UpdateSubmitted):
+        if isinstance(e, Voted):
+            at(e.round).votes.append(e)
+        elif isinstance(e, RoundTimedOut):
+            at(e.round).timed_out = True
+        elif isinstance(e, Disputed):
+            at(e.round).disputes.append(e)
+        elif isinstance(e, UpdateSubmitted):
             at(e.round).submissions.append(Submission(e))
         elif isinstance(e, EvaluationReported):
-            at(e.round).evaluations.append(
-                Evaluation(e.learner, e.num_examples, _metrics(e.metrics), e.block, e.tx)
-            )
+            at(e.round).evaluations.append(Evaluation.of(e))
             reports.setdefault(e.round, []).append(e)
         elif isinstance(e, GlobalModelPublished):
             at(e.round).published = e
+            open_round = e.round + 1
         elif isinstance(e, GenesisSet):
             report.genesis = e
         elif isinstance(e, LearnerAdded | LearnerRemoved):
             active[e.learner] = isinstance(e, LearnerAdded)
-        elif isinstance(e, AggregatorChanged):
-            report.aggregator = e.next
+            if isinstance(e, LearnerRemoved) and report.genesis is not None:
+                at(open_round).removed.append(e.learner)
+        elif isinstance(e, CommitteeChanged):
+            report.aggregator = ", ".join(e.members) + (
+                f" (quorum {e.quorum})" if len(e.members) > 1 else "")
         elif isinstance(e, Finished):
             report.finished_after = e.last_round
     report.learners = [a for a, on in active.items() if on]
@@ -162,7 +165,26 @@ def read_federation(
 
 
 def _chain_checks(r: RoundAudit) -> None:
-    """What the chain alone can tell about a round: every included learner submitted."""
+    """What the chain alone can tell about a round: every included learner submitted, which
+    committee votes disagree with the published result, which learners dispute it."""
+    if r.published is not None and r.votes:
+        closing = r.published
+        for v in r.votes:
+            if v.model_cid.raw == b"" and not v.bits:
+                continue  # a vote to finish the federation
+            if (v.model_cid, v.state_cid, set(v.included)) != (
+                    closing.model_cid, closing.state_cid, set(closing.included)):
+                r.checks.append(Check(
+                    FAILED, "vote",
+                    f"voted {v.model_cid} with {len(v.included)} included, not the "
+                    f"{closing.model_cid} ({len(closing.included)} included) the quorum closed "
+                    "the round on", r.round, v.member))
+    if r.timed_out:
+        r.checks.append(Check(NOTE, "round", "no quorum by the vote deadline: closed by "
+                              "anyone, the previous global model carried over", r.round))
+    for d in r.disputes:
+        r.checks.append(Check(NOTE, "dispute", f"re-derived the global model as "
+                              f"{d.computed_cid}", r.round, d.learner))
     submitted = {s.learner: s for s in r.submissions}
     for learner in r.included:
         if learner in submitted:

@@ -124,7 +124,8 @@ def print_report(report: AuditReport, console: Console) -> None:
         "not verified": "run with --verify to re-compute every round",
         "FAILED": f"[bold red]{len(report.failures())} check(s) failed[/]",
         "INCOMPLETE": f"[yellow]{len(report.unfetchable())} check(s) could not run (content "
-        "unavailable or state unknown)[/]; nothing failed",
+        "unavailable or state unknown)[/]; nothing failed, but rounds "
+        f"{', '.join(map(str, report.unverified_rounds())) or '-'} stay unverified: no pass",
         "VERIFIED": "[green]every published round recomputes bit-identically[/]",
     }
     verdict = _verdict(report)

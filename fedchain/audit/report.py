@@ -11,7 +11,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..eth.events import EvaluationReported, GenesisSet, GlobalModelPublished, UpdateSubmitted
+from ..eth.events import (
+    Disputed,
+    EvaluationReported,
+    GenesisSet,
+    GlobalModelPublished,
+    UpdateSubmitted,
+    Voted,
+)
 from ..federation.history import report_problem
 from ..jsonsafe import loads
 
@@ -121,6 +128,14 @@ class RoundAudit:
     checks: list[Check] = field(default_factory=list)
     #: The federation finished before this round's global model was published.
     abandoned: bool = False
+    #: The committee's votes on this round, in chain order (evidence, agreeing or not).
+    votes: list[Voted] = field(default_factory=list)
+    #: The round passed its vote deadline without a quorum and was closed, carried over.
+    timed_out: bool = False
+    #: Learners' records that re-deriving the round's model gave another CID.
+    disputes: list[Disputed] = field(default_factory=list)
+    #: Learners removed by the owner before the round closed (their updates are excluded).
+    removed: list[str] = field(default_factory=list)
 
     @property
     def included(self) -> list[str]:
@@ -182,6 +197,14 @@ class RoundAudit:
             "metrics": self.metrics,
             "checks": [asdict(c) for c in self.checks],
             "abandoned": self.abandoned,
+            "timed_out": self.timed_out,
+            "votes": [
+                {"member": v.member, "model_cid": v.model_cid.text, "state_cid": v.state_cid.text
+                 if v.state_cid.raw else None, "included": list(v.included), "tx": v.tx}
+                for v in self.votes
+            ],
+            "disputes": [{"learner": d.learner, "computed_cid": d.computed_cid.text, "tx": d.tx}
+                         for d in self.disputes],
             "status": self.status,
             "gas": self.gas,
             "left_out": len(self.left_out),
@@ -242,8 +265,13 @@ class AuditReport:
         return [c for c in self.all_checks() if c.status in (UNFETCHABLE, UNVERIFIABLE)]
 
     def exit_status(self) -> int:
-        """0 all good, 1 a check failed, 3 nothing failed but something could not be checked."""
+        """0 all good, 1 a check failed, 3 nothing failed but something could not be checked:
+        a round left unverified never passes."""
         return 1 if self.failures() else 3 if self.unfetchable() else 0
+
+    def unverified_rounds(self) -> list[int]:
+        """The published rounds a check could not verify (content unavailable, state unknown)."""
+        return sorted({c.round for c in self.unfetchable() if c.round is not None})
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..aggregation.strategy import Strategy, strategy_from_plan
 from ..errors import AggregationError, ConfigError, InvalidModel, StorageError
-from ..eth.events import ChainCid
+from ..eth.events import ChainCid, UpdateSubmitted
 from ..federation.fetching import UNAVAILABLE, Rejected, RoundUpdates, fetch_updates
 from ..model.codec import FORMAT, VERSION, ModelSpec, Weights, encode, spec
 from ..model.fetch import fetch_chunks, fetch_model, fetch_plan
@@ -152,19 +152,56 @@ def _check_counts(r: RoundAudit, plan: Plan, add: Add) -> None:
 
 
 def _check_left_out(r: RoundAudit, store: ContentStore, walk: _Walk, add: Add) -> None:
-    """Notes whether each update left out of the round was valid (leaving one out may be fair:
-    it may have landed after the aggregator read the round)."""
-    left_out = [s.event for s in r.left_out]
+    """Every valid update left out of the round is a failed check, unless the plan's own rules
+    exclude it: a learner the owner removed, an exact duplicate of another learner's update,
+    or a round that closed without aggregating (too few usable updates, an aggregation the
+    plan's strategy refuses, or no quorum by the vote deadline).
+
+    A vote accounts for every submission of its round (the contract checks it), so an update
+    cannot have landed after the committee read the round."""
+    left_out = [s.event for s in r.left_out if s.learner not in r.removed]
+    for learner in sorted({s.learner for s in r.left_out if s.learner in r.removed}):
+        add(NOTE, "left-out update", "excluded: the owner removed this learner", learner)
+    valid = []
     for outcome in fetch_updates(store, left_out, max_bytes=walk.plan.max_model_bytes,
                                  reference=walk.reference):
-        learner = outcome.learner
-        detail = (
-            f"{outcome.cid}: {outcome.reason}"
-            if isinstance(outcome, Rejected)
-            else f"{outcome.cid} is a valid update but was not included"
-        )
+        if isinstance(outcome, Rejected):
+            status = NOTE if not outcome.unavailable else UNFETCHABLE
+            add(status, "left-out update", f"{outcome.cid}: {outcome.reason}", outcome.learner)
+        else:
+            valid.append(outcome.submission)
         del outcome  # release this model before the next one is fetched
-        add(NOTE, "left-out update", detail, learner)
+    if not valid:
+        return
+    why = _carry_over_excuse(r, store, walk, valid)
+    for s in valid:
+        if why is not None:
+            add(NOTE, "left-out update", f"{s.model_cid} is valid; {why}", s.learner)
+        else:
+            add(FAILED, "left-out update",
+                f"{s.model_cid} is a valid update the round left out: no rule of the plan "
+                "excludes it", s.learner)
+
+
+def _carry_over_excuse(r: RoundAudit, store: ContentStore, walk: _Walk,
+                       valid: list[UpdateSubmitted]) -> str | None:
+    """Why a round that included nothing may leave these valid updates out (None: no reason)."""
+    if r.included:
+        return None
+    if r.timed_out:
+        return "the round closed without a quorum by its vote deadline"
+    if len(valid) < walk.plan.min_updates:
+        return f"{len(valid)} valid updates, fewer than the plan's min_updates " \
+               f"{walk.plan.min_updates}: the model was carried over"
+    if walk.previous is None:
+        return None
+    updates = RoundUpdates(fetch_updates(store, valid, max_bytes=walk.plan.max_model_bytes,
+                                         reference=walk.reference))
+    try:
+        walk.strategy.aggregate(walk.previous, updates, walk.state)
+    except (AggregationError, InvalidModel) as exc:
+        return f"the plan's strategy cannot aggregate them ({exc}): carried over"
+    return None
 
 
 def _recompute(
@@ -184,7 +221,10 @@ def _recompute(
         add(FAILED, "global model", f"recomputation failed: {exc}")
     for rejected in updates.rejected:
         status = UNFETCHABLE if rejected.unavailable else FAILED
-        add(status, "included update", f"{rejected.cid}: {rejected.reason}", rejected.learner)
+        detail = f"{rejected.cid}: {rejected.reason}"
+        if rejected.unavailable:
+            detail = f"the committee included content the store cannot serve: {detail}"
+        add(status, "included update", detail, rejected.learner)
     return (None, None) if new is None or updates.rejected else (new, state)
 
 
@@ -207,6 +247,10 @@ def _verify_round(r: RoundAudit, store: ContentStore, walk: _Walk) -> None:
             "global model",
             "bit-identical to the recomputation" + ("" if r.included else " (carried over)"),
         )
+        _check_state(r, store, new_state, add)
+        for d in r.disputes:
+            add(NOTE, "dispute", f"refuted: the recomputation matches the published model, "
+                f"not {d.computed_cid}", d.learner)
         try:  # learners need the published model: check the store can serve it
             for _ in fetch_chunks(store, recomputed, max_bytes=limit):
                 pass
@@ -249,3 +293,33 @@ def _verify_round(r: RoundAudit, store: ContentStore, walk: _Walk) -> None:
         walk.state_lost = walk.state_lost or r.round
     else:
         walk.state = new_state
+    _adopt_published_state(r, store, walk, add)
+
+
+def _check_state(r: RoundAudit, store: ContentStore, state: Weights | None, add: Add) -> None:
+    """The server-optimizer state the round published is the recomputed one."""
+    assert r.published is not None
+    published = r.published.state_cid
+    if not published.raw:
+        return
+    if state is None:
+        add(FAILED, "server state", f"published {published}, but the plan's strategy keeps none")
+        return
+    recomputed = cid_of(encode(state))
+    if recomputed != published.cid:
+        add(FAILED, "server state", f"published {published}, recomputed {recomputed}")
+
+
+def _adopt_published_state(r: RoundAudit, store: ContentStore, walk: _Walk, add: Add) -> None:
+    """A round whose state could not be recomputed: later rounds go on from the state it
+    published (its own CID), so one unverifiable round does not make every later one so."""
+    assert r.published is not None
+    if walk.state_lost is None or not r.published.state_cid.raw:
+        return
+    try:
+        walk.state = fetch_model(store, r.published.state_cid.require(),
+                                 max_bytes=walk.plan.max_model_bytes)
+    except (StorageError, InvalidModel, ValueError) as exc:
+        add(_failure(exc), "server state", f"{r.published.state_cid}: {_error(exc)}")
+        return
+    walk.state_lost = None

@@ -72,9 +72,14 @@ def _deploy_arguments(p: argparse.ArgumentParser) -> None:
     _hidden_learners_alias(p, "dev_learners", count)
     g.add_argument("--learner", action="append", metavar="ADDR",
                    help="register this address as a learner (repeatable)")
-    g.add_argument("--aggregator", metavar="ADDR",
-                   help="the aggregator's address (default: dev account 1 on dev chains, "
-                   "else the deploying account)")
+    g.add_argument("--aggregator", metavar="ADDR", action="append",
+                   help="an aggregator's address; repeat it for a committee (default: dev "
+                   "account 1 on dev chains, else the deploying account)")
+    g.add_argument("--aggregators", type=positive_int, metavar="N",
+                   help="dev chains: a committee of N aggregators, those of `fedchain "
+                   "aggregator --id 0` … `--id N-1` (dev accounts 1, 99, 98, …)")
+    g.add_argument("--quorum", type=positive_int, metavar="Q",
+                   help="votes that close a round: a majority of the committee (default)")
     g.add_argument("--fresh", action="store_true",
                    help="deploy a new federation even if one is recorded for this chain")
     add_account_options(p, "dev account 0, the owner")
@@ -82,9 +87,12 @@ def _deploy_arguments(p: argparse.ArgumentParser) -> None:
 
 def _aggregator_arguments(p: argparse.ArgumentParser) -> None:
     add_job_option(p)
+    p.add_argument("--id", type=int, default=0, metavar="K",
+                   help="committee member K (dev account 1 for 0, then 99, 98, …): each "
+                   "member computes every round and votes for it (default: 0)")
     add_chain_options(p)
     add_store_option(p)
-    add_account_options(p, "dev account 1")
+    add_account_options(p, "dev account 1, or that of --id K")
     add_run_options(p)
     # The aggregator builds learner 0 for the genesis model when the job names no initial
     # model; the old --learners flag said how many partitions that learner's data is one of.

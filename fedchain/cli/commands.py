@@ -11,7 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, DeploymentNotFound, StorageError
-from ..eth.accounts import AGGREGATOR_INDEX, DEV_ACCOUNTS, FIRST_LEARNER_INDEX, OWNER_INDEX
+from ..eth.accounts import (
+    DEV_ACCOUNTS,
+    FIRST_LEARNER_INDEX,
+    OWNER_INDEX,
+    aggregator_index,
+)
 from ..federation.config import RunConfig
 from .job import Job
 from .options import (
@@ -75,12 +80,20 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     chain = connect_chain(job, "deploy")
     account = account_for(args, chain, OWNER_INDEX)
     learners = _learner_addresses(args, chain)
+    size = args.aggregators or job.aggregators
+    quorum = args.quorum or job.quorum
+    committee: list[str]
     if args.aggregator:
-        aggregator = args.aggregator
+        committee = list(dict.fromkeys(args.aggregator))
     elif chain.is_dev_chain and uses_dev_account(args) and args.dev_account is None:
-        aggregator = chain.account(AGGREGATOR_INDEX).address
+        committee = [chain.account(aggregator_index(k)).address for k in range(size)]
+        if size > 1:
+            chain.fund(committee)
     else:
-        aggregator = account.address
+        committee = [account.address]
+    if quorum is not None and not (len(committee) < 2 * quorum and quorum <= len(committee)):
+        raise ConfigError(f"--quorum {quorum} must be a majority of the {len(committee)} "
+                          "aggregators (so two different models can never both be accepted)")
     directory = Path(job.deployments)
     path = record_path(chain, directory)
     record = read_record(job, chain)
@@ -91,8 +104,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             print(f"{path} is stale: {exc} (the chain was restarted or reset since the "
                   "deployment was recorded): deploying anew")
     contract, record, new = deploy(
-        chain, account, aggregator=aggregator, learners=learners, fresh=args.fresh,
-        directory=directory,
+        chain, account, aggregator=committee, quorum=quorum, learners=learners,
+        fresh=args.fresh, directory=directory,
     )
     if new:
         print(f"deployed FedChain at {contract.address} on chain {chain.chain_id}")
@@ -101,12 +114,18 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     else:
         print(f"FedChain already deployed at {contract.address} on chain {chain.chain_id} "
               f"(recorded in {path}; --fresh to redeploy)")
-        if args.aggregator and args.aggregator.lower() != contract.aggregator().lower():
-            print(f"  --aggregator {args.aggregator} ignored: this deployment's aggregator is "
-                  f"{contract.aggregator()} (--fresh deploys a new federation)")
+        members, _ = contract.committee()
+        if args.aggregator and [a.lower() for a in committee] != [m.lower() for m in members]:
+            print(f"  --aggregator {', '.join(args.aggregator)} ignored: this deployment's "
+                  f"committee is {', '.join(members)} (--fresh deploys a new federation)")
         _register_missing(contract, learners)
+    members, quorum = contract.committee()
     print(f"  owner      {contract.owner()}")
-    print(f"  aggregator {contract.aggregator()}")
+    if len(members) == 1:
+        print(f"  aggregator {members[0]}")
+    else:
+        print(f"  committee  {quorum} of {len(members)}: " + ", ".join(
+            f"--id {k} {m}" for k, m in enumerate(members)))
     print(f"  learners   {contract.learner_count()}")
     return 0
 
@@ -181,8 +200,13 @@ def cmd_aggregator(args: argparse.Namespace) -> int:
     config = job.run_config()
     old = read_results(job.output)
     chain = connect_chain(job, "aggregator")
-    account = account_for(args, chain, AGGREGATOR_INDEX)
+    account = account_for(args, chain, aggregator_index(args.id))
     contract = fedchain_of(job, chain, account)
+    if not contract.is_aggregator(account.address):
+        members, quorum = contract.committee()
+        raise ConfigError(f"{account.address} is not an aggregator of this federation (its "
+                          f"committee: {', '.join(members)}; quorum {quorum}): use --id K for "
+                          "member K, or the member's key")
     store = open_store(job.store)
     plan = _plan_on_chain(contract, store) if contract.current_round() > 0 else None
     if plan is not None:
@@ -311,6 +335,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     result = simulate(
         factory, job.learners, chain=job.chain, store=job.store, config=config,
         initial_weights=initial, evaluate_fn=evaluate_fn, results_dir=job.output,
+        aggregators=job.aggregators, quorum=job.quorum,
     )
     print_rounds(result)
     print_history(result.history)

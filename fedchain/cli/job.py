@@ -22,6 +22,14 @@ learners = 3
 # min_updates = 2                   # default: a quorum, ceil(2 × learners / 3)
 round_timeout = 300
 
+[protocol]    # optional: the committee, deadlines, sampling, async rounds, verification
+aggregators = 3                     # committee size (simulate; deploy --aggregators)
+quorum = 2                          # votes that close a round (a majority)
+update_window = 120                 # seconds a round takes updates (0: no deadline)
+vote_window = 120                   # then seconds for votes; after it anyone may close
+fraction = 1.0                      # share of learners sampled per round
+verify = "full"                     # learners re-derive each global model: full|sampled|off
+
 [train]       # sent to learners through the plan
 epochs = 1
 ```
@@ -88,6 +96,15 @@ def _any_number(value: Any) -> str | None:
     return None if ok else "a number"
 
 
+def _fraction(value: Any) -> str | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= 1
+    return None if ok else "a number in (0, 1]"
+
+
+def _verify_mode(value: Any) -> str | None:
+    return None if value in ("full", "sampled", "off") else '"full", "sampled" or "off"'
+
+
 #: The job file's sections with fixed keys, each key with its check. [strategy] is checked by
 #: the strategy it names; [train] and [evaluate] are free-form (they go into the plan).
 SCHEMA: dict[str, dict[str, Check]] = {
@@ -99,7 +116,17 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "target": _any_number,
     },
     "output": {"dir": _text},
+    "protocol": {
+        "aggregators": _integer(1), "quorum": _integer(1), "update_window": _integer(0),
+        "reveal_window": _integer(0), "vote_window": _integer(0), "fraction": _fraction,
+        "buffer_size": _integer(0), "max_staleness": _integer(0), "verify": _verify_mode,
+        "verify_max_bytes": _integer(0), "verify_rate": _fraction,
+    },
 }  # fmt: skip
+#: [protocol] keys that go into the plan (the others shape the committee).
+PLAN_PROTOCOL_KEYS = ("update_window", "reveal_window", "vote_window", "fraction",
+                      "buffer_size", "max_staleness", "verify", "verify_max_bytes",
+                      "verify_rate")
 FREE_SECTIONS = ("strategy", "train", "evaluate")
 
 
@@ -181,6 +208,8 @@ class Job:
     evaluate_config: dict[str, Any] = field(default_factory=dict)
     output: str = "runs/latest"
     learner_options: dict[str, Any] = field(default_factory=dict)
+    #: [protocol]: the committee's size and quorum, and the plan's protocol fields.
+    protocol: dict[str, Any] = field(default_factory=dict)
     base_dir: Path = field(default_factory=Path.cwd)
     #: The job file read, if any.
     path: Path | None = None
@@ -226,6 +255,9 @@ class Job:
             if key in run:
                 setattr(job, key, run[key])
                 job.given[key] = f"[run] {key} in {p}"
+        job.protocol = dict(raw.get("protocol", {}))
+        for key in job.protocol:
+            job.given[key] = f"[protocol] {key} in {p}"
         job.train = dict(raw.get("train", {}))
         job.evaluate_config = dict(raw.get("evaluate", {}))
         if "dir" in raw.get("output", {}):
@@ -245,7 +277,19 @@ class Job:
             wall_clock=self.wall_clock,
             target_metric=self.target_metric,
             target=self.target,
+            **{k: v for k, v in self.protocol.items() if k in PLAN_PROTOCOL_KEYS},
         )
+
+    @property
+    def aggregators(self) -> int:
+        """The committee's size ([protocol] aggregators; 1: a single aggregator)."""
+        return int(self.protocol.get("aggregators", 1))
+
+    @property
+    def quorum(self) -> int | None:
+        """The committee's quorum ([protocol] quorum; None: a majority)."""
+        q = self.protocol.get("quorum")
+        return None if q is None else int(q)
 
     def learner_factory(self) -> Any:
         """`make_learner(id, num_learners)`, with the job's [model] options as keywords."""

@@ -93,7 +93,8 @@ def add_run_options(p: argparse.ArgumentParser, *, output: bool = True) -> None:
     g = p.add_argument_group("the run (published in the plan at genesis; the job's [run])")
     g.add_argument("--rounds", type=positive_int, metavar="N", help="rounds to run")
     g.add_argument("--min-updates", type=count, metavar="N",
-                   help="updates a round needs (default: every registered learner)")
+                   help="updates a round needs (default: two thirds of the registered "
+                   "learners, ⌈2n/3⌉)")
     g.add_argument("--round-timeout", type=seconds, metavar="SECONDS",
                    help="how long a round waits for updates (default 300)")
     g.add_argument("--strategy", metavar="NAME",
@@ -274,13 +275,13 @@ def uses_dev_account(args: argparse.Namespace) -> bool:
 
 
 def check_dev_index(index: int, what: str) -> None:
-    from ..eth.accounts import DEV_ACCOUNTS
+    from ..eth.accounts import DEV_NODE_ACCOUNTS
 
-    if not 0 <= index < DEV_ACCOUNTS:
+    if not 0 <= index < DEV_NODE_ACCOUNTS:
         raise ConfigError(
-            f"{what} is dev account {index}, but dev chains have {DEV_ACCOUNTS} funded accounts "
-            f"(0-{DEV_ACCOUNTS - 1}): pick one of those, or sign with --key / FEDCHAIN_KEY / "
-            "--keystore"
+            f"{what} is dev account {index}, but the dev chains fedchain starts fund "
+            f"{DEV_NODE_ACCOUNTS} accounts (0-{DEV_NODE_ACCOUNTS - 1}): pick one of those, or "
+            "sign with --key / FEDCHAIN_KEY / --keystore"
         )
 
 

@@ -33,6 +33,15 @@ DEV_CHAIN_IDS = {31337, 1337, 131277322940537}
 OWNER_INDEX, AGGREGATOR_INDEX, FIRST_LEARNER_INDEX = 0, 1, 2
 
 
+def aggregator_index(member: int) -> int:
+    """The dev account of committee member `member` (`fedchain aggregator --id K`): dev account
+    1 for member 0, then 99, 98, … counting down from the top of the dev nodes' accounts, so
+    members never collide with learners (dev accounts 2…)."""
+    if not 0 <= member < DEV_NODE_ACCOUNTS // 2:
+        raise ConfigError(f"aggregator id must be in 0..{DEV_NODE_ACCOUNTS // 2 - 1}, got {member}")
+    return AGGREGATOR_INDEX if member == 0 else DEV_NODE_ACCOUNTS - member
+
+
 def learner_key(address: str) -> str:
     """Sort key of a learner address: updates are aggregated in ascending order of this key."""
     return address.lower()

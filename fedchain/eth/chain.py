@@ -132,6 +132,11 @@ class Backend(ABC):
         in the block; None where the node cannot say."""
         return None
 
+    def advance_time(self, w3: Web3, seconds: int) -> None:
+        """Dev chains: moves the chain's clock `seconds` ahead and mines a block there."""
+        w3.provider.make_request("evm_increaseTime", [seconds])  # type: ignore[arg-type]
+        w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+
 
 class EmbeddedBackend(Backend):
     """An in-process py-evm chain (eth-tester) with the dev mnemonic's accounts funded.
@@ -153,6 +158,7 @@ class EmbeddedBackend(Backend):
         )
         super().__init__(EthereumTesterProvider(EthereumTester(backend)), "embedded")
         self._lock = threading.RLock()
+        self._clock = 0
 
     def web3(self) -> Web3:
         w3 = super().web3()
@@ -162,7 +168,25 @@ class EmbeddedBackend(Backend):
 
     def run(self, fn: Callable[[], T]) -> T:
         with self._lock:
+            self._sync_clock()
             return fn()
+
+    def _sync_clock(self) -> None:
+        """py-evm stamps each block one second after its parent, whatever the time: an idle
+        chain's clock would stand still, and the contract's deadlines with it. The next block
+        is stamped with the wall clock instead (or later, after advance_time)."""
+        now = int(time.time())
+        if now <= self._clock:
+            return
+        self._clock = now
+        tester = self.provider.ethereum_tester
+        if now > int(tester.get_block_by_number("pending")["timestamp"]):
+            tester.time_travel(now)
+
+    def advance_time(self, w3: Web3, seconds: int) -> None:
+        tester = self.provider.ethereum_tester
+        now = int(tester.get_block_by_number("pending")["timestamp"])
+        tester.time_travel(now + seconds)
 
     def gas_limit(self, w3: Web3, tx: TxParams) -> int:
         # py-evm's estimator re-runs the transaction a dozen times; one eth_call surfaces a
@@ -278,6 +302,10 @@ class Chain:
     @property
     def is_dev_chain(self) -> bool:
         return self.backend.always_dev_chain or self.chain_id in DEV_CHAIN_IDS
+
+    def advance_time(self, seconds: int) -> None:
+        """Dev chains only: moves the chain's clock ahead (deadline tests, demos)."""
+        self.call(lambda: self.backend.advance_time(self.w3, seconds))
 
     def block_number(self) -> int:
         return int(self.call(lambda: self.w3.eth.block_number))

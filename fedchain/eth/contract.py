@@ -6,9 +6,11 @@ signed by its account, so "no account to sign with" is a type, found before anyt
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from eth_abi import encode as abi_encode
 from eth_account.signers.local import LocalAccount
@@ -18,13 +20,78 @@ from ..errors import ConfigError, DeploymentNotFound, TransactionFailed
 from ..storage.cid import CidLike, cid_bytes
 from .accounts import learner_key
 from .artifact import load_artifact
+from .bitmap import ALL_PPM, fraction_to_ppm, from_bits, to_bits
 from .chain import Chain, Receipt
-from .events import EVENT_TYPES, Event, EventDecoder, LearnerAdded, LearnerRemoved, UpdateSubmitted
+from .events import (
+    EVENT_TYPES,
+    Event,
+    EventDecoder,
+    GenesisSet,
+    GlobalModelPublished,
+    LearnerAdded,
+    LearnerRemoved,
+    UpdateSubmitted,
+    Voted,
+)
 from .reverts import decode_revert, error_table
+
+if TYPE_CHECKING:
+    from ..model.plan import Plan
 
 ZERO_ADDRESS = "0x" + "00" * 20
 #: Learners registered per transaction (one block has a gas limit).
-LEARNER_BATCH = 100
+LEARNER_BATCH = 200
+#: Fields of the contract's round parameters that fit a uint24 (seconds, ppm) or less.
+_UINT24 = 2**24 - 1
+
+
+@dataclass(frozen=True)
+class RoundParams:
+    """The run's parameters the contract enforces, fixed at genesis (the plan holds the same).
+
+    Windows are seconds (0: no deadline); `select_ppm` is the sampling probability in parts
+    per million (0: everyone); `buffer_size` and `max_staleness` drive asynchronous rounds.
+    """
+
+    rounds: int
+    update_window: int = 0
+    reveal_window: int = 0
+    vote_window: int = 0
+    select_ppm: int = 0
+    buffer_size: int = 0
+    max_staleness: int = 0
+
+    @classmethod
+    def from_plan(cls, plan: Plan) -> RoundParams:
+        return cls(
+            rounds=plan.rounds,
+            update_window=plan.update_window,
+            reveal_window=plan.reveal_window,
+            vote_window=plan.vote_window,
+            select_ppm=fraction_to_ppm(plan.fraction),
+            buffer_size=plan.buffer_size,
+            max_staleness=plan.max_staleness,
+        )
+
+    def as_tuple(self) -> tuple[int, ...]:
+        return (self.rounds, self.update_window, self.reveal_window, self.vote_window,
+                self.select_ppm, self.buffer_size, self.max_staleness)
+
+    @property
+    def sampling(self) -> bool:
+        return 0 < self.select_ppm < ALL_PPM
+
+
+@dataclass(frozen=True)
+class RoundInfo:
+    """The open round's timing, as the contract sees it (deadlines are block timestamps)."""
+
+    round: int
+    opened_at: int
+    update_deadline: int
+    reveal_deadline: int
+    vote_deadline: int
+    frozen: bool
 
 
 class FedChainReader:
@@ -37,6 +104,8 @@ class FedChainReader:
         self.contract = chain.w3.eth.contract(address=self.address, abi=self.abi)
         self._errors = error_table(self.abi)
         self._decoder = EventDecoder(self.abi, chain.w3.keccak)
+        self._by_index: dict[int, str] = {}
+        self._index_of: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.address} on {self.chain.url})"
@@ -64,7 +133,23 @@ class FedChainReader:
         return None if int(pending, 16) == 0 else pending
 
     def aggregator(self) -> str:
+        """The committee's first member (the aggregator, for a committee of one)."""
         return str(self._view("aggregator"))
+
+    def committee(self) -> tuple[list[str], int]:
+        """The committee of aggregators and its quorum."""
+        members, quorum = self._view("committee")
+        return [to_checksum_address(m) for m in members], int(quorum)
+
+    def is_aggregator(self, address: str) -> bool:
+        return bool(self._view("isAggregator", to_checksum_address(address)))
+
+    def learner_index(self, address: str) -> int:
+        """`address`'s 1-based learner index (0: never registered)."""
+        return int(self._view("learnerIndex", to_checksum_address(address)))
+
+    def learner_slots(self) -> int:
+        return int(self._view("learnerSlots"))
 
     def is_learner(self, address: str) -> bool:
         return bool(self._view("isLearner", to_checksum_address(address)))
@@ -79,13 +164,81 @@ class FedChainReader:
         return bool(self._view("finished"))
 
     def genesis(self) -> bytes:
-        return bytes(self._view("genesis"))
+        """The genesis model's CID bytes (empty before genesis)."""
+        return self.global_model(0)
+
+    def genesis_event(self) -> GenesisSet | None:
+        for e in self.events("GenesisSet"):
+            if isinstance(e, GenesisSet):
+                return e
+        return None
 
     def plan(self) -> bytes:
         return bytes(self._view("plan"))
 
+    def params(self) -> RoundParams:
+        """The round parameters fixed at genesis (all zero before it)."""
+        return RoundParams(*(int(v) for v in self._view("params")))
+
+    def block_time(self) -> int:
+        """The earliest timestamp the next block can have: the clock the contract's deadlines
+        run on. Dev chains mine only when a transaction comes, so an idle chain's latest block
+        lags: the next one is stamped at least now (and after the latest)."""
+        latest = int(self.chain.call(lambda: self.chain.w3.eth.get_block("latest")["timestamp"]))
+        return max(latest + 1, int(time.time()))
+
+    def round_info(self) -> RoundInfo:
+        r, opened, update, reveal, vote, frozen = self._view("roundInfo")
+        return RoundInfo(int(r), int(opened), int(update), int(reveal), int(vote), bool(frozen))
+
+    def latest_global(self) -> tuple[int, bytes]:
+        """The last closed round (0: genesis) and its global model's CID bytes."""
+        round, cid = self._view("latestGlobal")
+        return int(round), bytes(cid)
+
     def global_model(self, round: int) -> bytes:
-        return bytes(self._view("globalModel", round))
+        """`round`'s global model CID bytes (0: genesis); empty if not published (yet).
+
+        The contract stores only the latest; earlier ones come from its events."""
+        latest, cid = self.latest_global()
+        if not cid or round > latest:
+            return b""
+        if round == latest:
+            return cid
+        if round == 0:
+            e = self.genesis_event()
+            return e.model_cid.raw if e is not None else b""
+        for g in self.events("GlobalModelPublished", round=round):
+            if isinstance(g, GlobalModelPublished):
+                return g.model_cid.raw
+        return b""
+
+    def published(self, round: int) -> GlobalModelPublished | None:
+        """The event that closed `round` (None while it is open)."""
+        for g in self.events("GlobalModelPublished", round=round):
+            if isinstance(g, GlobalModelPublished):
+                return g
+        return None
+
+    def round_seed(self) -> bytes:
+        return bytes(self._view("roundSeed"))
+
+    def is_selected(self, learner: str) -> bool:
+        """Whether `learner` is sampled for the open round (always, without sampling)."""
+        return bool(self._view("isSelected", to_checksum_address(learner)))
+
+    def submitted_bits(self, round: int) -> list[int]:
+        return [int(w) for w in self._view("submittedBits", round)]
+
+    def active_bits(self) -> list[int]:
+        return [int(w) for w in self._view("activeBits")]
+
+    def votes(self, round: int, digest: bytes) -> int:
+        """Current committee votes for `digest` in open `round` (0: genesis)."""
+        return int(self._view("votes", round, digest))
+
+    def commitment(self, round: int, learner: str) -> bytes:
+        return bytes(self._view("commitment", round, to_checksum_address(learner)))
 
     def has_submitted(self, round: int, learner: str) -> bool:
         return bool(self._view("hasSubmitted", round, to_checksum_address(learner)))
@@ -96,8 +249,41 @@ class FedChainReader:
     # -- events ------------------------------------------------------------------------
 
     def decode_log(self, log: Any) -> Event | None:
-        """The typed event of a raw log of this contract (None for a foreign log)."""
-        return self._decoder.decode(log)
+        """The typed event of a raw log of this contract (None for a foreign log); bitmaps of
+        learner indices come with the learners' addresses."""
+        event = self._decoder.decode(log)
+        if isinstance(event, Voted | GlobalModelPublished) and event.bits:
+            learners = sorted(self.addresses(from_bits(event.bits)), key=learner_key)
+            event = replace(event, included=tuple(learners))
+        return event
+
+    def addresses(self, indices: Iterable[int]) -> list[str]:
+        """The learners at 1-based `indices` (from the LearnerAdded events, cached)."""
+        wanted = list(indices)
+        if any(i not in self._by_index for i in wanted):
+            for e in self.events("LearnerAdded"):
+                if isinstance(e, LearnerAdded):
+                    self._by_index[e.index] = e.learner
+                    self._index_of[e.learner] = e.index
+        missing = [i for i in wanted if i not in self._by_index]
+        if missing:
+            raise ConfigError(f"no learner registered at index {missing[0]}")
+        return [self._by_index[i] for i in wanted]
+
+    def indices(self, learners: Iterable[str]) -> list[int]:
+        """The 1-based learner indices of `learners` (cached after the first look-up)."""
+        out = []
+        for a in learners:
+            address = to_checksum_address(a)
+            index = self._index_of.get(address)
+            if index is None:
+                index = self.learner_index(address)
+                if index == 0:
+                    raise ConfigError(f"{address} was never registered as a learner")
+                self._index_of[address] = index
+                self._by_index[index] = address
+            out.append(index)
+        return out
 
     def events(
         self,
@@ -148,11 +334,20 @@ class FedChain(FedChainReader):
 
     @classmethod
     def deploy(
-        cls, chain: Chain, account: LocalAccount, aggregator: str | None = None
+        cls,
+        chain: Chain,
+        account: LocalAccount,
+        aggregator: str | Sequence[str] | None = None,
+        quorum: int | None = None,
     ) -> tuple[FedChain, Receipt]:
-        """Deploys a new FedChain; `account` becomes the owner."""
+        """Deploys a new FedChain; `account` becomes the owner. `aggregator` is one account or
+        a committee (`quorum` of them must agree; default: a majority)."""
         artifact = load_artifact()
-        args = abi_encode(["address"], [to_checksum_address(aggregator or account.address)])
+        members = [aggregator or account.address] if isinstance(aggregator, str | None) else list(
+            aggregator)
+        quorum = quorum if quorum is not None else len(members) // 2 + 1
+        args = abi_encode(["address[]", "uint256"],
+                          [[to_checksum_address(m) for m in members], quorum])
         data = artifact["bytecode"] + args.hex()
         errors = error_table(artifact["abi"])
         receipt = chain.transact(account, {"data": data},
@@ -218,6 +413,9 @@ class FedChain(FedChainReader):
     def set_aggregator(self, aggregator: str) -> Receipt:
         return self._transact("setAggregator", to_checksum_address(aggregator))
 
+    def set_committee(self, members: Sequence[str], quorum: int) -> Receipt:
+        return self._transact("setCommittee", [to_checksum_address(m) for m in members], quorum)
+
     def transfer_ownership(self, new_owner: str | None) -> Receipt:
         """Owner only: offers ownership to `new_owner`, who takes it with accept_ownership;
         None (or the zero address) withdraws a pending offer."""
@@ -227,16 +425,55 @@ class FedChain(FedChainReader):
         """The pending owner only: takes over the ownership offered by transfer_ownership."""
         return self._transact("acceptOwnership")
 
-    def set_genesis(self, model_cid: CidLike, plan_cid: CidLike) -> Receipt:
-        return self._transact("setGenesis", cid_bytes(model_cid), cid_bytes(plan_cid))
+    def set_genesis(self, model_cid: CidLike, plan_cid: CidLike,
+                    params: RoundParams | int) -> Receipt:
+        """A committee member's vote for the genesis model, plan and round parameters (an int:
+        that many rounds, no deadlines); with a quorum, round 1 opens."""
+        p = RoundParams(params) if isinstance(params, int) else params
+        return self._transact("setGenesis", cid_bytes(model_cid), cid_bytes(plan_cid),
+                              p.as_tuple())
 
     def submit_update(self, round: int, model_cid: CidLike, num_examples: int) -> Receipt:
         return self._transact("submitUpdate", round, cid_bytes(model_cid), num_examples)
 
-    def publish_global(self, round: int, model_cid: CidLike, included: Iterable[str]) -> Receipt:
-        """Publishes `round`'s global model; `included` is sorted here as the contract wants."""
-        ordered = sorted((to_checksum_address(a) for a in included), key=learner_key)
-        return self._transact("publishGlobal", round, cid_bytes(model_cid), ordered)
+    def commit_update(self, round: int, commitment: bytes) -> Receipt:
+        """Commit-reveal mode: commits to `bitmap.commitment(...)` of the update to reveal."""
+        return self._transact("commitUpdate", round, commitment)
+
+    def reveal_update(self, round: int, model_cid: CidLike, num_examples: int,
+                      salt: bytes) -> Receipt:
+        return self._transact("revealUpdate", round, cid_bytes(model_cid), num_examples, salt)
+
+    def bitmaps(self, round: int, included: Iterable[str],
+                seen: Sequence[int] | None = None) -> tuple[list[int], list[int]]:
+        """The included and seen bitmaps a vote on `round` takes (seen: read now if None)."""
+        seen = self.submitted_bits(round) if seen is None else list(seen)
+        return to_bits(self.indices(included), len(seen)), seen
+
+    def publish_global(
+        self,
+        round: int,
+        model_cid: CidLike,
+        included: Iterable[str],
+        *,
+        state_cid: CidLike | None = None,
+        seen: Sequence[int] | None = None,
+    ) -> Receipt:
+        """A committee member's vote for `round`'s global model (with a quorum, it is
+        published): `included` are learner addresses; `seen` the round's submitted bitmap the
+        vote accounts for (read now when None)."""
+        bits, seen_bits = self.bitmaps(round, included, seen)
+        state = cid_bytes(state_cid) if state_cid is not None else b""
+        return self._transact("publishGlobal", round, cid_bytes(model_cid), state, bits,
+                              seen_bits)
+
+    def close_round(self, round: int) -> Receipt:
+        """Anyone, past the vote deadline without a quorum: closes `round`, carried over."""
+        return self._transact("closeRound", round)
+
+    def dispute(self, round: int, computed_cid: CidLike) -> Receipt:
+        """A learner's record that it re-derived `round`'s model as `computed_cid`."""
+        return self._transact("dispute", round, cid_bytes(computed_cid))
 
     def report_evaluation(self, round: int, num_examples: int, metrics: bytes | str) -> Receipt:
         raw = metrics.encode() if isinstance(metrics, str) else metrics

@@ -35,6 +35,9 @@ class Migration:
     account: LocalAccount
     aggregator: str
     learners: list[str]
+    #: The committee of aggregators (the first is `aggregator`) and its quorum (None: majority).
+    committee: list[str] = field(default_factory=list)
+    quorum: int | None = None
     record: dict[str, Any] = field(default_factory=dict)
     contract: FedChain | None = None
     log: list[str] = field(default_factory=list)
@@ -79,7 +82,8 @@ def deploy(
     chain: Chain,
     account: LocalAccount,
     *,
-    aggregator: str | None = None,
+    aggregator: str | list[str] | None = None,
+    quorum: int | None = None,
     learners: list[str] | None = None,
     fresh: bool = False,
     directory: Path = DEFAULT_DIR,
@@ -92,7 +96,9 @@ def deploy(
             return contract, existing, False
         except DeploymentNotFound:
             pass  # the chain was reset since (a dev chain restarted): deploy anew
-    ctx = Migration(chain, account, aggregator or account.address, list(learners or []))
+    committee = [aggregator] if isinstance(aggregator, str) else list(aggregator or [])
+    committee = committee or [account.address]
+    ctx = Migration(chain, account, committee[0], list(learners or []), committee, quorum)
     for name, migrate in _steps():
         migrate(ctx)
         ctx.log.append(name)
@@ -105,6 +111,8 @@ def deploy(
         "address": ctx.contract.address,
         "owner": account.address,
         "aggregator": ctx.aggregator,
+        "committee": ctx.committee,
+        "quorum": ctx.contract.committee()[1],
         "learners": ctx.learners,
         "artifactHash": artifact["sourceHash"],
         "compiler": artifact["compiler"]["version"],

@@ -77,6 +77,8 @@ class Event:
 @dataclass(frozen=True)
 class LearnerAdded(Event):
     learner: str
+    #: 1-based and stable: the learner's bit in every bitmap is index - 1.
+    index: int
 
 
 @dataclass(frozen=True)
@@ -85,15 +87,39 @@ class LearnerRemoved(Event):
 
 
 @dataclass(frozen=True)
-class AggregatorChanged(Event):
-    previous: str
-    next: str
+class CommitteeChanged(Event):
+    """The owner set the committee of aggregators (`epoch` counts the changes)."""
+
+    epoch: int
+    members: tuple[str, ...]
+    quorum: int
+
+
+@dataclass(frozen=True)
+class GenesisVoted(Event):
+    member: str
+    digest: bytes
 
 
 @dataclass(frozen=True)
 class GenesisSet(Event):
     model_cid: ChainCid
     plan_cid: ChainCid
+    rounds: int
+    update_window: int
+    reveal_window: int
+    vote_window: int
+    select_ppm: int
+    buffer_size: int
+    max_staleness: int
+
+
+@dataclass(frozen=True)
+class RoundSeeded(Event):
+    """Round `round` opened with this sampling seed (only when sampling is on)."""
+
+    round: int
+    seed: bytes
 
 
 @dataclass(frozen=True)
@@ -102,13 +128,64 @@ class UpdateSubmitted(Event):
     learner: str
     model_cid: ChainCid
     num_examples: int
+    #: How many rounds before `round` the update was trained for (asynchronous mode).
+    staleness: int = 0
+
+    @property
+    def trained_for(self) -> int:
+        """The round the update was trained for: on the global model of the round before."""
+        return self.round - self.staleness
+
+
+@dataclass(frozen=True)
+class UpdateCommitted(Event):
+    round: int
+    learner: str
+    commitment: bytes
+
+
+@dataclass(frozen=True)
+class Voted(Event):
+    """A committee member's vote. `included` is the learners' addresses (the chain records a
+    bitmap over learner indices; `FedChainReader.events` maps it); `bits` the raw words."""
+
+    round: int
+    member: str
+    digest: bytes
+    model_cid: ChainCid
+    state_cid: ChainCid
+    included: tuple[str, ...]
+    #: The bitmap the chain records as `included` (the addresses above are derived from it).
+    bits: tuple[int, ...] = field(default=(), metadata={"abi": "included"})
 
 
 @dataclass(frozen=True)
 class GlobalModelPublished(Event):
+    """`round` closed on this model (a quorum of votes, or a timeout: carried over)."""
+
     round: int
     model_cid: ChainCid
+    state_cid: ChainCid
     included: tuple[str, ...]
+    #: The bitmap the chain records as `included` (the addresses above are derived from it).
+    bits: tuple[int, ...] = field(default=(), metadata={"abi": "included"})
+
+
+@dataclass(frozen=True)
+class RoundTimedOut(Event):
+    """`round` passed its vote deadline without a quorum; `closer` closed it, carried over."""
+
+    round: int
+    closer: str
+
+
+@dataclass(frozen=True)
+class Disputed(Event):
+    """`learner` re-derived `round`'s global model and got `computed_cid`."""
+
+    round: int
+    learner: str
+    computed_cid: ChainCid
 
 
 @dataclass(frozen=True)
@@ -143,15 +220,17 @@ class OwnershipTransferred(Event):
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
-        LearnerAdded, LearnerRemoved, AggregatorChanged, GenesisSet, UpdateSubmitted,
-        GlobalModelPublished, EvaluationReported, Finished, OwnershipTransferStarted,
-        OwnershipTransferred,
+        LearnerAdded, LearnerRemoved, CommitteeChanged, GenesisVoted, GenesisSet, RoundSeeded,
+        UpdateSubmitted, UpdateCommitted, Voted, GlobalModelPublished, RoundTimedOut, Disputed,
+        EvaluationReported, Finished, OwnershipTransferStarted, OwnershipTransferred,
     )
 }
 
 
 #: Event fields that hold a CID.
-CID_FIELDS = frozenset({"model_cid", "plan_cid"})
+CID_FIELDS = frozenset({"model_cid", "plan_cid", "state_cid", "computed_cid"})
+#: Event fields that hold a bitmap over learner indices (kept as `bits`; mapped to addresses).
+BITMAP_FIELDS = frozenset({"included"})
 
 
 def _snake(name: str) -> str:
@@ -198,14 +277,20 @@ class EventDecoder:
         data_inputs = [i for i in abi["inputs"] if not i["indexed"]]
         data = abi_decode([i["type"] for i in data_inputs], bytes(log["data"]))
         values = dict(zip((i["name"] for i in data_inputs), data, strict=True))
-        fields = {}
+        fields: dict[str, Any] = {}
         for item in abi["inputs"]:
             if item["indexed"]:
                 (value,) = abi_decode([item["type"]], bytes(next(topics)))
             else:
                 value = values[item["name"]]
             name = _snake(item["name"])
-            fields[name] = ChainCid(value) if name in CID_FIELDS else convert_value(value)
+            if name in CID_FIELDS:
+                fields[name] = ChainCid(value)
+            elif name in BITMAP_FIELDS:
+                fields["bits"] = tuple(int(w) for w in value)
+                fields[name] = ()  # addresses: filled in by FedChainReader, which knows them
+            else:
+                fields[name] = convert_value(value)
         return EVENT_TYPES[abi["name"]](
             block=int(log["blockNumber"]),
             tx="0x" + bytes(log["transactionHash"]).hex(),

@@ -21,7 +21,7 @@ class NotOwner(ContractRevert):
 
 
 class NotAggregator(ContractRevert):
-    """Only the aggregator may do this"""
+    """Only a member of the committee of aggregators may do this"""
 
     params = ("caller",)
 
@@ -72,16 +72,114 @@ class AlreadySubmitted(ContractRevert):
     params = ("round", "learner")
 
 
-class NotSubmitted(ContractRevert):
-    """An included learner did not submit an update in this round"""
+class InvalidCommittee(ContractRevert):
+    """A committee needs 1 to 255 members and a quorum that is a majority of them"""
+
+    params = ("size", "quorum")
+
+
+class DuplicateMember(ContractRevert):
+    """An account is listed twice in the committee"""
+
+    params = ("member",)
+
+
+class InvalidParams(ContractRevert):
+    """The run's parameters are inconsistent"""
+
+    params = ("reason",)
+
+
+class SubmissionsClosed(ContractRevert):
+    """A vote was cast in this round: its submissions are final"""
+
+    params = ("round",)
+
+
+class UpdateDeadlinePassed(ContractRevert):
+    """The round's update deadline has passed"""
+
+    params = ("round", "deadline")
+
+
+class NotSelected(ContractRevert):
+    """This learner was not sampled for the round"""
 
     params = ("round", "learner")
 
 
-class IncludedNotAscending(ContractRevert):
-    """Included learners must be listed in strictly ascending address order, once each"""
+class CommitRequired(ContractRevert):
+    """The federation runs in commit-reveal mode: commit, then reveal"""
 
-    params = ("index", "learner")
+
+class CommitRevealOff(ContractRevert):
+    """The federation does not run in commit-reveal mode"""
+
+
+class NoCommitment(ContractRevert):
+    """This learner committed to no update in this round"""
+
+    params = ("round", "learner")
+
+
+class CommitmentMismatch(ContractRevert):
+    """The revealed update is not the one committed to"""
+
+    params = ("round", "learner")
+
+
+class RevealNotOpen(ContractRevert):
+    """Reveals open after the update deadline"""
+
+    params = ("round", "opensAfter")
+
+
+class RevealDeadlinePassed(ContractRevert):
+    """The round's reveal deadline has passed"""
+
+    params = ("round", "deadline")
+
+
+class BitmapLength(ContractRevert):
+    """A bitmap needs one word per 256 learner indices handed out"""
+
+    params = ("given", "expected")
+
+
+class SubmissionsChanged(ContractRevert):
+    """The round's submissions changed since the vote read them: read them again"""
+
+    params = ("round",)
+
+
+class NotIncludable(ContractRevert):
+    """An included learner did not submit in this round or is no longer registered"""
+
+    params = ("round", "word", "bits")
+
+
+class VotingNotOpen(ContractRevert):
+    """Votes open at the update deadline, or once every learner (or the buffer) is in"""
+
+    params = ("round", "opensAfter")
+
+
+class VoteDeadlinePassed(ContractRevert):
+    """The round's vote deadline has passed: anyone may close it (carried over)"""
+
+    params = ("round", "deadline")
+
+
+class AlreadyVoted(ContractRevert):
+    """This member already voted for this in this round"""
+
+    params = ("round", "member")
+
+
+class RoundNotExpired(ContractRevert):
+    """The round's vote deadline has not passed (or it has none)"""
+
+    params = ("round", "deadline")
 
 
 class EmptyCid(ContractRevert):
@@ -143,8 +241,25 @@ REVERTS: dict[str, type[ContractRevert]] = {
         FederationFinished,
         WrongRound,
         AlreadySubmitted,
-        NotSubmitted,
-        IncludedNotAscending,
+        InvalidCommittee,
+        DuplicateMember,
+        InvalidParams,
+        SubmissionsClosed,
+        UpdateDeadlinePassed,
+        NotSelected,
+        CommitRequired,
+        CommitRevealOff,
+        NoCommitment,
+        CommitmentMismatch,
+        RevealNotOpen,
+        RevealDeadlinePassed,
+        BitmapLength,
+        SubmissionsChanged,
+        NotIncludable,
+        VotingNotOpen,
+        VoteDeadlinePassed,
+        AlreadyVoted,
+        RoundNotExpired,
         EmptyCid,
         CidTooLong,
         NoExamples,

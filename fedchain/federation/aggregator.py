@@ -1,8 +1,14 @@
-"""The aggregator loop: genesis, then per round wait → fetch and check → aggregate → publish.
+"""The aggregator loop: genesis, then per round wait → fetch and check → aggregate → vote.
+
+An aggregator is one member of the federation's committee (a committee of one by default).
+Each member computes every round on its own — aggregation is deterministic — and votes for
+the result: the round closes when a quorum voted for the same model, server state and
+included set. A vote accounts for every submission of the round (the contract checks the
+submissions it saw), so leaving an update out is always visible.
 
 The aggregator keeps no state that the chain and the store do not: killed and restarted, it
-reads the open round and its submissions from the chain and carries on, without losing or
-double-counting an update.
+reads the open round and its submissions from the chain, and the server-optimizer state from
+the last round's state CID, and carries on without losing or double-counting an update.
 """
 
 from __future__ import annotations
@@ -23,23 +29,70 @@ from ..errors import (
     StorageError,
     StoreUnavailable,
 )
-from ..eth.contract import FedChain, require_signer
-from ..eth.events import ChainCid, UpdateSubmitted
+from ..eth.bitmap import from_bits, is_selected
+from ..eth.contract import FedChain, RoundParams, require_signer
+from ..eth.events import ChainCid, GlobalModelPublished, UpdateSubmitted
+from ..eth.reverts import (
+    AlreadyVoted,
+    FederationFinished,
+    GenesisAlreadySet,
+    RoundNotExpired,
+    SubmissionsChanged,
+    VoteDeadlinePassed,
+    VotingNotOpen,
+    WrongRound,
+)
 from ..model.codec import ModelSpec, Weights, encode, spec
 from ..model.fetch import fetch_model
 from ..model.plan import Plan
 from ..storage import ContentStore
+from ..storage.cid import CID
 from .config import RunConfig
-from .fetching import RoundUpdates, fetch_updates
+from .fetching import Rejected, RoundUpdates, fetch_updates
 from .history import History, RoundResult
 from .outage import ride_out
-from .replay import rebuild_state
+from .replay import rebuild_state, state_after
 
 log = logging.getLogger("fedchain.aggregator")
 
 T = TypeVar("T")
 
 EvaluateFn = Callable[[int, Weights], tuple[float, Mapping[str, float]] | None]
+
+#: How often a party still waiting on the chain says so again, in seconds.
+WAIT_WARNING_INTERVAL = 60.0
+
+
+class _Stale(Exception):
+    """The round's submissions changed after they were read: compute the round again."""
+
+
+class Patience:
+    """Says what a loop waits for and since when: once at first, then every `interval`."""
+
+    def __init__(self, name: str, logger: logging.Logger,
+                 interval: float = WAIT_WARNING_INTERVAL) -> None:
+        self.name, self.log, self.interval = name, logger, interval
+        self._what: str | None = None
+        self._since = self._said = 0.0
+
+    def waiting(self, what: str, why: str = "") -> None:
+        now = time.time()
+        if self._what != what:
+            self._what, self._since, self._said = what, now, 0.0
+        if now - self._said >= self.interval:
+            since = time.strftime("%H:%M:%S", time.localtime(self._since))
+            # Said quietly at first (waiting is normal), loudly once it lasts.
+            level = logging.WARNING if self._said else logging.INFO
+            self.log.log(level, "%s: waiting for %s since %s (%.0fs)%s", self.name, what, since,
+                         now - self._since, f": {why}" if why else "")
+            self._said = now
+
+    def done(self) -> None:
+        if self._what is not None and self._said:
+            self.log.info("%s: %s arrived after %.0fs", self.name, self._what,
+                          time.time() - self._since)
+        self._what = None
 
 
 class Aggregator:
@@ -70,6 +123,9 @@ class Aggregator:
         self._state: Weights | None = None
         # Where to start scanning for the open round's updates (0 after a restart).
         self._round_block = 0
+        self.patience = Patience("aggregator", log)
+        #: Rounds this aggregator's vote lost: (round, our CID, the published CID).
+        self.outvoted: list[tuple[int, str, str]] = []
 
     @property
     def results(self) -> list[RoundResult]:
@@ -82,17 +138,8 @@ class Aggregator:
         """Publishes the genesis model and plan, or resumes a federation already started."""
         c = self.contract
         if c.current_round() == 0:
-            if self.strategy is None or self.initial_weights is None:
-                raise ConfigError("genesis needs a strategy and initial weights")
-            plan = self.config.plan(c.learner_count())
-            model_cid = self.store.put(encode(self.initial_weights))
-            plan_cid = self.store.put(plan.to_json())
-            receipt = c.set_genesis(model_cid, plan_cid)
-            self._round_block = receipt.block_number
-            log.info("genesis model %s, plan %s (%s): round 1 open", model_cid, plan_cid,
-                     plan.strategy["name"])
-            self.plan = plan
-        else:
+            self._vote_genesis()
+        if self.plan is None:
             self.plan = Plan.load(self.store, ChainCid(c.plan()).require())
             log.info("resuming federation at round %d (%s)", c.current_round(),
                      self.plan.strategy["name"])
@@ -108,12 +155,45 @@ class Aggregator:
         self.strategy = strategy_from_plan(self.plan.strategy)
         open_round = c.current_round()
         if self.strategy.stateful and open_round > 1:
-            # Server-optimizer state lives nowhere but in the history: replay it.
-            self._state = rebuild_state(c, self.store, self.strategy, open_round - 1,
-                                        max_bytes=self.plan.max_model_bytes)
-            log.info("rebuilt %s state from rounds 1-%d", self.strategy.name, open_round - 1)
+            # The last round's state CID (O(1)); a chain without one is replayed.
+            self._state = state_after(c, self.store, open_round - 1,
+                                      max_bytes=self.plan.max_model_bytes)
+            if self._state is None:
+                self._state = rebuild_state(c, self.store, self.strategy, open_round - 1,
+                                            max_bytes=self.plan.max_model_bytes)
+                log.info("rebuilt %s state from rounds 1-%d", self.strategy.name,
+                         open_round - 1)
+            else:
+                log.info("resumed %s state published after round %d", self.strategy.name,
+                         open_round - 1)
         self.termination.rounds = self.plan.rounds
         return self.plan
+
+    def _vote_genesis(self) -> None:
+        """Votes for the genesis model, plan and round parameters; waits for the quorum."""
+        c = self.contract
+        if self.strategy is None or self.initial_weights is None:
+            raise ConfigError("genesis needs a strategy and initial weights")
+        plan = self.config.plan(c.learner_count())
+        model_cid = self.store.put(encode(self.initial_weights))
+        plan_cid = self.store.put(plan.to_json())
+        try:
+            receipt = c.set_genesis(model_cid, plan_cid, RoundParams.from_plan(plan))
+            self._round_block = receipt.block_number
+        except GenesisAlreadySet:
+            return  # another member's vote completed it: resume on the plan on chain
+        except AlreadyVoted:
+            pass  # a restart: this member's vote is on chain
+        while c.current_round() == 0:
+            self.patience.waiting("a quorum of the committee to vote for the genesis",
+                                  f"this member voted for model {model_cid}, plan {plan_cid}")
+            if self.stop_event.wait(self.config.poll_interval):
+                raise FedChainError("aggregator stopped")
+        self.patience.done()
+        if ChainCid(c.plan()).cid == plan_cid:
+            self.plan = plan
+            log.info("genesis model %s, plan %s (%s): round 1 open", model_cid, plan_cid,
+                     plan.strategy["name"])
 
     def _disagreements(self, plan: Plan) -> list[str]:
         """What this aggregator's config asks for that the plan on chain overrides."""
@@ -140,21 +220,58 @@ class Aggregator:
 
     # -- one round ---------------------------------------------------------------------
 
-    def wait_for_updates(self, round: int) -> list[UpdateSubmitted]:
-        """Waits for `min_updates` updates (or every learner, or the timeout); returns them."""
+    def expected_learners(self, round: int) -> set[int]:
+        """The learner indices that may submit in open `round`: active, and sampled."""
+        c = self.contract
+        active = from_bits(c.active_bits())
+        fraction = self._plan().fraction
+        if fraction >= 1.0:
+            return set(active)
+        seed, ppm = c.round_seed(), c.params().select_ppm
+        return {i for i in active if is_selected(seed, i, ppm)}
+
+    def wait_for_updates(self, round: int) -> tuple[list[UpdateSubmitted], list[int]]:
+        """Waits until the round's updates are in; returns them and the submitted bitmap they
+        are (what the vote accounts for).
+
+        With an update deadline on chain: until it passes, or every expected learner (the
+        buffer, asynchronously) is in. Without: until every expected learner is in, or the
+        round timeout once `min_updates` are."""
+        c, plan = self.contract, self._plan()
+        info = c.round_info()
+        chain_deadline = info.reveal_deadline or info.update_deadline
+        expected = self.expected_learners(round)
+        needed = plan.buffer_size or max(1, len(expected))
         deadline = time.monotonic() + self.config.round_timeout
-        learners = max(1, self.contract.learner_count())
         while True:
-            updates = self.contract.updates(round, from_block=self._round_block)
-            enough = len(updates) >= max(self._plan().min_updates, 1)
-            if len(updates) >= learners or (enough and time.monotonic() >= deadline):
-                return updates
-            if time.monotonic() >= deadline:
-                log.warning("[ROUND %d] timeout after %.0fs with %d of %d updates needed", round,
-                            self.config.round_timeout, len(updates), self._plan().min_updates)
-                return updates
+            seen = c.submitted_bits(round)
+            arrived = set(from_bits(seen))
+            count = len(arrived & expected) if not plan.buffer_size else len(arrived)
+            if count >= needed:
+                break
+            if chain_deadline:
+                if c.block_time() > chain_deadline:
+                    break
+            elif time.monotonic() >= deadline:
+                if count < plan.min_updates:
+                    log.warning("[ROUND %d] timeout after %.0fs with %d of %d updates needed",
+                                round, self.config.round_timeout, count, plan.min_updates)
+                break
             if self.stop_event.wait(self.config.poll_interval):
                 raise FedChainError("aggregator stopped")
+        return self._updates_in(round, seen), seen
+
+    def _updates_in(self, round: int, seen: list[int]) -> list[UpdateSubmitted]:
+        """The UpdateSubmitted events of the learners set in `seen`, in chain order."""
+        wanted = set(self.contract.addresses(from_bits(seen)))
+        for _ in range(50):
+            updates = [u for u in self.contract.updates(round, from_block=self._round_block)
+                       if u.learner in wanted]
+            if len(updates) == len(wanted):
+                return updates
+            self.stop_event.wait(self.config.poll_interval)  # a node's logs lag its state
+        raise FedChainError(f"round {round}: the chain's submission events do not match its "
+                            "submitted bitmap")
 
     def round_updates(self, updates: list[UpdateSubmitted],
                       deadline: float | None = None) -> RoundUpdates:
@@ -186,22 +303,35 @@ class Aggregator:
                             u.learner, u.model_cid, exc)
 
     def run_round(self, round: int) -> RoundResult:
-        """Aggregates and publishes `round` (which must be the open round)."""
+        """Aggregates `round` (which must be the open round), votes for the result and waits
+        for the round to close; computed again when a submission lands before the vote."""
+        while True:
+            try:
+                return self._run_round(round)
+            except _Stale:
+                log.info("[ROUND %d] a submission landed before the vote: computing again",
+                         round)
+
+    def _run_round(self, round: int) -> RoundResult:
         assert self.strategy is not None
         started = time.monotonic()
         # Fetching ends by the round's own deadline: what has not arrived by then is left out.
         deadline = started + self.config.round_timeout + self.config.fetch_timeout
-        submitted = self.wait_for_updates(round)
+        submitted, seen = self.wait_for_updates(round)
+        active = set(self.contract.addresses(from_bits(self.contract.active_bits())))
+        removed = [Rejected(u.learner, u.model_cid.text, "the owner removed this learner")
+                   for u in submitted if u.learner not in active]
+        usable = [u for u in submitted if u.learner in active]
         previous = self.previous_global(round)
-        fetched = self.round_updates(submitted, deadline)
+        fetched = self.round_updates(usable, deadline)
         included: list[UpdateSubmitted] = []
         encoded: bytes | None = None
-        if len(submitted) < self._plan().min_updates:
+        if len(usable) < self._plan().min_updates:
             # Below the plan's minimum the round closes without aggregating: the global model
             # carries over and learners train again, instead of the federation hanging.
             new, state = previous, self._state
             log.warning("[ROUND %d] only %d of %d required updates: round closed without "
-                        "aggregation, global model carried over", round, len(submitted),
+                        "aggregation, global model carried over", round, len(usable),
                         self._plan().min_updates)
         else:
             try:
@@ -221,14 +351,25 @@ class Aggregator:
                 new, state, included, encoded = previous, self._state, [], None
         self._pin(round, included)
         cid = self.store.put(encoded if encoded is not None else encode(new))
+        state_cid = None
+        if self.strategy.stateful and state is not None and included:
+            state_cid = self.store.put(encode(state))
         learners = [u.learner for u in included]
-        receipt = self.contract.publish_global(round, cid, learners)
-        self._round_block = receipt.block_number
+        published = self._vote(round, cid, learners, state_cid, seen)
+        if published.model_cid.cid != cid or set(published.included) != set(learners):
+            self.outvoted.append((round, str(cid), published.model_cid.text))
+            log.warning("[ROUND %d] the committee closed the round on %s (%d included), not on "
+                        "this member's %s (%d included)", round, published.model_cid,
+                        len(published.included), cid, len(learners))
+            new, state = self._adopt(round, published, previous)
+            learners = list(published.included)
+        self._round_block = published.block
         self._state = state
-        result = RoundResult(round, str(cid), learners, fetched.rejected, len(submitted),
-                             time.monotonic() - started)
+        rejected = removed + fetched.rejected
+        result = RoundResult(round, published.model_cid.text, learners, rejected,
+                             len(submitted), time.monotonic() - started)
         log.info("[ROUND %d] received %d updates, %d rejected, aggregated %d, published %s",
-                 round, len(submitted), len(fetched.rejected), len(included), cid)
+                 round, len(submitted), len(rejected), len(learners), published.model_cid)
         if self.evaluate_fn is not None:
             outcome = self.evaluate_fn(round, new)
             if outcome is not None:
@@ -239,6 +380,57 @@ class Aggregator:
                 log.info("[ROUND %d] centralized evaluation: loss=%.4f %s", round, loss, shown)
         self.history.add_round(result)
         return result
+
+    def _vote(self, round: int, cid: CID, learners: list[str], state_cid: CID | None,
+              seen: list[int]) -> GlobalModelPublished:
+        """Votes for the round's result, then waits for the round to close (a quorum, or
+        past the vote deadline: closed by this member, carried over); returns how it closed."""
+        c = self.contract
+        while True:
+            try:
+                c.publish_global(round, cid, learners, state_cid=state_cid, seen=seen)
+                break
+            except SubmissionsChanged:
+                raise _Stale() from None
+            except VotingNotOpen as exc:
+                # The chain's clock lags this one: wait for the block time to pass it.
+                opens = int(exc.fields.get("opensAfter", 0))
+                self.patience.waiting(f"round {round}'s votes to open (block time {opens})")
+                if self.stop_event.wait(max(self.config.poll_interval, 0.5)):
+                    raise FedChainError("aggregator stopped") from None
+            except (VoteDeadlinePassed, WrongRound, FederationFinished, AlreadyVoted):
+                break  # too late to vote, or closed already, or voted before a restart
+        self.patience.done()
+        while True:
+            published = c.published(round)
+            if published is not None:
+                self.patience.done()
+                return published
+            info = c.round_info()
+            if info.vote_deadline and c.block_time() > info.vote_deadline:
+                try:
+                    c.close_round(round)
+                    log.warning("[ROUND %d] no quorum by the vote deadline: closed, the "
+                                "previous global model carried over", round)
+                except (RoundNotExpired, WrongRound, FederationFinished):
+                    pass  # closed by someone else meanwhile, or the clock said otherwise
+                continue
+            self.patience.waiting(f"a quorum of the committee to close round {round}",
+                                  f"this member voted for {cid}")
+            if self.stop_event.wait(self.config.poll_interval):
+                raise FedChainError("aggregator stopped")
+
+    def _adopt(self, round: int, published: GlobalModelPublished,
+               previous: Weights) -> tuple[Weights, Weights | None]:
+        """The model and server state the committee published instead of this member's."""
+        new = (previous if published.model_cid.cid is None else
+               fetch_model(self.store, published.model_cid.require(),
+                           max_bytes=self._plan().max_model_bytes, reference=self._spec))
+        state = self._state
+        if published.state_cid.raw:
+            state = fetch_model(self.store, published.state_cid.require(),
+                                max_bytes=self._plan().max_model_bytes)
+        return new, state
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -263,14 +455,25 @@ class Aggregator:
                 log.info("stopping: %s", reason)
                 break
         if not self._ride_out(c.finished):
-            self._ride_out(self._finish)
-            log.info("federation finished after round %d", c.current_round() - 1)
+            self._ride_out(self._finish)  # stopping early: closing the last round finishes
+        log.info("federation finished after round %d", c.current_round() - 1)
         self._ride_out(lambda: self.wait_for_evaluations(c.current_round() - 1))
         return self.history
 
     def _finish(self) -> None:
-        if not self.contract.finished():  # a retried attempt may have finished already
-            self.contract.finish()
+        """Votes to end the federation early (closing the plan's last round ends it)."""
+        c = self.contract
+        if c.finished():  # a retried attempt, or the committee, finished it already
+            return
+        try:
+            c.finish()
+        except (FederationFinished, AlreadyVoted):
+            return
+        while not c.finished():
+            self.patience.waiting("a quorum of the committee to finish the federation")
+            if self.stop_event.wait(self.config.poll_interval):
+                return
+        self.patience.done()
 
     def _run_if_open(self, round: int) -> RoundResult | None:
         """run_round, unless a retried attempt already published the round."""

@@ -17,6 +17,7 @@ from ..aggregation.strategy import Strategy
 from ..errors import ConfigError
 from ..model.codec import DEFAULT_MAX_BYTES
 from ..model.plan import MAX_MODEL_BYTES, Plan
+from ..model.plan import check_field as _check_plan_field
 
 
 @dataclass
@@ -74,6 +75,17 @@ class RunConfig:
     evaluate: dict[str, Any] = field(default_factory=dict)
     #: The largest model (update or global) anyone fetches, in bytes; None: 2 GiB.
     max_model_bytes: int | None = None
+    #: The protocol's deadlines, sampling, asynchronous rounds and learners' verification: see
+    #: fedchain.model.plan.Plan (the contract enforces the first six).
+    update_window: int = 0
+    reveal_window: int = 0
+    vote_window: int = 0
+    fraction: float = 1.0
+    buffer_size: int = 0
+    max_staleness: int = 0
+    verify: str = "full"
+    verify_max_bytes: int | None = None
+    verify_rate: float | None = None
     #: The aggregator's own settings.
     round_timeout: float = 300.0
     #: Seconds past `round_timeout` by which a round's updates must have been fetched: an
@@ -128,7 +140,22 @@ class RunConfig:
             train=dict(self.train),
             evaluate=dict(self.evaluate),
             max_model_bytes=self.max_model_bytes or DEFAULT_MAX_BYTES,
+            **self.protocol(),
         )
+
+    def protocol(self) -> dict[str, Any]:
+        """The plan's protocol fields this config sets (see Plan: deadlines, sampling, ...)."""
+        fields = {
+            "update_window": self.update_window, "reveal_window": self.reveal_window,
+            "vote_window": self.vote_window, "fraction": self.fraction,
+            "buffer_size": self.buffer_size, "max_staleness": self.max_staleness,
+            "verify": self.verify, "verify_max_bytes": self.verify_max_bytes,
+            "verify_rate": self.verify_rate,
+        }  # fmt: skip
+        out = {k: v for k, v in fields.items() if v is not None}
+        for name, value in out.items():
+            _check_plan_field(name, value)
+        return out
 
     def termination(self) -> Termination:
         return Termination(

@@ -54,9 +54,16 @@ class Fetched:
 
     @property
     def update(self) -> Update:
-        """The update as the aggregation rules take it."""
+        """The update as the aggregation rules take it, its weight discounted by staleness."""
         s = self.submission
-        return Update(s.learner, s.num_examples, self.weights)
+        return Update(s.learner, staleness_weight(s.num_examples, s.staleness), self.weights)
+
+
+def staleness_weight(num_examples: int, staleness: int) -> int:
+    """The example count an update trained `staleness` rounds before the open one counts for
+    (asynchronous rounds): halved per round of staleness, rounded down, at least 1, i.e.
+    s(τ) = 2^−τ on integers, so aggregation stays exact and the audit re-derives it."""
+    return max(1, num_examples >> staleness) if staleness else num_examples
 
 
 @dataclass(frozen=True)

@@ -8,18 +8,24 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import random
 import threading
 import time
 from collections.abc import Mapping
 from enum import Enum
 
+from ..aggregation.strategy import Strategy, strategy_from_plan
 from ..errors import (
+    AggregationError,
+    ConfigError,
     ContentTooLarge,
     FedChainError,
     InvalidCID,
     InvalidModel,
     StorageError,
 )
+from ..eth.bitmap import commitment
 from ..eth.contract import FedChain, require_signer
 from ..eth.events import ChainCid
 from ..eth.reverts import (
@@ -27,6 +33,12 @@ from ..eth.reverts import (
     AlreadySubmitted,
     FederationFinished,
     NoGlobalModel,
+    NotSelected,
+    RevealDeadlinePassed,
+    RevealNotOpen,
+    RoundNotExpired,
+    SubmissionsClosed,
+    UpdateDeadlinePassed,
     WrongRound,
 )
 from ..model.codec import ModelSpec, Weights, encode, spec
@@ -35,6 +47,11 @@ from ..model.plan import Plan
 from ..storage import ContentStore
 from .learner import Learner
 from .outage import ride_out
+from .replay import rederive
+
+#: The round moved on (or closed its submissions) before this learner's update landed.
+TOO_LATE = (WrongRound, FederationFinished, SubmissionsClosed, UpdateDeadlinePassed,
+            NotSelected, RevealDeadlinePassed)
 
 log = logging.getLogger("fedchain.learner")
 
@@ -113,6 +130,16 @@ class LearnerNode:
         self._handled_round = -1
         #: (what is waited for, since when (wall clock), when last said) while waiting.
         self._waiting: tuple[str, float, float] | None = None
+        #: Commit-reveal mode: (round, CID, examples, salt) committed and not yet revealed.
+        self._pending_reveal: tuple[int, str, int, bytes] | None = None
+        #: Rounds whose global model this learner re-derived: round → whether it matched.
+        self.verified: dict[int, bool] = {}
+        #: Rounds this learner disputed on chain (its re-derivation differed).
+        self.disputed: list[int] = []
+        #: Seconds spent re-deriving global models (the price of not trusting the committee).
+        self.verify_seconds = 0.0
+        self._strategy: Strategy | None = None
+        self._disputed_cids: set[bytes] = set()
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -180,6 +207,108 @@ class LearnerNode:
                         now - since, type(exc).__name__, exc)
             self._waiting = (what, since, now)
 
+    # -- trust, but verify ---------------------------------------------------------------
+
+    def _wants_verification(self, round: int) -> bool:
+        """Whether to re-derive `round`'s global model before training on it (see Plan.verify:
+        "full" up to verify_max_bytes, else "sampled" at verify_rate)."""
+        plan = self.plan()
+        if round < 1 or plan.verify == "off":
+            return False
+        size = self._spec.nbytes if self._spec is not None else 0
+        if plan.verify == "full" and size <= plan.verify_max_bytes:
+            return True
+        return random.random() < plan.verify_rate
+
+    def verify_global(self, round: int) -> bool | None:
+        """Re-derives `round`'s global model from the chain and the store, bit for bit.
+
+        True: it matches. False: it does not — the learner records a dispute on chain and
+        will not train on it. None: it cannot be re-derived now (an input the store cannot
+        serve, or that is invalid): the learner does not train on it either."""
+        if round in self.verified:
+            return self.verified[round]
+        recorded = ChainCid(self.contract.global_model(round))
+        if recorded.raw in self._disputed_cids:
+            # A round that carried a disputed model over still hands out that model.
+            log.warning("%s: round %d carries over a global model this learner disputed: not "
+                        "training on it", self.name, round)
+            self.verified[round] = False
+            return False
+        plan = self.plan()
+        if self._strategy is None:
+            self._strategy = strategy_from_plan(plan.strategy)
+        started = time.monotonic()
+        try:
+            computed, published = rederive(self.contract, self.store, self._strategy, round,
+                                           max_bytes=plan.max_model_bytes, reference=self._spec)
+        except (StorageError, InvalidModel, AggregationError, ConfigError) as exc:
+            log.warning("%s: cannot re-derive the global model of round %d (%s: %s): not "
+                        "training on it", self.name, round, type(exc).__name__, exc)
+            return None
+        finally:
+            self.verify_seconds += time.monotonic() - started
+        ok = published.model_cid.cid == computed
+        self.verified[round] = ok
+        if ok:
+            log.info("%s: re-derived the global model of round %d from the chain and the store:"
+                     " it matches (%.2fs)", self.name, round, time.monotonic() - started)
+        if not ok:
+            self._disputed_cids.add(published.model_cid.raw)
+            log.error("%s: the global model of round %d is %s, but re-deriving it from the "
+                      "chain gives %s: disputing it, not training on it", self.name, round,
+                      published.model_cid, computed)
+            try:
+                self.contract.dispute(round, computed)
+                self.disputed.append(round)
+            except FedChainError as exc:
+                log.warning("%s: could not record the dispute of round %d: %s", self.name,
+                            round, exc)
+        return ok
+
+    def _reveal_due(self, round: int) -> bool:
+        """Commit-reveal mode: reveals the update committed in `round` once its update deadline
+        has passed; True while a reveal is still pending."""
+        if self._pending_reveal is None:
+            return False
+        committed, cid, examples, salt = self._pending_reveal
+        if committed != round:
+            log.warning("%s: round %d closed before this learner could reveal its update",
+                        self.name, committed)
+            self._pending_reveal = None
+            return False
+        info = self.contract.round_info()
+        if self.contract.block_time() <= info.update_deadline:
+            return True
+        try:
+            self.contract.reveal_update(round, cid, examples, salt)
+        except RevealNotOpen:
+            return True  # the chain's clock is behind this one's: next step
+        except TOO_LATE as exc:
+            log.warning("%s: could not reveal the update of round %d: %s", self.name, round, exc)
+        else:
+            self.submitted.append(round)
+            log.info("[ROUND %d] %s revealed %s (%d examples)", round, self.name, cid, examples)
+        self._pending_reveal = None
+        return False
+
+    def _close_if_expired(self, round: int) -> None:
+        """Anyone may close a round past its vote deadline (the previous model carried over):
+        a learner does, so a dead committee does not stall the federation."""
+        if not self.plan().vote_window:
+            return
+        info = self.contract.round_info()
+        if info.round != round or not info.vote_deadline:
+            return
+        if self.contract.block_time() <= info.vote_deadline:
+            return
+        try:
+            self.contract.close_round(round)
+            log.warning("%s: round %d passed its vote deadline without a quorum: closed it, "
+                        "the previous global model carried over", self.name, round)
+        except (RoundNotExpired, WrongRound, FederationFinished):
+            pass  # someone else closed it first
+
     # -- steps -------------------------------------------------------------------------
 
     def train_round(self, round: int, weights: Weights | None = None) -> bool:
@@ -192,8 +321,16 @@ class LearnerNode:
             self._spec.check(spec(result.weights))
         cid = self.store.put(encode(result.weights))
         try:
+            if self.plan().reveal_window:
+                salt = os.urandom(32)
+                self.contract.commit_update(round, commitment(
+                    self.address, round, bytes(cid), result.num_examples, salt))
+                self._pending_reveal = (round, str(cid), result.num_examples, salt)
+                log.info("[ROUND %d] %s committed to its update (revealed after the update "
+                         "deadline)", round, self.name)
+                return True
             self.contract.submit_update(round, cid, result.num_examples)
-        except (WrongRound, FederationFinished) as exc:
+        except TOO_LATE as exc:
             log.warning("%s: round %d closed before the update landed (%s)", self.name, round, exc)
             return False
         except AlreadySubmitted:
@@ -234,9 +371,14 @@ class LearnerNode:
         round = c.current_round()
         if round == 0:
             return True
+        if self._reveal_due(round):
+            return True
         if round == self._handled_round:
             # Nothing new to do until the round moves on or the federation finishes.
-            return not c.finished()
+            if c.finished():
+                return False
+            self._close_if_expired(round)
+            return True
         plan = self._usable_plan()
         if plan is None:
             return True  # try again at the next step
@@ -248,11 +390,18 @@ class LearnerNode:
         )
         finished = c.finished()
         # Past the plan's last round only finish() is due: training would be wasted.
-        train = not finished and round <= plan.rounds and not c.has_submitted(round, self.address)
+        train = (not finished and round <= plan.rounds
+                 and not c.has_submitted(round, self.address)
+                 and not (plan.reveal_window and c.commitment(round, self.address) != bytes(32))
+                 and (plan.fraction >= 1.0 or c.is_selected(self.address)))
         if evaluate or train:
             weights = self._usable_global(last_published)
             if weights is Unusable.NOT_YET:
                 return True  # try again at the next step
+            if train and not isinstance(weights, Unusable) and self._wants_verification(
+                    last_published) and not self.verify_global(last_published):
+                train = False
+                self.skipped.append(last_published)
             if not isinstance(weights, Unusable):
                 if evaluate:
                     # A learner may change the arrays it is given: training gets its own.

@@ -13,9 +13,10 @@ from ..aggregation.strategy import Strategy
 from ..errors import ConfigError, InvalidModel, StorageError
 from ..eth.contract import FedChainReader
 from ..eth.events import ChainCid, GlobalModelPublished, UpdateSubmitted
-from ..model.codec import ModelSpec, Weights, spec
+from ..model.codec import ModelSpec, Weights, encode, spec
 from ..model.fetch import fetch_model, fetch_plan
-from ..storage import ContentStore
+from ..storage import ContentStore, cid_of
+from ..storage.cid import CID
 from .fetching import RoundUpdates, fetch_updates
 
 
@@ -30,6 +31,60 @@ def included_updates(contract: FedChainReader, round: int) -> list[UpdateSubmitt
         raise ConfigError(f"round {round} has no published global model")
     included = set(published[-1].included)
     return [u for u in contract.updates(round) if u.learner in included]
+
+
+def state_cid_after(contract: FedChainReader, round: int) -> ChainCid | None:
+    """The CID of the server-optimizer state after `round`: the last state a round up to it
+    published (carried-over rounds publish none: the state is unchanged). None if none did."""
+    found: ChainCid | None = None
+    for e in contract.events("GlobalModelPublished"):
+        if isinstance(e, GlobalModelPublished) and e.round <= round and e.state_cid.raw:
+            found = e.state_cid
+    return found
+
+
+def state_after(
+    contract: FedChainReader, store: ContentStore, round: int, *, max_bytes: int
+) -> Weights | None:
+    """The server-optimizer state after `round`, fetched from its published CID (O(1) in the
+    number of rounds); None when no round published one."""
+    cid = state_cid_after(contract, round)
+    if cid is None:
+        return None
+    return fetch_model(store, cid.require(), max_bytes=max_bytes)
+
+
+def rederive(
+    contract: FedChainReader,
+    store: ContentStore,
+    strategy: Strategy,
+    round: int,
+    *,
+    max_bytes: int,
+    reference: ModelSpec | None = None,
+) -> tuple[CID, GlobalModelPublished]:
+    """The CID `round`'s global model should have, re-derived from the chain and the store —
+    the previous global model, the server state published after the round before, the
+    included updates — and the event that published the round (to compare with).
+
+    Errors fetching or validating any input are raised as they are: a round whose inputs
+    cannot be had cannot be verified."""
+    published = contract.published(round)
+    if published is None:
+        raise ConfigError(f"round {round} has no published global model")
+    previous_cid = ChainCid(contract.global_model(round - 1)).require()
+    if not published.included and published.model_cid.cid == previous_cid:
+        return previous_cid, published  # carried over: nothing to recompute
+    previous = fetch_model(store, previous_cid, max_bytes=max_bytes, reference=reference)
+    state = None
+    if strategy.stateful and round > 1:
+        state_cid = state_cid_after(contract, round - 1)
+        if state_cid is not None:
+            state = fetch_model(store, state_cid.require(), max_bytes=max_bytes)
+    included = [u for u in contract.updates(round) if u.learner in set(published.included)]
+    new, _ = recompute_round(contract, store, strategy, round, previous, state, included,
+                             reference=reference or spec(previous), max_bytes=max_bytes)
+    return cid_of(encode(new)), published
 
 
 def plan_limit(contract: FedChainReader, store: ContentStore) -> int:

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..aggregation.strategy import ROBUST_FEDAVG, Strategy
 from ..errors import ConfigError, FedChainError
-from ..eth.accounts import AGGREGATOR_INDEX, FIRST_LEARNER_INDEX, OWNER_INDEX
+from ..eth.accounts import FIRST_LEARNER_INDEX, OWNER_INDEX, aggregator_index
 from ..eth.chain import Chain, connect
 from ..eth.contract import FedChain
 from ..model.codec import Weights
@@ -71,6 +71,9 @@ def simulate(
     results_dir: str | Path | None = None,
     timeout: float = 3600.0,
     title: str = "fedchain simulation",
+    aggregators: int = 1,
+    quorum: int | None = None,
+    aggregator_types: Mapping[int, type[Aggregator]] | None = None,
 ) -> SimulationResult:
     """Deploys a fresh FedChain, registers `num_learners` learners and runs the federation.
 
@@ -82,6 +85,11 @@ def simulate(
     `strategy=FedAvg()` for plain FedAvg, `min_updates=num_learners` to require every
     learner. Accounts are the dev chain's mnemonic accounts (owner 0, aggregator 1, learners
     2…), so `chain` must be a dev chain.
+
+    `aggregators` > 1 runs a committee: that many aggregators (dev accounts 1, 99, 98, …),
+    each computing every round on its own, `quorum` of them (default: a majority) needed to
+    close a round. `aggregator_types` maps a member to an Aggregator subclass to run instead
+    (a member that cheats, in tests and demos). The result's history is member 0's.
     """
     if num_learners < 1:
         raise ConfigError("a federation needs at least one learner")
@@ -100,13 +108,15 @@ def simulate(
         connect(chain) if isinstance(chain, str) else chain
     )
     st = open_store(store) if isinstance(store, str) else store
+    if aggregators < 1:
+        raise ConfigError("a federation needs at least one aggregator")
     owner = ch.account(OWNER_INDEX)
-    aggregator_account = ch.account(AGGREGATOR_INDEX)
+    members = [ch.account(aggregator_index(k)) for k in range(aggregators)]
     learner_accounts = [ch.account(FIRST_LEARNER_INDEX + i) for i in range(num_learners)]
     # Dev chains fund only some accounts: top up every one this run sends from (fedchain.eth).
-    ch.fund([aggregator_account.address, *(a.address for a in learner_accounts)])
+    ch.fund([*(m.address for m in members), *(a.address for a in learner_accounts)])
 
-    contract, receipt = FedChain.deploy(ch, owner, aggregator_account.address)
+    contract, receipt = FedChain.deploy(ch, owner, [m.address for m in members], quorum)
     contract.register_learners([a.address for a in learner_accounts])
     log.info("deployed FedChain at %s (chain %s), %d learners", contract.address, ch.url,
              num_learners)
@@ -116,15 +126,19 @@ def simulate(
     weights = initial_weights if initial_weights is not None else learners[0].get_weights()
 
     stop = threading.Event()
-    agg = Aggregator(
-        contract.with_account(aggregator_account),
-        st,
-        cfg,
-        initial_weights=weights,
-        evaluate_fn=evaluate_fn,
-        stop=stop,
-    )
-    agg.start()
+    types = dict(aggregator_types or {})
+    committee = [
+        types.get(k, Aggregator)(
+            contract.with_account(member),
+            st,
+            cfg,
+            initial_weights=weights,
+            evaluate_fn=evaluate_fn if k == 0 else None,
+            stop=stop,
+        )
+        for k, member in enumerate(members)
+    ]
+    agg = committee[0]
     nodes = [
         LearnerNode(learner, contract.with_account(acct), st, name=f"learner-{i}", stop=stop)
         for i, (learner, acct) in enumerate(zip(learners, learner_accounts, strict=True))
@@ -142,6 +156,8 @@ def simulate(
         return run
 
     threads = [threading.Thread(target=guarded(n.run), name=n.name, daemon=True) for n in nodes]
+    threads += [threading.Thread(target=guarded(a.run), name=f"aggregator-{k}", daemon=True)
+                for k, a in enumerate(committee) if k > 0]
     for t in threads:
         t.start()
     try:

@@ -80,6 +80,12 @@ class ModelSpec:
     def names(self) -> list[str]:
         return [t.name for t in self.tensors]
 
+    @property
+    def nbytes(self) -> int:
+        """The model's size: the bytes of its tensors' values."""
+        return sum(int(np.prod(t.shape, dtype=np.int64)) * np.dtype(t.dtype).itemsize
+                   for t in self.tensors)
+
     def check(self, got: ModelSpec) -> None:
         """Raise InvalidModel saying how `got` differs from this spec."""
         expected = {t.name: t for t in self.tensors}

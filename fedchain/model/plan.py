@@ -25,6 +25,12 @@ MAX_PLAN_BYTES = 1024 * 1024
 #: a model is at most 1 TiB.
 MAX_ROUNDS = 2**32 - 1
 MAX_MODEL_BYTES = 2**40
+#: The contract keeps windows in uint24 seconds (194 days), the buffer in uint16, staleness uint8.
+MAX_WINDOW = 2**24 - 1
+#: How learners check a global model before training on it (see Plan.verify).
+VERIFY_MODES = ("full", "sampled", "off")
+#: Learners re-derive global models up to this size by default (bigger: see Plan.verify).
+DEFAULT_VERIFY_MAX_BYTES = 256 * 1024 * 1024
 
 
 def _is_int(value: Any) -> bool:
@@ -53,10 +59,33 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     ),
     "format": ("a string", lambda v: isinstance(v, str)),
     "software": ("a string", lambda v: isinstance(v, str)),
+    "update_window": (f"seconds in 0..{MAX_WINDOW}", lambda v: _is_int(v) and 0 <= v <= MAX_WINDOW),
+    "reveal_window": (f"seconds in 0..{MAX_WINDOW}", lambda v: _is_int(v) and 0 <= v <= MAX_WINDOW),
+    "vote_window": (f"seconds in 0..{MAX_WINDOW}", lambda v: _is_int(v) and 0 <= v <= MAX_WINDOW),
+    "fraction": (
+        "a number in (0, 1]",
+        lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 < v <= 1,
+    ),
+    "buffer_size": ("an integer in 0..65535", lambda v: _is_int(v) and 0 <= v <= 65535),
+    "max_staleness": ("an integer in 0..255", lambda v: _is_int(v) and 0 <= v <= 255),
+    "verify": (f"one of {', '.join(VERIFY_MODES)}", lambda v: v in VERIFY_MODES),
+    "verify_max_bytes": (
+        f"an integer in 0..{MAX_MODEL_BYTES}", lambda v: _is_int(v) and 0 <= v <= MAX_MODEL_BYTES
+    ),
+    "verify_rate": (
+        "a number in (0, 1]",
+        lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 < v <= 1,
+    ),
 }
 
+#: Fields added after the first plan format: left out of the JSON while at their defaults, so
+#: a plan that does not use them keeps the CID it always had.
+_OPTIONAL = ("update_window", "reveal_window", "vote_window", "fraction", "buffer_size",
+             "max_staleness", "verify", "verify_max_bytes", "verify_rate")
 
-def _check_field(name: str, value: Any) -> None:
+
+def check_field(name: str, value: Any) -> None:
+    """ConfigError unless `value` is valid for the plan's field `name`."""
     what, ok = _FIELDS[name]
     if not ok(value):
         try:
@@ -80,10 +109,44 @@ class Plan:
     max_model_bytes: int = DEFAULT_MAX_BYTES
     format: str = PLAN_FORMAT
     software: str = f"fedchain {__version__}"
+    #: Deadlines, in seconds of block time from a round's opening (0: none). Updates (or, in
+    #: commit-reveal mode, commitments) until update_window; reveals for reveal_window after
+    #: it (non-zero: commit-reveal mode); votes for vote_window after that, then anyone may
+    #: close the round with the previous model carried over.
+    update_window: int = 0
+    reveal_window: int = 0
+    vote_window: int = 0
+    #: Client sampling: each learner takes part in a round with this probability, drawn from
+    #: the round's on-chain seed (1: everyone).
+    fraction: float = 1.0
+    #: Asynchronous (FedBuff) rounds: a round may close once buffer_size updates arrived;
+    #: updates trained up to max_staleness rounds earlier are accepted (0: synchronous).
+    buffer_size: int = 0
+    max_staleness: int = 0
+    #: How a learner checks round r's global model before training on it: "full" re-derives
+    #: it from the chain and the store, bit for bit, for models up to verify_max_bytes (bigger
+    #: ones as "sampled"); "sampled" does so for a random verify_rate of the rounds; "off"
+    #: trusts the committee.
+    verify: str = "full"
+    verify_max_bytes: int = DEFAULT_VERIFY_MAX_BYTES
+    verify_rate: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.reveal_window and not self.update_window:
+            raise ConfigError("malformed plan: commit-reveal (reveal_window) needs an "
+                              "update_window")
+        if self.reveal_window and self.max_staleness:
+            raise ConfigError("malformed plan: commit-reveal rounds are synchronous "
+                              "(max_staleness must be 0)")
 
     def to_json(self) -> bytes:
         """Canonical bytes: sorted keys, no whitespace, so the same plan has the same CID."""
-        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
+        body = asdict(self)
+        defaults = Plan.__dataclass_fields__
+        for name in _OPTIONAL:
+            if body[name] == defaults[name].default:
+                del body[name]
+        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Plan:
@@ -100,7 +163,7 @@ class Plan:
             raise ConfigError(f"not a fedchain plan (format {PLAN_FORMAT!r} expected)")
         known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
         for name, value in known.items():
-            _check_field(name, value)
+            check_field(name, value)
         try:
             return cls(**known)
         except TypeError as exc:

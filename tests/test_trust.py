@@ -1,0 +1,204 @@
+"""No single party trusted, in one-process federations on the embedded chain: a committee
+outvotes a tampering member, learners re-derive what they train on and dispute a wrong model,
+the audit fails an aggregator that leaves valid updates out, server state is published per
+round, commit-reveal runs end to end, a removed learner's update is excluded."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+from fedmodels import LinearLearner, initial_weights
+
+from fedchain.aggregation.strategy import FedAvg, FedAvgM, Strategy
+from fedchain.audit import audit_federation
+from fedchain.audit.report import OK
+from fedchain.eth.events import ChainCid, Disputed
+from fedchain.federation.aggregator import Aggregator
+from fedchain.federation.config import RunConfig
+from fedchain.federation.node import LearnerNode
+from fedchain.federation.simulation import simulate
+from fedchain.model.codec import Weights, decode, encode
+from fedchain.storage.cid import to_cid
+
+TRAIN = {"lr": 0.1, "steps": 5}
+
+
+@dataclass(frozen=True)
+class Doubling(Strategy):
+    """The plan's strategy, its result doubled: what a cheating aggregator publishes."""
+
+    honest: Strategy
+    name: ClassVar[str] = "Doubling"
+
+    def _aggregate(self, previous: Weights, updates: Any, state: Weights | None) -> Any:
+        new, state = self.honest.aggregate(previous, updates, state)
+        return {k: np.array(v * 2, dtype=v.dtype) for k, v in new.items()}, state
+
+
+class Tampering(Aggregator):
+    def start(self) -> Any:
+        plan = super().start()
+        assert self.strategy is not None
+        self.strategy = Doubling(self.strategy)
+        return plan
+
+
+def _learners(i: int, n: int) -> LinearLearner:
+    return LinearLearner(i)
+
+
+def test_a_committee_closes_every_round_on_the_honest_model_despite_a_tampering_member(store):
+    result = simulate(_learners, 3, FedAvg(), 2, store=store, train_config=TRAIN,
+                      aggregators=3, quorum=2, aggregator_types={1: Tampering})
+    contract = result.contract
+    members, quorum = contract.committee()
+    assert quorum == 2 and len(members) == 3
+    honest = simulate(_learners, 3, FedAvg(), 2, store=store, train_config=TRAIN)
+    # The same federation with one honest aggregator publishes the same models, bit for bit.
+    assert [r.global_cid for r in result.rounds] == [r.global_cid for r in honest.rounds]
+    report = audit_federation(contract, store)
+    # Tampered votes that made it on chain (those cast before the honest quorum closed the
+    # round; the contract refuses later ones) are the audit's only failures, by member.
+    assert {(c.what, c.learner) for c in report.failures()} <= {("vote", members[1])}
+    assert all(c.status == OK for c in report.all_checks() if c.what == "global model")
+    assert not any(n.disputed for n in result.learners)
+
+
+def test_learners_dispute_a_tampered_model_and_do_not_train_on_it(fed, store):
+    chain, aggregator, bindings = fed
+    config = RunConfig(strategy=FedAvg(), rounds=3, min_updates=3, round_timeout=30.0,
+                       train=TRAIN, poll_interval=0.05)
+    agg = Tampering(aggregator, store, config, initial_weights=initial_weights())
+    agg.start()
+    nodes = [LearnerNode(LinearLearner(i), b, store, name=f"learner-{i}", poll_interval=0.05)
+             for i, b in enumerate(bindings)]
+    for n in nodes:
+        n.step()  # round 1: train on the genesis model and submit
+    agg.run_round(1)  # publishes the honest average × 2
+    tampered = ChainCid(aggregator.global_model(1))
+    for n in nodes:
+        n.step()
+    # Each learner re-derived round 1, found another model, said so on chain, did not train.
+    disputes = [e for e in aggregator.events("Disputed") if isinstance(e, Disputed)]
+    assert sorted(d.learner for d in disputes) == sorted(n.address for n in nodes)
+    assert {d.round for d in disputes} == {1}
+    assert all(d.computed_cid != tampered for d in disputes)
+    assert not any(aggregator.has_submitted(2, n.address) for n in nodes)
+    assert all(n.verified == {1: False} and n.disputed == [1] for n in nodes)
+    # The audit agrees with the learners: round 1 fails, and the disputes stand.
+    report = audit_federation(aggregator, store)
+    assert any(c.what == "global model" and c.round == 1 for c in report.failures())
+
+
+def test_honest_rounds_are_verified_before_training(store):
+    result = simulate(_learners, 3, FedAvg(), 3, store=store, train_config=TRAIN)
+    for n in result.learners:
+        assert n.verified == {1: True, 2: True} and not n.disputed
+        assert n.verify_seconds > 0
+    off = simulate(_learners, 3, FedAvg(), 3, store=store, train_config=TRAIN,
+                   config=RunConfig(verify="off"))
+    assert all(not n.verified for n in off.learners)
+
+
+class LeavingOut(Aggregator):
+    """An aggregator that aggregates only the first update of each round."""
+
+    def round_updates(self, updates: Any, deadline: float | None = None) -> Any:
+        return super().round_updates(updates[:1], deadline)
+
+
+class DroppingAll(Aggregator):
+    """An aggregator that drops every update and carries the old model over."""
+
+    def round_updates(self, updates: Any, deadline: float | None = None) -> Any:
+        return super().round_updates([], deadline)
+
+
+@pytest.mark.parametrize("cheat", [LeavingOut, DroppingAll], ids=["one-of-three", "none"])
+def test_the_audit_fails_valid_updates_left_out(fed, store, cheat):
+    chain, aggregator, bindings = fed
+    config = RunConfig(strategy=FedAvg(), rounds=1, min_updates=1, round_timeout=30.0,
+                       train=TRAIN, poll_interval=0.05)
+    agg = cheat(aggregator, store, config, initial_weights=initial_weights())
+    agg.start()
+    nodes = [LearnerNode(LinearLearner(i), b, store, poll_interval=0.05)
+             for i, b in enumerate(bindings)]
+    for n in nodes:
+        n.step()
+    agg.run_round(1)
+    report = audit_federation(aggregator, store)
+    left_out = [c for c in report.failures() if c.what == "left-out update"]
+    expected = 2 if cheat is LeavingOut else 3
+    assert len(left_out) == expected, report.failures()
+    assert report.exit_status() == 1
+
+
+def test_a_stateful_round_publishes_its_server_state_and_verifies_on_its_own(store):
+    result = simulate(_learners, 3, FedAvgM(momentum=0.9), 3, store=store,
+                      train_config=TRAIN)
+    contract = result.contract
+    published = [next(contract.events("GlobalModelPublished", round=r)) for r in (1, 2, 3)]
+    assert all(p.state_cid.raw for p in published)  # type: ignore[attr-defined]
+    state = decode(store.get(to_cid(published[-1].state_cid.raw)))  # type: ignore[attr-defined]
+    assert any(k.startswith("momentum/") for k in state)
+    report = audit_federation(contract, store)
+    assert report.exit_status() == 0, report.all_checks()
+    # Round 2's update content gone from the store: rounds 2 fails to verify, but round 3
+    # still does, from the state round 2 published.
+    included = next(contract.events("GlobalModelPublished", round=2)).included
+    update = next(u for u in contract.updates(2) if u.learner == included[0])
+    store.path_of(update.model_cid.require()).unlink()
+    report = audit_federation(contract, store)
+    by_round = {r.round: r.status for r in report.rounds}
+    assert by_round[3] == OK and by_round[2] != OK
+    assert report.unverified_rounds() == [2] and report.exit_status() == 3
+
+
+def test_commit_reveal_runs_a_federation_end_to_end(store):
+    config = RunConfig(update_window=8, reveal_window=8, vote_window=60, round_timeout=120.0,
+                       min_updates=3)
+    result = simulate(_learners, 3, FedAvg(), 1, store=store, train_config=TRAIN,
+                      config=config)
+    contract = result.contract
+    commits = list(contract.events("UpdateCommitted", round=1))
+    assert len(commits) == 3
+    assert len(result.rounds[0].included) == 3
+    assert contract.finished()
+
+
+def test_a_removed_learners_pending_update_is_excluded(fed, store):
+    chain, aggregator, bindings = fed
+    config = RunConfig(strategy=FedAvg(), rounds=1, min_updates=2, round_timeout=30.0,
+                       train=TRAIN, poll_interval=0.05)
+    agg = Aggregator(aggregator, store, config, initial_weights=initial_weights())
+    agg.start()
+    nodes = [LearnerNode(LinearLearner(i), b, store, poll_interval=0.05)
+             for i, b in enumerate(bindings)]
+    for n in nodes:
+        n.step()
+    owner = aggregator.with_account(chain.account(0))
+    owner.remove_learner(nodes[2].address)
+    result = agg.run_round(1)
+    assert sorted(result.included) == sorted(n.address for n in nodes[:2])
+    assert [r.learner for r in result.rejected] == [nodes[2].address]
+    assert "removed" in result.rejected[0].reason
+    report = audit_federation(aggregator, store)
+    assert report.exit_status() == 0, report.all_checks()
+
+
+def test_a_global_model_is_never_non_finite(store):
+    class Exploding(LinearLearner):
+        def train(self, weights: Weights, config: Any) -> Any:
+            result = super().train(weights, config)
+            return replace(result, weights={k: np.full_like(v, 3e38) for k, v in
+                                            result.weights.items()})
+
+    result = simulate(lambda i, n: Exploding(i) if i == 0 else LinearLearner(i), 3, FedAvg(),
+                      2, store=store, train_config=TRAIN, min_updates=2)
+    for r in result.rounds:
+        weights = decode(store.get(r.global_cid))
+        assert all(np.isfinite(v).all() for v in weights.values())
+    assert encode(weights)  # a model learners can use
