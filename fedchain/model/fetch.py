@@ -9,22 +9,38 @@ must end by then (a round's updates, say): each fetch gets the time left as the 
 store's own default applies (see fedchain.storage.fetch). The plan itself is read through
 `fetch_plan`, never more than MAX_PLAN_BYTES of it.
 
-Errors: the store's (`StorageError`: InvalidCID, ContentNotFound, ContentMismatch,
-ContentTooLarge, StoreUnavailable, FetchTimeout) and the codec's (`InvalidModel`), as raised.
+A model is read into one growing buffer (`fetch_buffer`), never as a list of chunks joined at
+the end, so a fetch holds about one model's bytes, not two; `stop`, an Event another thread
+may set, abandons a fetch between chunks (FetchCancelled), as the prefetching of a round's
+updates does when its consumer stops early (fedchain.federation.fetching).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 
 from ..errors import ConfigError, ContentTooLarge, FetchTimeout
+from ..progress import transfer
 from ..storage import ContentStore
 from ..storage.cid import CID
 from .codec import ModelSpec, Weights, decode
 from .plan import MAX_PLAN_BYTES, Plan
 
-__all__ = ["FetchTimeout", "fetch_bytes", "fetch_chunks", "fetch_model", "fetch_plan"]
+__all__ = [
+    "FetchCancelled",
+    "FetchTimeout",
+    "fetch_buffer",
+    "fetch_bytes",
+    "fetch_chunks",
+    "fetch_model",
+    "fetch_plan",
+]
+
+
+class FetchCancelled(Exception):  # noqa: N818 - not an error: the caller asked for it
+    """A fetch abandoned because its `stop` event was set (the result was no longer wanted)."""
 
 
 def remaining(deadline: float | None, cid: CID | str) -> float | None:
@@ -54,6 +70,32 @@ def fetch_bytes(
     return store.get(cid, max_bytes, timeout=remaining(deadline, cid))
 
 
+def fetch_buffer(
+    store: ContentStore,
+    cid: CID | str,
+    *,
+    max_bytes: int,
+    deadline: float | None = None,
+    stop: threading.Event | None = None,
+) -> bytearray:
+    """The content of `cid`, as `fetch_bytes`, in one buffer grown chunk by chunk (no second
+    copy of the content while it is assembled). FetchCancelled once `stop` is set."""
+    chunks = fetch_chunks(store, cid, max_bytes=max_bytes, deadline=deadline)
+    shown = transfer(chunks, f"download {str(cid)[:16]}…")
+    buffer = bytearray()
+    try:
+        for chunk in shown:
+            if stop is not None and stop.is_set():
+                raise FetchCancelled(f"fetch of {cid} cancelled after {len(buffer)} bytes")
+            buffer += chunk
+    finally:
+        for iterator in (shown, chunks):  # ends the store's fetch (and its connection) now
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+    return buffer
+
+
 def fetch_model(
     store: ContentStore,
     cid: CID | str,
@@ -62,16 +104,17 @@ def fetch_model(
     reference: ModelSpec | None = None,
     deadline: float | None = None,
     copy: bool = True,
+    stop: threading.Event | None = None,
 ) -> Weights:
     """The weights behind `cid`: fetched by `deadline`, verified against the CID, at most
     `max_bytes`, decoded and validated (finite values; the names, shapes and dtypes of
     `reference` when given).
 
     `copy=False` leaves the arrays as read-only views into the fetched bytes (see `decode`),
-    for a model that is only read, as the aggregator reads updates.
+    for a model that is only read, as the aggregator reads updates. `stop`: see fetch_buffer.
     """
-    data = fetch_bytes(store, cid, max_bytes=max_bytes, deadline=deadline)
-    return decode(data, reference, max_bytes, copy=copy)
+    data = fetch_buffer(store, cid, max_bytes=max_bytes, deadline=deadline, stop=stop)
+    return decode(memoryview(data).toreadonly(), reference, max_bytes, copy=copy)
 
 
 def fetch_plan(store: ContentStore, cid: CID | str, *, deadline: float | None = None) -> Plan:
