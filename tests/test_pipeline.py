@@ -149,13 +149,12 @@ def test_outcomes_come_in_learner_order_even_when_later_fetches_finish_first(tmp
     store = ObservedStore(tmp_path / "store")
     events = round_of(store, [trained(s) for s in range(4)])
     order = sorted(events, key=lambda e: learner_key(e.learner))
-    store.delays[order[0].model_cid.text] = 0.3  # the first learner's model is the slowest
+    store.delays[order[0].model_cid.text] = 1.0  # the first learner's model is the slowest
 
     outcomes = list(fetch_updates(store, events, max_bytes=LIMIT, in_flight=4))
     assert [o.learner for o in outcomes] == [e.learner for e in order]
     assert all(isinstance(o, Fetched) for o in outcomes)
-    assert store.started[0] == order[0].model_cid.text
-    assert store.closed[0] != order[0].model_cid.text  # a later one was done before it
+    assert store.closed[-1] == order[0].model_cid.text  # the later ones were done before it
 
 
 # --- overlap and the bound ---------------------------------------------------------------
@@ -208,7 +207,7 @@ def test_never_more_than_in_flight_models_are_held_or_fetched(tmp_path, in_fligh
 def test_a_fetched_ahead_model_is_not_timed_out_while_the_strategy_is_busy(tmp_path):
     store = ObservedStore(tmp_path / "store")
     events = round_of(store, [trained(s) for s in range(3)])
-    deadline = time.monotonic() + 1.0
+    deadline = time.monotonic() + 3.0
 
     outcomes = fetch_updates(store, events, max_bytes=LIMIT, deadline=deadline, in_flight=3)
     kinds = [type(next(outcomes)).__name__]
@@ -241,7 +240,7 @@ def test_each_background_fetch_keeps_the_byte_limit_and_the_rounds_deadline(tmp_
                                   deadline=started + 0.5))
     assert [type(o) for o in outcomes] == [Rejected] * 4
     assert all("FetchTimeout" in o.reason for o in outcomes)
-    assert time.monotonic() - started < 3.0  # one deadline for the round, not one per model
+    assert time.monotonic() - started < 5.0  # the round gives up at its deadline, not after 20 s
 
 
 # --- failures and early stops --------------------------------------------------------------
