@@ -18,17 +18,33 @@ Outcomes still come in ascending learner order, so aggregation is bit-identical 
 fetched ahead waits in memory, not on the network, so its deadline cannot pass while the
 strategy is busy. When the consumer stops early (an exception, a `break`, the iterator
 dropped), the fetches in progress are abandoned and their threads end.
+
+Exact duplicates (`exclude_duplicates=True`): a submission whose content another learner
+submitted earlier in the round (chain order: block, then log index) is rejected with
+`DuplicateUpdate`, naming that learner; the first submitter keeps its update. Two tests,
+both decided from the chain's CIDs and the submission's own content only, so the aggregator
+and an audit re-deriving the round reach the same verdict:
+
+- the same CID as the earlier submission (`rules.find_duplicates` over the CIDs' multihashes;
+  the duplicate is not even fetched);
+- weights whose canonical encoding (`model.fetch.canonical_cid`: the bytes `codec.encode`
+  writes) is the earlier submission's CID: the same weights re-encoded, e.g. with extra
+  metadata, under another CID.
+
+The second test protects an original encoded as fedchain learners encode (canonically); two
+non-canonical encodings of the same weights are not compared with each other, since that
+would need every earlier submission's content before the first update could be handed out.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from ..aggregation.rules import Update
+from ..aggregation.rules import Submission, Update, find_duplicates
 from ..errors import (
     ConfigError,
     ContentMismatch,
@@ -42,8 +58,9 @@ from ..errors import (
 from ..eth.accounts import learner_key
 from ..eth.events import UpdateSubmitted
 from ..model.codec import ModelSpec, Weights
-from ..model.fetch import fetch_model
+from ..model.fetch import fetch_model, fetch_update
 from ..storage import ContentStore
+from ..storage.cid import CID
 
 log = logging.getLogger("fedchain.fetching")
 
@@ -121,6 +138,17 @@ class Rejected:
         return {"learner": self.learner, "cid": self.cid, "reason": self.reason}
 
 
+class DuplicateUpdate(FedChainError):
+    """A submission whose content another learner submitted earlier in the round."""
+
+    def __init__(self, message: str, *, original: UpdateSubmitted, same_cid: bool) -> None:
+        super().__init__(message)
+        #: The earlier submission of that content.
+        self.original = original
+        #: True: the very same CID; False: the same weights, encoded otherwise.
+        self.same_cid = same_cid
+
+
 Outcome = Fetched | Rejected
 
 
@@ -133,6 +161,7 @@ def fetch_updates(
     deadline: float | None = None,
     copy: bool = False,
     in_flight: int = DEFAULT_IN_FLIGHT,
+    exclude_duplicates: bool = False,
 ) -> Iterator[Outcome]:
     """Each submission's outcome in ascending learner order, fetched `in_flight` at a time.
 
@@ -140,11 +169,13 @@ def fetch_updates(
     checked against `reference`, and must arrive by `deadline` (one for all of them); any
     failure is yielded as a Rejected value, never raised. At most `in_flight` models (>= 1)
     are held or being fetched at once, counting the last one yielded until the next one is
-    asked for. Nothing is fetched before the first outcome is asked for.
+    asked for. `exclude_duplicates` rejects exact duplicates (see the module's docstring).
+    Nothing is fetched before the first outcome is asked for.
     """
     if isinstance(in_flight, bool) or not isinstance(in_flight, int) or in_flight < 1:
         raise ConfigError(f"in_flight must be a whole number >= 1, not {in_flight!r}")
-    return _outcomes(store, submissions, max_bytes, reference, deadline, copy, in_flight)
+    return _outcomes(store, submissions, max_bytes, reference, deadline, copy, in_flight,
+                     exclude_duplicates)
 
 
 def _outcomes(
@@ -155,25 +186,42 @@ def _outcomes(
     deadline: float | None,
     copy: bool,
     in_flight: int,
+    exclude_duplicates: bool,
 ) -> Iterator[Outcome]:
     ordered = sorted(submissions, key=lambda s: learner_key(s.learner))
+    duplicates = _Duplicates(ordered) if exclude_duplicates else None
 
-    def fetch(s: UpdateSubmitted, stop: threading.Event) -> Outcome:
+    def fetch(s: UpdateSubmitted, stop: threading.Event) -> _Result:
+        canonical: CID | None = None
         try:
-            weights = fetch_model(store, s.model_cid.require(), max_bytes=max_bytes,
-                                  reference=reference, deadline=deadline, copy=copy, stop=stop)
+            cid = s.model_cid.require()
+            if duplicates is None:
+                weights = fetch_model(store, cid, max_bytes=max_bytes, reference=reference,
+                                      deadline=deadline, copy=copy, stop=stop)
+            else:
+                weights, canonical = fetch_update(
+                    store, cid, max_bytes=max_bytes, reference=reference, deadline=deadline,
+                    copy=copy, stop=stop)  # fmt: skip
         except (StorageError, InvalidModel) as exc:
-            return Rejected.because(s, exc)
-        return Fetched(s, weights)
+            return Rejected.because(s, exc), None
+        return Fetched(s, weights), canonical
 
-    jobs = [_bind(fetch, s) for s in ordered]
-    results: Iterator[Outcome]
+    jobs: list[Callable[[threading.Event], _Result]] = []
+    for s in ordered:
+        found = duplicates.same_cid(s) if duplicates is not None else None
+        if found is not None:
+            jobs.append(_known((found, None)))
+        else:
+            jobs.append(_bind(fetch, s))
+    results: Iterator[_Result]
     if in_flight == 1 or len(jobs) <= 1:
         results = (job(_NEVER) for job in jobs)
     else:
-        results = iter(_Prefetcher(jobs, in_flight, heavy=lambda o: isinstance(o, Fetched)))
+        results = iter(_Prefetcher(jobs, in_flight, heavy=lambda r: isinstance(r[0], Fetched)))
     try:
-        for outcome in results:
+        for outcome, canonical in results:
+            if duplicates is not None and isinstance(outcome, Fetched) and canonical is not None:
+                outcome = duplicates.same_content(outcome, canonical)
             yield outcome
             del outcome  # consumed: release this model, its place goes to the next fetch
     finally:
@@ -182,14 +230,62 @@ def _outcomes(
             close()
 
 
+#: (the outcome, the canonical CID of a fetched model's weights).
+_Result = tuple[Outcome, CID | None]
 #: The stop event of fetches that nobody cancels (in_flight=1: they run in the caller).
 _NEVER = threading.Event()
 
 
 def _bind(
-    fetch: Callable[[UpdateSubmitted, threading.Event], Outcome], s: UpdateSubmitted
-) -> Callable[[threading.Event], Outcome]:
+    fetch: Callable[[UpdateSubmitted, threading.Event], _Result], s: UpdateSubmitted
+) -> Callable[[threading.Event], _Result]:
     return lambda stop: fetch(s, stop)
+
+
+def _known(result: _Result) -> Callable[[threading.Event], _Result]:
+    return lambda stop: result
+
+
+class _Duplicates:
+    """The round's exact-duplicate rule (see the module's docstring)."""
+
+    def __init__(self, submissions: Sequence[UpdateSubmitted]) -> None:
+        kept, duplicates = find_duplicates(Submission.of(s) for s in submissions)
+        #: content (CID multihash) → the round's first submission of it
+        self._first: dict[Hashable, Submission] = {k.content: k for k in kept}
+        self._of: dict[int, Submission] = {id(k.ref): k for k in kept}
+        self._duplicates = {id(d.submission.ref): d for d in duplicates}
+
+    def same_cid(self, s: UpdateSubmitted) -> Rejected | None:
+        """The rejection of `s` if an earlier submission had its CID."""
+        found = self._duplicates.get(id(s))
+        if found is None:
+            return None
+        original: UpdateSubmitted = found.original.ref
+        return self._reject(s, original, True, "the same CID, submitted earlier in the round")
+
+    def same_content(self, fetched: Fetched, canonical: CID) -> Outcome:
+        """`fetched`, or its rejection if its weights are an earlier submission's CID."""
+        s = fetched.submission
+        mine = self._of[id(s)]
+        first = self._first.get(canonical.multihash)
+        if first is None or first.order >= mine.order or first.learner == s.learner:
+            return fetched
+        original: UpdateSubmitted = first.ref
+        return self._reject(
+            s, original, False,
+            f"the same weights as {original.model_cid.text}, submitted earlier in the round, "
+            "encoded differently")  # fmt: skip
+
+    @staticmethod
+    def _reject(
+        s: UpdateSubmitted, original: UpdateSubmitted, same_cid: bool, how: str
+    ) -> Rejected:
+        message = (
+            f"duplicate of {original.learner}'s update: {how} "
+            f"(block {original.block}, log {original.log_index})"
+        )
+        return Rejected.because(s, DuplicateUpdate(message, original=original, same_cid=same_cid))
 
 
 T = TypeVar("T")
