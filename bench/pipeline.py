@@ -16,8 +16,10 @@ subprocess so that no variant's memory shows in another's peak:
   `FedAvg().aggregate`, for each `--in-flight` value (1 is the sequential fetch). The
   previous global model is fetched first, untimed, and held, as the aggregator holds it.
 
-Time: the best of --repeat runs, round-robin so that every variant sees the same load on a
-shared machine; CPU is that run's process time (user + system; the node's is not counted).
+Time: the best and the median of --repeat runs, round-robin so that every variant sees the
+same load on a shared machine; CPU is the best run's process time (user + system; the node's
+is not counted), folding the part of it the strategy spent on updates rather than waiting for
+the next one: the most that overlapping fetches with it can save.
 Peak RSS is the process's resident high-water mark (VmHWM, the highest over the runs), taken
 before anything else is allocated for the report; "model" is one update's encoded size.
 Each round reports the CID of its global model: all must be equal (the pipeline does not
@@ -31,13 +33,16 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from fedchain.aggregation.rules import Update
 from fedchain.aggregation.strategy import FedAvg
 from fedchain.eth.events import ChainCid, UpdateSubmitted
 from fedchain.federation.fetching import RoundUpdates, fetch_updates
@@ -116,12 +121,25 @@ def worker(args: argparse.Namespace) -> dict[str, object]:
     updates = RoundUpdates(fetch_updates(store, events, max_bytes=args.max_bytes,
                                          reference=codec.spec(previous), copy=False,
                                          in_flight=args.in_flight))
-    new, _ = FedAvg().aggregate(previous, updates)
+    waited = [0.0]
+
+    def timed(source: Iterator[Update]) -> Iterator[Update]:
+        """`source`, counting the time the strategy waits for the next update."""
+        while True:
+            asked = time.perf_counter()
+            update = next(source, None)
+            waited[0] += time.perf_counter() - asked
+            if update is None:
+                return
+            yield update
+            del update
+
+    new, _ = FedAvg().aggregate(previous, timed(iter(updates)))
     seconds = time.perf_counter() - started
     peak = rss_peak()
     assert len(updates.included) == len(cids), [r.reason for r in updates.rejected]
     return {"seconds": seconds, "peak": peak, "baseline": baseline, "cpu": cpu_seconds() - cpu,
-            "global": str(canonical_cid(new))}
+            "waited": waited[0], "global": str(canonical_cid(new))}
 
 
 def measure(variant: list[str], common: list[str]) -> dict[str, object]:
@@ -213,18 +231,24 @@ def run(args: argparse.Namespace) -> None:
             results[name].append(measure(variant, common))
 
     best = {name: min(runs, key=lambda r: float(r["seconds"])) for name, runs in results.items()}
+    median = {name: statistics.median(float(r["seconds"]) for r in runs)
+              for name, runs in results.items()}
     download = float(best["download"]["seconds"])
     total = int(best["download"]["bytes"])
     print()
     print(f"model: {size / 1e6:.1f} MB encoded; a round: {total / 1e9:.2f} GB; "
-          f"download alone {total / download / 1e6:.0f} MB/s")
-    print(f"{'variant':<30} {'time (s)':>9} {'× download':>11} {'CPU (s)':>8} "
-          f"{'peak RSS (MB)':>14} {'× model':>8} {'baseline (MB)':>14}")
+          f"download alone {total / download / 1e6:.0f} MB/s (best run)")
+    print(f"{'variant':<30} {'best (s)':>9} {'× dl':>5} {'median (s)':>11} {'× dl':>5} "
+          f"{'CPU (s)':>8} {'folding (s)':>12} {'peak RSS (MB)':>14} {'× model':>8}")
     for name, r in best.items():
         seconds, peak = float(r["seconds"]), max(int(x["peak"]) for x in results[name])
         label = "download alone (store.get)" if name == "download" else f"FedAvg {name}"
-        print(f"{label:<30} {seconds:>9.1f} {seconds / download:>11.2f} {float(r['cpu']):>8.1f} "
-              f"{peak / 1e6:>14.0f} {peak / size:>8.2f} {int(r['baseline']) / 1e6:>14.0f}")
+        folding = "" if "waited" not in r else f"{seconds - float(r['waited']):.1f}"
+        print(f"{label:<30} {seconds:>9.1f} {seconds / download:>5.2f} {median[name]:>11.1f} "
+              f"{median[name] / median['download']:>5.2f} {float(r['cpu']):>8.1f} "
+              f"{folding:>12} {peak / 1e6:>14.0f} {peak / size:>8.2f}")
+    print(f"(baseline RSS after imports: {int(best['download']['baseline']) / 1e6:.0f} MB; "
+          "folding: the part of the round the strategy was not waiting for an update)")
     globals_ = {str(r["global"]) for name, runs in results.items() if name != "download"
                 for r in runs}
     print()
