@@ -1,19 +1,52 @@
 """A round's updates, fetched: one typed outcome per submission, in learner order, streamed.
 
 `fetch_updates` turns the round's UpdateSubmitted events into `Fetched` (the validated
-update) or `Rejected` (the submission, and why its model could not be used) values, one model
-in memory at a time. `RoundUpdates` hands a strategy the fetched updates as it pulls them and
-keeps what was included and what was rejected for whoever runs the round: the aggregator, the
-restart replay and the audit all read a round this way.
+update) or `Rejected` (the submission, and why its model could not be used) values.
+`RoundUpdates` hands a strategy the fetched updates as it pulls them and keeps what was
+included and what was rejected for whoever runs the round: the aggregator, the restart
+replay and the audit all read a round this way.
+
+Pipelined: while the strategy folds one update in, the next ones are fetched (verified,
+decoded, validated) by `in_flight − 1` background threads; at most `in_flight` models are
+held or being fetched at once, the one being folded in included. The default, 2, fetches the
+next model while the current one is folded in: the downloads follow each other without a gap
+and memory holds about one update more than the sequential fetch (`in_flight=1`, in the
+caller's thread, each model fetched only once the previous one was consumed). Larger values
+run several downloads at once, for stores whose throughput grows with parallel requests.
+Outcomes still come in ascending learner order, so aggregation is bit-identical whatever
+`in_flight` is. Each fetch keeps the plan's byte limit and the round's deadline; a model
+fetched ahead waits in memory, not on the network, so its deadline cannot pass while the
+strategy is busy. When the consumer stops early (an exception, a `break`, the iterator
+dropped), the fetches in progress are abandoned and their threads end.
+
+Exact duplicates (`exclude_duplicates=True`): a submission whose content another learner
+submitted earlier in the round (chain order: block, then log index) is rejected with
+`DuplicateUpdate`, naming that learner; the first submitter keeps its update. Two tests,
+both decided from the chain's CIDs and the submission's own content only, so the aggregator
+and an audit re-deriving the round reach the same verdict:
+
+- the same CID as the earlier submission (`rules.find_duplicates` over the CIDs' multihashes;
+  the duplicate is not even fetched);
+- weights whose canonical encoding (`model.fetch.canonical_cid`: the bytes `codec.encode`
+  writes) is the earlier submission's CID: the same weights re-encoded, e.g. with extra
+  metadata, under another CID.
+
+The second test protects an original encoded as fedchain learners encode (canonically); two
+non-canonical encodings of the same weights are not compared with each other, since that
+would need every earlier submission's content before the first update could be handed out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import logging
+import threading
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
-from ..aggregation.rules import Update
+from ..aggregation.rules import Submission, Update, find_duplicates
 from ..errors import (
+    ConfigError,
     ContentMismatch,
     ContentNotFound,
     FedChainError,
@@ -25,8 +58,18 @@ from ..errors import (
 from ..eth.accounts import learner_key
 from ..eth.events import UpdateSubmitted
 from ..model.codec import ModelSpec, Weights
-from ..model.fetch import fetch_model
+from ..model.fetch import fetch_model, fetch_update
 from ..storage import ContentStore
+from ..storage.cid import CID
+
+log = logging.getLogger("fedchain.fetching")
+
+#: How many updates `fetch_updates` holds or fetches at once by default (the one being
+#: folded in included): one folded in while the next one is fetched.
+DEFAULT_IN_FLIGHT = 2
+#: How long closing a round's prefetching waits for each fetch thread to end (s). A thread
+#: blocked on a node that sends nothing ends at its fetch's own deadline instead.
+CLOSE_GRACE = 5.0
 
 #: Failures of the store (the content may yet be served), not of the submitted content.
 UNAVAILABLE: tuple[type[StorageError], ...] = (
@@ -102,6 +145,17 @@ class Rejected:
         return {"learner": self.learner, "cid": self.cid, "reason": self.reason}
 
 
+class DuplicateUpdate(FedChainError):
+    """A submission whose content another learner submitted earlier in the round."""
+
+    def __init__(self, message: str, *, original: UpdateSubmitted, same_cid: bool) -> None:
+        super().__init__(message)
+        #: The earlier submission of that content.
+        self.original = original
+        #: True: the very same CID; False: the same weights, encoded otherwise.
+        self.same_cid = same_cid
+
+
 Outcome = Fetched | Rejected
 
 
@@ -113,26 +167,234 @@ def fetch_updates(
     reference: ModelSpec | None = None,
     deadline: float | None = None,
     copy: bool = False,
+    in_flight: int = DEFAULT_IN_FLIGHT,
+    exclude_duplicates: bool = False,
 ) -> Iterator[Outcome]:
-    """Fetches each submission's model in ascending learner order, as the next one is asked for.
+    """Each submission's outcome in ascending learner order, fetched `in_flight` at a time.
 
-    Each model is fetched through `fetch_model` with `max_bytes` (the plan's limit), checked
-    against `reference`, and must arrive by `deadline` (one for all of them); any failure is
-    yielded as a Rejected value, never raised.
+    Each model is fetched through `fedchain.model.fetch` with `max_bytes` (the plan's limit),
+    checked against `reference`, and must arrive by `deadline` (one for all of them); any
+    failure is yielded as a Rejected value, never raised. At most `in_flight` models (>= 1)
+    are held or being fetched at once, counting the last one yielded until the next one is
+    asked for. `exclude_duplicates` rejects exact duplicates (see the module's docstring).
+    Nothing is fetched before the first outcome is asked for.
     """
-    for s in sorted(submissions, key=lambda s: learner_key(s.learner)):
+    if isinstance(in_flight, bool) or not isinstance(in_flight, int) or in_flight < 1:
+        raise ConfigError(f"in_flight must be a whole number >= 1, not {in_flight!r}")
+    return _outcomes(store, submissions, max_bytes, reference, deadline, copy, in_flight,
+                     exclude_duplicates)
+
+
+def _outcomes(
+    store: ContentStore,
+    submissions: Iterable[UpdateSubmitted],
+    max_bytes: int,
+    reference: ModelSpec | None,
+    deadline: float | None,
+    copy: bool,
+    in_flight: int,
+    exclude_duplicates: bool,
+) -> Iterator[Outcome]:
+    ordered = sorted(submissions, key=lambda s: learner_key(s.learner))
+    duplicates = _Duplicates(ordered) if exclude_duplicates else None
+
+    def fetch(s: UpdateSubmitted, stop: threading.Event) -> _Result:
+        canonical: CID | None = None
         try:
-            weights = fetch_model(store, s.model_cid.require(), max_bytes=max_bytes,
-                                  reference=reference, deadline=deadline, copy=copy)
+            cid = s.model_cid.require()
+            if duplicates is None:
+                weights = fetch_model(store, cid, max_bytes=max_bytes, reference=reference,
+                                      deadline=deadline, copy=copy, stop=stop)
+            else:
+                weights, canonical = fetch_update(
+                    store, cid, max_bytes=max_bytes, reference=reference, deadline=deadline,
+                    copy=copy, stop=stop)  # fmt: skip
         except (StorageError, InvalidModel) as exc:
-            yield Rejected.because(s, exc)
-            continue
-        yield Fetched(s, weights)
-        del weights  # release this model before the next one is fetched
+            return Rejected.because(s, exc), None
+        return Fetched(s, weights), canonical
+
+    jobs: list[Callable[[threading.Event], _Result]] = []
+    for s in ordered:
+        found = duplicates.same_cid(s) if duplicates is not None else None
+        if found is not None:
+            jobs.append(_known((found, None)))
+        else:
+            jobs.append(_bind(fetch, s))
+    results: Iterator[_Result]
+    if in_flight == 1 or len(jobs) <= 1:
+        results = (job(_NEVER) for job in jobs)
+    else:
+        results = iter(_Prefetcher(jobs, in_flight, heavy=lambda r: isinstance(r[0], Fetched)))
+    try:
+        for outcome, canonical in results:
+            if duplicates is not None and isinstance(outcome, Fetched) and canonical is not None:
+                outcome = duplicates.same_content(outcome, canonical)
+            yield outcome
+            del outcome  # consumed: release this model, its place goes to the next fetch
+    finally:
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()
+
+
+#: (the outcome, the canonical CID of a fetched model's weights).
+_Result = tuple[Outcome, CID | None]
+#: The stop event of fetches that nobody cancels (in_flight=1: they run in the caller).
+_NEVER = threading.Event()
+
+
+def _bind(
+    fetch: Callable[[UpdateSubmitted, threading.Event], _Result], s: UpdateSubmitted
+) -> Callable[[threading.Event], _Result]:
+    return lambda stop: fetch(s, stop)
+
+
+def _known(result: _Result) -> Callable[[threading.Event], _Result]:
+    return lambda stop: result
+
+
+class _Duplicates:
+    """The round's exact-duplicate rule (see the module's docstring)."""
+
+    def __init__(self, submissions: Sequence[UpdateSubmitted]) -> None:
+        kept, duplicates = find_duplicates(Submission.of(s) for s in submissions)
+        #: content (CID multihash) → the round's first submission of it
+        self._first: dict[Hashable, Submission] = {k.content: k for k in kept}
+        self._of: dict[int, Submission] = {id(k.ref): k for k in kept}
+        self._duplicates = {id(d.submission.ref): d for d in duplicates}
+
+    def same_cid(self, s: UpdateSubmitted) -> Rejected | None:
+        """The rejection of `s` if an earlier submission had its CID."""
+        found = self._duplicates.get(id(s))
+        if found is None:
+            return None
+        original: UpdateSubmitted = found.original.ref
+        return self._reject(s, original, True, "the same CID, submitted earlier in the round")
+
+    def same_content(self, fetched: Fetched, canonical: CID) -> Outcome:
+        """`fetched`, or its rejection if its weights are an earlier submission's CID."""
+        s = fetched.submission
+        mine = self._of[id(s)]
+        first = self._first.get(canonical.multihash)
+        if first is None or first.order >= mine.order or first.learner == s.learner:
+            return fetched
+        original: UpdateSubmitted = first.ref
+        return self._reject(
+            s, original, False,
+            f"the same weights as {original.model_cid.text}, submitted earlier in the round, "
+            "encoded differently")  # fmt: skip
+
+    @staticmethod
+    def _reject(
+        s: UpdateSubmitted, original: UpdateSubmitted, same_cid: bool, how: str
+    ) -> Rejected:
+        message = (
+            f"duplicate of {original.learner}'s update: {how} "
+            f"(block {original.block}, log {original.log_index})"
+        )
+        return Rejected.because(s, DuplicateUpdate(message, original=original, same_cid=same_cid))
+
+
+T = TypeVar("T")
+
+
+class _Prefetcher(Generic[T]):
+    """Runs `jobs` on `limit − 1` background threads; yields their results in the jobs' order.
+
+    At most `limit` results are alive at once, counting the one last yielded until the next
+    is asked for; a result that is not `heavy` (holds no model) frees its place as soon as it
+    is handed out. Jobs start in order, so the next result the consumer waits for is always
+    running or done. A job's exception is raised to the consumer at that job's turn. Closing
+    the iterator (or dropping it) sets `stop`, which every job is given, and joins the threads.
+
+    One thread fewer than places: while the consumer waits it holds no result, and `limit`
+    downloads at once would all grow towards full size together, for no gain in time when
+    the store serves one stream as fast as several.
+    """
+
+    def __init__(
+        self,
+        jobs: Sequence[Callable[[threading.Event], T]],
+        limit: int,
+        *,
+        heavy: Callable[[T], bool],
+    ) -> None:
+        self._jobs = jobs
+        self._heavy = heavy
+        self._free = limit
+        self._next = 0  # the next job to start
+        self._done: dict[int, tuple[bool, T | BaseException]] = {}
+        self._cond = threading.Condition()
+        self.stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._work, name=f"fedchain-prefetch-{i}", daemon=True)
+            for i in range(max(1, min(limit - 1, len(jobs))))
+        ]
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self.stop.is_set() and self._next < len(self._jobs) and not self._free:
+                    self._cond.wait()
+                if self.stop.is_set() or self._next >= len(self._jobs):
+                    return
+                index = self._next
+                self._next += 1
+                self._free -= 1
+            result: tuple[bool, T | BaseException]
+            try:
+                result = (True, self._jobs[index](self.stop))
+            except BaseException as exc:  # handed to the consumer, who raises it
+                result = (False, exc)
+            with self._cond:
+                if not self.stop.is_set():
+                    self._done[index] = result
+                    self._cond.notify_all()
+            del result
+
+    def __iter__(self) -> Iterator[T]:
+        for thread in self._threads:
+            thread.start()
+        try:
+            for index in range(len(self._jobs)):
+                with self._cond:
+                    while index not in self._done:
+                        self._cond.wait()
+                    ok, value = self._done.pop(index)
+                if not ok:
+                    assert isinstance(value, BaseException)
+                    raise value
+                heavy = self._heavy(value)  # type: ignore[arg-type]
+                if not heavy:
+                    self._release()
+                yield value  # type: ignore[misc]
+                del value  # consumed: its place goes to the next fetch
+                if heavy:
+                    self._release()
+        finally:
+            self.close()
+
+    def _release(self) -> None:
+        with self._cond:
+            self._free += 1
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Abandon the jobs still running or waiting; wait (a while) for the threads to end."""
+        self.stop.set()
+        with self._cond:
+            self._done.clear()
+            self._cond.notify_all()
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join(CLOSE_GRACE)
+                if thread.is_alive():
+                    log.debug("%s still waits on its store; it ends at its fetch deadline",
+                              thread.name)
 
 
 class RoundUpdates:
-    """A round's updates as a strategy consumes them, fetched one at a time; once iterated,
+    """A round's updates as a strategy consumes them, fetched as it pulls them; once iterated,
     `included` holds the submissions whose updates were handed out, `rejected` the others.
 
     Errors in `raise_errors` end the iteration by being raised instead of being recorded (the
@@ -148,14 +410,21 @@ class RoundUpdates:
         self.rejected: list[Rejected] = []
 
     def __iter__(self) -> Iterator[Update]:
-        for outcome in self._outcomes:
-            if isinstance(outcome, Rejected):
-                if outcome.error is not None and isinstance(outcome.error, self._raise):
-                    raise outcome.error
-                self.rejected.append(outcome)
-                continue
-            self.included.append(outcome.submission)
-            update = outcome.update
-            del outcome
-            yield update
-            del update  # the strategy has folded it in: drop it before the next fetch
+        try:
+            for outcome in self._outcomes:
+                if isinstance(outcome, Rejected):
+                    if outcome.error is not None and isinstance(outcome.error, self._raise):
+                        raise outcome.error
+                    self.rejected.append(outcome)
+                    continue
+                self.included.append(outcome.submission)
+                update = outcome.update
+                del outcome
+                yield update
+                del update  # the strategy has folded it in: its place goes to the next fetch
+        finally:
+            # However the iteration ends (done, raised, abandoned by the strategy), the
+            # fetches still under way stop now, not when this object is collected.
+            close = getattr(self._outcomes, "close", None)
+            if close is not None:
+                close()

@@ -9,22 +9,56 @@ must end by then (a round's updates, say): each fetch gets the time left as the 
 store's own default applies (see fedchain.storage.fetch). The plan itself is read through
 `fetch_plan`, never more than MAX_PLAN_BYTES of it.
 
+A model is read into one growing buffer (`fetch_buffer`), never as a list of chunks joined at
+the end, so a fetch holds about one model's bytes, not two; `stop`, an Event another thread
+may set, abandons a fetch between chunks (FetchCancelled), as the prefetching of a round's
+updates does when its consumer stops early (fedchain.federation.fetching).
+
+`canonical_cid` names a model's content independently of how its bytes were laid out: the CID
+`codec.encode` would give its weights. Two submissions of the same weights have the same
+canonical CID even when one was re-encoded (extra metadata, another tensor layout) under
+another CID; a submission encoded as fedchain encodes has its own CID as its canonical CID.
+
 Errors: the store's (`StorageError`: InvalidCID, ContentNotFound, ContentMismatch,
 ContentTooLarge, StoreUnavailable, FetchTimeout) and the codec's (`InvalidModel`), as raised.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import struct
+import threading
 import time
 from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
 
 from ..errors import ConfigError, ContentTooLarge, FetchTimeout
+from ..progress import transfer
 from ..storage import ContentStore
 from ..storage.cid import CID
-from .codec import ModelSpec, Weights, decode
+from ..storage.unixfs import CidBuilder
+from .codec import _CODES, FORMAT, VERSION, ModelSpec, Weights, decode, spec
 from .plan import MAX_PLAN_BYTES, Plan
 
-__all__ = ["FetchTimeout", "fetch_bytes", "fetch_chunks", "fetch_model", "fetch_plan"]
+__all__ = [
+    "FetchCancelled",
+    "FetchTimeout",
+    "canonical_cid",
+    "canonical_header",
+    "fetch_buffer",
+    "fetch_bytes",
+    "fetch_chunks",
+    "fetch_model",
+    "fetch_plan",
+    "fetch_update",
+]
+
+
+class FetchCancelled(Exception):  # noqa: N818 - not an error: the caller asked for it
+    """A fetch abandoned because its `stop` event was set (the result was no longer wanted)."""
 
 
 def remaining(deadline: float | None, cid: CID | str) -> float | None:
@@ -54,6 +88,32 @@ def fetch_bytes(
     return store.get(cid, max_bytes, timeout=remaining(deadline, cid))
 
 
+def fetch_buffer(
+    store: ContentStore,
+    cid: CID | str,
+    *,
+    max_bytes: int,
+    deadline: float | None = None,
+    stop: threading.Event | None = None,
+) -> bytearray:
+    """The content of `cid`, as `fetch_bytes`, in one buffer grown chunk by chunk (no second
+    copy of the content while it is assembled). FetchCancelled once `stop` is set."""
+    chunks = fetch_chunks(store, cid, max_bytes=max_bytes, deadline=deadline)
+    shown = transfer(chunks, f"download {str(cid)[:16]}…")
+    buffer = bytearray()
+    try:
+        for chunk in shown:
+            if stop is not None and stop.is_set():
+                raise FetchCancelled(f"fetch of {cid} cancelled after {len(buffer)} bytes")
+            buffer += chunk
+    finally:
+        for iterator in (shown, chunks):  # ends the store's fetch (and its connection) now
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+    return buffer
+
+
 def fetch_model(
     store: ContentStore,
     cid: CID | str,
@@ -62,16 +122,81 @@ def fetch_model(
     reference: ModelSpec | None = None,
     deadline: float | None = None,
     copy: bool = True,
+    stop: threading.Event | None = None,
 ) -> Weights:
     """The weights behind `cid`: fetched by `deadline`, verified against the CID, at most
     `max_bytes`, decoded and validated (finite values; the names, shapes and dtypes of
     `reference` when given).
 
     `copy=False` leaves the arrays as read-only views into the fetched bytes (see `decode`),
-    for a model that is only read, as the aggregator reads updates.
+    for a model that is only read, as the aggregator reads updates. `stop`: see fetch_buffer.
     """
-    data = fetch_bytes(store, cid, max_bytes=max_bytes, deadline=deadline)
-    return decode(data, reference, max_bytes, copy=copy)
+    data = fetch_buffer(store, cid, max_bytes=max_bytes, deadline=deadline, stop=stop)
+    return decode(memoryview(data).toreadonly(), reference, max_bytes, copy=copy)
+
+
+def fetch_update(
+    store: ContentStore,
+    cid: CID,
+    *,
+    max_bytes: int,
+    reference: ModelSpec | None = None,
+    deadline: float | None = None,
+    copy: bool = True,
+    stop: threading.Event | None = None,
+) -> tuple[Weights, CID]:
+    """(the weights behind `cid`, as `fetch_model` gives them; their `canonical_cid`)."""
+    data = fetch_buffer(store, cid, max_bytes=max_bytes, deadline=deadline, stop=stop)
+    view = memoryview(data).toreadonly()
+    weights = decode(view, reference, max_bytes, copy=copy)
+    return weights, canonical_cid(weights, view, cid)
+
+
+# --- canonical content ------------------------------------------------------------------
+
+
+def canonical_header(model: ModelSpec) -> bytes:
+    """The bytes `codec.encode` writes before the tensor data of weights of `model` (without
+    caller metadata): the 8-byte length, then the JSON header padded with spaces."""
+    meta = {"format": FORMAT, "version": VERSION, "order": json.dumps(model.names)}
+    header: dict[str, Any] = {"__metadata__": dict(sorted(meta.items()))}
+    offset = 0
+    for t in model.tensors:
+        size = math.prod(t.shape) * np.dtype(t.dtype).itemsize
+        header[t.name] = {
+            "dtype": _CODES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text
+
+
+def canonical_cid(
+    weights: Weights, data: bytes | bytearray | memoryview | None = None, cid: CID | None = None
+) -> CID:
+    """The CID of `codec.encode(weights)`, computed without building those bytes.
+
+    `data`, the bytes `weights` were decoded from, and `cid`, their CID, are a shortcut: when
+    the bytes are already the canonical encoding (as every fedchain learner writes them) the
+    answer is `cid`, and only the header is compared. Otherwise the canonical bytes are
+    hashed as they would be written, tensor by tensor, in place.
+    """
+    header = canonical_header(spec(weights))
+    if data is not None and cid is not None:
+        view = memoryview(data).cast("B")
+        body = sum(a.nbytes for a in weights.values())
+        if len(view) == len(header) + body and view[: len(header)] == header:
+            return cid
+    builder = CidBuilder()
+    builder.update(header)
+    for array in weights.values():
+        if array.nbytes:
+            little = array.astype(array.dtype.newbyteorder("<"), order="C", copy=False)
+            builder.update(little.reshape(-1).view(np.uint8).data)
+    return builder.finish()
 
 
 def fetch_plan(store: ContentStore, cid: CID | str, *, deadline: float | None = None) -> Plan:
