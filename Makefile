@@ -40,6 +40,7 @@ bench: setup
 	$(PY) bench/audit.py
 	$(PY) bench/hostile.py
 	$(PY) bench/robustness.py
+	$(PY) bench/pipeline.py
 
 # Every CID and gas figure the READMEs quote, recomputed (all rounds of every example).
 docs-check: setup

@@ -55,7 +55,7 @@ class CountingStore(LocalStore):
 def genesis(fed, store) -> None:
     """Opens round 1 of the `fed` federation."""
     _, aggregator, _ = fed
-    aggregator.set_genesis(store.put(encode(previous())), cid_of(b"plan"))
+    aggregator.set_genesis(store.put(encode(previous())), cid_of(b"plan"), 10)
 
 
 def learners_by_address(fed):

@@ -266,7 +266,9 @@ def test_a_committee_outlives_a_dead_member_and_a_round_without_quorum_is_closed
     contract = find_contract(chain, directory=tmp_path / "deployments")
 
     # Member 2 never runs: two of three still open the federation and close round 1.
-    members = [_fedchain("aggregator", "--id", str(k), "--job", str(job)) for k in (0, 1)]
+    # Each member writes its own results (members share the job file, not an output dir).
+    members = [_fedchain("aggregator", "--id", str(k), "--job", str(job),
+                         "--output", str(tmp_path / f"member-{k}")) for k in (0, 1)]
     learners = [_fedchain("learner", "--id", str(i), "--job", str(job)) for i in range(3)]
     _wait_until(lambda: contract.current_round() == 2, timeout=600, what="round 1 closed")
     # Then member 1 dies too: round 2 cannot reach a quorum.

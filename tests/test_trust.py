@@ -202,3 +202,27 @@ def test_a_global_model_is_never_non_finite(store):
         weights = decode(store.get(r.global_cid))
         assert all(np.isfinite(v).all() for v in weights.values())
     assert encode(weights)  # a model learners can use
+
+
+def test_a_copied_update_is_left_out_and_the_audit_agrees(fed, store):
+    chain, aggregator, bindings = fed
+    config = RunConfig(strategy=FedAvg(), rounds=1, min_updates=1, round_timeout=30.0,
+                       train=TRAIN, poll_interval=0.05, exclude_duplicates=True)
+    agg = Aggregator(aggregator, store, config, initial_weights=initial_weights())
+    agg.start()
+    honest = [LearnerNode(LinearLearner(i), b, store, poll_interval=0.05)
+              for i, b in enumerate(bindings[:2])]
+    for n in honest:
+        n.step()
+    # The third learner free-rides: it submits the first learner's CID as its own update.
+    victim = next(u for u in aggregator.updates(1) if u.learner == honest[0].address)
+    bindings[2].submit_update(1, victim.model_cid.raw, victim.num_examples)
+    result = agg.run_round(1)
+    copier = bindings[2].account.address
+    assert copier not in result.included and len(result.included) == 2
+    [rejected] = result.rejected
+    assert rejected.learner == copier and "duplicate of" in rejected.reason
+    report = audit_federation(aggregator, store)
+    assert report.exit_status() == 0, report.failures()
+    assert any(c.what == "left-out update" and c.learner == copier and "duplicate" in c.detail
+               for c in report.all_checks())

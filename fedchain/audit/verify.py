@@ -163,8 +163,15 @@ def _check_left_out(r: RoundAudit, store: ContentStore, walk: _Walk, add: Add) -
     for learner in sorted({s.learner for s in r.left_out if s.learner in r.removed}):
         add(NOTE, "left-out update", "excluded: the owner removed this learner", learner)
     valid = []
-    for outcome in fetch_updates(store, left_out, max_bytes=walk.plan.max_model_bytes,
-                                 reference=walk.reference):
+    dedupe = walk.plan.exclude_duplicates
+    # Duplicates are judged against the whole round (the original may have been included).
+    judged = [s.event for s in r.submissions if s.learner not in r.removed] if dedupe else left_out
+    wanted = {(e.learner, e.tx) for e in left_out}
+    for outcome in fetch_updates(store, judged, max_bytes=walk.plan.max_model_bytes,
+                                 reference=walk.reference, exclude_duplicates=dedupe):
+        sub = outcome.submission
+        if sub is not None and (sub.learner, sub.tx) not in wanted:
+            continue  # an included one, read only to judge duplicates
         if isinstance(outcome, Rejected):
             status = NOTE if not outcome.unavailable else UNFETCHABLE
             add(status, "left-out update", f"{outcome.cid}: {outcome.reason}", outcome.learner)
@@ -213,6 +220,7 @@ def _recompute(
         return None, None
     included = [s.event for s in r.submissions if s.included]
     updates = RoundUpdates(fetch_updates(store, included, max_bytes=walk.plan.max_model_bytes,
+                                         exclude_duplicates=walk.plan.exclude_duplicates,
                                          reference=walk.reference))
     new: Weights | None = None
     try:

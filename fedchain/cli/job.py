@@ -101,6 +101,10 @@ def _fraction(value: Any) -> str | None:
     return None if ok else "a number in (0, 1]"
 
 
+def _boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "true or false"
+
+
 def _verify_mode(value: Any) -> str | None:
     return None if value in ("full", "sampled", "off") else '"full", "sampled" or "off"'
 
@@ -121,12 +125,13 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "reveal_window": _integer(0), "vote_window": _integer(0), "fraction": _fraction,
         "buffer_size": _integer(0), "max_staleness": _integer(0), "verify": _verify_mode,
         "verify_max_bytes": _integer(0), "verify_rate": _fraction,
+        "exclude_duplicates": _boolean,
     },
 }  # fmt: skip
 #: [protocol] keys that go into the plan (the others shape the committee).
 PLAN_PROTOCOL_KEYS = ("update_window", "reveal_window", "vote_window", "fraction",
                       "buffer_size", "max_staleness", "verify", "verify_max_bytes",
-                      "verify_rate")
+                      "verify_rate", "exclude_duplicates")
 FREE_SECTIONS = ("strategy", "train", "evaluate")
 
 

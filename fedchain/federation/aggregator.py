@@ -279,6 +279,7 @@ class Aggregator:
         plan's size limit, by `deadline`); a store outage is raised, so the round is retried."""
         assert self._spec is not None
         outcomes = fetch_updates(self.store, updates, max_bytes=self._plan().max_model_bytes,
+                                 exclude_duplicates=self._plan().exclude_duplicates,
                                  reference=self._spec, deadline=deadline, copy=False)
         return RoundUpdates(outcomes, raise_errors=(StoreUnavailable,))
 

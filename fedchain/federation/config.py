@@ -86,6 +86,7 @@ class RunConfig:
     verify: str = "full"
     verify_max_bytes: int | None = None
     verify_rate: float | None = None
+    exclude_duplicates: bool | None = None
     #: The aggregator's own settings.
     round_timeout: float = 300.0
     #: Seconds past `round_timeout` by which a round's updates must have been fetched: an
@@ -150,7 +151,7 @@ class RunConfig:
             "vote_window": self.vote_window, "fraction": self.fraction,
             "buffer_size": self.buffer_size, "max_staleness": self.max_staleness,
             "verify": self.verify, "verify_max_bytes": self.verify_max_bytes,
-            "verify_rate": self.verify_rate,
+            "verify_rate": self.verify_rate, "exclude_duplicates": self.exclude_duplicates,
         }  # fmt: skip
         out = {k: v for k, v in fields.items() if v is not None}
         for name, value in out.items():

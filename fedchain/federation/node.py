@@ -241,7 +241,8 @@ class LearnerNode:
         started = time.monotonic()
         try:
             computed, published = rederive(self.contract, self.store, self._strategy, round,
-                                           max_bytes=plan.max_model_bytes, reference=self._spec)
+                                           max_bytes=plan.max_model_bytes, reference=self._spec,
+                                           exclude_duplicates=plan.exclude_duplicates)
         except (StorageError, InvalidModel, AggregationError, ConfigError) as exc:
             log.warning("%s: cannot re-derive the global model of round %d (%s: %s): not "
                         "training on it", self.name, round, type(exc).__name__, exc)
@@ -368,14 +369,20 @@ class LearnerNode:
         waits for the next round. Neither ends the learner.
         """
         c = self.contract
+        # Finished first: a finished federation's round no longer moves, so the round read
+        # next is its last one (read the other way round, the last round could close, and
+        # finish the federation, in between: its model would go unevaluated).
+        finished = c.finished()
         round = c.current_round()
         if round == 0:
             return True
         if self._reveal_due(round):
             return True
         if round == self._handled_round:
-            # Nothing new to do until the round moves on or the federation finishes.
-            if c.finished():
+            # Nothing new to do until the round moves on or the federation finishes. (The
+            # `finished` read before the round: a round closing in between, and finishing the
+            # federation, is seen at the next step, its model evaluated.)
+            if finished:
                 return False
             self._close_if_expired(round)
             return True
@@ -388,7 +395,6 @@ class LearnerNode:
             and last_published >= 1
             and not c.has_reported(last_published, self.address)
         )
-        finished = c.finished()
         # Past the plan's last round only finish() is due: training would be wasted.
         train = (not finished and round <= plan.rounds
                  and not c.has_submitted(round, self.address)

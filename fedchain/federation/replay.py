@@ -62,6 +62,7 @@ def rederive(
     *,
     max_bytes: int,
     reference: ModelSpec | None = None,
+    exclude_duplicates: bool = False,
 ) -> tuple[CID, GlobalModelPublished]:
     """The CID `round`'s global model should have, re-derived from the chain and the store —
     the previous global model, the server state published after the round before, the
@@ -83,7 +84,8 @@ def rederive(
             state = fetch_model(store, state_cid.require(), max_bytes=max_bytes)
     included = [u for u in contract.updates(round) if u.learner in set(published.included)]
     new, _ = recompute_round(contract, store, strategy, round, previous, state, included,
-                             reference=reference or spec(previous), max_bytes=max_bytes)
+                             reference=reference or spec(previous), max_bytes=max_bytes,
+                             exclude_duplicates=exclude_duplicates)
     return cid_of(encode(new)), published
 
 
@@ -103,6 +105,7 @@ def recompute_round(
     *,
     reference: ModelSpec | None = None,
     max_bytes: int | None = None,
+    exclude_duplicates: bool = False,
 ) -> tuple[Weights, Weights | None]:
     """(global model, server-optimizer state) of `round`, re-run from its included updates.
 
@@ -113,7 +116,8 @@ def recompute_round(
     """
     events = included_updates(contract, round) if included_events is None else included_events
     limit = plan_limit(contract, store) if max_bytes is None else max_bytes
-    outcomes = fetch_updates(store, events, reference=reference or spec(previous), max_bytes=limit)
+    outcomes = fetch_updates(store, events, reference=reference or spec(previous), max_bytes=limit,
+                             exclude_duplicates=exclude_duplicates)
     updates = RoundUpdates(outcomes, raise_errors=(StorageError, InvalidModel))
     return strategy.aggregate(previous, updates, state)
 

@@ -72,6 +72,7 @@ _FIELDS: dict[str, tuple[str, Any]] = {
     "verify_max_bytes": (
         f"an integer in 0..{MAX_MODEL_BYTES}", lambda v: _is_int(v) and 0 <= v <= MAX_MODEL_BYTES
     ),
+    "exclude_duplicates": ("true or false", lambda v: isinstance(v, bool)),
     "verify_rate": (
         "a number in (0, 1]",
         lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 < v <= 1,
@@ -81,7 +82,8 @@ _FIELDS: dict[str, tuple[str, Any]] = {
 #: Fields added after the first plan format: left out of the JSON while at their defaults, so
 #: a plan that does not use them keeps the CID it always had.
 _OPTIONAL = ("update_window", "reveal_window", "vote_window", "fraction", "buffer_size",
-             "max_staleness", "verify", "verify_max_bytes", "verify_rate")
+             "max_staleness", "verify", "verify_max_bytes", "verify_rate",
+             "exclude_duplicates")
 
 
 def check_field(name: str, value: Any) -> None:
@@ -130,6 +132,9 @@ class Plan:
     verify: str = "full"
     verify_max_bytes: int = DEFAULT_VERIFY_MAX_BYTES
     verify_rate: float = 0.25
+    #: Leave out a submission that exactly duplicates an earlier one of the round (same CID,
+    #: or the same weights re-encoded): free-riding on another learner's update.
+    exclude_duplicates: bool = False
 
     def __post_init__(self) -> None:
         if self.reveal_window and not self.update_window:
