@@ -61,12 +61,44 @@ dir = "{tmp_path / 'out'}"
     return job
 
 
+#: The processes the running test started (killed at its end if still running).
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_process_left_behind():
+    """Kills what a failed test left running, printing its output (shown on failure)."""
+    _STARTED.clear()
+    yield
+    for proc in _STARTED:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGCONT)  # a paused process would not take the kill
+            proc.kill()
+            out, _ = proc.communicate()
+            print(f"--- {' '.join(proc.args[3:])} (killed at teardown):\n"
+                  f"{out.decode(errors='replace')}")
+    _STARTED.clear()
+
+
 def _fedchain(*args: str, **kw) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(TESTS_DIR)}
-    return subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "fedchain.cli", *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, **kw,
     )
+    _STARTED.append(proc)
+    return proc
+
+
+def _pause(procs: list[subprocess.Popen]) -> None:
+    """Holds processes still (SIGSTOP), so the federation cannot move past them."""
+    for proc in procs:
+        proc.send_signal(signal.SIGSTOP)
+
+
+def _resume(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        proc.send_signal(signal.SIGCONT)
 
 
 def _finish(proc: subprocess.Popen, timeout: float = 600) -> str:
@@ -227,11 +259,17 @@ def test_an_aggregator_restarted_between_rounds_writes_every_round(anvil_node, i
     _deploy(job, anvil_node.url)
     contract = find_contract(connect(anvil_node.url), directory=tmp_path / "deployments")
 
+    # Between rounds, deterministically: learners 0 and 1 submit round 1 and are held still,
+    # so once learner 2 completes round 1 the aggregator waits on round 2 for them.
     first = _fedchain("aggregator", "--job", str(job))
-    learners = [_fedchain("learner", "--id", str(i), "--job", str(job)) for i in range(3)]
+    learners = [_fedchain("learner", "--id", str(i), "--job", str(job)) for i in (0, 1)]
+    _wait_until(lambda: len(contract.updates(1)) == 2, what="two updates in round 1")
+    _pause(learners)
+    learners.append(_fedchain("learner", "--id", "2", "--job", str(job)))
     _wait_until(lambda: contract.current_round() == 2, what="round 1 published")
     first.send_signal(signal.SIGKILL)
     first.communicate()
+    _resume(learners[:2])
 
     out = _finish(_fedchain("aggregator", "--job", str(job)))
     for p in learners:
@@ -269,11 +307,17 @@ def test_a_committee_outlives_a_dead_member_and_a_round_without_quorum_is_closed
     # Each member writes its own results (members share the job file, not an output dir).
     members = [_fedchain("aggregator", "--id", str(k), "--job", str(job),
                          "--output", str(tmp_path / f"member-{k}")) for k in (0, 1)]
-    learners = [_fedchain("learner", "--id", str(i), "--job", str(job)) for i in range(3)]
+    # Learners 0 and 1 submit round 1 and are held still; learner 2 completes round 1, so the
+    # committee closes it and round 2 waits for the two held learners (no race with round 2).
+    learners = [_fedchain("learner", "--id", str(i), "--job", str(job)) for i in (0, 1)]
+    _wait_until(lambda: len(contract.updates(1)) == 2, timeout=600, what="two updates in round 1")
+    _pause(learners)
+    learners.append(_fedchain("learner", "--id", "2", "--job", str(job)))
     _wait_until(lambda: contract.current_round() == 2, timeout=600, what="round 1 closed")
     # Then member 1 dies too: round 2 cannot reach a quorum.
     members[1].send_signal(signal.SIGKILL)
     members[1].communicate()
+    _resume(learners[:2])
     _wait_until(lambda: len(contract.updates(2)) == 3
                 and any(True for _ in contract.events("Voted", round=2)),
                 timeout=600, what="round 2's updates and member 0's vote")
