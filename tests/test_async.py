@@ -44,7 +44,7 @@ class Slow(LinearLearner):
     def train(self, weights: Any, config: Any) -> Any:
         result = super().train(weights, config)
         with _progress:
-            _progress.wait_for(lambda: _fast_round > int(config["round"]), timeout=20)
+            _progress.wait_for(lambda: _fast_round > int(config["round"]), timeout=120)
         return result
 
 

@@ -98,7 +98,7 @@ def prefetch_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("fedchain-prefetch")]
 
 
-def wait_for(condition, seconds: float = 10.0) -> bool:
+def wait_for(condition, seconds: float = 30.0) -> bool:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         if condition():
@@ -276,7 +276,7 @@ def test_a_store_outage_is_raised_at_the_same_update_as_sequentially(tmp_path, i
     assert updates.rejected == []
     # the round is abandoned at once (the aggregator retries it): no fetch goes on in the
     # background, even while the caller still holds the round's updates
-    assert wait_for(lambda: prefetch_threads() == [], 1)
+    assert wait_for(lambda: prefetch_threads() == [], 20)
     time.sleep(0.1)
     assert len(store.started) <= 1 + in_flight
 
@@ -292,7 +292,7 @@ def test_an_unexpected_error_reaches_the_consumer_at_that_learners_turn(tmp_path
     assert next(outcomes).learner == order[0].learner
     with pytest.raises(RuntimeError, match="bug"):
         next(outcomes)
-    assert wait_for(lambda: prefetch_threads() == [], 6)
+    assert wait_for(lambda: prefetch_threads() == [], 20)
 
 
 def test_a_consumer_that_stops_early_leaves_no_thread_and_no_fetch_behind(tmp_path):
