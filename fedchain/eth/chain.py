@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar, cast
@@ -43,6 +43,7 @@ from ..errors import (
     TransactionTimeout,
 )
 from ..redact import redact_url, register, scrub
+from . import signing
 from .accounts import DEV_ACCOUNTS, DEV_CHAIN_IDS, DEV_MNEMONIC, OWNER_INDEX, dev_account
 
 try:  # the embedded chain reports reverts with eth-tester's own exception
@@ -137,6 +138,11 @@ class Backend(ABC):
         w3.provider.make_request("evm_increaseTime", [seconds])  # type: ignore[arg-type]
         w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
 
+    def batch(self, w3: Web3, requests: Sequence[Callable[[], Any]]) -> list[Any]:
+        """The answers to `requests` (zero-argument web3 calls), in order: one by one here;
+        backends whose node takes JSON-RPC batches send them in one round trip."""
+        return [request() for request in requests]
+
 
 class EmbeddedBackend(Backend):
     """An in-process py-evm chain (eth-tester) with the dev mnemonic's accounts funded.
@@ -201,10 +207,16 @@ class RpcBackend(Backend):
     supports_batch = True
 
     def __init__(self, url: str, *, timeout: float = 30.0, provider: Any = None) -> None:
-        super().__init__(
-            provider or Web3.HTTPProvider(url, request_kwargs={"timeout": timeout}),
-            redact_url(url),
-        )
+        if provider is None:
+            # web3's validation middleware asks the node for eth_chainId twice before every
+            # eth_call and eth_estimateGas: a node's chain id does not change, so it is asked
+            # once per thread (3 HTTP requests per contract view become 1).
+            provider = Web3.HTTPProvider(
+                url, request_kwargs={"timeout": timeout}, cache_allowed_requests=True,
+                cacheable_requests={RPCEndpoint("eth_chainId")},
+                request_cache_validation_threshold=None,
+            )
+        super().__init__(provider, redact_url(url))
         endpoint = getattr(self.provider, "endpoint_uri", None)
         #: The real URL, secrets and all: only ever scrubbed out of messages and logs.
         self._endpoint = endpoint if isinstance(endpoint, str) else url
@@ -247,6 +259,22 @@ class RpcBackend(Backend):
             return None
         return data if len(data) >= 4 else None
 
+    def batch(self, w3: Web3, requests: Sequence[Callable[[], Any]]) -> list[Any]:
+        """One HTTP POST with every request (a JSON-RPC batch: Anvil, Ganache, Hardhat, geth
+        take them), formatted by web3 as single calls are; a node that refuses batches, or an
+        error in one of them, falls back to one request at a time (which raises that error)."""
+        if len(requests) > 1:
+            try:
+                with w3.batch_requests() as batch:
+                    for request in requests:
+                        batch.add(request())
+                    answers = batch.execute()
+                if isinstance(answers, list) and len(answers) == len(requests):
+                    return list(answers)
+            except (Web3RPCError, ValueError, KeyError, TypeError, AttributeError):
+                pass
+        return super().batch(w3, requests)
+
 
 _EMBEDDED: dict[str, Chain] = {}
 _EMBEDDED_LOCK = threading.Lock()
@@ -283,6 +311,20 @@ class Chain:
         self._nonce_lock = threading.Lock()
         self._chain_id: int | None = None
         self._eip1559: bool | None = None
+        #: Opt-in: the fees of the next transaction (e.g. `ChainWatcher.fees`, from the head
+        #: block it has read anyway) instead of two requests per transaction; None from it
+        #: asks the node as usual.
+        self.fee_source: Callable[[], dict[str, int] | None] | None = None
+        #: Opt-in: a gas limit for a transaction (given its fields) instead of eth_estimateGas,
+        #: for calls whose gas is known and flat; None from it estimates. A revert is then
+        #: found in the mined transaction and decoded from the chain, as on the embedded chain.
+        self.gas_policy: Callable[[dict[str, Any]], int | None] | None = None
+        #: Opt-in (nodes that take JSON-RPC batches): threads waiting for receipts share one
+        #: poller that asks for every pending receipt in one batch (see ReceiptPoller).
+        self.receipts: ReceiptPoller | None = None
+        #: With shared receipt polling: transactions signed by many threads are sent together,
+        #: one JSON-RPC batch at a time (see SendBatcher).
+        self.sends: SendBatcher | None = None
 
     def __repr__(self) -> str:
         return f"Chain({self.url!r})"
@@ -310,6 +352,12 @@ class Chain:
     def block_number(self) -> int:
         return int(self.call(lambda: self.w3.eth.block_number))
 
+    def batch(self, requests: Sequence[Callable[[], Any]]) -> list[Any]:
+        """Answers to several reads at once, e.g. ``partial(w3.eth.get_logs, params)`` and
+        ``partial(contract.functions.currentRound().call, block_identifier=n)``: one JSON-RPC
+        batch where the node takes them (`backend.supports_batch`), else one call each."""
+        return self.call(partial(self.backend.batch, self.w3, list(requests)))
+
     def balance(self, address: str) -> int:
         return int(self.call(lambda: self.w3.eth.get_balance(to_checksum_address(address))))
 
@@ -336,6 +384,20 @@ class Chain:
         return int(self.call(lambda: self.w3.eth.get_transaction_count(
             to_checksum_address(address), "pending")))
 
+    def prime_nonces(self, addresses: Iterable[str]) -> None:
+        """Reads the next nonce of many senders at once (one JSON-RPC batch where the node
+        takes them), so each one's first transaction does not ask on its own."""
+        wanted = [to_checksum_address(a) for a in addresses]
+        with self._nonce_lock:
+            wanted = [a for a in dict.fromkeys(wanted) if a not in self._nonces]
+        if not wanted:
+            return
+        counts = self.batch([partial(self.w3.eth.get_transaction_count, a, "pending")
+                             for a in wanted])
+        with self._nonce_lock:
+            for address, count in zip(wanted, counts, strict=True):
+                self._nonces.setdefault(address, int(count))
+
     def _forget_nonce(self, address: str) -> None:
         with self._nonce_lock:
             self._nonces.pop(address, None)
@@ -348,6 +410,9 @@ class Chain:
             self._nonces[address] = max(count, at_least)
 
     def _fees(self) -> dict[str, int]:
+        given = self.fee_source() if self.fee_source is not None else None
+        if given:
+            return dict(given)
         if self._eip1559 is None:
             block = self.call(lambda: self.w3.eth.get_block("latest"))
             self._eip1559 = block.get("baseFeePerGas") is not None
@@ -398,6 +463,10 @@ class Chain:
     ) -> dict[str, Any]:
         """`tx` with sender, chain id and a gas limit (a revert found here is raised)."""
         tx = {**tx, "from": account.address, "chainId": self.chain_id}
+        if "gas" not in tx and self.gas_policy is not None:
+            gas = self.gas_policy(tx)
+            if gas:
+                tx["gas"] = gas
         if "gas" not in tx:
             try:
                 tx["gas"] = self.call(partial(self.backend.gas_limit, self.w3, cast(TxParams, tx)))
@@ -418,14 +487,20 @@ class Chain:
         sender = account.address
         for attempt in range(SEND_ATTEMPTS):
             tx["nonce"] = self._next_nonce(sender)
-            signed = account.sign_transaction(tx)
+            if signing.supported(tx):
+                raw, signed_hash = signing.sign_dynamic_fee(account, tx)
+            else:
+                signed = account.sign_transaction(tx)
+                raw, signed_hash = bytes(signed.raw_transaction), bytes(signed.hash)
             try:
-                sent = self.call(partial(self.w3.eth.send_raw_transaction, signed.raw_transaction))
+                if self.sends is not None:
+                    return self.sends.send(raw)
+                sent = self.call(partial(self.w3.eth.send_raw_transaction, raw))
                 return "0x" + bytes(sent).hex()
             except REVERT_ERRORS as exc:
                 text = str(exc).lower()
                 if any(s in text for s in ALREADY_KNOWN):
-                    return "0x" + bytes(signed.hash).hex()
+                    return "0x" + signed_hash.hex()
                 if attempt + 1 < SEND_ATTEMPTS and any(s in text for s in NONCE_TAKEN):
                     taken = "underpriced" in text or "too low" in text
                     self._resync_nonce(sender, tx["nonce"] + 1 if taken else 0)
@@ -438,7 +513,22 @@ class Chain:
                 raise
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
+    def share_receipt_polling(self, interval: float = 0.02) -> None:
+        """From now on, threads waiting for receipts share one poller: every `interval`
+        seconds, one JSON-RPC batch asks for all pending receipts (instead of each thread
+        polling its own). For many senders in one process (a pool of learners); needs a node
+        that takes batches, else nothing changes."""
+        if self.backend.supports_batch and self.receipts is None:
+            self.receipts = ReceiptPoller(self, interval)
+            self.sends = SendBatcher(self)
+
     def _wait(self, sender: str, tx_hash: str, timeout: float) -> Receipt:
+        if self.receipts is not None:
+            try:
+                return self.receipts.wait(tx_hash, timeout)
+            except TransactionTimeout:
+                self._forget_nonce(sender)
+                raise
         try:
             raw = self.call(
                 lambda: self.w3.eth.wait_for_transaction_receipt(
@@ -451,14 +541,7 @@ class Chain:
                 f"transaction {tx_hash} not mined within {timeout:.0f}s",
                 url=self.url, tx_hash=tx_hash,
             ) from None
-        return Receipt(
-            tx_hash="0x" + bytes(raw["transactionHash"]).hex(),
-            block_number=int(raw["blockNumber"]),
-            gas_used=int(raw["gasUsed"]),
-            status=int(raw["status"]),
-            logs=tuple(raw["logs"]),
-            contract_address=raw.get("contractAddress"),
-        )
+        return _receipt(raw)
 
     def _revert_reason(
         self, tx: dict[str, Any], receipt: Receipt, decode: Callable[[Exception], Exception]
@@ -572,6 +655,219 @@ class Chain:
                 ) from None
             yield from logs
             start = end + 1
+
+
+def _receipt(raw: Any) -> Receipt:
+    return Receipt(
+        tx_hash="0x" + bytes(raw["transactionHash"]).hex(),
+        block_number=int(raw["blockNumber"]),
+        gas_used=int(raw["gasUsed"]),
+        status=int(raw["status"]),
+        logs=tuple(raw["logs"]),
+        contract_address=raw.get("contractAddress"),
+    )
+
+
+class _Slot:
+    """One waiting thread's answer, and the Event that wakes only that thread."""
+
+    __slots__ = ("answer", "error", "done")
+
+    def __init__(self) -> None:
+        self.answer: Any = None
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+
+class ReceiptPoller:
+    """One thread finds the receipts every waiting thread of a Chain waits for, and wakes
+    each (only it) when its receipt is there: a thousand learners waiting on their
+    transactions cost a few requests per new block, not a thousand.
+
+    A transaction is first looked up by its hash once (it may be mined already); after that
+    the poller reads the receipts of each new block (eth_getBlockReceipts, one JSON-RPC batch
+    for all new blocks) and matches them, so the node's work grows with the transactions
+    mined, not with those pending. A node without eth_getBlockReceipts is asked for every
+    pending hash instead, less often the more are pending. The thread starts with the first
+    wait and ends once nothing was pending for a while; a node that cannot be reached fails
+    the waiters (ChainUnavailable), not the poller."""
+
+    def __init__(self, chain: Chain, interval: float = 0.02) -> None:
+        self.chain, self.interval = chain, interval
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._pending: dict[str, _Slot] = {}
+        self._fresh: set[str] = set()  # not looked up by hash yet
+        self._thread: threading.Thread | None = None
+        self._block: int | None = None  # the last block whose receipts were read
+        self._by_block = True  # the node has eth_getBlockReceipts
+        #: Batches sent (what the poller costs).
+        self.requests = 0
+
+    def wait(self, tx_hash: str, timeout: float) -> Receipt:
+        slot = _Slot()
+        with self._lock:
+            slot = self._pending.setdefault(tx_hash, slot)
+            self._fresh.add(tx_hash)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="fedchain-receipts",
+                                                daemon=True)
+                self._thread.start()
+        self._wake.set()
+        if not slot.done.wait(timeout):
+            with self._lock:
+                self._pending.pop(tx_hash, None)
+                self._fresh.discard(tx_hash)
+            raise TransactionTimeout(f"transaction {tx_hash} not mined within {timeout:.0f}s",
+                                     url=self.chain.url, tx_hash=tx_hash)
+        if slot.error is not None:
+            raise slot.error
+        raw = slot.answer
+        return Receipt(
+            tx_hash=raw["transactionHash"],
+            block_number=int(raw["blockNumber"], 16),
+            gas_used=int(raw["gasUsed"], 16),
+            status=int(raw.get("status", "0x1"), 16),
+            logs=tuple(raw.get("logs") or ()),
+            contract_address=raw.get("contractAddress"),
+        )
+
+    def _batch(self, calls: list[tuple[RPCEndpoint, Any]]) -> list[Any]:
+        provider: Any = self.chain.w3.provider
+        got = self.chain.call(partial(provider.make_batch_request, calls))
+        self.requests += 1
+        if not isinstance(got, list) or len(got) != len(calls):
+            raise ChainUnavailable(f"chain node at {self.chain.url} answered a batch with "
+                                   f"{got!r:.200}", url=self.chain.url)
+        return got
+
+    def _receipts(self, pending: dict[str, _Slot], fresh: set[str]) -> list[Any]:
+        """Receipts of pending transactions found now (in no particular order)."""
+        found: list[Any] = []
+        if self._by_block:
+            head_call = [(RPCEndpoint("eth_blockNumber"), [])]
+            head = int(self._batch(head_call)[0]["result"], 16)
+            lookup = sorted(fresh)
+            start = head + 1 if self._block is None else self._block + 1
+            blocks = list(range(start, head + 1))[-1_000:]
+            calls = [(RPCEndpoint("eth_getTransactionReceipt"), [h]) for h in lookup]
+            calls += [(RPCEndpoint("eth_getBlockReceipts"), [hex(b)]) for b in blocks]
+            answers = self._batch(calls) if calls else []
+            if any(isinstance(a, dict) and "error" in a for a in answers[len(lookup):]):
+                self._by_block = False  # not this node: by hash from now on
+                return [a.get("result") for a in answers[:len(lookup)] if isinstance(a, dict)]
+            self._block = head
+            found += [a.get("result") for a in answers[:len(lookup)] if isinstance(a, dict)]
+            for answer in answers[len(lookup):]:
+                found += answer.get("result") or []
+            return found
+        calls = [(RPCEndpoint("eth_getTransactionReceipt"), [h]) for h in pending]
+        return [a.get("result") for a in self._batch(calls) if isinstance(a, dict)]
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                pending = dict(self._pending)
+                fresh, self._fresh = self._fresh, set()
+                if not pending:
+                    self._wake.clear()
+            if not pending:
+                if not self._wake.wait(30.0):
+                    with self._lock:
+                        if not self._pending:
+                            self._thread = None
+                            return  # idle: the next wait starts another
+                continue
+            try:
+                receipts = self._receipts(pending, fresh)
+            except ChainUnavailable as exc:
+                with self._lock:
+                    for h, slot in pending.items():
+                        self._pending.pop(h, None)
+                        slot.error = exc
+                        slot.done.set()
+                continue
+            for raw in receipts:
+                if not isinstance(raw, dict) or raw.get("blockNumber") is None:
+                    continue
+                h = str(raw.get("transactionHash", "")).lower()
+                slot = pending.get(h)
+                if slot is None:
+                    continue
+                with self._lock:
+                    self._pending.pop(h, None)
+                slot.answer = raw
+                slot.done.set()
+            # Many pending hashes asked by hash (no block receipts): ask less often.
+            time.sleep(self.interval if self._by_block else
+                       max(self.interval, len(pending) / 20_000))
+
+
+class SendBatcher:
+    """Signed transactions from many threads go to the node together: each `send` queues its
+    transaction and waits while one thread sends everything queued (after `linger` seconds
+    for others to join) in one JSON-RPC batch. A node's error for one transaction is raised
+    in its sender's thread as Web3RPCError, as a single send raises it."""
+
+    def __init__(self, chain: Chain, linger: float = 0.002, max_batch: int = 500) -> None:
+        self.chain, self.linger, self.max_batch = chain, linger, max_batch
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._queue: list[tuple[str, _Slot]] = []
+        self._thread: threading.Thread | None = None
+        #: Batches sent (what sending costs the node in requests).
+        self.requests = 0
+
+    def send(self, raw: bytes) -> str:
+        slot = _Slot()
+        with self._lock:
+            self._queue.append(("0x" + raw.hex(), slot))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="fedchain-sends",
+                                                daemon=True)
+                self._thread.start()
+        self._wake.set()
+        slot.done.wait()
+        if slot.error is not None:
+            raise slot.error
+        answer = slot.answer
+        if not isinstance(answer, dict) or "result" not in answer:
+            error = answer.get("error", answer) if isinstance(answer, dict) else answer
+            message = error.get("message", str(error)) if isinstance(error, dict) else str(error)
+            raise Web3RPCError(message, rpc_response=answer)
+        return str(answer["result"])
+
+    def _run(self) -> None:
+        while True:
+            if not self._wake.wait(30.0):
+                with self._lock:
+                    if not self._queue:
+                        self._thread = None
+                        return  # idle: the next send starts another
+                continue
+            time.sleep(self.linger)  # others signing now join this batch
+            with self._lock:
+                batch, self._queue = self._queue[:self.max_batch], self._queue[self.max_batch:]
+                if not self._queue:
+                    self._wake.clear()
+            if not batch:
+                continue
+            calls = [(RPCEndpoint("eth_sendRawTransaction"), [raw]) for raw, _ in batch]
+            answers: list[Any]
+            error: BaseException | None = None
+            try:
+                provider: Any = self.chain.w3.provider
+                got = self.chain.call(partial(provider.make_batch_request, calls))
+                if not isinstance(got, list) or len(got) != len(batch):
+                    raise ChainUnavailable(f"chain node at {self.chain.url} answered a batch of "
+                                           f"transactions with {got!r:.200}", url=self.chain.url)
+                answers = got
+            except Exception as exc:  # every sender of the batch gets it
+                answers, error = [None] * len(batch), exc
+            self.requests += 1
+            for (_, slot), answer in zip(batch, answers, strict=True):
+                slot.answer, slot.error = answer, error
+                slot.done.set()
 
 
 def _is_range_error(exc: Exception) -> bool:

@@ -42,6 +42,7 @@ from ..eth.reverts import (
     VotingNotOpen,
     WrongRound,
 )
+from ..eth.watcher import ChainWatcher
 from ..model.codec import ModelSpec, Weights, encode, spec
 from ..model.fetch import fetch_model
 from ..model.plan import Plan
@@ -107,8 +108,13 @@ class Aggregator:
         initial_weights: Weights | None = None,
         evaluate_fn: EvaluateFn | None = None,
         stop: threading.Event | None = None,
+        watcher: ChainWatcher | None = None,
     ) -> None:
         require_signer(contract, "the aggregator")
+        #: The process's chain watcher, if any: waits end at its next block instead of
+        #: polling every `poll_interval`.
+        self.watcher = watcher
+        self._version = 0
         self.contract = contract
         self.store = store
         self.config = config or RunConfig()
@@ -126,6 +132,14 @@ class Aggregator:
         self.patience = Patience("aggregator", log)
         #: Rounds this aggregator's vote lost: (round, our CID, the published CID).
         self.outvoted: list[tuple[int, str, str]] = []
+
+    def _idle(self) -> bool:
+        """Waits for the chain to move (the watcher's next block, else `poll_interval`);
+        True when the aggregator was stopped."""
+        if self.watcher is None:
+            return self.stop_event.wait(self.config.poll_interval)
+        self._version = self.watcher.wait(self._version, timeout=1.0).version
+        return self.stop_event.is_set()
 
     @property
     def results(self) -> list[RoundResult]:
@@ -187,7 +201,7 @@ class Aggregator:
         while c.current_round() == 0:
             self.patience.waiting("a quorum of the committee to vote for the genesis",
                                   f"this member voted for model {model_cid}, plan {plan_cid}")
-            if self.stop_event.wait(self.config.poll_interval):
+            if self._idle():
                 raise FedChainError("aggregator stopped")
         self.patience.done()
         if ChainCid(c.plan()).cid == plan_cid:
@@ -244,6 +258,12 @@ class Aggregator:
         needed = plan.buffer_size or max(1, len(expected))
         deadline = time.monotonic() + self.config.round_timeout
         while True:
+            if self.watcher is not None and not chain_deadline:
+                # The chain's bitmap is read once the watcher has seen enough submissions.
+                known = self.watcher.updates(round)
+                if known is not None and len(known) < needed and \
+                        time.monotonic() < deadline and not self._idle():
+                    continue
             seen = c.submitted_bits(round)
             arrived = set(from_bits(seen))
             count = len(arrived & expected) if not plan.buffer_size else len(arrived)
@@ -257,7 +277,7 @@ class Aggregator:
                     log.warning("[ROUND %d] timeout after %.0fs with %d of %d updates needed",
                                 round, self.config.round_timeout, count, plan.min_updates)
                 break
-            if self.stop_event.wait(self.config.poll_interval):
+            if self._idle():
                 raise FedChainError("aggregator stopped")
         return self._updates_in(round, seen), seen
 
@@ -265,11 +285,13 @@ class Aggregator:
         """The UpdateSubmitted events of the learners set in `seen`, in chain order."""
         wanted = set(self.contract.addresses(from_bits(seen)))
         for _ in range(50):
-            updates = [u for u in self.contract.updates(round, from_block=self._round_block)
+            known = self.watcher.updates(round) if self.watcher is not None else None
+            updates = [u for u in (known if known is not None else
+                                   self.contract.updates(round, from_block=self._round_block))
                        if u.learner in wanted]
             if len(updates) == len(wanted):
                 return updates
-            self.stop_event.wait(self.config.poll_interval)  # a node's logs lag its state
+            self._idle()  # a node's logs lag its state
         raise FedChainError(f"round {round}: the chain's submission events do not match its "
                             "submitted bitmap")
 
@@ -418,7 +440,7 @@ class Aggregator:
                 continue
             self.patience.waiting(f"a quorum of the committee to close round {round}",
                                   f"this member voted for {cid}")
-            if self.stop_event.wait(self.config.poll_interval):
+            if self._idle():
                 raise FedChainError("aggregator stopped")
 
     def _adopt(self, round: int, published: GlobalModelPublished,
@@ -472,7 +494,7 @@ class Aggregator:
             return
         while not c.finished():
             self.patience.waiting("a quorum of the committee to finish the federation")
-            if self.stop_event.wait(self.config.poll_interval):
+            if self._idle():
                 return
         self.patience.done()
 
@@ -491,9 +513,10 @@ class Aggregator:
         deadline = time.monotonic() + self.config.evaluation_timeout
         learners = self.contract.learner_count()
         while True:
-            reports = len(list(self.contract.events("EvaluationReported", round=round,
-                                                    from_block=self._round_block)))
+            known = self.watcher.reports(round) if self.watcher is not None else None
+            reports = known if known is not None else len(list(self.contract.events(
+                "EvaluationReported", round=round, from_block=self._round_block)))
             if reports >= learners or time.monotonic() >= deadline:
                 return reports
-            if self.stop_event.wait(self.config.poll_interval):
+            if self._idle():
                 return reports

@@ -12,8 +12,10 @@ import os
 import random
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from enum import Enum
+from typing import Any
 
 from ..aggregation.strategy import Strategy, strategy_from_plan
 from ..errors import (
@@ -91,6 +93,70 @@ def _compact(body: Mapping[str, float]) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
+class SharedWork:
+    """Work shared by the learners of one process (a pool of virtual learners on one
+    machine): the federation's plan, read once, and re-derivations: the first learner that
+    needs round r's published model re-derives it, the others wait for its verdict instead
+    of repeating the same work. Each learner still acts on the verdict itself (refuses the
+    model, records its own dispute). Learners in different processes never share one: each
+    machine checks for itself."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._results: dict[tuple[int, bytes], Future[tuple[Any, Any]]] = {}
+        self._plan: Plan | None = None
+        self._models: dict[bytes, Future[Weights]] = {}
+
+    def model(self, cid: bytes, fetch: Callable[[], Weights]) -> Weights:
+        """A global model's weights (content-addressed, so the same for every learner),
+        fetched by the first learner that asks; each caller gets its own arrays."""
+        with self._lock:
+            future = self._models.get(cid)
+            mine = future is None
+            if future is None:
+                future = self._models[cid] = Future()
+                while len(self._models) > 2:  # the latest models only
+                    self._models.pop(next(iter(self._models)))
+        if mine:
+            try:
+                future.set_result(fetch())
+            except BaseException as exc:
+                with self._lock:
+                    self._models.pop(cid, None)
+                future.set_exception(exc)
+                raise
+        return {k: v.copy() for k, v in future.result().items()}
+
+    def plan(self, load: Callable[[], Plan]) -> Plan:
+        """The plan (fixed at genesis), loaded by the first learner that asks."""
+        with self._lock:
+            if self._plan is None:
+                self._plan = load()
+            return self._plan
+
+    def rederive(self, round: int, published: bytes,
+                 compute: Callable[[], tuple[Any, Any]]) -> tuple[Any, Any]:
+        """`compute()` for (round, published CID), once per process; an error is raised to
+        every learner waiting, and forgotten (the next learner tries again)."""
+        key = (round, published)
+        with self._lock:
+            future = self._results.get(key)
+            mine = future is None
+            if future is None:
+                future = self._results[key] = Future()
+        if not mine:
+            return future.result()
+        try:
+            result = compute()
+        except BaseException as exc:
+            with self._lock:
+                self._results.pop(key, None)
+            future.set_exception(exc)
+            raise
+        future.set_result(result)
+        return result
+
+
 class LearnerNode:
     """Runs one learner against a federation: train each open round, evaluate each global model.
 
@@ -110,8 +176,11 @@ class LearnerNode:
         evaluate: bool = True,
         stop: threading.Event | None = None,
         max_outage: float = 600.0,
+        shared: SharedWork | None = None,
     ) -> None:
         require_signer(contract, "the learner")
+        #: Re-derivations shared with the other learners of this process (a pool), if any.
+        self.shared = shared
         self.max_outage = max_outage
         self.learner = learner
         self.contract = contract
@@ -141,11 +210,19 @@ class LearnerNode:
         self._strategy: Strategy | None = None
         self._disputed_cids: set[bytes] = set()
 
+    @property
+    def handled_round(self) -> int:
+        """The latest round whose work this learner has done (-1: none yet)."""
+        return self._handled_round
+
     # -- helpers -----------------------------------------------------------------------
 
     def plan(self) -> Plan:
         if self._plan is None:
-            self._plan = Plan.load(self.store, ChainCid(self.contract.plan()).require())
+            def load() -> Plan:
+                return Plan.load(self.store, ChainCid(self.contract.plan()).require())
+
+            self._plan = load() if self.shared is None else self.shared.plan(load)
         return self._plan
 
     def global_weights(self, round: int) -> Weights:
@@ -153,8 +230,12 @@ class LearnerNode:
         recorded = ChainCid(self.contract.global_model(round))
         if not recorded.raw:
             raise NoGlobalModel(round)
-        weights = fetch_model(self.store, recorded.require(),
-                              max_bytes=self.plan().max_model_bytes, reference=self._spec)
+
+        def fetch() -> Weights:
+            return fetch_model(self.store, recorded.require(),
+                               max_bytes=self.plan().max_model_bytes, reference=self._spec)
+
+        weights = fetch() if self.shared is None else self.shared.model(recorded.raw, fetch)
         if self._spec is None:
             self._spec = spec(weights)
         return weights
@@ -239,10 +320,16 @@ class LearnerNode:
         if self._strategy is None:
             self._strategy = strategy_from_plan(plan.strategy)
         started = time.monotonic()
+        strategy = self._strategy
+
+        def compute() -> tuple[Any, Any]:
+            return rederive(self.contract, self.store, strategy, round,
+                            max_bytes=plan.max_model_bytes, reference=self._spec,
+                            exclude_duplicates=plan.exclude_duplicates)
+
         try:
-            computed, published = rederive(self.contract, self.store, self._strategy, round,
-                                           max_bytes=plan.max_model_bytes, reference=self._spec,
-                                           exclude_duplicates=plan.exclude_duplicates)
+            computed, published = (compute() if self.shared is None else
+                                   self.shared.rederive(round, recorded.raw, compute))
         except (StorageError, InvalidModel, AggregationError, ConfigError) as exc:
             log.warning("%s: cannot re-derive the global model of round %d (%s: %s): not "
                         "training on it", self.name, round, type(exc).__name__, exc)
@@ -409,12 +496,13 @@ class LearnerNode:
                 train = False
                 self.skipped.append(last_published)
             if not isinstance(weights, Unusable):
-                if evaluate:
-                    # A learner may change the arrays it is given: training gets its own.
-                    copy = {k: v.copy() for k, v in weights.items()} if train else weights
-                    self.evaluate_round(last_published, copy)
+                # The update first: it is what the round waits for (a report is not).
                 if train:
-                    self.train_round(round, weights)
+                    # A learner may change the arrays it is given: evaluation gets its own.
+                    copy = {k: v.copy() for k, v in weights.items()} if evaluate else weights
+                    self.train_round(round, copy)
+                if evaluate:
+                    self.evaluate_round(last_published, weights)
         if finished:
             return False
         self._handled_round = round

@@ -12,24 +12,39 @@ import sys
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from eth_utils import keccak
+
 from ..aggregation.strategy import ROBUST_FEDAVG, Strategy
 from ..errors import ConfigError, FedChainError
-from ..eth.accounts import FIRST_LEARNER_INDEX, OWNER_INDEX, aggregator_index
+from ..eth.accounts import DEV_NODE_ACCOUNTS, FIRST_LEARNER_INDEX, OWNER_INDEX, aggregator_index
+from ..eth.bitmap import is_selected
 from ..eth.chain import Chain, connect
-from ..eth.contract import FedChain
+from ..eth.contract import FedChain, RoundParams
+from ..eth.watcher import ChainWatcher, Snapshot, WatchedFedChain, flat_gas_policy
 from ..model.codec import Weights
 from ..storage import ContentStore, open_store
 from .aggregator import Aggregator, EvaluateFn
 from .config import RunConfig
+from .driver import LearnerPool
 from .history import History, RoundResult
 from .learner import Learner
-from .node import LearnerNode
+from .node import LearnerNode, SharedWork
 from .results import fill_distributed, write_results
 
 log = logging.getLogger("fedchain.simulation")
+
+#: How simulate runs learners: a thread each, or a pool driven by one chain watcher.
+ENGINES = ("threads", "pool")
+#: Worker threads of engine="pool": learners mostly wait on the node, so more than cores.
+DEFAULT_WORKERS = 64
+#: What a derived learner account (past the dev node's) is funded with on a dev chain.
+DERIVED_FUNDING = 10**18
 
 
 @dataclass
@@ -43,6 +58,36 @@ class SimulationResult:
     learners: list[LearnerNode]
     results_path: Path | None = None
     plot_path: Path | None = None
+
+
+def simulation_account(i: int) -> LocalAccount:
+    """Simulated learner i's account past the dev node's: a key derived from its index (a
+    hash, not the dev mnemonic's 30 ms derivation), for dev chains only."""
+    return Account.from_key(keccak(text=f"fedchain simulation learner {i}"))
+
+
+def _sampled(contract: FedChain, watcher: ChainWatcher,
+             accounts: list[LocalAccount]) -> Callable[[int, Snapshot], bool] | None:
+    """The pool's `selected`: whether learner i is sampled in the snapshot's round (from the
+    round's seed the watcher read); True while the seed is unknown (the learner checks)."""
+    params: list[RoundParams] = []
+    chosen: dict[int, frozenset[int]] = {}  # round -> learners sampled (worked out once)
+
+    def selected(i: int, snap: Snapshot) -> bool:
+        if snap.round not in chosen:
+            seed = watcher.seed(snap.round)
+            if seed is None:
+                return True
+            if not params:
+                params.append(contract.params())
+            # Learners were registered in this order: learner i holds index i + 1.
+            chosen.clear()
+            chosen[snap.round] = frozenset(
+                k for k in range(len(accounts))
+                if is_selected(seed, k + 1, params[0].select_ppm))
+        return i in chosen[snap.round]
+
+    return selected
 
 
 def _limit_torch_threads(num_learners: int) -> None:
@@ -74,6 +119,8 @@ def simulate(
     aggregators: int = 1,
     quorum: int | None = None,
     aggregator_types: Mapping[int, type[Aggregator]] | None = None,
+    engine: str = "threads",
+    workers: int = DEFAULT_WORKERS,
 ) -> SimulationResult:
     """Deploys a fresh FedChain, registers `num_learners` learners and runs the federation.
 
@@ -90,7 +137,19 @@ def simulate(
     each computing every round on its own, `quorum` of them (default: a majority) needed to
     close a round. `aggregator_types` maps a member to an Aggregator subclass to run instead
     (a member that cheats, in tests and demos). The result's history is member 0's.
+
+    `engine="threads"` (the default) runs each learner as its own thread polling the chain,
+    as separate processes would. `engine="pool"` is for large federations (hundreds to
+    thousands of learners): one ChainWatcher follows the chain for the whole process, a
+    LearnerPool steps only the learners with something to do on `workers` threads, making
+    each learner when first needed (`make_learner` is called lazily), receipts are polled in
+    one batch for every waiting learner, the learners' flat-gas calls skip eth_estimateGas,
+    and a round's model is re-derived once per process rather than once per learner.
+    Learners past the dev node's accounts get keys derived from their index
+    (`simulation_account`), funded with 1 ETH each.
     """
+    if engine not in ENGINES:
+        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     if num_learners < 1:
         raise ConfigError("a federation needs at least one learner")
     overrides: dict[str, Any] = {
@@ -112,20 +171,35 @@ def simulate(
         raise ConfigError("a federation needs at least one aggregator")
     owner = ch.account(OWNER_INDEX)
     members = [ch.account(aggregator_index(k)) for k in range(aggregators)]
-    learner_accounts = [ch.account(FIRST_LEARNER_INDEX + i) for i in range(num_learners)]
+    # Learners take the dev accounts below the committee's (2, 3, …), then derived keys.
+    dev_slots = max(0, DEV_NODE_ACCOUNTS - (aggregators - 1) - FIRST_LEARNER_INDEX)
+    learner_accounts = [ch.account(FIRST_LEARNER_INDEX + i) if i < dev_slots
+                        else simulation_account(i) for i in range(num_learners)]
     # Dev chains fund only some accounts: top up every one this run sends from (fedchain.eth).
-    ch.fund([*(m.address for m in members), *(a.address for a in learner_accounts)])
+    ch.fund([*(m.address for m in members), *(a.address for a in learner_accounts[:dev_slots])])
+    if num_learners > dev_slots:
+        ch.fund([a.address for a in learner_accounts[dev_slots:]], amount=DERIVED_FUNDING)
 
     contract, receipt = FedChain.deploy(ch, owner, [m.address for m in members], quorum)
     contract.register_learners([a.address for a in learner_accounts])
     log.info("deployed FedChain at %s (chain %s), %d learners", contract.address, ch.url,
              num_learners)
 
-    _limit_torch_threads(num_learners)
-    learners = [make_learner(i, num_learners) for i in range(num_learners)]
-    weights = initial_weights if initial_weights is not None else learners[0].get_weights()
+    _limit_torch_threads(num_learners if engine == "threads" else min(workers, num_learners))
+    pool_mode = engine == "pool"
+    learners = [] if pool_mode else [make_learner(i, num_learners) for i in range(num_learners)]
+    weights = (initial_weights if initial_weights is not None else
+               (learners[0] if learners else make_learner(0, num_learners)).get_weights())
 
     stop = threading.Event()
+    watcher: ChainWatcher | None = None
+    if pool_mode:
+        watcher = ChainWatcher(contract, interval=min(cfg.poll_interval, 0.05),
+                               from_block=receipt.block_number)
+        ch.share_receipt_polling()
+        ch.prime_nonces(a.address for a in learner_accounts)
+        restore = (ch.fee_source, ch.gas_policy)
+        ch.fee_source, ch.gas_policy = watcher.fees, flat_gas_policy(contract)
     types = dict(aggregator_types or {})
     committee = [
         types.get(k, Aggregator)(
@@ -135,15 +209,27 @@ def simulate(
             initial_weights=weights,
             evaluate_fn=evaluate_fn if k == 0 else None,
             stop=stop,
+            watcher=watcher,
         )
         for k, member in enumerate(members)
     ]
     agg = committee[0]
     nodes = [
         LearnerNode(learner, contract.with_account(acct), st, name=f"learner-{i}", stop=stop)
-        for i, (learner, acct) in enumerate(zip(learners, learner_accounts, strict=True))
-    ]
+        for i, (learner, acct) in enumerate(zip(learners, learner_accounts, strict=False))
+    ]  # none here in pool mode: the pool makes them
     errors: list[BaseException] = []
+    pool: LearnerPool | None = None
+    if watcher is not None:
+        shared = SharedWork()
+
+        def make_node(i: int) -> LearnerNode:
+            binding = WatchedFedChain.bind(contract, learner_accounts[i], watcher)
+            return LearnerNode(make_learner(i, num_learners), binding, st, name=f"learner-{i}",
+                               stop=stop, shared=shared, poll_interval=cfg.poll_interval)
+
+        pool = LearnerPool(make_node, num_learners, watcher, workers=workers,
+                           selected=_sampled(contract, watcher, learner_accounts))
 
     def guarded(fn: Callable[[], Any]) -> Callable[[], None]:
         def run() -> None:
@@ -158,6 +244,12 @@ def simulate(
     threads = [threading.Thread(target=guarded(n.run), name=n.name, daemon=True) for n in nodes]
     threads += [threading.Thread(target=guarded(a.run), name=f"aggregator-{k}", daemon=True)
                 for k, a in enumerate(committee) if k > 0]
+    if pool is not None:
+        run_pool = partial(pool.run, stop, timeout)
+        threads.append(threading.Thread(target=guarded(run_pool), name="learner-pool",
+                                        daemon=True))
+    if watcher is not None:
+        watcher.start()
     for t in threads:
         t.start()
     try:
@@ -166,6 +258,11 @@ def simulate(
             t.join(timeout)
     finally:
         stop.set()
+        if watcher is not None:
+            watcher.stop()
+            ch.fee_source, ch.gas_policy = restore
+    if pool is not None:
+        nodes = [pool.nodes[i] for i in sorted(pool.nodes)]
     if errors:
         first = errors[0]
         if isinstance(first, FedChainError):
