@@ -47,6 +47,7 @@ from .events import (
     Event,
     GenesisSet,
     GlobalModelPublished,
+    LearnerAdded,
     RoundSeeded,
     UpdateSubmitted,
 )
@@ -145,6 +146,8 @@ class ChainWatcher:
         self._reported: set[tuple[int, str]] = set()
         self._seeds: dict[int, bytes] = {}
         self._updates: dict[int, list[UpdateSubmitted]] = {}
+        self._learners: dict[str, int] = {}  # learner -> index, from LearnerAdded
+        self._params: RoundParams | None = None
         self._report_count: dict[int, int] = {}
         #: Fee tip used by `fees` (what Chain uses when the node does not suggest one).
         self.tip = 10**9
@@ -282,7 +285,9 @@ class ChainWatcher:
 
     def _index(self, events: list[Event]) -> None:
         for e in events:
-            if isinstance(e, UpdateSubmitted):
+            if isinstance(e, LearnerAdded):
+                self._learners[e.learner] = e.index
+            elif isinstance(e, UpdateSubmitted):
                 self._submitted.add((e.round, e.learner))
                 self._updates.setdefault(e.round, []).append(e)
             elif isinstance(e, EvaluationReported):
@@ -450,6 +455,23 @@ class ChainWatcher:
                 return None
             return self._report_count.get(round, 0)
 
+    def learner_index(self, learner: str) -> int | None:
+        """`learner`'s index as the LearnerAdded events the watcher saw give it; None if it
+        saw none for it (it may have been added before the watcher's first block)."""
+        with self._cond:
+            return self._learners.get(learner)
+
+    def params(self) -> RoundParams:
+        """The round parameters fixed at genesis, read once (the contract's `params`)."""
+        with self._cond:
+            params = self._params
+        if params is None:
+            params = self.contract.params()
+            if self.snapshot().round >= 1:  # after genesis they never change
+                with self._cond:
+                    self._params = params
+        return params
+
     def seed(self, round: int) -> bytes | None:
         """Round `round`'s sampling seed, None if not seen (or no sampling)."""
         with self._cond:
@@ -523,7 +545,6 @@ class WatchedFedChain(FedChain):
 
     watcher: ChainWatcher
     _mine: set[tuple[str, int]]
-    _params: RoundParams | None
     _indices: dict[str, int]
 
     @classmethod
@@ -536,7 +557,6 @@ class WatchedFedChain(FedChain):
         bound.account = account
         bound.watcher = watcher
         bound._mine = set()
-        bound._params = None
         bound._indices = {}
         return bound
 
@@ -572,12 +592,12 @@ class WatchedFedChain(FedChain):
         seed = self.watcher.seed(snap.round) if "round" in snap.views else None
         if seed is None:
             return super().is_selected(learner)
-        if self._params is None:
-            self._params = self.params()  # fixed at genesis
-        if learner not in self._indices:
-            self._indices[learner] = self.learner_index(learner)
-        index = self._indices[learner]
-        return index > 0 and is_selected(seed, index, self._params.select_ppm)
+        index = self.watcher.learner_index(learner)
+        if index is None:
+            if learner not in self._indices:
+                self._indices[learner] = self.learner_index(learner)
+            index = self._indices[learner]
+        return index > 0 and is_selected(seed, index, self.watcher.params().select_ppm)
 
     def submit_update(self, round: int, model_cid: CidLike, num_examples: int) -> Receipt:
         receipt = super().submit_update(round, model_cid, num_examples)
