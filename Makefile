@@ -41,6 +41,7 @@ bench: setup
 	$(PY) bench/hostile.py
 	$(PY) bench/robustness.py
 	$(PY) bench/pipeline.py
+	$(PY) bench/fedbuff.py
 
 # Every CID and gas figure the READMEs quote, recomputed (all rounds of every example).
 docs-check: setup

@@ -67,3 +67,12 @@ def test_a_stale_update_is_accepted_discounted_and_verifiable(store):
     # The audit re-derives every round, the stale update's discounted weight included.
     report = audit_federation(contract, store)
     assert report.exit_status() == 0, [c for c in report.all_checks() if c.status != "ok"]
+
+
+def test_the_default_quorum_of_asynchronous_rounds_is_at_most_the_buffer():
+    # Five learners' default quorum is 4: with a buffer of 3, rounds that closed on the
+    # buffer alone would carry the model over instead of aggregating it.
+    assert RunConfig(strategy=FedAvg()).plan(5).min_updates == 4
+    assert RunConfig(strategy=FedAvg(), buffer_size=3, max_staleness=2).plan(5).min_updates == 3
+    assert RunConfig(strategy=FedAvg(), buffer_size=8).plan(5).min_updates == 4
+    assert RunConfig(strategy=FedAvg(), buffer_size=3, min_updates=4).plan(5).min_updates == 4

@@ -480,3 +480,53 @@ def test_a_transaction_not_mined_in_time_names_itself(slow_node: devnet.DevNode)
     assert err.value.tx_hash and err.value.tx_hash in str(err.value)
     assert err.value.url == chain.url
     chain.w3.eth.wait_for_transaction_receipt(HexStr(err.value.tx_hash), timeout=30)
+
+
+def test_embedded_get_logs_answers_as_the_node_does_from_a_cache_of_mined_blocks(
+    store: ContentStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = simulate(lambda i, n: LinearLearner(i, num_examples=8), 3, FedAvg(), 3,
+                      store=store, train_config={"steps": 1})
+    chain, contract = result.contract.chain, result.contract
+    backend, w3 = chain.backend, chain.w3
+    other, _ = FedChain.deploy(chain, chain.account(0), chain.account(1).address)
+    every = list(w3.eth.get_logs({"fromBlock": 0, "toBlock": "latest"}))
+    topic0s = sorted({bytes(log["topics"][0]).hex() for log in every})
+    assert len(topic0s) >= 4
+    round_two = "0x" + (2).to_bytes(32, "big").hex()
+
+    def queries(last: int) -> list[dict[str, Any]]:
+        return [
+            {"fromBlock": 0, "toBlock": "latest"},
+            {"fromBlock": 0, "toBlock": last, "address": contract.address},
+            {"fromBlock": 3, "toBlock": last - 4, "address": contract.address},
+            {"fromBlock": 0, "address": [contract.address, other.address]},
+            {"fromBlock": 0, "address": other.address},
+            {"fromBlock": 0, "address": contract.address, "topics": ["0x" + topic0s[0]]},
+            {"fromBlock": 0, "topics": [["0x" + t for t in topic0s[1:3]], round_two]},
+            {"fromBlock": 0, "topics": [None, round_two]},
+            {"fromBlock": last + 1, "toBlock": "latest"},
+        ]
+
+    def check() -> None:
+        last = chain.block_number()
+        for params in queries(last):
+            expected = list(w3.eth.get_logs(params))  # eth-tester's own answer
+            assert backend.get_logs(w3, params) == expected, params
+
+    check()
+    # Mined blocks are read from the node once: a repeated query asks it nothing more.
+    asked: list[Any] = []
+    real = w3.eth.get_logs
+    monkeypatch.setattr(w3.eth, "get_logs", lambda p: asked.append(p) or real(p))
+    assert backend.get_logs(w3, {"fromBlock": 0, "address": contract.address})
+    assert asked == []
+    # New blocks are read as they are mined; a chain reverted and mined again starts over.
+    monkeypatch.undo()
+    tester = backend.provider.ethereum_tester
+    snapshot = tester.take_snapshot()
+    other.add_learners([chain.account(5).address])
+    check()
+    tester.revert_to_snapshot(snapshot)
+    other.add_learners([chain.account(6).address, chain.account(7).address])
+    check()

@@ -133,6 +133,10 @@ class Backend(ABC):
         in the block; None where the node cannot say."""
         return None
 
+    def get_logs(self, w3: Web3, params: FilterParams) -> list[Any]:
+        """eth_getLogs: the logs matching `params` (a block range, address, topics)."""
+        return list(w3.eth.get_logs(params))
+
     def advance_time(self, w3: Web3, seconds: int) -> None:
         """Dev chains: moves the chain's clock `seconds` ahead and mines a block there."""
         w3.provider.make_request("evm_increaseTime", [seconds])  # type: ignore[arg-type]
@@ -165,6 +169,9 @@ class EmbeddedBackend(Backend):
         super().__init__(EthereumTesterProvider(EthereumTester(backend)), "embedded")
         self._lock = threading.RLock()
         self._clock = 0
+        #: Each mined block's logs (get_logs), and the newest cached block's number and hash.
+        self._block_logs: dict[int, tuple[Any, ...]] = {}
+        self._cached: tuple[int, Any] | None = None
 
     def web3(self) -> Web3:
         w3 = super().web3()
@@ -189,6 +196,49 @@ class EmbeddedBackend(Backend):
         if now > int(tester.get_block_by_number("pending")["timestamp"]):
             tester.time_travel(now)
 
+    def get_logs(self, w3: Web3, params: FilterParams) -> list[Any]:
+        """eth_getLogs from a cache of each mined block's logs, filtered here.
+
+        eth-tester finds each receipt by scanning back from the chain's head, so its own
+        eth_getLogs costs O(blocks²): at 100 blocks (ten rounds of five learners) a query took
+        1-2 s under the lock every thread waits on, and the parties' queries from block 0 made
+        each round slower than the one before. A mined block's logs never change; the newest
+        cached block's hash is checked all the same (a chain reverted to a snapshot and mined
+        again starts the cache over).
+        """
+        last = int(w3.eth.block_number)
+        start = _block_param(params.get("fromBlock"), last)
+        end = min(_block_param(params.get("toBlock"), last), last)
+        if self._cached and (
+            self._cached[0] > last or w3.eth.get_block(self._cached[0])["hash"] != self._cached[1]
+        ):
+            self._block_logs.clear()
+            self._cached = None
+        missing = [n for n in range(start, end + 1) if n not in self._block_logs]
+        if missing:
+            fetched: dict[int, list[Any]] = {n: [] for n in missing}
+            for log in w3.eth.get_logs({"fromBlock": missing[0], "toBlock": missing[-1]}):
+                if log["blockNumber"] in fetched:
+                    fetched[log["blockNumber"]].append(log)
+            self._block_logs.update((n, tuple(logs)) for n, logs in fetched.items())
+            newest = max(self._block_logs)
+            self._cached = (newest, w3.eth.get_block(newest)["hash"])
+        addresses = params.get("address")
+        wanted = None if addresses is None else {
+            str(a).lower() for a in ([addresses] if isinstance(addresses, str) else addresses)
+        }
+        topics = [None if t is None else {_hex(x) for x in ([t] if isinstance(t, str | bytes)
+                                                              else t)}
+                  for t in params.get("topics") or []]
+        return [
+            log
+            for n in range(start, end + 1)
+            for log in self._block_logs[n]
+            if (wanted is None or str(log["address"]).lower() in wanted)
+            and len(log["topics"]) >= len(topics)
+            and all(t is None or _hex(log["topics"][i]) in t for i, t in enumerate(topics))
+        ]
+
     def advance_time(self, w3: Web3, seconds: int) -> None:
         tester = self.provider.ethereum_tester
         now = int(tester.get_block_by_number("pending")["timestamp"])
@@ -199,6 +249,22 @@ class EmbeddedBackend(Backend):
         # revert, and a fixed limit covers every FedChain call.
         w3.eth.call(tx)
         return EMBEDDED_GAS_LIMIT
+
+
+def _block_param(value: Any, latest: int) -> int:
+    """A getLogs block bound as a number (None and the tags: the latest block)."""
+    if value is None or value in ("latest", "pending", "safe", "finalized"):
+        return latest
+    if value == "earliest":
+        return 0
+    return int(value, 16) if isinstance(value, str) else int(value)
+
+
+def _hex(value: Any) -> str:
+    """A topic (0x-hex text or bytes) as lowercase hex without the 0x."""
+    if isinstance(value, str):
+        return value.lower().removeprefix("0x")
+    return bytes(value).hex()
 
 
 class RpcBackend(Backend):
@@ -645,7 +711,8 @@ class Chain:
             if topics:
                 params["topics"] = topics
             try:
-                logs = self.call(partial(self.w3.eth.get_logs, cast(FilterParams, params)))
+                logs = self.call(partial(self.backend.get_logs, self.w3,
+                                         cast(FilterParams, params)))
             except (Web3RPCError, ValueError) as exc:
                 if page > 1 and _is_range_error(exc):
                     page = max(1, page // 2)

@@ -69,7 +69,7 @@ class RunConfig:
     #: None: DEFAULT_ROUNDS at genesis, whatever the plan says when resuming.
     rounds: int | None = None
     #: Updates a round needs; None: `default_min_updates` of the learners registered at
-    #: genesis (a two-thirds quorum).
+    #: genesis (a two-thirds quorum), at most `buffer_size` in asynchronous rounds.
     min_updates: int | None = None
     train: dict[str, Any] = field(default_factory=dict)
     evaluate: dict[str, Any] = field(default_factory=dict)
@@ -132,8 +132,13 @@ class RunConfig:
         """The plan published at genesis for a federation of `learners` registered learners."""
         if self.strategy is None:
             raise ConfigError("genesis needs a strategy")
-        min_updates = (default_min_updates(learners) if self.min_updates is None
-                       else self.min_updates)
+        min_updates = self.min_updates
+        if min_updates is None:
+            min_updates = default_min_updates(learners)
+            if self.buffer_size:
+                # Asynchronous rounds close once buffer_size updates are in: a quorum above
+                # it would carry the model over whenever only the buffer's worth arrived.
+                min_updates = min(min_updates, self.buffer_size)
         return Plan(
             strategy=self.strategy.to_plan(),
             rounds=self.rounds or DEFAULT_ROUNDS,
