@@ -16,6 +16,7 @@ from fedchain.federation.fetching import staleness_weight
 from fedchain.federation.simulation import simulate
 
 TRAIN = {"lr": 0.1, "steps": 5}
+ROUNDS = 3
 
 
 def test_staleness_halves_the_weight_per_round_and_never_reaches_zero():
@@ -39,12 +40,14 @@ class Fast(LinearLearner):
 
 class Slow(LinearLearner):
     """Finishes training for round r only once a fast learner trains for a later round, i.e.
-    once round r has closed without it: its update always lands late."""
+    once round r has closed without it: its update always lands late (but not in the last
+    round, which no later round follows)."""
 
     def train(self, weights: Any, config: Any) -> Any:
         result = super().train(weights, config)
+        r = int(config["round"])
         with _progress:
-            _progress.wait_for(lambda: _fast_round > int(config["round"]), timeout=120)
+            _progress.wait_for(lambda: _fast_round > r or r >= ROUNDS, timeout=120)
         return result
 
 
@@ -54,7 +57,8 @@ def test_a_stale_update_is_accepted_discounted_and_verifiable(store):
     def make(i: int, n: int) -> LinearLearner:
         return Slow(i) if i == 2 else Fast(i)
 
-    result = simulate(make, 3, FedAvg(), 3, store=store, train_config=TRAIN, config=config)
+    result = simulate(make, 3, FedAvg(), ROUNDS, store=store, train_config=TRAIN,
+                      config=config)
     contract = result.contract
     updates = [u for r in range(1, 4) for u in contract.updates(r)]
     stale = [u for u in updates if u.staleness > 0]
