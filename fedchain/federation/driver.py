@@ -26,16 +26,21 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 
+from eth_account.signers.local import LocalAccount
+
 from ..errors import ConfigError, FedChainError
+from ..eth.contract import FedChainReader
 from ..eth.events import Event
-from ..eth.watcher import ChainWatcher, Snapshot
+from ..eth.watcher import ChainWatcher, Snapshot, WatchedFedChain, flat_gas_policy
 from .node import LearnerNode
 from .outage import ride_out
 
 log = logging.getLogger("fedchain.pool")
 
-#: Worker threads of a pool unless told otherwise: learners here mostly wait on the node.
-DEFAULT_WORKERS = 4
+#: Worker threads of a pool unless told otherwise. A learner's step mostly waits on the node
+#: (its transactions are mined in blocks), so more threads than cores; each one training at
+#: once holds a model, so not hundreds by default (bench/scale.py runs 256 tiny learners).
+DEFAULT_WORKERS = 32
 
 
 @dataclass
@@ -52,6 +57,25 @@ class _Slot:
     #: round (e.g. the global model not retrievable yet).
     retry_at: float = 0.0
     steps: int = 0
+
+
+def watched_bindings(
+    contract: FedChainReader, watcher: ChainWatcher
+) -> Callable[[LocalAccount], WatchedFedChain]:
+    """How a pool's learners reach the chain: each learner's views answered from `watcher`
+    (WatchedFedChain), and, on the contract's Chain, receipts found for all waiting learners
+    at once and transactions sent in JSON-RPC batches (`share_receipt_polling`), fees from
+    the head block the watcher read, a fixed gas limit for the learners' flat-gas calls
+    (`flat_gas_policy`). Returns account -> binding."""
+    chain = contract.chain
+    chain.share_receipt_polling()
+    chain.fee_source = watcher.fees
+    chain.gas_policy = flat_gas_policy(contract)
+
+    def bind(account: LocalAccount) -> WatchedFedChain:
+        return WatchedFedChain.bind(contract, account, watcher)
+
+    return bind
 
 
 class LearnerPool:

@@ -33,9 +33,9 @@ from ..eth.chain import connect
 from ..eth.contract import FedChain
 from ..eth.watcher import ChainWatcher
 from ..storage import open_store
-from .driver import DEFAULT_WORKERS, LearnerPool
+from .driver import DEFAULT_WORKERS, LearnerPool, watched_bindings
 from .learner import Learner
-from .node import LearnerNode
+from .node import LearnerNode, SharedWork
 
 INSTALL_HINT = "Ray is not installed: pip install 'fedchain[ray]'"
 
@@ -93,13 +93,16 @@ def run_shard(
     reader = FedChain.at(chain, contract)
     store = open_store(store_url)
     learners = list(indices)
-
-    def make_node(j: int) -> LearnerNode:
-        i = learners[j]
-        return LearnerNode(make_learner(i, num_learners), reader.with_account(account(i)),
-                           store, name=f"learner-{i}")
+    shared = SharedWork()  # the shard's learners share one process: see SharedWork
 
     with ChainWatcher(reader, interval=interval) as watcher:
+        bind = watched_bindings(reader, watcher)
+
+        def make_node(j: int) -> LearnerNode:
+            i = learners[j]
+            return LearnerNode(make_learner(i, num_learners), bind(account(i)), store,
+                               name=f"learner-{i}", shared=shared)
+
         pool = LearnerPool(make_node, len(learners), watcher, workers=workers)
         pool.run(timeout=timeout)
     node_id = os.environ.get("RAY_NODE_ID", "")

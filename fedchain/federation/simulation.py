@@ -26,12 +26,12 @@ from ..eth.accounts import DEV_NODE_ACCOUNTS, FIRST_LEARNER_INDEX, OWNER_INDEX, 
 from ..eth.bitmap import is_selected
 from ..eth.chain import Chain, connect
 from ..eth.contract import FedChain, RoundParams
-from ..eth.watcher import ChainWatcher, Snapshot, WatchedFedChain, flat_gas_policy
+from ..eth.watcher import ChainWatcher, Snapshot
 from ..model.codec import Weights
 from ..storage import ContentStore, open_store
 from .aggregator import Aggregator, EvaluateFn
 from .config import RunConfig
-from .driver import LearnerPool
+from .driver import DEFAULT_WORKERS, LearnerPool, watched_bindings
 from .history import History, RoundResult
 from .learner import Learner
 from .node import LearnerNode, SharedWork
@@ -41,8 +41,6 @@ log = logging.getLogger("fedchain.simulation")
 
 #: How simulate runs learners: a thread each, or a pool driven by one chain watcher.
 ENGINES = ("threads", "pool")
-#: Worker threads of engine="pool": learners mostly wait on the node, so more than cores.
-DEFAULT_WORKERS = 64
 #: What a derived learner account (past the dev node's) is funded with on a dev chain.
 DERIVED_FUNDING = 10**18
 
@@ -196,10 +194,9 @@ def simulate(
     if pool_mode:
         watcher = ChainWatcher(contract, interval=min(cfg.poll_interval, 0.05),
                                from_block=receipt.block_number)
-        ch.share_receipt_polling()
-        ch.prime_nonces(a.address for a in learner_accounts)
         restore = (ch.fee_source, ch.gas_policy)
-        ch.fee_source, ch.gas_policy = watcher.fees, flat_gas_policy(contract)
+        bind = watched_bindings(contract, watcher)
+        ch.prime_nonces(a.address for a in learner_accounts)
     types = dict(aggregator_types or {})
     committee = [
         types.get(k, Aggregator)(
@@ -224,8 +221,8 @@ def simulate(
         shared = SharedWork()
 
         def make_node(i: int) -> LearnerNode:
-            binding = WatchedFedChain.bind(contract, learner_accounts[i], watcher)
-            return LearnerNode(make_learner(i, num_learners), binding, st, name=f"learner-{i}",
+            return LearnerNode(make_learner(i, num_learners), bind(learner_accounts[i]), st,
+                               name=f"learner-{i}",
                                stop=stop, shared=shared, poll_interval=cfg.poll_interval)
 
         pool = LearnerPool(make_node, num_learners, watcher, workers=workers,
