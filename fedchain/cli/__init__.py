@@ -27,6 +27,7 @@ from .options import (
     count,
     port,
     positive_int,
+    seconds,
     writable_file,
 )
 
@@ -128,6 +129,12 @@ def _simulate_arguments(p: argparse.ArgumentParser) -> None:
     add_run_options(p)
     p.add_argument("--audit", action="store_true",
                    help="audit the finished run from the chain and re-verify every round")
+    p.add_argument("--engine", choices=("threads", "pool"), default="threads",
+                   help="threads: a thread per learner polling the chain (default); pool: one "
+                   "chain watcher and a pool of lazily made learners, for hundreds to "
+                   "thousands of learners (see the README's Scale section)")
+    p.add_argument("--workers", type=positive_int, metavar="N", default=None,
+                   help="--engine pool: learners stepped at once (default 32)")
     add_model_options(p)
 
 
@@ -146,6 +153,9 @@ def _devnet_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ipfs-port", type=port, default=5001, metavar="PORT",
                    help="the IPFS dev node's RPC port on 127.0.0.1 (default 5001)")
     p.add_argument("--no-ipfs", action="store_true", help="start the chain only")
+    p.add_argument("--block-time", type=seconds, metavar="SECONDS", default=None,
+                   help="Anvil: mine a block every SECONDS (e.g. 0.25) instead of one per "
+                   "transaction, as a real network does; faster past a few hundred learners")
 
 
 def _audit_arguments(p: argparse.ArgumentParser) -> None:

@@ -335,7 +335,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     result = simulate(
         factory, job.learners, chain=job.chain, store=job.store, config=config,
         initial_weights=initial, evaluate_fn=evaluate_fn, results_dir=job.output,
-        aggregators=job.aggregators, quorum=job.quorum,
+        aggregators=job.aggregators, quorum=job.quorum, engine=args.engine,
+        **({"workers": args.workers} if args.workers else {}),
     )
     print_rounds(result)
     print_history(result.history)
@@ -404,7 +405,7 @@ def cmd_devnet(args: argparse.Namespace) -> int:
         elif args.ganache:
             chain = devnet.start_ganache(args.chain_port)
         else:
-            chain = devnet.start_anvil(args.chain_port)
+            chain = devnet.start_anvil(args.chain_port, block_time=args.block_time or None)
         nodes.append(chain)
         print(f"chain ({chain.name}): {chain.url}")
         if not args.no_ipfs:
