@@ -80,3 +80,10 @@ def test_the_default_quorum_of_asynchronous_rounds_is_at_most_the_buffer():
     assert RunConfig(strategy=FedAvg(), buffer_size=3, max_staleness=2).plan(5).min_updates == 3
     assert RunConfig(strategy=FedAvg(), buffer_size=8).plan(5).min_updates == 4
     assert RunConfig(strategy=FedAvg(), buffer_size=3, min_updates=4).plan(5).min_updates == 4
+
+
+def test_the_default_quorum_of_sampled_rounds_is_two_thirds_of_the_sample():
+    # 1,000 learners sampled at 10 %: about 100 a round, so 67 (not 667, which no round of
+    # 100 could ever reach: every round would carry the model over).
+    assert RunConfig(strategy=FedAvg(), fraction=0.1).plan(1000).min_updates == 67
+    assert RunConfig(strategy=FedAvg(), fraction=0.1, min_updates=5).plan(1000).min_updates == 5

@@ -134,7 +134,9 @@ class RunConfig:
             raise ConfigError("genesis needs a strategy")
         min_updates = self.min_updates
         if min_updates is None:
-            min_updates = default_min_updates(learners)
+            # With client sampling, a quorum of the learners expected in a round's sample.
+            min_updates = default_min_updates(math.ceil(self.fraction * learners)
+                                              if self.fraction < 1.0 else learners)
             if self.buffer_size:
                 # Asynchronous rounds close once buffer_size updates are in: a quorum above
                 # it would carry the model over whenever only the buffer's worth arrived.
