@@ -304,9 +304,8 @@ def test_a_committee_outlives_a_dead_member_and_a_round_without_quorum_is_closed
     contract = find_contract(chain, directory=tmp_path / "deployments")
 
     # Member 2 never runs: two of three still open the federation and close round 1.
-    # Each member writes its own results (members share the job file, not an output dir).
-    members = [_fedchain("aggregator", "--id", str(k), "--job", str(job),
-                         "--output", str(tmp_path / f"member-{k}")) for k in (0, 1)]
+    # Members share the job file; member 1 writes its results to out/member-1, not out/.
+    members = [_fedchain("aggregator", "--id", str(k), "--job", str(job)) for k in (0, 1)]
     # Learners 0 and 1 submit round 1 and are held still; learner 2 completes round 1, so the
     # committee closes it and round 2 waits for the two held learners (no race with round 2).
     learners = [_fedchain("learner", "--id", str(i), "--job", str(job)) for i in (0, 1)]
@@ -337,6 +336,10 @@ def test_a_committee_outlives_a_dead_member_and_a_round_without_quorum_is_closed
     assert "[ROUND 1] received 3 updates, 0 rejected, aggregated 3" in out
     assert ("no quorum by the vote deadline" in out
             or "passed its vote deadline without a quorum: closed it" in "".join(learner_outs))
+    # Member 0's results are its own: member 1 (killed) never wrote into the same file.
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [r["round"] for r in results["rounds"]] == [1, 2]
+    assert not (tmp_path / "out" / "member-1" / "results.json").exists()
     # Before training round 2, every learner re-derived round 1's model and found it right.
     for i, text in enumerate(learner_outs):
         assert f"learner-{i}: re-derived the global model of round 1" in text, text

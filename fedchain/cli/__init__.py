@@ -90,7 +90,8 @@ def _aggregator_arguments(p: argparse.ArgumentParser) -> None:
     add_job_option(p)
     p.add_argument("--id", type=int, default=0, metavar="K",
                    help="committee member K (dev account 1 for 0, then 99, 98, …): each "
-                   "member computes every round and votes for it (default: 0)")
+                   "member computes every round and votes for it (default: 0); member K > 0 "
+                   "writes its results to <output>/member-K unless given --output")
     add_chain_options(p)
     add_store_option(p)
     add_account_options(p, "dev account 1, or that of --id K")

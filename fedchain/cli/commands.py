@@ -198,6 +198,9 @@ def cmd_aggregator(args: argparse.Namespace) -> int:
 
     job = job_from(args)
     config = job.run_config()
+    if args.id and not args.output:
+        # Members share the job file: each keeps its own results.json, never the same one.
+        job.output = str(Path(job.output) / f"member-{args.id}")
     old = read_results(job.output)
     chain = connect_chain(job, "aggregator")
     account = account_for(args, chain, aggregator_index(args.id))
