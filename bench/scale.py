@@ -157,7 +157,8 @@ class Point:
 
     @property
     def label(self) -> str:
-        mined = f", blocks every {self.block_time:g} s" if self.block_time else ", automine"
+        mined = (", embedded chain" if self.chain == "embedded" else
+                 f", blocks every {self.block_time:g} s" if self.block_time else ", automine")
         return f"{self.engine}{mined}" + (f", fraction {self.fraction:g}"
                                           if self.fraction < 1 else "")
 
