@@ -12,18 +12,19 @@ signed over keccak256(unsigned) with a recoverable secp256k1 signature (RFC 6979
 `sign_dynamic_fee` does exactly that with coincurve and gives the bytes and hash that
 eth-account gives for the same transaction (tests/test_signing.py checks it does, field
 for field). Anything else (a legacy gasPrice transaction, an access list, contract
-creation) is eth-account's to sign: `fast_signer` returns None for it.
+creation) is eth-account's to sign: `supported` is False for it.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Mapping
 from typing import Any
 
 import rlp
 from eth_account.signers.local import LocalAccount
-from eth_utils import keccak, to_bytes
+from eth_utils import is_checksum_address, keccak, to_bytes
 
 try:
     from coincurve import PrivateKey as _SecpKey
@@ -33,6 +34,9 @@ except ImportError:  # pragma: no cover - coincurve is a dependency; eth-account
 #: The fields a type-2 transaction this module signs may have.
 FIELDS = frozenset({"chainId", "nonce", "maxPriorityFeePerGas", "maxFeePerGas", "gas", "to",
                     "value", "data", "type", "from"})
+
+#: `to` given as text must be a checksum address, as eth-account requires (cached: 70 us a check).
+_checksummed = functools.lru_cache(maxsize=4096)(is_checksum_address)
 
 _keys: dict[str, Any] = {}
 _keys_lock = threading.Lock()
@@ -51,6 +55,7 @@ def supported(tx: Mapping[str, Any]) -> bool:
     """Whether `sign_dynamic_fee` signs `tx` (a call or transfer with EIP-1559 fees)."""
     return (_SecpKey is not None and "maxFeePerGas" in tx and "maxPriorityFeePerGas" in tx
             and bool(tx.get("to")) and set(tx) <= FIELDS
+            and (not isinstance(tx["to"], str) or _checksummed(tx["to"]))
             and int(tx.get("type", 2) if not isinstance(tx.get("type"), str)
                     else int(str(tx["type"]), 16)) == 2)
 
