@@ -21,7 +21,7 @@ from fixtures.chains import CHAIN_PARAMS, dev
 from fedchain.aggregation.strategy import FedAvg
 from fedchain.audit import audit_federation
 from fedchain.cli import devnet
-from fedchain.errors import ChainUnavailable, ContentMismatch, TransactionTimeout
+from fedchain.errors import ChainUnavailable, ContentMismatch
 from fedchain.eth.accounts import DEV_NODE_ACCOUNTS, FIRST_LEARNER_INDEX, dev_account
 from fedchain.eth.bitmap import fraction_to_ppm, is_selected
 from fedchain.eth.chain import Chain, Receipt, connect
@@ -141,8 +141,8 @@ def test_a_sampled_pool_makes_and_runs_only_the_learners_the_contract_selects(
 ) -> None:
     n, rounds, fraction = 40, 2, 0.25
     made = Made(num_examples=8)
-    # Learners never selected are never made, so they never evaluate: the aggregator's last
-    # wait for every learner's report would last its whole evaluation_timeout.
+    # Learners never selected are never made, so they never evaluate: with sampling the
+    # aggregator waits only for the reports of the round's participants.
     result = run(anvil, tmp_path, n, rounds, "pool", made, fraction=fraction,
                  min_updates=1, evaluation_timeout=2.0)
     contract = result.contract
@@ -299,11 +299,6 @@ def test_a_node_that_dies_fails_the_transactions_waiting_on_it_instead_of_hangin
 
 @pytest.mark.anvil
 @pytest.mark.xdist_group("anvil")
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-@pytest.mark.xfail(strict=True, raises=TransactionTimeout, reason=(
-    "ReceiptPoller._receipts reads eth_blockNumber's answer as ['result'] unchecked: one "
-    "JSON-RPC error answer raises KeyError on the poller thread, which dies with _thread "
-    "still set, so every later wait on the Chain times out"))
 def test_one_error_answer_from_the_node_does_not_stop_receipt_polling(
     anvil: Chain, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -329,9 +324,6 @@ def test_one_error_answer_from_the_node_does_not_stop_receipt_polling(
 
 @pytest.mark.anvil
 @pytest.mark.xdist_group("anvil")
-@pytest.mark.xfail(strict=True, raises=(AssertionError, TypeError), reason=(
-    "ReceiptPoller.wait builds Receipt from the raw JSON-RPC answer: contract_address not "
-    "checksummed, logs raw dicts FedChain.decode_log cannot read (as they are without polling)"))
 def test_receipts_found_by_the_shared_poller_are_the_receipts_a_single_wait_gives(
     anvil: Chain, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -350,9 +342,6 @@ def test_receipts_found_by_the_shared_poller_are_the_receipts_a_single_wait_give
 
 @pytest.mark.anvil
 @pytest.mark.xdist_group("anvil")
-@pytest.mark.xfail(strict=True, raises=AttributeError, reason=(
-    "ChainWatcher._read_raw calls contract._encode, defined on FedChain, not FedChainReader: "
-    "a watcher on a read-only binding (fedchain.federation.ray's shards) fails on any RPC node"))
 def test_a_watcher_follows_a_read_only_binding_on_a_node(anvil: Chain) -> None:
     contract, receipt = FedChain.deploy(anvil, dev(anvil, 0), dev(anvil, 1).address)
     contract.add_learners([dev(anvil, 2).address])

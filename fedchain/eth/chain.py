@@ -12,6 +12,7 @@ network. Reverts come back as `fedchain.errors` exceptions named after the contr
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -26,13 +27,15 @@ from eth_typing import HexStr
 from eth_utils import to_checksum_address
 from eth_utils.exceptions import ValidationError as EthUtilsValidationError
 from web3 import Web3
+from web3._utils.method_formatters import receipt_formatter
+from web3.datastructures import AttributeDict
 from web3.exceptions import (
     ContractCustomError,
     ContractLogicError,
     TimeExhausted,
     Web3RPCError,
 )
-from web3.types import BlockIdentifier, FilterParams, RPCEndpoint, TxParams
+from web3.types import BlockIdentifier, FilterParams, RPCEndpoint, RPCResponse, TxParams
 
 from ..errors import (
     ChainUnavailable,
@@ -56,6 +59,8 @@ REVERT_ERRORS = (
     ContractCustomError, ContractLogicError, Web3RPCError, ValueError, _TesterFailed,
     EthUtilsValidationError,
 )
+
+log = logging.getLogger("fedchain.chain")
 
 T = TypeVar("T")
 
@@ -789,15 +794,8 @@ class ReceiptPoller:
                                      url=self.chain.url, tx_hash=tx_hash)
         if slot.error is not None:
             raise slot.error
-        raw = slot.answer
-        return Receipt(
-            tx_hash=raw["transactionHash"],
-            block_number=int(raw["blockNumber"], 16),
-            gas_used=int(raw["gasUsed"], 16),
-            status=int(raw.get("status", "0x1"), 16),
-            logs=tuple(raw.get("logs") or ()),
-            contract_address=raw.get("contractAddress"),
-        )
+        # Formatted as web3 formats a receipt it fetched itself: the same Receipt either way.
+        return _receipt(AttributeDict.recursive(receipt_formatter(slot.answer)))
 
     def _batch(self, calls: list[tuple[RPCEndpoint, Any]]) -> list[Any]:
         provider: Any = self.chain.w3.provider
@@ -809,29 +807,41 @@ class ReceiptPoller:
         return got
 
     def _receipts(self, pending: dict[str, _Slot], fresh: set[str]) -> list[Any]:
-        """Receipts of pending transactions found now (in no particular order)."""
-        found: list[Any] = []
-        if self._by_block:
-            head_call = [(RPCEndpoint("eth_blockNumber"), [])]
-            head = int(self._batch(head_call)[0]["result"], 16)
-            lookup = sorted(fresh)
-            start = head + 1 if self._block is None else self._block + 1
-            blocks = list(range(start, head + 1))[-1_000:]
-            calls = [(RPCEndpoint("eth_getTransactionReceipt"), [h]) for h in lookup]
-            calls += [(RPCEndpoint("eth_getBlockReceipts"), [hex(b)]) for b in blocks]
-            answers = self._batch(calls) if calls else []
-            if any(isinstance(a, dict) and "error" in a for a in answers[len(lookup):]):
-                self._by_block = False  # not this node: by hash from now on
-                return [a.get("result") for a in answers[:len(lookup)] if isinstance(a, dict)]
-            self._block = head
-            found += [a.get("result") for a in answers[:len(lookup)] if isinstance(a, dict)]
-            for answer in answers[len(lookup):]:
-                found += answer.get("result") or []
+        """Receipts of pending transactions found now (in no particular order); an answer
+        that is not one (a JSON-RPC error, a malformed result) raises ValueError."""
+        if not self._by_block:
+            calls = [(RPCEndpoint("eth_getTransactionReceipt"), [h]) for h in pending]
+            return [_result(a) for a in self._batch(calls)]
+        head = int(_result(self._batch([(RPCEndpoint("eth_blockNumber"), [])])[0]), 16)
+        start = head + 1 if self._block is None else self._block + 1
+        lookup = sorted(fresh)
+        blocks = list(range(start, head + 1))
+        if len(blocks) > MAX_BLOCKS_PER_POLL:
+            # Far behind (a long outage, a fast chain): every pending hash asked by hash.
+            lookup, blocks = sorted(pending), []
+        calls = [(RPCEndpoint("eth_getTransactionReceipt"), [h]) for h in lookup]
+        calls += [(RPCEndpoint("eth_getBlockReceipts"), [hex(b)]) for b in blocks]
+        answers = self._batch(calls) if calls else []
+        found = [_result(a) for a in answers[:len(lookup)]]
+        by_block = answers[len(lookup):]
+        if any(isinstance(a, dict) and "error" in a for a in by_block):
+            self._by_block = False  # not on this node: by hash from now on
+            with self._lock:
+                self._fresh.update(pending)
             return found
-        calls = [(RPCEndpoint("eth_getTransactionReceipt"), [h]) for h in pending]
-        return [a.get("result") for a in self._batch(calls) if isinstance(a, dict)]
+        self._block = head
+        for answer in by_block:
+            found += _result(answer) or []
+        return found
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            with self._lock:
+                self._thread = None  # whatever ended it, the next wait starts another
+
+    def _loop(self) -> None:
         while True:
             with self._lock:
                 pending = dict(self._pending)
@@ -842,8 +852,7 @@ class ReceiptPoller:
                 if not self._wake.wait(30.0):
                     with self._lock:
                         if not self._pending:
-                            self._thread = None
-                            return  # idle: the next wait starts another
+                            return  # idle
                 continue
             try:
                 receipts = self._receipts(pending, fresh)
@@ -854,20 +863,39 @@ class ReceiptPoller:
                         slot.error = exc
                         slot.done.set()
                 continue
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                # An odd answer (e.g. a rate limit's JSON-RPC error): asked again shortly.
+                log.warning("chain %s: receipts poll got %s: %s; asking again", self.chain.url,
+                            type(exc).__name__, exc)
+                with self._lock:
+                    self._fresh.update(fresh)
+                time.sleep(max(self.interval, 0.5))
+                continue
             for raw in receipts:
                 if not isinstance(raw, dict) or raw.get("blockNumber") is None:
                     continue
                 h = str(raw.get("transactionHash", "")).lower()
-                slot = pending.get(h)
-                if slot is None:
+                found = pending.get(h)
+                if found is None:
                     continue
                 with self._lock:
                     self._pending.pop(h, None)
-                slot.answer = raw
-                slot.done.set()
+                found.answer = raw
+                found.done.set()
             # Many pending hashes asked by hash (no block receipts): ask less often.
             time.sleep(self.interval if self._by_block else
                        max(self.interval, len(pending) / 20_000))
+
+
+def _result(answer: Any) -> Any:
+    """The result of one JSON-RPC answer; ValueError for an error or a malformed answer."""
+    if not isinstance(answer, dict) or "result" not in answer:
+        raise ValueError(f"not a JSON-RPC result: {answer!r:.200}")
+    return answer["result"]
+
+
+#: The most new blocks whose receipts one poll reads; further behind, it asks by hash.
+MAX_BLOCKS_PER_POLL = 1_000
 
 
 class SendBatcher:
@@ -901,7 +929,7 @@ class SendBatcher:
         if not isinstance(answer, dict) or "result" not in answer:
             error = answer.get("error", answer) if isinstance(answer, dict) else answer
             message = error.get("message", str(error)) if isinstance(error, dict) else str(error)
-            raise Web3RPCError(message, rpc_response=answer)
+            raise Web3RPCError(message, rpc_response=cast(RPCResponse, answer))
         return str(answer["result"])
 
     def _run(self) -> None:

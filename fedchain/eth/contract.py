@@ -139,6 +139,23 @@ class FedChainReader:
         """The same contract, signing as `account`."""
         return FedChain(self.chain, self.address, account)
 
+    def _encode(self, name: str, args: tuple[Any, ...]) -> str:
+        """The call data of `name(*args)`: the selector and eth-abi's encoding, from a table
+        made once per binding (web3's contract-function objects cost ~0.4 ms a call, which
+        a pool of learners pays thousands of times a round); web3's own encoding, with its
+        checks and messages, for anything the table does not cover or eth-abi refuses."""
+        table = self._calls
+        if table is None:
+            table = self._calls = _call_table(self.abi)
+        entry = table.get(name)
+        if entry is not None:
+            selector, types = entry
+            try:
+                return "0x" + selector + abi_encode(types, args).hex()
+            except (EncodingError, TypeError, ValueError, OverflowError):
+                pass  # web3 below says what is wrong, as it always did
+        return getattr(self.contract.functions, name)(*args)._encode_transaction_data()
+
     def _view(self, name: str, *args: Any) -> Any:
         fn = getattr(self.contract.functions, name)(*args)
         return self.chain.call(fn.call)
@@ -413,23 +430,6 @@ class FedChain(FedChainReader):
                 url=chain.url,
             )
         return FedChainReader(chain, address) if account is None else cls(chain, address, account)
-
-    def _encode(self, name: str, args: tuple[Any, ...]) -> str:
-        """The call data of `name(*args)`: the selector and eth-abi's encoding, from a table
-        made once per binding (web3's contract-function objects cost ~0.4 ms a call, which
-        a pool of learners pays thousands of times a round); web3's own encoding, with its
-        checks and messages, for anything the table does not cover or eth-abi refuses."""
-        table = self._calls
-        if table is None:
-            table = self._calls = _call_table(self.abi)
-        entry = table.get(name)
-        if entry is not None:
-            selector, types = entry
-            try:
-                return "0x" + selector + abi_encode(types, args).hex()
-            except (EncodingError, TypeError, ValueError, OverflowError):
-                pass  # web3 below says what is wrong, as it always did
-        return getattr(self.contract.functions, name)(*args)._encode_transaction_data()
 
     def _transact(self, name: str, *args: Any) -> Receipt:
         data = self._encode(name, args)

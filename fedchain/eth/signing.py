@@ -26,6 +26,7 @@ import rlp
 from eth_account.signers.local import LocalAccount
 from eth_utils import is_checksum_address, keccak, to_bytes
 
+_SecpKey: Any
 try:
     from coincurve import PrivateKey as _SecpKey
 except ImportError:  # pragma: no cover - coincurve is a dependency; eth-account then signs
@@ -56,8 +57,11 @@ def supported(tx: Mapping[str, Any]) -> bool:
     return (_SecpKey is not None and "maxFeePerGas" in tx and "maxPriorityFeePerGas" in tx
             and bool(tx.get("to")) and set(tx) <= FIELDS
             and (not isinstance(tx["to"], str) or _checksummed(tx["to"]))
-            and int(tx.get("type", 2) if not isinstance(tx.get("type"), str)
-                    else int(str(tx["type"]), 16)) == 2)
+            and tx.get("type", 2) in TYPE_2)
+
+
+#: How a transaction dict may say it is type 2 (eth-account's spellings; "2" is not one).
+TYPE_2 = (2, "0x2", "0x02")
 
 
 def sign_dynamic_fee(account: LocalAccount, tx: Mapping[str, Any]) -> tuple[bytes, bytes]:

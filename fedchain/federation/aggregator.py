@@ -509,9 +509,14 @@ class Aggregator:
                         max_outage=self.config.max_outage)
 
     def wait_for_evaluations(self, round: int) -> int:
-        """Waits (up to `evaluation_timeout`) for every learner's report on `round`'s model."""
+        """Waits (up to `evaluation_timeout`) for every learner's report on `round`'s model;
+        with client sampling, for the reports of the learners that took part in the round
+        (others may never be asked to evaluate)."""
         deadline = time.monotonic() + self.config.evaluation_timeout
         learners = self.contract.learner_count()
+        if self.plan is not None and self.plan.fraction < 1.0 and round >= 1:
+            took_part = len(from_bits(self.contract.submitted_bits(round)))
+            learners = max(1, min(learners, took_part))
         while True:
             known = self.watcher.reports(round) if self.watcher is not None else None
             reports = known if known is not None else len(list(self.contract.events(
