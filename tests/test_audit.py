@@ -312,3 +312,33 @@ def test_cli_audit_exits_nonzero_naming_the_tampered_round(anvil_chain, tmp_path
     printed = capsys.readouterr().out
     assert "✗" in printed and "FAILED: 1 check(s) failed" in printed
     assert "round 1" in printed and "differs from recomputation" in printed
+
+
+def test_a_submission_the_rounds_seed_did_not_select_fails_the_audit():
+    # The contract refuses such a submission (NotSelected); a chain that shows one anyway (a
+    # faulty or forged node, a contract bug) fails the audit's re-derivation of the sample.
+    from fedchain.audit.read import _selection_checks
+    from fedchain.audit.report import RoundAudit, Submission
+    from fedchain.eth.bitmap import is_selected
+    from fedchain.eth.events import ChainCid, UpdateSubmitted
+
+    seed, ppm = bytes(range(32)), 300_000
+    learners = {f"0x{i:040x}": i for i in range(1, 21)}
+    picked = [a for a, i in learners.items() if is_selected(seed, i, ppm)]
+    skipped = [a for a, i in learners.items() if not is_selected(seed, i, ppm)]
+    assert picked and skipped
+
+    def submission(learner: str) -> Submission:
+        return Submission(UpdateSubmitted(1, "0x00", 0, 1, learner, ChainCid(b""), 10))
+
+    honest = RoundAudit(1, submissions=[submission(picked[0])])
+    _selection_checks(honest, {1: seed}, learners, ppm)
+    assert [(c.status, c.detail) for c in honest.checks] == [
+        ("note", f"{len(picked)} of 20 learners selected by the round's seed "
+                 f"0x{seed.hex()[:16]}…")]
+
+    forged = RoundAudit(1, submissions=[submission(picked[0]), submission(skipped[0])])
+    _selection_checks(forged, {1: seed}, learners, ppm)
+    [failed] = [c for c in forged.checks if c.status == "failed"]
+    assert (failed.what, failed.learner) == ("selection", skipped[0])
+    assert forged.status == "failed"

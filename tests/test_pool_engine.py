@@ -166,7 +166,12 @@ def test_a_sampled_pool_makes_and_runs_only_the_learners_the_contract_selects(
     assert made_addresses == set().union(*chosen.values())
     assert Counter(made.calls).most_common(1)[0][1] == 1
     assert len(made.calls) < n
-    assert audit_federation(contract, result.store).exit_status() == 0
+    report = audit_federation(contract, result.store)
+    assert report.exit_status() == 0
+    # The audit re-derives each round's selection from its seed and says how many it chose.
+    notes = {c.round: c.detail for c in report.all_checks() if c.what == "selection"}
+    assert notes == {r: f"{len(chosen[r])} of {n} learners selected by the round's seed "
+                        f"0x{seeds[r].hex()[:16]}…" for r in seeds}
 
 
 # -- more learners than the dev node has accounts -------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any
 
 from web3.exceptions import Web3RPCError
 
+from ..eth.bitmap import ALL_PPM, is_selected
 from ..eth.contract import FedChainReader
 from ..eth.events import (
     CommitteeChanged,
@@ -25,6 +26,7 @@ from ..eth.events import (
     GlobalModelPublished,
     LearnerAdded,
     LearnerRemoved,
+    RoundSeeded,
     RoundTimedOut,
     UpdateSubmitted,
     Voted,
@@ -116,8 +118,14 @@ def read_federation(
 
     txs: list[str] = []
     open_round = 1
+    seeds: dict[int, bytes] = {}
+    indices: dict[str, int] = {}
     for e in contract.events(from_block=start, to_block=head, page=page):
         txs.append(e.tx)
+        if isinstance(e, RoundSeeded):
+            seeds[e.round] = e.seed
+        if isinstance(e, LearnerAdded):
+            indices[e.learner] = e.index
         if isinstance(e, Voted):
             at(e.round).votes.append(e)
         elif isinstance(e, RoundTimedOut):
@@ -145,9 +153,12 @@ def read_federation(
             report.finished_after = e.last_round
     report.learners = [a for a, on in active.items() if on]
     report.rounds = [rounds[r] for r in sorted(rounds)]
+    ppm = report.genesis.select_ppm if report.genesis is not None else 0
     for r in report.rounds:
         r.abandoned = r.published is None and report.finished_after is not None
         _chain_checks(r)
+        if 0 < ppm < ALL_PPM:
+            _selection_checks(r, seeds, indices, ppm)
         r.loss, r.metrics = weighted_metrics(reports.get(r.round, []))
     report.seconds["events"] = time.monotonic() - started
     if gas:
@@ -162,6 +173,27 @@ def read_federation(
         report.gas_total = sum(used.values())
         report.seconds["gas"] = time.monotonic() - started
     return report
+
+
+def _selection_checks(r: RoundAudit, seeds: dict[int, bytes], indices: dict[str, int],
+                      ppm: int) -> None:
+    """Client sampling, re-derived: the learners each round's seed selects (keccak256(seed,
+    index) mod 1e6 < ppm), and every submission from one of them (a submission's round is the
+    round it was submitted in, a stale one included)."""
+    seed = seeds.get(r.round)
+    if seed is None:
+        r.checks.append(Check(FAILED, "selection", "no sampling seed on chain for this round",
+                              r.round))
+    else:
+        chosen = [a for a, i in indices.items() if is_selected(seed, i, ppm)]
+        # A note, not OK: an OK check marks the round verified, which only --verify does.
+        r.checks.append(Check(NOTE, "selection", f"{len(chosen)} of {len(indices)} learners "
+                              f"selected by the round's seed 0x{seed.hex()[:16]}…", r.round))
+    for s in r.submissions:
+        index = indices.get(s.learner, 0)
+        if seed is None or index == 0 or not is_selected(seed, index, ppm):
+            r.checks.append(Check(FAILED, "selection", "submitted without being selected by "
+                                  "the round's seed", r.round, s.learner))
 
 
 def _chain_checks(r: RoundAudit) -> None:
