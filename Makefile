@@ -42,6 +42,7 @@ bench: setup
 	$(PY) bench/robustness.py
 	$(PY) bench/pipeline.py
 	$(PY) bench/fedbuff.py
+	$(PY) bench/scale.py
 
 # Every CID and gas figure the READMEs quote, recomputed (all rounds of every example).
 docs-check: setup
