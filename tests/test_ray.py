@@ -90,3 +90,40 @@ def test_learners_on_ray_workers_complete_every_round(
     assert all(s.pid != os.getpid() for s in shards)
     assert {r for s in shards for r in map(tuple, s.submitted.values())} == {(1, 2)}
     assert finished
+
+
+@pytest.mark.anvil
+@pytest.mark.slow
+def test_simulate_places_its_learners_on_ray(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                             ) -> None:
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'fedchain[ray]')")
+    from fedchain.audit import audit_federation
+    from fedchain.federation.simulation import simulate
+
+    n, rounds = 4, 2
+    here = Path(__file__).resolve().parent
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        [str(here.parent), str(here), *os.environ.get("PYTHONPATH", "").split(os.pathsep)]))
+    node = devnet.start_anvil()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
+    try:
+        store = open_store((tmp_path / "store").as_uri())
+        result = simulate(make_learner, n, FedAvg(), rounds, chain=node.url, store=store,
+                          train_config={"lr": 0.1, "steps": 3}, engine="ray", shards=2,
+                          workers=2, initial_weights=initial_weights(),
+                          config=RunConfig(round_timeout=PATIENCE, evaluation_timeout=PATIENCE))
+        report = audit_federation(result.contract, store)
+    finally:
+        ray.shutdown()
+        node.stop()
+    assert [len(r.included) for r in result.rounds] == [n] * rounds
+    assert result.learners == []  # they lived in Ray's workers, not in this process
+    assert report.exit_status() == 0
+
+
+def test_simulate_on_ray_refuses_the_embedded_chain() -> None:
+    from fedchain.federation.simulation import simulate
+
+    with pytest.raises(ConfigError, match="embedded chain"):
+        simulate(make_learner, 2, FedAvg(), 1, engine="ray")

@@ -338,7 +338,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     result = simulate(
         factory, job.learners, chain=job.chain, store=job.store, config=config,
         initial_weights=initial, evaluate_fn=evaluate_fn, results_dir=job.output,
-        aggregators=job.aggregators, quorum=job.quorum, engine=args.engine,
+        aggregators=job.aggregators, quorum=job.quorum, engine=args.engine, shards=args.shards,
         **({"workers": args.workers} if args.workers else {}),
     )
     print_rounds(result)

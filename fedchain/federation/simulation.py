@@ -22,7 +22,13 @@ from eth_utils import keccak
 
 from ..aggregation.strategy import ROBUST_FEDAVG, Strategy
 from ..errors import ConfigError, FedChainError
-from ..eth.accounts import DEV_NODE_ACCOUNTS, FIRST_LEARNER_INDEX, OWNER_INDEX, aggregator_index
+from ..eth.accounts import (
+    DEV_NODE_ACCOUNTS,
+    FIRST_LEARNER_INDEX,
+    OWNER_INDEX,
+    aggregator_index,
+    dev_account,
+)
 from ..eth.bitmap import is_selected
 from ..eth.chain import Chain, connect
 from ..eth.contract import FedChain, RoundParams
@@ -40,7 +46,7 @@ from .results import fill_distributed, write_results
 log = logging.getLogger("fedchain.simulation")
 
 #: How simulate runs learners: a thread each, or a pool driven by one chain watcher.
-ENGINES = ("threads", "pool")
+ENGINES = ("threads", "pool", "ray")
 #: What a derived learner account (past the dev node's) is funded with on a dev chain.
 DERIVED_FUNDING = 10**18
 
@@ -56,6 +62,12 @@ class SimulationResult:
     learners: list[LearnerNode]
     results_path: Path | None = None
     plot_path: Path | None = None
+
+
+def learner_account(i: int, dev_slots: int) -> LocalAccount:
+    """Simulated learner i's account: dev account 2 + i while the dev node has one free below
+    the committee's (`dev_slots` of them), else `simulation_account(i)`."""
+    return dev_account(FIRST_LEARNER_INDEX + i) if i < dev_slots else simulation_account(i)
 
 
 def simulation_account(i: int) -> LocalAccount:
@@ -119,6 +131,7 @@ def simulate(
     aggregator_types: Mapping[int, type[Aggregator]] | None = None,
     engine: str = "threads",
     workers: int = DEFAULT_WORKERS,
+    shards: int = 2,
 ) -> SimulationResult:
     """Deploys a fresh FedChain, registers `num_learners` learners and runs the federation.
 
@@ -145,6 +158,13 @@ def simulate(
     and a round's model is re-derived once per process rather than once per learner.
     Learners past the dev node's accounts get keys derived from their index
     (`simulation_account`), funded with 1 ETH each.
+
+    `engine="ray"` (the `fedchain[ray]` extra) places the learners on Ray: `shards` Ray
+    tasks, each a watcher and a pool of `workers` threads, on any node of the cluster
+    `ray.init` connected this process to (a local instance otherwise). The chain must be a
+    node every worker reaches (an http(s) URL) and the store one they share (a Kubo API, or
+    a file:// directory on a shared file system); the committee runs here, in threads. The
+    result then has no LearnerNode objects (they lived in the workers).
     """
     if engine not in ENGINES:
         raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
@@ -165,14 +185,18 @@ def simulate(
         connect(chain) if isinstance(chain, str) else chain
     )
     st = open_store(store) if isinstance(store, str) else store
+    chain_url = chain if isinstance(chain, str) else str(getattr(ch.backend, "_endpoint", ch.url))
+    if engine == "ray":
+        from .ray import check_shared
+
+        check_shared(chain_url, st.url)
     if aggregators < 1:
         raise ConfigError("a federation needs at least one aggregator")
     owner = ch.account(OWNER_INDEX)
     members = [ch.account(aggregator_index(k)) for k in range(aggregators)]
     # Learners take the dev accounts below the committee's (2, 3, …), then derived keys.
     dev_slots = max(0, DEV_NODE_ACCOUNTS - (aggregators - 1) - FIRST_LEARNER_INDEX)
-    learner_accounts = [ch.account(FIRST_LEARNER_INDEX + i) if i < dev_slots
-                        else simulation_account(i) for i in range(num_learners)]
+    learner_accounts = [learner_account(i, dev_slots) for i in range(num_learners)]
     # Dev chains fund only some accounts: top up every one this run sends from (fedchain.eth).
     ch.fund([*(m.address for m in members), *(a.address for a in learner_accounts[:dev_slots])])
     if num_learners > dev_slots:
@@ -185,7 +209,8 @@ def simulate(
 
     _limit_torch_threads(num_learners if engine == "threads" else min(workers, num_learners))
     pool_mode = engine == "pool"
-    learners = [] if pool_mode else [make_learner(i, num_learners) for i in range(num_learners)]
+    learners = ([] if engine != "threads" else
+                [make_learner(i, num_learners) for i in range(num_learners)])
     weights = (initial_weights if initial_weights is not None else
                (learners[0] if learners else make_learner(0, num_learners)).get_weights())
 
@@ -244,6 +269,15 @@ def simulate(
     if pool is not None:
         run_pool = partial(pool.run, stop, timeout)
         threads.append(threading.Thread(target=guarded(run_pool), name="learner-pool",
+                                        daemon=True))
+    if engine == "ray":
+        from .ray import run_on_ray
+
+        on_ray = partial(run_on_ray, make_learner, num_learners, chain_url=chain_url,
+                         store_url=st.url, contract=contract.address,
+                         account=partial(learner_account, dev_slots=dev_slots),
+                         shards=shards, workers=workers, timeout=timeout)
+        threads.append(threading.Thread(target=guarded(on_ray), name="learners-on-ray",
                                         daemon=True))
     if watcher is not None:
         watcher.start()
