@@ -126,12 +126,13 @@ class TricklingStore(LocalStore):
 
 def test_fetch_model_hands_the_time_left_to_the_store_as_its_timeout(tmp_path):
     store = TricklingStore(tmp_path / "store")
+    store.seconds = 120.0  # far longer than any loaded machine's slack past the deadline
     cid = store.put(encode(initial_weights()))
 
     started = time.monotonic()
     with pytest.raises(FetchTimeout):
         fetch_model(store, cid, max_bytes=LIMIT, deadline=started + 0.3)
-    assert time.monotonic() - started < 1.5  # the store gave up at the deadline
+    assert time.monotonic() - started < 30.0  # the store gave up at the deadline
 
 
 class EndlessStore(LocalStore):
@@ -280,9 +281,10 @@ class SlowStore(LocalStore):
 def test_an_update_not_fetched_by_the_rounds_deadline_is_left_out_and_the_round_goes_on(
         fed, tmp_path):
     chain, aggregator, learners = fed
-    store = SlowStore(tmp_path / "store", delay=3.0)
-    config = RunConfig(strategy=FedAvg(), rounds=1, min_updates=1, round_timeout=0.2,
-                       fetch_timeout=0.5, poll_interval=0.05)
+    # Deadlines a loaded machine meets for the fast updates; a store far slower than them.
+    store = SlowStore(tmp_path / "store", delay=120.0)
+    config = RunConfig(strategy=FedAvg(), rounds=1, min_updates=1, round_timeout=2.0,
+                       fetch_timeout=4.0, poll_interval=0.05)
     agg = Aggregator(aggregator, store, config, initial_weights=initial_weights())
     agg.start()
     for i, c in enumerate(learners):
@@ -293,13 +295,13 @@ def test_an_update_not_fetched_by_the_rounds_deadline_is_left_out_and_the_round_
     started = time.monotonic()
     result = agg.run_round(1)
 
-    assert time.monotonic() - started < 3.0  # did not wait for the slow store
+    assert time.monotonic() - started < 120.0  # did not wait for the slow store
     assert len(result.included) == 2 and last.learner not in result.included
     (rejected,) = result.rejected
     assert rejected.learner == last.learner and "FetchTimeout" in rejected.reason
     assert rejected.unavailable
     assert aggregator.current_round() == 2
-    assert store.timeouts and all(t is not None and 0 < t <= 0.7 for t in store.timeouts)
+    assert store.timeouts and all(t is not None and 0 < t <= 6.0 for t in store.timeouts)
 
 
 # --- learners and the global model ----------------------------------------------------

@@ -233,14 +233,14 @@ def test_each_background_fetch_keeps_the_byte_limit_and_the_rounds_deadline(tmp_
         assert max_bytes == LIMIT
         assert timeout is not None and timeout <= deadline - start
 
-    slow = ObservedStore(tmp_path / "slow", delay=5.0)
+    slow = ObservedStore(tmp_path / "slow", delay=60.0)
     events = round_of(slow, [trained(s) for s in range(4)])
     started = time.monotonic()
     outcomes = list(fetch_updates(slow, events, max_bytes=LIMIT, in_flight=2,
                                   deadline=started + 0.5))
     assert [type(o) for o in outcomes] == [Rejected] * 4
     assert all("FetchTimeout" in o.reason for o in outcomes)
-    assert time.monotonic() - started < 5.0  # the round gives up at its deadline, not after 20 s
+    assert time.monotonic() - started < 30.0  # the round gives up at its deadline, not after 4 min
 
 
 # --- failures and early stops --------------------------------------------------------------
