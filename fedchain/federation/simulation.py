@@ -45,7 +45,8 @@ from .results import fill_distributed, write_results
 
 log = logging.getLogger("fedchain.simulation")
 
-#: How simulate runs learners: a thread each, or a pool driven by one chain watcher.
+#: How simulate runs learners: a thread each, a pool driven by one chain watcher, or such
+#: pools as Ray tasks.
 ENGINES = ("threads", "pool", "ray")
 #: What a derived learner account (past the dev node's) is funded with on a dev chain.
 DERIVED_FUNDING = 10**18
