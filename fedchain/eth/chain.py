@@ -455,6 +455,18 @@ class Chain:
         return int(self.call(lambda: self.w3.eth.get_transaction_count(
             to_checksum_address(address), "pending")))
 
+    def rpc_batch(self, calls: Sequence[tuple[RPCEndpoint, Any]]) -> list[Any]:
+        """Plain JSON-RPC answers (dicts with "result" or "error", unformatted) to `calls`,
+        in order, in one HTTP request: for hot paths where web3's formatting costs more than
+        the node. RPC nodes only (`backend.supports_batch`); a node that does not answer with
+        one answer per call raises ChainUnavailable."""
+        provider: Any = self.w3.provider
+        got = self.call(partial(provider.make_batch_request, list(calls)))
+        if not isinstance(got, list) or len(got) != len(calls):
+            raise ChainUnavailable(f"chain node at {self.url} answered a batch of "
+                                   f"{len(calls)} calls with {got!r:.200}", url=self.url)
+        return got
+
     def prime_nonces(self, addresses: Iterable[str]) -> None:
         """Reads the next nonce of many senders at once (one JSON-RPC batch where the node
         takes them), so each one's first transaction does not ask on its own."""
@@ -798,13 +810,8 @@ class ReceiptPoller:
         return _receipt(AttributeDict.recursive(receipt_formatter(slot.answer)))
 
     def _batch(self, calls: list[tuple[RPCEndpoint, Any]]) -> list[Any]:
-        provider: Any = self.chain.w3.provider
-        got = self.chain.call(partial(provider.make_batch_request, calls))
         self.requests += 1
-        if not isinstance(got, list) or len(got) != len(calls):
-            raise ChainUnavailable(f"chain node at {self.chain.url} answered a batch with "
-                                   f"{got!r:.200}", url=self.chain.url)
-        return got
+        return self.chain.rpc_batch(calls)
 
     def _receipts(self, pending: dict[str, _Slot], fresh: set[str]) -> list[Any]:
         """Receipts of pending transactions found now (in no particular order); an answer
@@ -951,12 +958,7 @@ class SendBatcher:
             answers: list[Any]
             error: BaseException | None = None
             try:
-                provider: Any = self.chain.w3.provider
-                got = self.chain.call(partial(provider.make_batch_request, calls))
-                if not isinstance(got, list) or len(got) != len(batch):
-                    raise ChainUnavailable(f"chain node at {self.chain.url} answered a batch of "
-                                           f"transactions with {got!r:.200}", url=self.chain.url)
-                answers = got
+                answers = self.chain.rpc_batch(calls)
             except Exception as exc:  # every sender of the batch gets it
                 answers, error = [None] * len(batch), exc
             self.requests += 1

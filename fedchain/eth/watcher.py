@@ -239,12 +239,8 @@ class ChainWatcher:
             calls.append((RPCEndpoint("eth_call"), [
                 {"to": contract.address, "data": contract._encode(fn, ())}, tag]))
         calls.append((RPCEndpoint("eth_getBlockByNumber"), [tag, False]))
-        provider: Any = self.chain.w3.provider
-        answers = self.chain.call(partial(provider.make_batch_request, calls))
+        answers = self.chain.rpc_batch(calls)
         self.requests += 1
-        if not isinstance(answers, list) or len(answers) != len(calls):
-            raise ChainUnavailable(f"chain node at {self.chain.url} answered the watcher's "
-                                   f"batch with {answers!r:.200}", url=self.chain.url)
         errors = [a.get("error") for a in answers if not isinstance(a, dict) or "error" in a]
         if errors:
             raise Web3RPCError(f"chain node at {self.chain.url}: {errors[0]!r:.300}")
