@@ -9,6 +9,10 @@ Deadline tests move the dev chain's clock instead of sleeping.
 from __future__ import annotations
 
 import hashlib
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
@@ -325,3 +329,53 @@ def test_inconsistent_round_parameters_are_refused(committee: Committee) -> None
         m1.set_genesis(GENESIS, PLAN, RoundParams(10, select_ppm=1_000_001))
     with pytest.raises(InvalidParams, match="rounds"):
         m1.set_genesis(GENESIS, PLAN, RoundParams(0))
+
+
+@contextmanager
+def _one_block(chain: Chain, expected: int) -> Iterator[None]:
+    """Transactions sent inside are mined together in one block, once `expected` of them wait
+    in the node's pool (automine paused meanwhile)."""
+    rpc = chain.w3.provider.make_request
+    anvil = "anvil" in str(rpc("web3_clientVersion", []).get("result", "")).lower()
+    rpc("evm_setAutomine" if anvil else "miner_stop", [False] if anvil else [])
+    try:
+        yield
+        deadline = time.monotonic() + 120
+        while sum(len(by_nonce) for by_nonce in
+                  rpc("txpool_content", [])["result"]["pending"].values()) < expected:
+            assert time.monotonic() < deadline, "the votes never reached the node's pool"
+            time.sleep(0.05)
+    finally:
+        rpc("evm_setAutomine" if anvil else "miner_start", [True] if anvil else [])
+    if anvil:
+        rpc("evm_mine", [])
+
+
+@pytest.mark.parametrize(
+    "chain",
+    [pytest.param("anvil", marks=[pytest.mark.anvil, pytest.mark.xdist_group("anvil")]),
+     pytest.param("ganache", marks=[pytest.mark.ganache, pytest.mark.xdist_group("ganache")])],
+    indirect=True,
+)
+def test_votes_estimated_before_either_is_mined_both_land_and_the_later_one_decides(
+    committee: Committee,
+) -> None:
+    """Two members estimate their votes while neither vote is mined: each is priced as a
+    vote that leaves the round open, but the one mined second closes it (for the genesis it
+    also stores the model, plan and parameters, three times the gas). It must still fit."""
+    fed = committee
+    m1, m2, _ = fed.members
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        with _one_block(fed.chain, 2):
+            votes = [pool.submit(m.set_genesis, GENESIS, PLAN, RoundParams(10)) for m in (m1, m2)]
+        receipts = [v.result(timeout=120) for v in votes]
+        assert [r.status for r in receipts] == [1, 1]
+        assert receipts[0].block_number == receipts[1].block_number
+        assert fed.owner.current_round() == 1 and fed.owner.genesis() == GENESIS
+        everyone = [fed.addr(x) for x in fed.learners]
+        for n, learner in enumerate(fed.learners):
+            learner.submit_update(1, cid(f"update {n}"), 10)
+        with _one_block(fed.chain, 2):
+            votes = [pool.submit(m.publish_global, 1, cid("g1"), everyone) for m in (m1, m2)]
+        assert [v.result(timeout=120).status for v in votes] == [1, 1]
+    assert fed.owner.current_round() == 2 and fed.owner.global_model(1) == cid("g1")

@@ -71,12 +71,16 @@ def _no_process_left_behind():
     _STARTED.clear()
     yield
     for proc in _STARTED:
+        if proc.returncode is not None and proc.stdout is not None and proc.stdout.closed:
+            continue  # finished and read by the test itself
         if proc.poll() is None:
             proc.send_signal(signal.SIGCONT)  # a paused process would not take the kill
             proc.kill()
-            out, _ = proc.communicate()
-            print(f"--- {' '.join(proc.args[3:])} (killed at teardown):\n"
-                  f"{out.decode(errors='replace')}")
+            how = "killed at teardown"
+        else:
+            how = f"exited with {proc.returncode} before teardown"
+        out, _ = proc.communicate()
+        print(f"--- {' '.join(proc.args[3:])} ({how}):\n{out.decode(errors='replace')}")
     _STARTED.clear()
 
 

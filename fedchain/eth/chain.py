@@ -523,15 +523,19 @@ class Chain:
         decode_revert: Callable[[Exception], Exception] | None = None,
         timeout: float = 120.0,
         confirmations: int = 0,
+        headroom: int = 0,
     ) -> Receipt:
         """Estimates, signs locally, sends, and waits for the receipt of `tx`.
 
         A revert (at estimation or in the mined block) raises what `decode_revert` makes of
         it (the contract's typed errors), else TransactionFailed; errors carry the chain's
-        `url` and, once the transaction was mined, its `tx_hash`.
+        `url` and, once the transaction was mined, its `tx_hash`. `headroom` is gas added to
+        an estimate, for a call whose cost depends on what other senders' transactions mined
+        before it do (a committee vote that turns out to be the deciding one); gas a
+        transaction does not use is not paid for.
         """
         decode = decode_revert or (lambda e: TransactionFailed(str(e)))
-        tx = self._prepare(account, tx, decode)
+        tx = self._prepare(account, tx, decode, headroom)
         tx.update(self._fees())
         tx_hash = self._send(account, tx, decode)
         receipt = self._wait(account.address, tx_hash, timeout)
@@ -542,7 +546,8 @@ class Chain:
         return receipt
 
     def _prepare(
-        self, account: LocalAccount, tx: dict[str, Any], decode: Callable[[Exception], Exception]
+        self, account: LocalAccount, tx: dict[str, Any], decode: Callable[[Exception], Exception],
+        headroom: int = 0,
     ) -> dict[str, Any]:
         """`tx` with sender, chain id and a gas limit (a revert found here is raised)."""
         tx = {**tx, "from": account.address, "chainId": self.chain_id}
@@ -552,7 +557,8 @@ class Chain:
                 tx["gas"] = gas
         if "gas" not in tx:
             try:
-                tx["gas"] = self.call(partial(self.backend.gas_limit, self.w3, cast(TxParams, tx)))
+                tx["gas"] = self.call(
+                    partial(self.backend.gas_limit, self.w3, cast(TxParams, tx))) + headroom
             except REVERT_ERRORS as exc:
                 raise self._tag(decode(exc)) from None
         return tx
