@@ -308,7 +308,7 @@ def test_a_consumer_that_stops_early_leaves_no_thread_and_no_fetch_behind(tmp_pa
     del outcomes  # the strategy gave up on the round (or the aggregator dropped it)
     gc.collect()
     assert prefetch_threads() == []
-    assert time.monotonic() - stopped < 3.0
+    assert time.monotonic() - stopped < 15.0  # not the 30 s the slow fetches take
     assert sorted(store.closed) == sorted(store.started)  # every stream was ended
     assert len(store.started) == 3  # and nothing more was started
 
