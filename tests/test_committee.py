@@ -39,6 +39,7 @@ from fedchain.errors import (
     VotingNotOpen,
     WrongRound,
 )
+from fedchain.eth import contract as contract_module
 from fedchain.eth import events as ev
 from fedchain.eth.bitmap import commitment, from_bits, is_selected, to_bits, vote_digest
 from fedchain.eth.chain import Chain
@@ -379,3 +380,30 @@ def test_votes_estimated_before_either_is_mined_both_land_and_the_later_one_deci
             votes = [pool.submit(m.publish_global, 1, cid("g1"), everyone) for m in (m1, m2)]
         assert [v.result(timeout=120).status for v in votes] == [1, 1]
     assert fed.owner.current_round() == 2 and fed.owner.global_model(1) == cid("g1")
+
+
+@pytest.mark.parametrize(
+    "chain",
+    [pytest.param("anvil", marks=[pytest.mark.anvil, pytest.mark.xdist_group("anvil")]),
+     pytest.param("ganache", marks=[pytest.mark.ganache, pytest.mark.xdist_group("ganache")])],
+    indirect=True,
+)
+def test_a_vote_out_of_gas_at_a_stale_estimate_is_estimated_again_and_lands(
+    committee: Committee, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without the votes' headroom, the genesis vote mined second runs out of gas: it is
+    estimated again on the state it met (the other vote in) and sent once more."""
+    monkeypatch.setattr(contract_module, "GAS_HEADROOM", {})
+    fed = committee
+    m1, m2, _ = fed.members
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        with _one_block(fed.chain, 2):
+            votes = [pool.submit(m.set_genesis, GENESIS, PLAN, RoundParams(10)) for m in (m1, m2)]
+        receipts = sorted((v.result(timeout=120) for v in votes), key=lambda r: r.block_number)
+    assert [r.status for r in receipts] == [1, 1]
+    assert fed.owner.current_round() == 1 and fed.owner.genesis() == GENESIS
+    # The vote that ran out of gas is on chain, in the block with the first vote.
+    w3 = fed.chain.w3
+    block = w3.eth.get_block(receipts[0].block_number)
+    statuses = sorted(w3.eth.get_transaction_receipt(h)["status"] for h in block["transactions"])
+    assert statuses == [0, 1] and receipts[1].block_number > receipts[0].block_number

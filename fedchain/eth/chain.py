@@ -532,26 +532,35 @@ class Chain:
         `url` and, once the transaction was mined, its `tx_hash`. `headroom` is gas added to
         an estimate, for a call whose cost depends on what other senders' transactions mined
         before it do (a committee vote that turns out to be the deciding one); gas a
-        transaction does not use is not paid for.
+        transaction does not use is not paid for. A transaction without a `gas` of its own
+        that still runs out of gas (the state it was estimated on changed before its block)
+        is estimated again on the new state and sent once more.
         """
         decode = decode_revert or (lambda e: TransactionFailed(str(e)))
-        tx = self._prepare(account, tx, decode, headroom)
-        tx.update(self._fees())
-        tx_hash = self._send(account, tx, decode)
+        prepared = self._prepare(account, tx, decode, headroom)
+        prepared.update(self._fees())
+        tx_hash = self._send(account, prepared, decode)
         receipt = self._wait(account.address, tx_hash, timeout)
+        if receipt.status != 1 and "gas" not in tx and receipt.gas_used >= prepared["gas"]:
+            log.info("transaction %s ran out of gas (limit %s, set before the state it ran on): "
+                     "estimating it again", receipt.tx_hash, f"{prepared['gas']:,}")
+            prepared = self._prepare(account, tx, decode, headroom, policy=False)
+            prepared.update(self._fees())
+            tx_hash = self._send(account, prepared, decode)
+            receipt = self._wait(account.address, tx_hash, timeout)
         if receipt.status != 1:
-            raise self._tag(self._revert_reason(tx, receipt, decode), receipt.tx_hash)
+            raise self._tag(self._revert_reason(prepared, receipt, decode), receipt.tx_hash)
         if confirmations > 0:
             self.wait_for_block(receipt.block_number + confirmations, timeout)
         return receipt
 
     def _prepare(
         self, account: LocalAccount, tx: dict[str, Any], decode: Callable[[Exception], Exception],
-        headroom: int = 0,
+        headroom: int = 0, policy: bool = True,
     ) -> dict[str, Any]:
         """`tx` with sender, chain id and a gas limit (a revert found here is raised)."""
         tx = {**tx, "from": account.address, "chainId": self.chain_id}
-        if "gas" not in tx and self.gas_policy is not None:
+        if "gas" not in tx and policy and self.gas_policy is not None:
             gas = self.gas_policy(tx)
             if gas:
                 tx["gas"] = gas
