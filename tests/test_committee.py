@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pytest
-from fixtures.chains import dev
+from fixtures.chains import NODE_PARAMS, dev
 
 from fedchain.audit.read import read_federation
 from fedchain.errors import (
@@ -352,12 +352,7 @@ def _one_block(chain: Chain, expected: int) -> Iterator[None]:
         rpc("evm_mine", [])
 
 
-@pytest.mark.parametrize(
-    "chain",
-    [pytest.param("anvil", marks=[pytest.mark.anvil, pytest.mark.xdist_group("anvil")]),
-     pytest.param("ganache", marks=[pytest.mark.ganache, pytest.mark.xdist_group("ganache")])],
-    indirect=True,
-)
+@pytest.mark.parametrize("chain", NODE_PARAMS, indirect=True)  # mining paused: a real node
 def test_votes_estimated_before_either_is_mined_both_land_and_the_later_one_decides(
     committee: Committee,
 ) -> None:
@@ -382,12 +377,7 @@ def test_votes_estimated_before_either_is_mined_both_land_and_the_later_one_deci
     assert fed.owner.current_round() == 2 and fed.owner.global_model(1) == cid("g1")
 
 
-@pytest.mark.parametrize(
-    "chain",
-    [pytest.param("anvil", marks=[pytest.mark.anvil, pytest.mark.xdist_group("anvil")]),
-     pytest.param("ganache", marks=[pytest.mark.ganache, pytest.mark.xdist_group("ganache")])],
-    indirect=True,
-)
+@pytest.mark.parametrize("chain", NODE_PARAMS, indirect=True)  # mining paused: a real node
 def test_a_vote_out_of_gas_at_a_stale_estimate_is_estimated_again_and_lands(
     committee: Committee, monkeypatch: pytest.MonkeyPatch
 ) -> None:

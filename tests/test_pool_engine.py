@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from fedmodels import LinearLearner, initial_weights
-from fixtures.chains import CHAIN_PARAMS, dev
+from fixtures.chains import NODE_PARAMS, dev
 
 from fedchain.aggregation.strategy import FedAvg
 from fedchain.audit import audit_federation
@@ -40,8 +40,6 @@ PATIENCE = 120.0
 TRAIN = {"lr": 0.1, "steps": 3}
 CID = b"\x01\x55\x12\x20" + bytes(range(32))
 ANVIL = [pytest.mark.anvil, pytest.mark.xdist_group("anvil")]
-#: The Anvil and Ganache parameters of the `chain` fixture, with their marks.
-RPC_CHAINS = [p for p in CHAIN_PARAMS if p.id != "embedded"]
 
 
 @pytest.fixture
@@ -203,7 +201,7 @@ def test_learners_past_the_dev_nodes_accounts_take_part_with_derived_keys(
 
 # -- batched sends and shared receipt polling -----------------------------------------------
 
-@pytest.mark.parametrize("chain", RPC_CHAINS, indirect=True)
+@pytest.mark.parametrize("chain", NODE_PARAMS, indirect=True)
 def test_batched_sends_and_shared_receipts_serve_many_threads_and_report_typed_reverts(
     chain: Chain, monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -36,13 +37,10 @@ def test_ray_refuses_a_chain_or_store_its_workers_cannot_share() -> None:
         check_shared("http://127.0.0.1:8545", "embedded")
 
 
-@pytest.mark.anvil
-@pytest.mark.slow
-def test_learners_on_ray_workers_complete_every_round(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def ray_and_anvil(monkeypatch: pytest.MonkeyPatch) -> Iterator[devnet.DevNode]:
+    """Ray on this machine (2 CPUs) and an Anvil node of the test's own; both stopped after."""
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'fedchain[ray]')")
-    n, rounds = 4, 2
     # Ray's workers are new processes: they find fedchain and the test learners on this path.
     here = Path(__file__).resolve().parent
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
@@ -51,72 +49,69 @@ def test_learners_on_ray_workers_complete_every_round(
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
     try:
-        chain = connect(node.url)
-        owner, agg_account = chain.account(OWNER_INDEX), chain.account(AGGREGATOR_INDEX)
-        contract, _ = FedChain.deploy(chain, owner, agg_account.address)
-        contract.register_learners([default_account(i).address for i in range(n)])
-        store_url = (tmp_path / "store").as_uri()
-        stop = threading.Event()
-        aggregator = Aggregator(
-            contract.with_account(agg_account), open_store(store_url),
-            RunConfig(strategy=FedAvg(), rounds=rounds, train={"lr": 0.1, "steps": 3},
-                      round_timeout=PATIENCE, evaluation_timeout=PATIENCE),
-            initial_weights=initial_weights(), stop=stop)
-        errors: list[BaseException] = []
-
-        def aggregate() -> None:
-            try:
-                aggregator.run()
-            except BaseException as exc:  # surfaced below
-                errors.append(exc)
-
-        thread = threading.Thread(target=aggregate)
-        thread.start()
-        try:
-            shards = run_on_ray(make_learner, n, chain_url=node.url, store_url=store_url,
-                                contract=contract.address, shards=2, workers=2,
-                                interval=0.05, timeout=PATIENCE)
-        finally:
-            thread.join(PATIENCE)
-            stop.set()
-        finished = contract.finished()
+        yield node
     finally:
         ray.shutdown()
         node.stop()
+
+
+@pytest.mark.anvil
+@pytest.mark.slow
+def test_learners_on_ray_workers_complete_every_round(
+    tmp_path: Path, ray_and_anvil: devnet.DevNode
+) -> None:
+    node, n, rounds = ray_and_anvil, 4, 2
+    chain = connect(node.url)
+    owner, agg_account = chain.account(OWNER_INDEX), chain.account(AGGREGATOR_INDEX)
+    contract, _ = FedChain.deploy(chain, owner, agg_account.address)
+    contract.register_learners([default_account(i).address for i in range(n)])
+    store_url = (tmp_path / "store").as_uri()
+    stop = threading.Event()
+    aggregator = Aggregator(
+        contract.with_account(agg_account), open_store(store_url),
+        RunConfig(strategy=FedAvg(), rounds=rounds, train={"lr": 0.1, "steps": 3},
+                  round_timeout=PATIENCE, evaluation_timeout=PATIENCE),
+        initial_weights=initial_weights(), stop=stop)
+    errors: list[BaseException] = []
+
+    def aggregate() -> None:
+        try:
+            aggregator.run()
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    thread = threading.Thread(target=aggregate)
+    thread.start()
+    try:
+        shards = run_on_ray(make_learner, n, chain_url=node.url, store_url=store_url,
+                            contract=contract.address, shards=2, workers=2,
+                            interval=0.05, timeout=PATIENCE)
+    finally:
+        thread.join(PATIENCE)
+        stop.set()
     assert not errors, errors
     # Every round included every learner, whose steps ran in Ray's worker processes.
     assert [len(r.included) for r in aggregator.results] == [n] * rounds
     assert sorted(i for s in shards for i in s.learners) == list(range(n))
     assert all(s.pid != os.getpid() for s in shards)
     assert {r for s in shards for r in map(tuple, s.submitted.values())} == {(1, 2)}
-    assert finished
+    assert contract.finished()
 
 
 @pytest.mark.anvil
 @pytest.mark.slow
-def test_simulate_places_its_learners_on_ray(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                             ) -> None:
-    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'fedchain[ray]')")
+def test_simulate_places_its_learners_on_ray(tmp_path: Path,
+                                             ray_and_anvil: devnet.DevNode) -> None:
     from fedchain.audit import audit_federation
     from fedchain.federation.simulation import simulate
 
-    n, rounds = 4, 2
-    here = Path(__file__).resolve().parent
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        [str(here.parent), str(here), *os.environ.get("PYTHONPATH", "").split(os.pathsep)]))
-    node = devnet.start_anvil()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}})
-    try:
-        store = open_store((tmp_path / "store").as_uri())
-        result = simulate(make_learner, n, FedAvg(), rounds, chain=node.url, store=store,
-                          train_config={"lr": 0.1, "steps": 3}, engine="ray", shards=2,
-                          workers=2, initial_weights=initial_weights(),
-                          config=RunConfig(round_timeout=PATIENCE, evaluation_timeout=PATIENCE))
-        report = audit_federation(result.contract, store)
-    finally:
-        ray.shutdown()
-        node.stop()
+    node, n, rounds = ray_and_anvil, 4, 2
+    store = open_store((tmp_path / "store").as_uri())
+    result = simulate(make_learner, n, FedAvg(), rounds, chain=node.url, store=store,
+                      train_config={"lr": 0.1, "steps": 3}, engine="ray", shards=2,
+                      workers=2, initial_weights=initial_weights(),
+                      config=RunConfig(round_timeout=PATIENCE, evaluation_timeout=PATIENCE))
+    report = audit_federation(result.contract, store)
     assert [len(r.included) for r in result.rounds] == [n] * rounds
     assert result.learners == []  # they lived in Ray's workers, not in this process
     assert report.exit_status() == 0
