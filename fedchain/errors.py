@@ -16,7 +16,7 @@
         ├── TransactionFailed                                          (.tx_hash)
         │   └── TransactionTimeout
         ├── DeploymentNotFound
-        └── ContractRevert     one subclass per Solidity custom error, in fedchain.eth.reverts
+        └── ContractRevert     one subclass per Solidity custom error (decoded in eth.reverts)
             ├── NotOwner, NotAggregator, NotLearner, WrongRound, AlreadySubmitted, …
 
 `url` (already stripped of credentials) and `tx_hash` are None where they do not apply.
@@ -129,6 +129,223 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+# --- the contract's custom errors ----------------------------------------------------
+# One ContractRevert per Solidity custom error, named after it; its docstring is the message.
+# fedchain.eth.reverts decodes them out of failed calls (and re-exports them).
+
+
+class NotOwner(ContractRevert):
+    """Only the contract owner may do this"""
+
+    params = ("caller",)
+
+
+class NotAggregator(ContractRevert):
+    """Only a member of the committee of aggregators may do this"""
+
+    params = ("caller",)
+
+
+class NotLearner(ContractRevert):
+    """The sender is not a registered learner"""
+
+    params = ("caller",)
+
+
+class ZeroAddress(ContractRevert):
+    """The zero address is not allowed here"""
+
+
+class AlreadyLearner(ContractRevert):
+    """The address is already a registered learner"""
+
+    params = ("learner",)
+
+
+class UnknownLearner(ContractRevert):
+    """The address is not a registered learner"""
+
+    params = ("learner",)
+
+
+class GenesisAlreadySet(ContractRevert):
+    """The genesis model was already set"""
+
+
+class NotStarted(ContractRevert):
+    """The federation has not started: no genesis model yet"""
+
+
+class FederationFinished(ContractRevert):
+    """The federation has finished"""
+
+
+class WrongRound(ContractRevert):
+    """The round given is not the round open for updates"""
+
+    params = ("given", "open")
+
+
+class AlreadySubmitted(ContractRevert):
+    """This learner already submitted an update in this round"""
+
+    params = ("round", "learner")
+
+
+class InvalidCommittee(ContractRevert):
+    """A committee needs 1 to 255 members and a quorum that is a majority of them"""
+
+    params = ("size", "quorum")
+
+
+class DuplicateMember(ContractRevert):
+    """An account is listed twice in the committee"""
+
+    params = ("member",)
+
+
+class InvalidParams(ContractRevert):
+    """The run's parameters are inconsistent"""
+
+    params = ("reason",)
+
+
+class SubmissionsClosed(ContractRevert):
+    """A vote was cast in this round: its submissions are final"""
+
+    params = ("round",)
+
+
+class UpdateDeadlinePassed(ContractRevert):
+    """The round's update deadline has passed"""
+
+    params = ("round", "deadline")
+
+
+class NotSelected(ContractRevert):
+    """This learner was not sampled for the round"""
+
+    params = ("round", "learner")
+
+
+class CommitRequired(ContractRevert):
+    """The federation runs in commit-reveal mode: commit, then reveal"""
+
+
+class CommitRevealOff(ContractRevert):
+    """The federation does not run in commit-reveal mode"""
+
+
+class NoCommitment(ContractRevert):
+    """This learner committed to no update in this round"""
+
+    params = ("round", "learner")
+
+
+class CommitmentMismatch(ContractRevert):
+    """The revealed update is not the one committed to"""
+
+    params = ("round", "learner")
+
+
+class RevealNotOpen(ContractRevert):
+    """Reveals open after the update deadline"""
+
+    params = ("round", "opensAfter")
+
+
+class RevealDeadlinePassed(ContractRevert):
+    """The round's reveal deadline has passed"""
+
+    params = ("round", "deadline")
+
+
+class BitmapLength(ContractRevert):
+    """A bitmap needs one word per 256 learner indices handed out"""
+
+    params = ("given", "expected")
+
+
+class SubmissionsChanged(ContractRevert):
+    """The round's submissions changed since the vote read them: read them again"""
+
+    params = ("round",)
+
+
+class NotIncludable(ContractRevert):
+    """An included learner did not submit in this round or is no longer registered"""
+
+    params = ("round", "word", "bits")
+
+
+class VotingNotOpen(ContractRevert):
+    """Votes open at the update deadline, or once every learner (or the buffer) is in"""
+
+    params = ("round", "opensAfter")
+
+
+class VoteDeadlinePassed(ContractRevert):
+    """The round's vote deadline has passed: anyone may close it (carried over)"""
+
+    params = ("round", "deadline")
+
+
+class AlreadyVoted(ContractRevert):
+    """This member already voted for this in this round"""
+
+    params = ("round", "member")
+
+
+class RoundNotExpired(ContractRevert):
+    """The round's vote deadline has not passed (or it has none)"""
+
+    params = ("round", "deadline")
+
+
+class EmptyCid(ContractRevert):
+    """A CID must not be empty"""
+
+
+class CidTooLong(ContractRevert):
+    """The CID is longer than the contract stores"""
+
+    params = ("length", "max")
+
+
+class NoExamples(ContractRevert):
+    """numExamples must be positive"""
+
+
+class TooManyExamples(ContractRevert):
+    """numExamples is above the contract's limit (2**40)"""
+
+    params = ("given", "max")
+
+
+class MetricsTooLarge(ContractRevert):
+    """The metrics JSON is larger than the contract accepts"""
+
+    params = ("size", "max")
+
+
+class NoGlobalModel(ContractRevert):
+    """No global model has been published for this round yet"""
+
+    params = ("round",)
+
+
+class AlreadyReported(ContractRevert):
+    """This learner already reported an evaluation for this round"""
+
+    params = ("round", "learner")
+
+
+class NotPendingOwner(ContractRevert):
+    """Only the pending owner may accept the ownership"""
+
+    params = ("caller",)
+
+
 # --- data ----------------------------------------------------------------------------
 
 
@@ -141,14 +358,3 @@ class DataError(FedChainError):
 
 class AggregationError(FedChainError):
     """Updates cannot be aggregated: out of order, bad num_examples, too few for the strategy."""
-
-
-def __getattr__(name: str) -> Any:
-    # The contract's revert classes live beside the binding (fedchain.eth.reverts); they stay
-    # importable from here, where users have always caught them.
-    from .eth import reverts
-
-    try:
-        return getattr(reverts, name)
-    except AttributeError:
-        raise AttributeError(f"module 'fedchain.errors' has no attribute {name!r}") from None

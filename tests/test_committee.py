@@ -39,8 +39,8 @@ from fedchain.errors import (
     VotingNotOpen,
     WrongRound,
 )
-from fedchain.eth import contract as contract_module
 from fedchain.eth import events as ev
+from fedchain.eth import gas as gas_module
 from fedchain.eth.bitmap import commitment, from_bits, is_selected, to_bits, vote_digest
 from fedchain.eth.chain import Chain
 from fedchain.eth.contract import FedChain, RoundParams
@@ -383,7 +383,7 @@ def test_a_vote_out_of_gas_at_a_stale_estimate_is_estimated_again_and_lands(
 ) -> None:
     """Without the votes' headroom, the genesis vote mined second runs out of gas: it is
     estimated again on the state it met (the other vote in) and sent once more."""
-    monkeypatch.setattr(contract_module, "GAS_HEADROOM", {})
+    monkeypatch.setattr(gas_module, "GAS_HEADROOM", {})
     fed = committee
     m1, m2, _ = fed.members
     with ThreadPoolExecutor(max_workers=2) as pool:

@@ -22,10 +22,6 @@ LAYERS = [
     ("fedchain.cli",),
 ]
 
-#: Thin aliases kept for users, imported lazily: `fedchain.errors.WrongRound` and the other
-#: revert classes, which live beside the binding in fedchain.eth.reverts.
-ALIASES = {("fedchain.errors", "fedchain.eth.reverts")}
-
 
 def _layer(module: str) -> int:
     best = -1, 0
@@ -81,7 +77,7 @@ def test_every_import_inside_the_package_points_down_a_layer_or_stays_within_one
         f"{module} (layer {_layer(module)}) imports {target} (layer {_layer(target)})"
         for module, targets in import_graph().items()
         for target in sorted(targets)
-        if _layer(target) > _layer(module) and (module, target) not in ALIASES
+        if _layer(target) > _layer(module)
     ]
     assert upward == []
 

@@ -27,8 +27,9 @@ from fedchain.eth.bitmap import fraction_to_ppm, is_selected
 from fedchain.eth.chain import Chain, Receipt, connect
 from fedchain.eth.contract import FedChain
 from fedchain.eth.events import EvaluationReported, LearnerAdded, RoundSeeded
+from fedchain.eth.gas import flat_gas_policy
 from fedchain.eth.reverts import AlreadySubmitted
-from fedchain.eth.watcher import ChainWatcher, flat_gas_policy
+from fedchain.eth.watcher import ChainWatcher
 from fedchain.federation.config import RunConfig
 from fedchain.federation.learner import Learner
 from fedchain.federation.simulation import SimulationResult, simulate, simulation_account

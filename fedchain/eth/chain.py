@@ -27,15 +27,13 @@ from eth_typing import HexStr
 from eth_utils import to_checksum_address
 from eth_utils.exceptions import ValidationError as EthUtilsValidationError
 from web3 import Web3
-from web3._utils.method_formatters import receipt_formatter
-from web3.datastructures import AttributeDict
 from web3.exceptions import (
     ContractCustomError,
     ContractLogicError,
     TimeExhausted,
     Web3RPCError,
 )
-from web3.types import BlockIdentifier, FilterParams, RPCEndpoint, RPCResponse, TxParams
+from web3.types import BlockIdentifier, FilterParams, RPCEndpoint, TxParams
 
 from ..errors import (
     ChainUnavailable,
@@ -48,6 +46,16 @@ from ..errors import (
 from ..redact import redact_url, register, scrub
 from . import signing
 from .accounts import DEV_ACCOUNTS, DEV_CHAIN_IDS, DEV_MNEMONIC, OWNER_INDEX, dev_account
+from .batching import ReceiptPoller, SendBatcher
+from .gas import (
+    DEFAULT_TIP,
+    EMBEDDED_GAS_LIMIT,
+    OUT_OF_GAS_RESENDS,
+    TRANSFER_GAS,
+    eip1559_fees,
+    estimate_limit,
+    ran_out_of_gas,
+)
 
 try:  # the embedded chain reports reverts with eth-tester's own exception
     from eth_tester.exceptions import TransactionFailed as _TesterFailed
@@ -63,9 +71,6 @@ REVERT_ERRORS = (
 log = logging.getLogger("fedchain.chain")
 
 T = TypeVar("T")
-
-#: Gas limit of transactions on the embedded chain (deploying FedChain takes 1.4M).
-EMBEDDED_GAS_LIMIT = 5_000_000
 
 #: Tries to send one transaction: a nonce taken by another transaction of the sender resyncs.
 SEND_ATTEMPTS = 4
@@ -308,7 +313,7 @@ class RpcBackend(Backend):
             ) from None
 
     def gas_limit(self, w3: Web3, tx: TxParams) -> int:
-        return int(w3.eth.estimate_gas(tx) * 1.2) + 10_000
+        return estimate_limit(w3.eth.estimate_gas(tx))
 
     def revert_data(self, w3: Web3, tx_hash: str) -> bytes | None:
         # debug_traceTransaction with the call tracer (geth, Anvil, Hardhat, Erigon): its
@@ -504,8 +509,8 @@ class Chain:
             try:
                 tip = int(self.call(lambda: self.w3.eth.max_priority_fee))
             except (Web3RPCError, ValueError, NotImplementedError):
-                tip = 10**9
-            return {"maxFeePerGas": 2 * base + tip, "maxPriorityFeePerGas": tip}
+                tip = DEFAULT_TIP
+            return eip1559_fees(base, tip)
         return {"gasPrice": int(self.call(lambda: self.w3.eth.gas_price))}
 
     def _tag(self, exc: Exception, tx_hash: str | None = None) -> Exception:
@@ -534,14 +539,17 @@ class Chain:
         before it do (a committee vote that turns out to be the deciding one); gas a
         transaction does not use is not paid for. A transaction without a `gas` of its own
         that still runs out of gas (the state it was estimated on changed before its block)
-        is estimated again on the new state and sent once more.
+        is estimated again on the new state and sent once more (`gas.OUT_OF_GAS_RESENDS`).
         """
         decode = decode_revert or (lambda e: TransactionFailed(str(e)))
         prepared = self._prepare(account, tx, decode, headroom)
         prepared.update(self._fees())
         tx_hash = self._send(account, prepared, decode)
         receipt = self._wait(account.address, tx_hash, timeout)
-        if receipt.status != 1 and "gas" not in tx and receipt.gas_used >= prepared["gas"]:
+        for _ in range(OUT_OF_GAS_RESENDS):
+            if (receipt.status == 1 or "gas" in tx
+                    or not ran_out_of_gas(receipt.gas_used, prepared["gas"])):
+                break
             log.info("transaction %s ran out of gas (limit %s, set before the state it ran on): "
                      "estimating it again", receipt.tx_hash, f"{prepared['gas']:,}")
             prepared = self._prepare(account, tx, decode, headroom, policy=False)
@@ -623,7 +631,7 @@ class Chain:
     def _wait(self, sender: str, tx_hash: str, timeout: float) -> Receipt:
         if self.receipts is not None:
             try:
-                return self.receipts.wait(tx_hash, timeout)
+                return _receipt(self.receipts.wait(tx_hash, timeout))
             except TransactionTimeout:
                 self._forget_nonce(sender)
                 raise
@@ -652,7 +660,7 @@ class Chain:
         same block did, e.g. this sender's own duplicate that was still pending when its
         process restarted (AlreadySubmitted, WrongRound: the callers treat those as done).
         """
-        if receipt.gas_used >= int(tx.get("gas", 0)) > 0:
+        if ran_out_of_gas(receipt.gas_used, int(tx.get("gas", 0))):
             return TransactionFailed(
                 f"transaction {receipt.tx_hash} ran out of gas (limit {tx['gas']:,})"
             )
@@ -702,7 +710,7 @@ class Chain:
         def decode(exc: Exception) -> Exception:
             return TransactionFailed(f"funding from dev account {FUNDER_INDEX} failed: {exc}")
 
-        template = self._prepare(funder, {"value": amount, "gas": 21_000}, decode)
+        template = self._prepare(funder, {"value": amount, "gas": TRANSFER_GAS}, decode)
         template.update(self._fees())
         hashes = [self._send(funder, {**template, "to": a}, decode) for a in needy]
         receipts = [self._wait(funder.address, h, timeout) for h in hashes]
@@ -765,221 +773,6 @@ def _receipt(raw: Any) -> Receipt:
         logs=tuple(raw["logs"]),
         contract_address=raw.get("contractAddress"),
     )
-
-
-class _Slot:
-    """One waiting thread's answer, and the Event that wakes only that thread."""
-
-    __slots__ = ("answer", "error", "done")
-
-    def __init__(self) -> None:
-        self.answer: Any = None
-        self.error: BaseException | None = None
-        self.done = threading.Event()
-
-
-class ReceiptPoller:
-    """One thread finds the receipts every waiting thread of a Chain waits for, and wakes
-    each (only it) when its receipt is there: a thousand learners waiting on their
-    transactions cost a few requests per new block, not a thousand.
-
-    A transaction is first looked up by its hash once (it may be mined already); after that
-    the poller reads the receipts of each new block (eth_getBlockReceipts, one JSON-RPC batch
-    for all new blocks) and matches them, so the node's work grows with the transactions
-    mined, not with those pending. A node without eth_getBlockReceipts is asked for every
-    pending hash instead, less often the more are pending. The thread starts with the first
-    wait and ends once nothing was pending for a while; a node that cannot be reached fails
-    the waiters (ChainUnavailable), not the poller."""
-
-    def __init__(self, chain: Chain, interval: float = 0.02) -> None:
-        self.chain, self.interval = chain, interval
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._pending: dict[str, _Slot] = {}
-        self._fresh: set[str] = set()  # not looked up by hash yet
-        self._thread: threading.Thread | None = None
-        self._block: int | None = None  # the last block whose receipts were read
-        self._by_block = True  # the node has eth_getBlockReceipts
-        #: Batches sent (what the poller costs).
-        self.requests = 0
-
-    def wait(self, tx_hash: str, timeout: float) -> Receipt:
-        slot = _Slot()
-        with self._lock:
-            slot = self._pending.setdefault(tx_hash, slot)
-            self._fresh.add(tx_hash)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="fedchain-receipts",
-                                                daemon=True)
-                self._thread.start()
-        self._wake.set()
-        if not slot.done.wait(timeout):
-            with self._lock:
-                self._pending.pop(tx_hash, None)
-                self._fresh.discard(tx_hash)
-            raise TransactionTimeout(f"transaction {tx_hash} not mined within {timeout:.0f}s",
-                                     url=self.chain.url, tx_hash=tx_hash)
-        if slot.error is not None:
-            raise slot.error
-        # Formatted as web3 formats a receipt it fetched itself: the same Receipt either way.
-        return _receipt(AttributeDict.recursive(receipt_formatter(slot.answer)))
-
-    def _batch(self, calls: list[tuple[RPCEndpoint, Any]]) -> list[Any]:
-        self.requests += 1
-        return self.chain.rpc_batch(calls)
-
-    def _receipts(self, pending: dict[str, _Slot], fresh: set[str]) -> list[Any]:
-        """Receipts of pending transactions found now (in no particular order); an answer
-        that is not one (a JSON-RPC error, a malformed result) raises ValueError."""
-        if not self._by_block:
-            calls = [(RPCEndpoint("eth_getTransactionReceipt"), [h]) for h in pending]
-            return [_result(a) for a in self._batch(calls)]
-        head = int(_result(self._batch([(RPCEndpoint("eth_blockNumber"), [])])[0]), 16)
-        start = head + 1 if self._block is None else self._block + 1
-        lookup = sorted(fresh)
-        blocks = list(range(start, head + 1))
-        if len(blocks) > MAX_BLOCKS_PER_POLL:
-            # Far behind (a long outage, a fast chain): every pending hash asked by hash.
-            lookup, blocks = sorted(pending), []
-        calls = [(RPCEndpoint("eth_getTransactionReceipt"), [h]) for h in lookup]
-        calls += [(RPCEndpoint("eth_getBlockReceipts"), [hex(b)]) for b in blocks]
-        answers = self._batch(calls) if calls else []
-        found = [_result(a) for a in answers[:len(lookup)]]
-        by_block = answers[len(lookup):]
-        if any(isinstance(a, dict) and "error" in a for a in by_block):
-            self._by_block = False  # not on this node: by hash from now on
-            with self._lock:
-                self._fresh.update(pending)
-            return found
-        self._block = head
-        for answer in by_block:
-            found += _result(answer) or []
-        return found
-
-    def _run(self) -> None:
-        try:
-            self._loop()
-        finally:
-            with self._lock:
-                self._thread = None  # whatever ended it, the next wait starts another
-
-    def _loop(self) -> None:
-        while True:
-            with self._lock:
-                pending = dict(self._pending)
-                fresh, self._fresh = self._fresh, set()
-                if not pending:
-                    self._wake.clear()
-            if not pending:
-                if not self._wake.wait(30.0):
-                    with self._lock:
-                        if not self._pending:
-                            return  # idle
-                continue
-            try:
-                receipts = self._receipts(pending, fresh)
-            except ChainUnavailable as exc:
-                with self._lock:
-                    for h, slot in pending.items():
-                        self._pending.pop(h, None)
-                        slot.error = exc
-                        slot.done.set()
-                continue
-            except (ValueError, KeyError, TypeError, AttributeError) as exc:
-                # An odd answer (e.g. a rate limit's JSON-RPC error): asked again shortly.
-                log.warning("chain %s: receipts poll got %s: %s; asking again", self.chain.url,
-                            type(exc).__name__, exc)
-                with self._lock:
-                    self._fresh.update(fresh)
-                time.sleep(max(self.interval, 0.5))
-                continue
-            for raw in receipts:
-                if not isinstance(raw, dict) or raw.get("blockNumber") is None:
-                    continue
-                h = str(raw.get("transactionHash", "")).lower()
-                found = pending.get(h)
-                if found is None:
-                    continue
-                with self._lock:
-                    self._pending.pop(h, None)
-                found.answer = raw
-                found.done.set()
-            # Many pending hashes asked by hash (no block receipts): ask less often.
-            time.sleep(self.interval if self._by_block else
-                       max(self.interval, len(pending) / 20_000))
-
-
-def _result(answer: Any) -> Any:
-    """The result of one JSON-RPC answer; ValueError for an error or a malformed answer."""
-    if not isinstance(answer, dict) or "result" not in answer:
-        raise ValueError(f"not a JSON-RPC result: {answer!r:.200}")
-    return answer["result"]
-
-
-#: The most new blocks whose receipts one poll reads; further behind, it asks by hash.
-MAX_BLOCKS_PER_POLL = 1_000
-
-
-class SendBatcher:
-    """Signed transactions from many threads go to the node together: each `send` queues its
-    transaction and waits while one thread sends everything queued (after `linger` seconds
-    for others to join) in one JSON-RPC batch. A node's error for one transaction is raised
-    in its sender's thread as Web3RPCError, as a single send raises it."""
-
-    def __init__(self, chain: Chain, linger: float = 0.002, max_batch: int = 500) -> None:
-        self.chain, self.linger, self.max_batch = chain, linger, max_batch
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._queue: list[tuple[str, _Slot]] = []
-        self._thread: threading.Thread | None = None
-        #: Batches sent (what sending costs the node in requests).
-        self.requests = 0
-
-    def send(self, raw: bytes) -> str:
-        slot = _Slot()
-        with self._lock:
-            self._queue.append(("0x" + raw.hex(), slot))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="fedchain-sends",
-                                                daemon=True)
-                self._thread.start()
-        self._wake.set()
-        slot.done.wait()
-        if slot.error is not None:
-            raise slot.error
-        answer = slot.answer
-        if not isinstance(answer, dict) or "result" not in answer:
-            error = answer.get("error", answer) if isinstance(answer, dict) else answer
-            message = error.get("message", str(error)) if isinstance(error, dict) else str(error)
-            raise Web3RPCError(message, rpc_response=cast(RPCResponse, answer))
-        return str(answer["result"])
-
-    def _run(self) -> None:
-        while True:
-            if not self._wake.wait(30.0):
-                with self._lock:
-                    if not self._queue:
-                        self._thread = None
-                        return  # idle: the next send starts another
-                continue
-            time.sleep(self.linger)  # others signing now join this batch
-            with self._lock:
-                batch, self._queue = self._queue[:self.max_batch], self._queue[self.max_batch:]
-                if not self._queue:
-                    self._wake.clear()
-            if not batch:
-                continue
-            calls = [(RPCEndpoint("eth_sendRawTransaction"), [raw]) for raw, _ in batch]
-            answers: list[Any]
-            error: BaseException | None = None
-            try:
-                answers = self.chain.rpc_batch(calls)
-            except Exception as exc:  # every sender of the batch gets it
-                answers, error = [None] * len(batch), exc
-            self.requests += 1
-            for (_, slot), answer in zip(batch, answers, strict=True):
-                slot.answer, slot.error = answer, error
-                slot.done.set()
 
 
 def _is_range_error(exc: Exception) -> bool:

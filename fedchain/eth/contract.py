@@ -10,7 +10,6 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, overload
 
 from eth_abi import encode as abi_encode
@@ -35,29 +34,13 @@ from .events import (
     UpdateSubmitted,
     Voted,
 )
+from .gas import LEARNER_BATCH, headroom
 from .reverts import decode_revert, error_table
 
 if TYPE_CHECKING:
     from ..model.plan import Plan
 
 ZERO_ADDRESS = "0x" + "00" * 20
-#: Learners registered per transaction (one block has a gas limit).
-LEARNER_BATCH = 200
-
-#: Gas added to a transaction's estimate where what it costs depends on what other senders do
-#: between the estimate and the block: a committee member's vote is estimated as one vote
-#: among others, yet when another member's vote is mined first it is the deciding one and
-#: closes the round (for the genesis: stores the model, the plan of up to 63 bytes and the
-#: round's parameters, about 105k more at 36-byte CIDs; 180k at 63-byte ones). Unused gas is
-#: not paid for.
-GAS_HEADROOM: Mapping[str, int] = MappingProxyType({
-    "setGenesis": 200_000,
-    "publishGlobal": 60_000,
-    "finish": 30_000,
-    # A stale asynchronous update lands in the open round's bitmap: maybe its word's first.
-    "submitUpdate": 20_000,
-    "revealUpdate": 20_000,
-})
 #: Fields of the contract's round parameters that fit a uint24 (seconds, ppm) or less.
 _UINT24 = 2**24 - 1
 
@@ -451,7 +434,7 @@ class FedChain(FedChainReader):
         data = self._encode(name, args)
         return self.chain.transact(
             self.account, {"to": self.address, "data": data}, decode_revert=self.decode_revert,
-            headroom=GAS_HEADROOM.get(name, 0),
+            headroom=headroom(name),
         )
 
     # -- transactions ------------------------------------------------------------------

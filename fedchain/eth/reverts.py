@@ -1,4 +1,5 @@
-"""The contract's custom errors as exceptions, and decoding them out of a failed call."""
+"""Decoding the contract's custom errors out of a failed call, as the exceptions fedchain.errors
+defines for them (one per Solidity error, re-exported here)."""
 
 from __future__ import annotations
 
@@ -10,221 +11,49 @@ from eth_abi import decode as abi_decode
 from eth_utils import function_signature_to_4byte_selector
 from web3.exceptions import ContractCustomError, ContractLogicError
 
-from ..errors import ContractRevert, TransactionFailed
+from ..errors import (
+    AlreadyLearner,
+    AlreadyReported,
+    AlreadySubmitted,
+    AlreadyVoted,
+    BitmapLength,
+    CidTooLong,
+    CommitmentMismatch,
+    CommitRequired,
+    CommitRevealOff,
+    ContractRevert,
+    DuplicateMember,
+    EmptyCid,
+    FederationFinished,
+    GenesisAlreadySet,
+    InvalidCommittee,
+    InvalidParams,
+    MetricsTooLarge,
+    NoCommitment,
+    NoExamples,
+    NoGlobalModel,
+    NotAggregator,
+    NotIncludable,
+    NotLearner,
+    NotOwner,
+    NotPendingOwner,
+    NotSelected,
+    NotStarted,
+    RevealDeadlinePassed,
+    RevealNotOpen,
+    RoundNotExpired,
+    SubmissionsChanged,
+    SubmissionsClosed,
+    TooManyExamples,
+    TransactionFailed,
+    UnknownLearner,
+    UpdateDeadlinePassed,
+    VoteDeadlinePassed,
+    VotingNotOpen,
+    WrongRound,
+    ZeroAddress,
+)
 from .events import convert_value
-
-
-class NotOwner(ContractRevert):
-    """Only the contract owner may do this"""
-
-    params = ("caller",)
-
-
-class NotAggregator(ContractRevert):
-    """Only a member of the committee of aggregators may do this"""
-
-    params = ("caller",)
-
-
-class NotLearner(ContractRevert):
-    """The sender is not a registered learner"""
-
-    params = ("caller",)
-
-
-class ZeroAddress(ContractRevert):
-    """The zero address is not allowed here"""
-
-
-class AlreadyLearner(ContractRevert):
-    """The address is already a registered learner"""
-
-    params = ("learner",)
-
-
-class UnknownLearner(ContractRevert):
-    """The address is not a registered learner"""
-
-    params = ("learner",)
-
-
-class GenesisAlreadySet(ContractRevert):
-    """The genesis model was already set"""
-
-
-class NotStarted(ContractRevert):
-    """The federation has not started: no genesis model yet"""
-
-
-class FederationFinished(ContractRevert):
-    """The federation has finished"""
-
-
-class WrongRound(ContractRevert):
-    """The round given is not the round open for updates"""
-
-    params = ("given", "open")
-
-
-class AlreadySubmitted(ContractRevert):
-    """This learner already submitted an update in this round"""
-
-    params = ("round", "learner")
-
-
-class InvalidCommittee(ContractRevert):
-    """A committee needs 1 to 255 members and a quorum that is a majority of them"""
-
-    params = ("size", "quorum")
-
-
-class DuplicateMember(ContractRevert):
-    """An account is listed twice in the committee"""
-
-    params = ("member",)
-
-
-class InvalidParams(ContractRevert):
-    """The run's parameters are inconsistent"""
-
-    params = ("reason",)
-
-
-class SubmissionsClosed(ContractRevert):
-    """A vote was cast in this round: its submissions are final"""
-
-    params = ("round",)
-
-
-class UpdateDeadlinePassed(ContractRevert):
-    """The round's update deadline has passed"""
-
-    params = ("round", "deadline")
-
-
-class NotSelected(ContractRevert):
-    """This learner was not sampled for the round"""
-
-    params = ("round", "learner")
-
-
-class CommitRequired(ContractRevert):
-    """The federation runs in commit-reveal mode: commit, then reveal"""
-
-
-class CommitRevealOff(ContractRevert):
-    """The federation does not run in commit-reveal mode"""
-
-
-class NoCommitment(ContractRevert):
-    """This learner committed to no update in this round"""
-
-    params = ("round", "learner")
-
-
-class CommitmentMismatch(ContractRevert):
-    """The revealed update is not the one committed to"""
-
-    params = ("round", "learner")
-
-
-class RevealNotOpen(ContractRevert):
-    """Reveals open after the update deadline"""
-
-    params = ("round", "opensAfter")
-
-
-class RevealDeadlinePassed(ContractRevert):
-    """The round's reveal deadline has passed"""
-
-    params = ("round", "deadline")
-
-
-class BitmapLength(ContractRevert):
-    """A bitmap needs one word per 256 learner indices handed out"""
-
-    params = ("given", "expected")
-
-
-class SubmissionsChanged(ContractRevert):
-    """The round's submissions changed since the vote read them: read them again"""
-
-    params = ("round",)
-
-
-class NotIncludable(ContractRevert):
-    """An included learner did not submit in this round or is no longer registered"""
-
-    params = ("round", "word", "bits")
-
-
-class VotingNotOpen(ContractRevert):
-    """Votes open at the update deadline, or once every learner (or the buffer) is in"""
-
-    params = ("round", "opensAfter")
-
-
-class VoteDeadlinePassed(ContractRevert):
-    """The round's vote deadline has passed: anyone may close it (carried over)"""
-
-    params = ("round", "deadline")
-
-
-class AlreadyVoted(ContractRevert):
-    """This member already voted for this in this round"""
-
-    params = ("round", "member")
-
-
-class RoundNotExpired(ContractRevert):
-    """The round's vote deadline has not passed (or it has none)"""
-
-    params = ("round", "deadline")
-
-
-class EmptyCid(ContractRevert):
-    """A CID must not be empty"""
-
-
-class CidTooLong(ContractRevert):
-    """The CID is longer than the contract stores"""
-
-    params = ("length", "max")
-
-
-class NoExamples(ContractRevert):
-    """numExamples must be positive"""
-
-
-class TooManyExamples(ContractRevert):
-    """numExamples is above the contract's limit (2**40)"""
-
-    params = ("given", "max")
-
-
-class MetricsTooLarge(ContractRevert):
-    """The metrics JSON is larger than the contract accepts"""
-
-    params = ("size", "max")
-
-
-class NoGlobalModel(ContractRevert):
-    """No global model has been published for this round yet"""
-
-    params = ("round",)
-
-
-class AlreadyReported(ContractRevert):
-    """This learner already reported an evaluation for this round"""
-
-    params = ("round", "learner")
-
-
-class NotPendingOwner(ContractRevert):
-    """Only the pending owner may accept the ownership"""
-
-    params = ("caller",)
-
 
 #: Solidity custom error name → exception class (tests/test_artifact.py checks it against the ABI).
 REVERTS: dict[str, type[ContractRevert]] = {

@@ -51,6 +51,7 @@ from .events import (
     RoundSeeded,
     UpdateSubmitted,
 )
+from .gas import DEFAULT_TIP, eip1559_fees
 
 log = logging.getLogger("fedchain.watcher")
 
@@ -150,7 +151,7 @@ class ChainWatcher:
         self._params: RoundParams | None = None
         self._report_count: dict[int, int] = {}
         #: Fee tip used by `fees` (what Chain uses when the node does not suggest one).
-        self.tip = 10**9
+        self.tip = DEFAULT_TIP
         self._state_by_number = True
 
     def __repr__(self) -> str:
@@ -421,7 +422,7 @@ class ChainWatcher:
         base = self.snapshot().base_fee
         if base is None:
             return None
-        return {"maxFeePerGas": 2 * base + self.tip, "maxPriorityFeePerGas": self.tip}
+        return eip1559_fees(base, self.tip)
 
     # -- what the events said, for WatchedFedChain ---------------------------------------
 
@@ -604,36 +605,3 @@ class WatchedFedChain(FedChain):
         receipt = super().report_evaluation(round, num_examples, metrics)
         self._mine.add(("reported", round))
         return receipt
-
-
-#: Gas limits of the learners' calls whose cost is flat (bench/gas.py on Anvil: submitUpdate
-#: 55,274 when first of its round, else 38,174; reportEvaluation about 36,000 plus up to
-#: 1 KiB of metrics; commitUpdate 52,110; revealUpdate 58,020), with a wide margin.
-FLAT_GAS: Mapping[str, int] = MappingProxyType({
-    "submitUpdate": 120_000, "reportEvaluation": 150_000,
-    "commitUpdate": 120_000, "revealUpdate": 150_000,
-})
-
-
-def flat_gas_policy(contract: FedChainReader) -> Callable[[dict[str, Any]], int | None]:
-    """A `Chain.gas_policy` giving the learners' flat-gas calls to `contract` a fixed limit
-    (FLAT_GAS) instead of an eth_estimateGas each. The price: a call that reverts is found
-    when it is mined (and pays for its gas) instead of at estimation."""
-    functions = contract.contract.functions
-    selectors = {
-        functions.submitUpdate(1, b"", 0)._encode_transaction_data()[:10]: FLAT_GAS["submitUpdate"],
-        functions.reportEvaluation(1, 0, b"")._encode_transaction_data()[:10]:
-            FLAT_GAS["reportEvaluation"],
-        functions.commitUpdate(1, bytes(32))._encode_transaction_data()[:10]:
-            FLAT_GAS["commitUpdate"],
-        functions.revealUpdate(1, b"", 0, bytes(32))._encode_transaction_data()[:10]:
-            FLAT_GAS["revealUpdate"],
-    }
-    target = contract.address.lower()
-
-    def policy(tx: dict[str, Any]) -> int | None:
-        if str(tx.get("to", "")).lower() != target:
-            return None
-        return selectors.get(str(tx.get("data", ""))[:10])
-
-    return policy

@@ -31,7 +31,8 @@ from eth_account.signers.local import LocalAccount
 from ..errors import ConfigError, FedChainError
 from ..eth.contract import FedChainReader
 from ..eth.events import Event
-from ..eth.watcher import ChainWatcher, Snapshot, WatchedFedChain, flat_gas_policy
+from ..eth.gas import flat_gas_policy
+from ..eth.watcher import ChainWatcher, Snapshot, WatchedFedChain
 from .node import LearnerNode
 from .outage import ride_out
 
