@@ -29,12 +29,12 @@ from fedchain.audit import read_federation
 from fedchain.audit.render import print_report
 from fedchain.audit.verify import load_plan, verify
 from fedchain.cli import devnet
-from fedchain.eth.accounts import learner_key
 from fedchain.eth.chain import connect
 from fedchain.eth.contract import FedChain
 from fedchain.federation.node import metrics_json
 from fedchain.model.codec import encode
-from fedchain.model.plan import Plan
+from fedchain.protocol.params import Plan
+from fedchain.protocol.rules import learner_key
 from fedchain.storage import open_store
 
 TARGET_SECONDS = 30.0

@@ -12,7 +12,7 @@ examples_cap=2, and [train] settings), the same learners, data and genesis model
     sync    synchronous rounds: a round waits for every learner's update
     async   FedBuff: a round closes once `--buffer` updates are in, from any learners; an
             update trained on a model up to `--max-staleness` rounds old is accepted and
-            weighted num_examples >> staleness (fedchain.federation.fetching.staleness_weight)
+            weighted num_examples >> staleness (fedchain.protocol.fetching.staleness_weight)
 
 Both modes aggregate about the same number of updates: sync runs `--rounds` rounds, async
 ⌈rounds × learners / buffer⌉ rounds.

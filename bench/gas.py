@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from eth_account import Account
 
 from fedchain.cli import devnet
-from fedchain.eth.bitmap import commitment
 from fedchain.eth.chain import Chain, connect
 from fedchain.eth.contract import FedChain, RoundParams
+from fedchain.protocol.rules import commitment
 
 #: What the contract must do (from the issues); gas per transaction.
 TARGET_SUBMIT_MEDIAN = 40_000

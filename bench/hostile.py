@@ -22,7 +22,7 @@ from hostile_kubo import BLOCKS, HostileKubo, PeakRSS  # noqa: E402
 
 import fedchain.eth.chain  # noqa: E402, F401 - py-evm sets the recursion limit
 from fedchain.model import codec  # noqa: E402
-from fedchain.model.plan import Plan  # noqa: E402
+from fedchain.protocol.params import Plan
 from fedchain.storage.kubo import KuboStore  # noqa: E402
 
 MiB = 1024**2

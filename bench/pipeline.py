@@ -45,9 +45,9 @@ import numpy as np
 from fedchain.aggregation.rules import Update
 from fedchain.aggregation.strategy import FedAvg
 from fedchain.eth.events import ChainCid, UpdateSubmitted
-from fedchain.federation.fetching import RoundUpdates, fetch_updates
 from fedchain.model import codec
 from fedchain.model.fetch import canonical_cid, fetch_model
+from fedchain.protocol.fetching import RoundUpdates, fetch_updates
 from fedchain.storage import CID, cid_of
 from fedchain.storage.kubo import KuboStore
 

@@ -56,7 +56,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from examples.mlp import task  # noqa: E402
-from fedchain.aggregation.rules import Submission, find_duplicates  # noqa: E402
 from fedchain.aggregation.strategy import (  # noqa: E402
     ROBUST_FEDAVG,
     FedAdam,
@@ -74,6 +73,7 @@ from fedchain.federation import simulation as simulation_module  # noqa: E402
 from fedchain.federation.learner import EvalResult, Learner, TrainResult  # noqa: E402
 from fedchain.federation.simulation import simulate  # noqa: E402
 from fedchain.model import codec  # noqa: E402
+from fedchain.protocol.rules import Submission, find_duplicates
 
 Weights = dict[str, np.ndarray]
 
@@ -310,7 +310,7 @@ def run_cell(attack: str, label: str, strategy: Strategy | None, rounds: int, le
 
 def _plan_text(result: Any) -> str:
     """The strategy and quorum of the run's plan, as published on chain."""
-    from fedchain.model.plan import Plan
+    from fedchain.protocol.params import Plan
 
     plan = Plan.load(result.store, result.contract.plan())
     params = ", ".join(f"{k}={v}" for k, v in plan.strategy["params"].items()

@@ -42,7 +42,7 @@ _EXPORTS = {
     "FedChain": "fedchain.eth.contract",
     "FedChainReader": "fedchain.eth.contract",
     "open_store": "fedchain.storage",
-    "Plan": "fedchain.model.plan",
+    "Plan": "fedchain.protocol.params",
     "FedAvg": "fedchain.aggregation.strategy",
     "FedMedian": "fedchain.aggregation.strategy",
     "FedTrimmedAvg": "fedchain.aggregation.strategy",

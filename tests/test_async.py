@@ -12,8 +12,8 @@ from fedmodels import LinearLearner
 from fedchain.aggregation.strategy import FedAvg
 from fedchain.audit import audit_federation
 from fedchain.federation.config import RunConfig
-from fedchain.federation.fetching import staleness_weight
 from fedchain.federation.simulation import simulate
+from fedchain.protocol.rules import staleness_weight
 
 TRAIN = {"lr": 0.1, "steps": 5}
 ROUNDS = 3

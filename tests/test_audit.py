@@ -10,20 +10,23 @@ import numpy as np
 import pytest
 from fedmodels import LinearLearner, initial_weights
 
-from fedchain.aggregation.strategy import FedAvg, FedAvgM, Update
+from fedchain.aggregation.strategy import FedAvg, FedAvgM, Update, strategy_from_plan
 from fedchain.audit import read_federation
 from fedchain.audit.render import write_html
 from fedchain.audit.verify import load_plan, verify
 from fedchain.cli import main as cli_main
-from fedchain.eth.accounts import learner_key
 from fedchain.eth.chain import connect
 from fedchain.eth.contract import FedChain
 from fedchain.federation.aggregator import Aggregator
 from fedchain.federation.config import RunConfig
 from fedchain.federation.node import LearnerNode
-from fedchain.federation.replay import rebuild_state, recompute_round
 from fedchain.federation.simulation import simulate
 from fedchain.model.codec import decode, encode
+from fedchain.protocol.fetching import fetch_updates
+from fedchain.protocol.ledger import Ledger
+from fedchain.protocol.params import Plan
+from fedchain.protocol.round import differences, run_round
+from fedchain.protocol.rules import learner_key
 from fedchain.storage import open_store
 from fedchain.storage.cid import to_cid
 
@@ -73,17 +76,26 @@ def test_honest_federation_verifies_bit_identically_with_server_state(honest):
     assert report.failures() == [] and report.exit_status() == 0
 
 
-def test_recompute_round_and_rebuild_state_reproduce_the_aggregator(honest):
+def test_run_round_over_the_ledger_reproduces_every_published_round(honest):
     contract, store = honest.contract, honest.store
-    strategy = FedAvgM()
-    genesis = decode(store.get(to_cid(contract.global_model(0))))
-    first, state = recompute_round(contract, store, strategy, 1, genesis)
-    second, _ = recompute_round(contract, store, strategy, 2, first, state)
-
-    assert encode(second) == store.get(to_cid(contract.global_model(2)))
-    rebuilt = rebuild_state(contract, store, strategy, 1)
-    assert rebuilt.keys() == state.keys()
-    assert all(np.array_equal(rebuilt[k], state[k]) for k in state)
+    ledger = Ledger(contract)
+    ledger.refresh()
+    plan = Plan.load(store, ledger.genesis.plan_cid.raw)
+    strategy = strategy_from_plan(plan.strategy)
+    previous = decode(store.get(to_cid(contract.global_model(0))))
+    state = None
+    for r in (1, 2):
+        record = ledger.record(r, refresh=False)
+        assert record.previous_model.raw == contract.global_model(r - 1)
+        outcome = run_round(plan, strategy, record,
+                            lambda subs: fetch_updates(store, subs, max_bytes=plan.max_model_bytes),
+                            previous, state)
+        # The whole outcome: model, server state, included set, not carried over.
+        assert differences(outcome, record.published) == []
+        assert outcome.model_cid == record.published.model_cid.cid
+        assert outcome.state_cid == record.published.state_cid.cid is not None
+        assert ledger.state_after(r) == record.published.state_cid
+        previous, state = outcome.model, outcome.state
 
 
 def test_unfetchable_update_is_reported_as_unfetchable_not_tampering(honest, tmp_path):
@@ -319,8 +331,8 @@ def test_a_submission_the_rounds_seed_did_not_select_fails_the_audit():
     # faulty or forged node, a contract bug) fails the audit's re-derivation of the sample.
     from fedchain.audit.read import _selection_checks
     from fedchain.audit.report import RoundAudit, Submission
-    from fedchain.eth.bitmap import is_selected
     from fedchain.eth.events import ChainCid, UpdateSubmitted
+    from fedchain.protocol.rules import is_selected
 
     seed, ppm = bytes(range(32)), 300_000
     learners = {f"0x{i:040x}": i for i in range(1, 21)}

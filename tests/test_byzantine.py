@@ -18,12 +18,10 @@ import numpy as np
 import pytest
 
 from fedchain.aggregation.rules import (
-    Submission,
     bounded_mean,
     capped_counts,
     clip_factors,
     examples_cap_value,
-    find_duplicates,
     fixed_sum,
     lower_median,
     update_norm,
@@ -42,6 +40,7 @@ from fedchain.aggregation.strategy import (
 )
 from fedchain.errors import AggregationError, ConfigError
 from fedchain.model.codec import encode
+from fedchain.protocol.rules import Submission, find_duplicates
 from fedchain.storage.cid import CID, DAG_PB
 
 LEARNERS = [f"0x{i:02X}{'aB' * 19}" for i in range(1, 8)]

@@ -41,9 +41,10 @@ from fedchain.errors import (
 )
 from fedchain.eth import events as ev
 from fedchain.eth import gas as gas_module
-from fedchain.eth.bitmap import commitment, from_bits, is_selected, to_bits, vote_digest
+from fedchain.eth.bitmap import from_bits, to_bits
 from fedchain.eth.chain import Chain
 from fedchain.eth.contract import FedChain, RoundParams
+from fedchain.protocol.rules import commitment, is_selected, vote_digest
 
 
 def cid(tag: str) -> bytes:

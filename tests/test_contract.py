@@ -47,10 +47,10 @@ from fedchain.errors import (
     ZeroAddress,
 )
 from fedchain.eth import events as ev
-from fedchain.eth.accounts import learner_key
 from fedchain.eth.chain import Chain
 from fedchain.eth.contract import FedChain
 from fedchain.eth.events import ChainCid
+from fedchain.protocol.rules import learner_key
 
 ZERO = "0x" + "00" * 20
 

@@ -13,10 +13,11 @@ from fedmodels import TRUE_W, LinearLearner, initial_weights
 from fedchain.aggregation.strategy import ROBUST_FEDAVG, FedAvg
 from fedchain.audit import audit_federation
 from fedchain.cli.job import Job
-from fedchain.federation.config import RunConfig, default_min_updates
+from fedchain.federation.config import RunConfig
 from fedchain.federation.learner import TrainResult
 from fedchain.federation.simulation import simulate
 from fedchain.model.codec import decode
+from fedchain.protocol.rules import default_min_updates
 from fedchain.storage import open_store
 from fedchain.storage.cid import CID
 

@@ -12,17 +12,17 @@ import pytest
 
 from fedchain.aggregation.rules import Update
 from fedchain.aggregation.strategy import FedAvg
-from fedchain.eth.accounts import learner_key
 from fedchain.eth.events import ChainCid, UpdateSubmitted
-from fedchain.federation.fetching import (
+from fedchain.model.codec import decode, encode
+from fedchain.model.fetch import canonical_cid
+from fedchain.protocol.fetching import (
     DuplicateUpdate,
     Fetched,
     Rejected,
     RoundUpdates,
     fetch_updates,
 )
-from fedchain.model.codec import decode, encode
-from fedchain.model.fetch import canonical_cid
+from fedchain.protocol.rules import learner_key
 from fedchain.storage import cid_of
 from fedchain.storage.local import LocalStore
 

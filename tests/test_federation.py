@@ -10,12 +10,12 @@ from fedmodels import LinearLearner, WrongShapeLearner, initial_weights
 
 from fedchain.aggregation.strategy import FedAvg, Update
 from fedchain.errors import WrongRound
-from fedchain.eth.accounts import learner_key
 from fedchain.federation.aggregator import Aggregator
 from fedchain.federation.config import RunConfig
 from fedchain.federation.node import LearnerNode
 from fedchain.federation.simulation import simulate
 from fedchain.model.codec import decode, encode
+from fedchain.protocol.rules import learner_key
 from fedchain.storage.cid import to_cid
 
 TRAIN = {"lr": 0.1, "steps": 5}

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedchain.errors import ConfigError, InvalidCID
-from fedchain.model.plan import MAX_PLAN_BYTES, PLAN_FORMAT, Plan
+from fedchain.protocol.params import MAX_PLAN_BYTES, PLAN_FORMAT, Plan
 from fedchain.storage import CID
 from fedchain.storage.cid import cid_bytes
 from fedchain.storage.unixfs import cid_of

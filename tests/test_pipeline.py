@@ -18,10 +18,10 @@ from eth_utils import to_checksum_address
 
 from fedchain.aggregation.strategy import FedAvg
 from fedchain.errors import ConfigError, StoreUnavailable
-from fedchain.eth.accounts import learner_key
 from fedchain.eth.events import ChainCid, UpdateSubmitted
-from fedchain.federation.fetching import Fetched, Rejected, RoundUpdates, fetch_updates
 from fedchain.model.codec import encode, spec
+from fedchain.protocol.fetching import Fetched, Rejected, RoundUpdates, fetch_updates
+from fedchain.protocol.rules import learner_key
 from fedchain.storage import CID, cid_of
 from fedchain.storage.local import LocalStore
 

@@ -23,7 +23,6 @@ from fedchain.audit import audit_federation
 from fedchain.cli import devnet
 from fedchain.errors import ChainUnavailable, ContentMismatch
 from fedchain.eth.accounts import DEV_NODE_ACCOUNTS, FIRST_LEARNER_INDEX, dev_account
-from fedchain.eth.bitmap import fraction_to_ppm, is_selected
 from fedchain.eth.chain import Chain, Receipt, connect
 from fedchain.eth.contract import FedChain
 from fedchain.eth.events import EvaluationReported, LearnerAdded, RoundSeeded
@@ -33,6 +32,7 @@ from fedchain.eth.watcher import ChainWatcher
 from fedchain.federation.config import RunConfig
 from fedchain.federation.learner import Learner
 from fedchain.federation.simulation import SimulationResult, simulate, simulation_account
+from fedchain.protocol.rules import fraction_to_ppm, is_selected
 from fedchain.storage.cid import to_cid
 from fedchain.storage.local import LocalStore
 

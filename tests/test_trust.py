@@ -106,15 +106,15 @@ def test_honest_rounds_are_verified_before_training(store):
 class LeavingOut(Aggregator):
     """An aggregator that aggregates only the first update of each round."""
 
-    def round_updates(self, updates: Any, deadline: float | None = None) -> Any:
-        return super().round_updates(updates[:1], deadline)
+    def fetch_round(self, usable: Any, deadline: float | None = None) -> Any:
+        return super().fetch_round(usable[:1], deadline)
 
 
 class DroppingAll(Aggregator):
     """An aggregator that drops every update and carries the old model over."""
 
-    def round_updates(self, updates: Any, deadline: float | None = None) -> Any:
-        return super().round_updates([], deadline)
+    def fetch_round(self, usable: Any, deadline: float | None = None) -> Any:
+        return super().fetch_round([], deadline)
 
 
 @pytest.mark.parametrize("cheat", [LeavingOut, DroppingAll], ids=["one-of-three", "none"])

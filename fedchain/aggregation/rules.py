@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from ..errors import AggregationError, ConfigError, InvalidCID, InvalidModel
-from ..eth.accounts import learner_key
+from ..errors import AggregationError, ConfigError, InvalidModel
 from ..model.codec import Weights
-from ..storage.cid import CID
+from ..protocol.rules import learner_key
 
 log = logging.getLogger("fedchain.aggregation")
 
@@ -477,74 +476,3 @@ def bounded_mean(
     return clipped_mean(previous, collected, weights, factors)
 
 
-# --- exact duplicates ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Submission:
-    """One update submitted in a round, as the chain orders it.
-
-    `content` identifies the model's bytes: the multihash of its CID (so the CIDv0 and CIDv1
-    spellings of one block agree; see `Submission.of`) or a hash of the fetched bytes.
-    `order` is (block number, log index), the chain's total order of events. `ref` carries
-    the caller's own record (e.g. the event) through, and takes no part in comparisons.
-    """
-
-    learner: str
-    content: Hashable
-    order: tuple[int, int]
-    ref: Any = field(default=None, compare=False)
-
-    @classmethod
-    def of(cls, event: Any) -> Submission:
-        """The submission of an UpdateSubmitted-like event (.learner, .model_cid, .block,
-        .log_index); content is its CID's multihash, or the raw bytes if they are no CID."""
-        raw = bytes(event.model_cid)
-        try:
-            content: Hashable = CID.from_bytes(raw).multihash
-        except InvalidCID:
-            content = raw
-        return cls(event.learner, content, (int(event.block), int(event.log_index)), event)
-
-
-@dataclass(frozen=True)
-class Duplicate:
-    """A submission whose content an earlier submission of the round already had."""
-
-    submission: Submission
-    original: Submission
-
-    @property
-    def reason(self) -> str:
-        return f"same content as {self.original.learner}'s update"
-
-
-def find_duplicates(
-    submissions: Iterable[Submission],
-) -> tuple[list[Submission], list[Duplicate]]:
-    """(the first submission of each content, the later ones), both in chain order.
-
-    A learner that resubmits another learner's CID (free-riding, or doubling the victim's
-    weight) is the later one and is dropped; the first submitter keeps its update. Pure and
-    deterministic: the aggregator filters a round with it before aggregating and an audit
-    re-derives the same split from the chain. Two submissions with the same order key cannot
-    come from one chain and raise AggregationError.
-    """
-    ordered = sorted(submissions, key=lambda s: s.order)
-    for a, b in zip(ordered, ordered[1:], strict=False):
-        if a.order == b.order:
-            raise AggregationError(
-                f"submissions of {a.learner} and {b.learner} have the same chain position "
-                f"{a.order}"
-            )
-    first: dict[Hashable, Submission] = {}
-    kept: list[Submission] = []
-    duplicates: list[Duplicate] = []
-    for s in ordered:
-        original = first.get(s.content)
-        if original is None:
-            first[s.content] = s
-            kept.append(s)
-        else:
-            duplicates.append(Duplicate(s, original))
-    return kept, duplicates

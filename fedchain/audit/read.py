@@ -15,23 +15,10 @@ from typing import Any
 
 from web3.exceptions import Web3RPCError
 
-from ..eth.bitmap import ALL_PPM, is_selected
 from ..eth.contract import FedChainReader
-from ..eth.events import (
-    CommitteeChanged,
-    Disputed,
-    EvaluationReported,
-    Finished,
-    GenesisSet,
-    GlobalModelPublished,
-    LearnerAdded,
-    LearnerRemoved,
-    RoundSeeded,
-    RoundTimedOut,
-    UpdateSubmitted,
-    Voted,
-)
 from ..federation.history import weighted_metrics
+from ..protocol.ledger import Ledger
+from ..protocol.rules import ALL_PPM, is_selected
 from .report import FAILED, NOTE, AuditReport, Check, Evaluation, RoundAudit, Submission
 
 RECEIPT = "eth_getTransactionReceipt"
@@ -109,61 +96,36 @@ def read_federation(
     report = AuditReport(
         chain.url, chain.chain_id, contract.address, contract.owner(), "", start, head
     )
-    rounds: dict[int, RoundAudit] = {}
-    reports: dict[int, list[EvaluationReported]] = {}
-    active: dict[str, bool] = {}
-
-    def at(round: int) -> RoundAudit:
-        return rounds.setdefault(round, RoundAudit(round))
-
-    txs: list[str] = []
-    open_round = 1
+    ledger = Ledger(contract, from_block=start, page=page, keep_txs=gas)
+    ledger.refresh(head)
+    report.genesis = ledger.genesis
+    report.finished_after = ledger.finished_after
+    if ledger.committee is not None:
+        c = ledger.committee
+        report.aggregator = ", ".join(c.members) + (
+            f" (quorum {c.quorum})" if len(c.members) > 1 else "")
+    report.learners = [a for a, on in ledger.active.items() if on]
     seeds: dict[int, bytes] = {}
-    indices: dict[str, int] = {}
-    for e in contract.events(from_block=start, to_block=head, page=page):
-        txs.append(e.tx)
-        if isinstance(e, RoundSeeded):
-            seeds[e.round] = e.seed
-        if isinstance(e, LearnerAdded):
-            indices[e.learner] = e.index
-        if isinstance(e, Voted):
-            at(e.round).votes.append(e)
-        elif isinstance(e, RoundTimedOut):
-            at(e.round).timed_out = True
-        elif isinstance(e, Disputed):
-            at(e.round).disputes.append(e)
-        elif isinstance(e, UpdateSubmitted):
-            at(e.round).submissions.append(Submission(e))
-        elif isinstance(e, EvaluationReported):
-            at(e.round).evaluations.append(Evaluation.of(e))
-            reports.setdefault(e.round, []).append(e)
-        elif isinstance(e, GlobalModelPublished):
-            at(e.round).published = e
-            open_round = e.round + 1
-        elif isinstance(e, GenesisSet):
-            report.genesis = e
-        elif isinstance(e, LearnerAdded | LearnerRemoved):
-            active[e.learner] = isinstance(e, LearnerAdded)
-            if isinstance(e, LearnerRemoved) and report.genesis is not None:
-                at(open_round).removed.append(e.learner)
-        elif isinstance(e, CommitteeChanged):
-            report.aggregator = ", ".join(e.members) + (
-                f" (quorum {e.quorum})" if len(e.members) > 1 else "")
-        elif isinstance(e, Finished):
-            report.finished_after = e.last_round
-    report.learners = [a for a, on in active.items() if on]
-    report.rounds = [rounds[r] for r in sorted(rounds)]
+    for record in ledger.records():
+        r = RoundAudit(record.round, [Submission(e) for e in record.submissions],
+                       record.published, evaluations=[Evaluation.of(e) for e in
+                                                      record.evaluations],
+                       votes=record.votes, timed_out=record.timed_out,
+                       disputes=record.disputes, removed=sorted(record.removed))
+        if record.seed is not None:
+            seeds[record.round] = record.seed
+        report.rounds.append(r)
+        r.loss, r.metrics = weighted_metrics(record.evaluations)
     ppm = report.genesis.select_ppm if report.genesis is not None else 0
     for r in report.rounds:
         r.abandoned = r.published is None and report.finished_after is not None
         _chain_checks(r)
         if 0 < ppm < ALL_PPM:
-            _selection_checks(r, seeds, indices, ppm)
-        r.loss, r.metrics = weighted_metrics(reports.get(r.round, []))
+            _selection_checks(r, seeds, ledger.indices, ppm)
     report.seconds["events"] = time.monotonic() - started
     if gas:
         started = time.monotonic()
-        used = _gas_used(contract, txs, workers)
+        used = _gas_used(contract, ledger.txs, workers)
         for r in report.rounds:
             for s in r.submissions:
                 s.gas = used.get(s.tx)

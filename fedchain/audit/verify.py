@@ -4,14 +4,14 @@
 through the store (bytes checked against the CID), decodes and validates it, re-runs the round
 with the plan's strategy and compares the CID of the re-encoded result with the published
 one. Every model is fetched through `fedchain.model.fetch` with the plan's `max_model_bytes`,
-updates as the round's aggregation fetches them (`fedchain.federation.fetching`). Content the
+updates as the round's aggregation fetches them (`fedchain.protocol.fetching`). Content the
 store cannot serve is reported as unfetchable, never as tampering.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -19,10 +19,12 @@ import numpy as np
 from ..aggregation.strategy import Strategy, strategy_from_plan
 from ..errors import AggregationError, ConfigError, InvalidModel, StorageError
 from ..eth.events import ChainCid, UpdateSubmitted
-from ..federation.fetching import UNAVAILABLE, Rejected, RoundUpdates, fetch_updates
 from ..model.codec import FORMAT, VERSION, ModelSpec, Weights, encode, spec
-from ..model.fetch import fetch_chunks, fetch_model, fetch_plan
-from ..model.plan import Plan
+from ..model.fetch import fetch_chunks, fetch_model
+from ..protocol.fetching import UNAVAILABLE, Outcome, fetch_updates
+from ..protocol.ledger import RoundRecord
+from ..protocol.params import Plan, fetch_plan
+from ..protocol.round import REMOVED, Fetch, RoundOutcome, run_published, run_round
 from ..storage import ContentStore, cid_of
 from .report import (
     FAILED,
@@ -139,101 +141,70 @@ def verify(report: AuditReport, store: ContentStore, plan: Plan | None = None) -
 Add = Callable[..., None]
 
 
-def _check_counts(r: RoundAudit, plan: Plan, add: Add) -> None:
-    if r.round > plan.rounds:
-        add(NOTE, "round", f"beyond the plan's {plan.rounds} rounds")
-    if r.included and len(r.included) < plan.min_updates:
-        add(
-            FAILED,
-            "included updates",
-            f"{len(r.included)} included, the plan requires at "
-            f"least {plan.min_updates}: the model should have been carried over",
-        )
+def _record(r: RoundAudit, walk: _Walk) -> RoundRecord:
+    """The round as the protocol's rule reads it (its previous model is `walk.previous`)."""
+    return RoundRecord(r.round, ChainCid(b""), submissions=[s.event for s in r.submissions],
+                       removed=set(r.removed), published=r.published, timed_out=r.timed_out)
 
 
-def _check_left_out(r: RoundAudit, store: ContentStore, walk: _Walk, add: Add) -> None:
-    """Every valid update left out of the round is a failed check, unless the plan's own rules
-    exclude it: a learner the owner removed, an exact duplicate of another learner's update,
-    or a round that closed without aggregating (too few usable updates, an aggregation the
-    plan's strategy refuses, or no quorum by the vote deadline).
+def _fetcher(store: ContentStore, walk: _Walk) -> Fetch:
+    plan = walk.plan
 
-    A vote accounts for every submission of its round (the contract checks it), so an update
-    cannot have landed after the committee read the round."""
-    left_out = [s.event for s in r.left_out if s.learner not in r.removed]
-    for learner in sorted({s.learner for s in r.left_out if s.learner in r.removed}):
-        add(NOTE, "left-out update", "excluded: the owner removed this learner", learner)
-    valid = []
-    dedupe = walk.plan.exclude_duplicates
-    # Duplicates are judged against the whole round (the original may have been included).
-    judged = [s.event for s in r.submissions if s.learner not in r.removed] if dedupe else left_out
-    wanted = {(e.learner, e.tx) for e in left_out}
-    for outcome in fetch_updates(store, judged, max_bytes=walk.plan.max_model_bytes,
-                                 reference=walk.reference, exclude_duplicates=dedupe):
-        sub = outcome.submission
-        if sub is not None and (sub.learner, sub.tx) not in wanted:
-            continue  # an included one, read only to judge duplicates
-        if isinstance(outcome, Rejected):
-            status = NOTE if not outcome.unavailable else UNFETCHABLE
-            add(status, "left-out update", f"{outcome.cid}: {outcome.reason}", outcome.learner)
+    def fetch(usable: Sequence[UpdateSubmitted]) -> Iterable[Outcome]:
+        return fetch_updates(store, usable, max_bytes=plan.max_model_bytes,
+                             reference=walk.reference,
+                             exclude_duplicates=plan.exclude_duplicates)
+
+    return fetch
+
+
+def _check_outcome(r: RoundAudit, outcome: RoundOutcome, min_updates: int, add: Add) -> None:
+    """What the committee included and left out, against the round's outcome under the plan:
+    an update left out by a rule of the plan is a note (the rule named), one left out although
+    no rule excludes it a failure, and so is one included that a rule excludes."""
+    assert r.published is not None
+    published = set(r.published.included)
+    why = outcome.carried_over_because
+    for x in outcome.excluded:
+        if x.learner in published:
+            if x.unavailable:
+                add(UNFETCHABLE, "included update", "the committee included content the "
+                    f"store cannot serve: {x.cid}: {x.reason}", x.learner)
+            else:
+                add(FAILED, "included update", f"{x.cid}: {x.reason}", x.learner)
+        elif x.reason == REMOVED:
+            add(NOTE, "left-out update", f"excluded: {REMOVED}", x.learner)
+        elif x.reason == why:
+            add(NOTE, "left-out update", f"{x.cid} left out: {why}: carried over", x.learner)
         else:
-            valid.append(outcome.submission)
-        del outcome  # release this model before the next one is fetched
-    if not valid:
-        return
-    why = _carry_over_excuse(r, store, walk, valid)
-    for s in valid:
-        if why is not None:
-            add(NOTE, "left-out update", f"{s.model_cid} is valid; {why}", s.learner)
-        else:
-            add(FAILED, "left-out update",
-                f"{s.model_cid} is a valid update the round left out: no rule of the plan "
-                "excludes it", s.learner)
+            add(UNFETCHABLE if x.unavailable else NOTE, "left-out update",
+                f"{x.cid}: {x.reason}", x.learner)
+    for u in outcome.included:
+        if u.learner not in published:
+            add(FAILED, "left-out update", f"{u.model_cid} is a valid update the round left "
+                "out: no rule of the plan excludes it", u.learner)
+    if r.included and len(r.included) < min_updates:
+        add(FAILED, "included updates", f"{len(r.included)} included, the plan requires at "
+            f"least {min_updates}: the model should have been carried over")
 
 
-def _carry_over_excuse(r: RoundAudit, store: ContentStore, walk: _Walk,
-                       valid: list[UpdateSubmitted]) -> str | None:
-    """Why a round that included nothing may leave these valid updates out (None: no reason)."""
-    if r.included:
-        return None
-    if r.timed_out:
-        return "the round closed without a quorum by its vote deadline"
-    if len(valid) < walk.plan.min_updates:
-        return f"{len(valid)} valid updates, fewer than the plan's min_updates " \
-               f"{walk.plan.min_updates}: the model was carried over"
-    if walk.previous is None:
-        return None
-    updates = RoundUpdates(fetch_updates(store, valid, max_bytes=walk.plan.max_model_bytes,
-                                         reference=walk.reference))
+def _as_published(r: RoundAudit, store: ContentStore, walk: _Walk,
+                  outcome: RoundOutcome, add: Add) -> RoundOutcome | None:
+    """The round re-run over exactly the updates the committee included (the outcome itself
+    when the committee included what the rule does), to check its arithmetic apart from its
+    choice; None when an included update cannot be used, or no model can be recomputed."""
+    assert r.published is not None
+    if set(outcome.learners) == set(r.included):
+        return outcome
     try:
-        walk.strategy.aggregate(walk.previous, updates, walk.state)
-    except (AggregationError, InvalidModel) as exc:
-        return f"the plan's strategy cannot aggregate them ({exc}): carried over"
-    return None
-
-
-def _recompute(
-    r: RoundAudit, store: ContentStore, walk: _Walk, add: Add
-) -> tuple[Weights | None, Weights | None]:
-    """(the round's global model as the plan says, state), or (None, _) if it cannot be known."""
-    if walk.previous is None:
-        add(UNVERIFIABLE, "global model", "not recomputed: the previous global model is unknown")
-        return None, None
-    included = [s.event for s in r.submissions if s.included]
-    updates = RoundUpdates(fetch_updates(store, included, max_bytes=walk.plan.max_model_bytes,
-                                         exclude_duplicates=walk.plan.exclude_duplicates,
-                                         reference=walk.reference))
-    new: Weights | None = None
-    try:
-        new, state = walk.strategy.aggregate(walk.previous, updates, walk.state)
+        found = run_published(walk.plan, walk.strategy, _record(r, walk),
+                              _fetcher(store, walk), walk.previous or {}, walk.state)
     except (AggregationError, InvalidModel) as exc:
         add(FAILED, "global model", f"recomputation failed: {exc}")
-    for rejected in updates.rejected:
-        status = UNFETCHABLE if rejected.unavailable else FAILED
-        detail = f"{rejected.cid}: {rejected.reason}"
-        if rejected.unavailable:
-            detail = f"the committee included content the store cannot serve: {detail}"
-        add(status, "included update", detail, rejected.learner)
-    return (None, None) if new is None or updates.rejected else (new, state)
+        return None
+    if {x.learner for x in found.excluded} & set(r.included):
+        return None  # each reported by _check_outcome
+    return found
 
 
 def _verify_round(r: RoundAudit, store: ContentStore, walk: _Walk) -> None:
@@ -245,9 +216,19 @@ def _verify_round(r: RoundAudit, store: ContentStore, walk: _Walk) -> None:
     def add(status: str, what: str, detail: str, learner: str | None = None) -> None:
         r.checks.append(Check(status, what, detail, r.round, learner))
 
-    _check_counts(r, walk.plan, add)
-    _check_left_out(r, store, walk, add)
-    new, new_state = _recompute(r, store, walk, add)
+    if r.round > walk.plan.rounds:
+        add(NOTE, "round", f"beyond the plan's {walk.plan.rounds} rounds")
+    new: Weights | None = None
+    new_state: Weights | None = None
+    if walk.previous is None:
+        add(UNVERIFIABLE, "global model", "not recomputed: the previous global model is unknown")
+    else:
+        outcome = run_round(walk.plan, walk.strategy, _record(r, walk), _fetcher(store, walk),
+                            walk.previous, walk.state)
+        _check_outcome(r, outcome, walk.plan.min_updates, add)
+        found = _as_published(r, store, walk, outcome, add)
+        if found is not None:
+            new, new_state = found.model, found.state
     recomputed = None if new is None else cid_of(encode(new))
     if recomputed is not None and recomputed == published_cid.cid:
         add(

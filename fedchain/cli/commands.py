@@ -181,7 +181,7 @@ def _show(value: Any) -> str:
 
 
 def _plan_on_chain(contract: Any, store: Any) -> Any:
-    from ..model.plan import Plan
+    from ..protocol.params import Plan
 
     try:
         return Plan.load(store, contract.plan())
@@ -260,7 +260,7 @@ def _already_finished(job: Job, contract: Any, store: Any, plan: Any, old: Any) 
         return 0
     history, _ = complete_history(History(), contract, old)
     if plan is None and old is not None and isinstance(old.get("plan"), dict):
-        from ..model.plan import Plan
+        from ..protocol.params import Plan
 
         plan = Plan.from_json(json.dumps(old["plan"]).encode())
     results, plot = write_results(job.output, history, contract, store_url=store.url,

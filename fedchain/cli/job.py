@@ -56,6 +56,7 @@ from ..aggregation import strategy as strategies
 from ..aggregation.strategy import ROBUST_FEDAVG, strategy_from_plan
 from ..errors import ConfigError
 from ..federation.config import RunConfig
+from ..protocol.params import check_field, describe, protocol_fields
 
 #: The devnet's chain, the default of the commands that run in processes of their own.
 DEVNET_CHAIN = "http://127.0.0.1:8545"
@@ -96,17 +97,16 @@ def _any_number(value: Any) -> str | None:
     return None if ok else "a number"
 
 
-def _fraction(value: Any) -> str | None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= 1
-    return None if ok else "a number in (0, 1]"
+def _declared(name: str) -> Check:
+    """The check of a protocol field, as `fedchain.protocol.params` declares it."""
+    def check(value: Any) -> str | None:
+        try:
+            check_field(name, value)
+        except ConfigError:
+            return describe(name)
+        return None
 
-
-def _boolean(value: Any) -> str | None:
-    return None if isinstance(value, bool) else "true or false"
-
-
-def _verify_mode(value: Any) -> str | None:
-    return None if value in ("full", "sampled", "off") else '"full", "sampled" or "off"'
+    return check
 
 
 #: The job file's sections with fixed keys, each key with its check. [strategy] is checked by
@@ -120,18 +120,11 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "target": _any_number,
     },
     "output": {"dir": _text},
-    "protocol": {
-        "aggregators": _integer(1), "quorum": _integer(1), "update_window": _integer(0),
-        "reveal_window": _integer(0), "vote_window": _integer(0), "fraction": _fraction,
-        "buffer_size": _integer(0), "max_staleness": _integer(0), "verify": _verify_mode,
-        "verify_max_bytes": _integer(0), "verify_rate": _fraction,
-        "exclude_duplicates": _boolean,
-    },
+    "protocol": {"aggregators": _integer(1), "quorum": _integer(1), **{
+        f.name: _declared(f.name) for f in protocol_fields()}},
 }  # fmt: skip
 #: [protocol] keys that go into the plan (the others shape the committee).
-PLAN_PROTOCOL_KEYS = ("update_window", "reveal_window", "vote_window", "fraction",
-                      "buffer_size", "max_staleness", "verify", "verify_max_bytes",
-                      "verify_rate", "exclude_duplicates")
+PLAN_PROTOCOL_KEYS = tuple(f.name for f in protocol_fields())
 FREE_SECTIONS = ("strategy", "train", "evaluate")
 
 

@@ -17,8 +17,8 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..eth.contract import FedChainReader
-from ..eth.events import GenesisSet, GlobalModelPublished, UpdateSubmitted
 from ..federation.history import History, Rejected, RoundResult
+from ..protocol.ledger import Ledger
 
 log = logging.getLogger("fedchain")
 
@@ -45,21 +45,20 @@ def published_rounds(contract: FedChainReader) -> dict[int, RoundResult]:
     `seconds` is left at 0: `with_seconds` fills it in from block timestamps, for the rounds
     that need it.
     """
-    opened: dict[int, int] = {}
-    received: dict[int, int] = {}
+    ledger = Ledger(contract)
+    ledger.refresh()
     rounds: dict[int, RoundResult] = {}
-    for e in contract.events("GenesisSet", "GlobalModelPublished", "UpdateSubmitted"):
-        if isinstance(e, GenesisSet):
-            opened[1] = e.block
-        elif isinstance(e, GlobalModelPublished):
-            rounds[e.round] = RoundResult(e.round, e.model_cid.text, list(e.included), [],
-                                          0, 0.0, extra={"blocks": (opened.get(e.round),
-                                                                    e.block)})
-            opened[e.round + 1] = e.block
-        elif isinstance(e, UpdateSubmitted):
-            received[e.round] = received.get(e.round, 0) + 1
-    for n, r in rounds.items():
-        r.received = received.get(n, 0)
+    if ledger.genesis is None:
+        return rounds
+    opened = ledger.genesis.block
+    for record in ledger.records():
+        e = record.published
+        if e is None:
+            continue
+        rounds[e.round] = RoundResult(e.round, e.model_cid.text, list(e.included), [],
+                                      len(record.submissions), 0.0,
+                                      extra={"blocks": (opened, e.block)})
+        opened = e.block
     return rounds
 
 

@@ -42,11 +42,6 @@ def aggregator_index(member: int) -> int:
     return AGGREGATOR_INDEX if member == 0 else DEV_NODE_ACCOUNTS - member
 
 
-def learner_key(address: str) -> str:
-    """Sort key of a learner address: updates are aggregated in ascending order of this key."""
-    return address.lower()
-
-
 @functools.cache
 def dev_account(index: int) -> LocalAccount:
     """Account `index` of the well-known dev mnemonic (Anvil, Hardhat, Ganache, embedded)."""

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import TYPE_CHECKING, Any, overload
+from typing import Any, overload
 
 from eth_abi import encode as abi_encode
 from eth_abi.exceptions import EncodingError
@@ -18,10 +18,11 @@ from eth_account.signers.local import LocalAccount
 from eth_utils import keccak, to_checksum_address
 
 from ..errors import ConfigError, DeploymentNotFound, TransactionFailed
+from ..protocol.params import RoundParams
+from ..protocol.rules import learner_key
 from ..storage.cid import CidLike, cid_bytes
-from .accounts import learner_key
 from .artifact import load_artifact
-from .bitmap import ALL_PPM, fraction_to_ppm, from_bits, to_bits
+from .bitmap import from_bits, to_bits
 from .chain import Chain, Receipt
 from .events import (
     EVENT_TYPES,
@@ -37,49 +38,9 @@ from .events import (
 from .gas import LEARNER_BATCH, headroom
 from .reverts import decode_revert, error_table
 
-if TYPE_CHECKING:
-    from ..model.plan import Plan
-
 ZERO_ADDRESS = "0x" + "00" * 20
 #: Fields of the contract's round parameters that fit a uint24 (seconds, ppm) or less.
 _UINT24 = 2**24 - 1
-
-
-@dataclass(frozen=True)
-class RoundParams:
-    """The run's parameters the contract enforces, fixed at genesis (the plan holds the same).
-
-    Windows are seconds (0: no deadline); `select_ppm` is the sampling probability in parts
-    per million (0: everyone); `buffer_size` and `max_staleness` drive asynchronous rounds.
-    """
-
-    rounds: int
-    update_window: int = 0
-    reveal_window: int = 0
-    vote_window: int = 0
-    select_ppm: int = 0
-    buffer_size: int = 0
-    max_staleness: int = 0
-
-    @classmethod
-    def from_plan(cls, plan: Plan) -> RoundParams:
-        return cls(
-            rounds=plan.rounds,
-            update_window=plan.update_window,
-            reveal_window=plan.reveal_window,
-            vote_window=plan.vote_window,
-            select_ppm=fraction_to_ppm(plan.fraction),
-            buffer_size=plan.buffer_size,
-            max_staleness=plan.max_staleness,
-        )
-
-    def as_tuple(self) -> tuple[int, ...]:
-        return (self.rounds, self.update_window, self.reveal_window, self.vote_window,
-                self.select_ppm, self.buffer_size, self.max_staleness)
-
-    @property
-    def sampling(self) -> bool:
-        return 0 < self.select_ppm < ALL_PPM
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,8 @@ from web3.exceptions import Web3RPCError
 from web3.types import BlockIdentifier, FilterParams, RPCEndpoint
 
 from ..errors import ChainUnavailable, FedChainError, TransactionTimeout
+from ..protocol.rules import is_selected
 from ..storage.cid import CidLike
-from .bitmap import is_selected
 from .chain import Receipt
 from .contract import FedChain, FedChainReader, RoundParams
 from .events import (

@@ -16,20 +16,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import TypeVar
 
 from ..aggregation.strategy import strategy_from_plan
 from ..errors import (
-    AggregationError,
     ConfigError,
     FedChainError,
     InvalidModel,
     StorageError,
     StoreUnavailable,
 )
-from ..eth.bitmap import from_bits, is_selected
+from ..eth.bitmap import from_bits
 from ..eth.contract import FedChain, RoundParams, require_signer
 from ..eth.events import ChainCid, GlobalModelPublished, UpdateSubmitted
 from ..eth.reverts import (
@@ -45,14 +44,16 @@ from ..eth.reverts import (
 from ..eth.watcher import ChainWatcher
 from ..model.codec import ModelSpec, Weights, encode, spec
 from ..model.fetch import fetch_model
-from ..model.plan import Plan
+from ..protocol.fetching import Outcome, fetch_updates
+from ..protocol.ledger import Ledger, RoundRecord
+from ..protocol.params import Plan
+from ..protocol.round import run_round
+from ..protocol.rules import is_selected
 from ..storage import ContentStore
 from ..storage.cid import CID
 from .config import RunConfig
-from .fetching import Rejected, RoundUpdates, fetch_updates
 from .history import History, RoundResult
 from .outage import ride_out
-from .replay import rebuild_state, state_after
 
 log = logging.getLogger("fedchain.aggregator")
 
@@ -169,19 +170,42 @@ class Aggregator:
         self.strategy = strategy_from_plan(self.plan.strategy)
         open_round = c.current_round()
         if self.strategy.stateful and open_round > 1:
-            # The last round's state CID (O(1)); a chain without one is replayed.
-            self._state = state_after(c, self.store, open_round - 1,
-                                      max_bytes=self.plan.max_model_bytes)
-            if self._state is None:
-                self._state = rebuild_state(c, self.store, self.strategy, open_round - 1,
-                                            max_bytes=self.plan.max_model_bytes)
-                log.info("rebuilt %s state from rounds 1-%d", self.strategy.name,
-                         open_round - 1)
-            else:
-                log.info("resumed %s state published after round %d", self.strategy.name,
-                         open_round - 1)
+            self._state = self._restore_state(open_round - 1)
         self.termination.rounds = self.plan.rounds
         return self.plan
+
+    def _restore_state(self, through: int) -> Weights | None:
+        """The server-optimizer state after round `through`: fetched from the last state CID
+        published (O(1)), else re-run from the chain's rounds (a chain that published none)."""
+        assert self.strategy is not None and self.plan is not None
+        plan, ledger = self.plan, Ledger(self.contract)
+        ledger.refresh()
+        limit = plan.max_model_bytes
+        cid = ledger.state_after(through)
+        if cid is not None:
+            log.info("resumed %s state published after round %d", self.strategy.name, through)
+            return fetch_model(self.store, cid.require(), max_bytes=limit)
+        state: Weights | None = None
+        reference: ModelSpec | None = None
+        for r in range(1, through + 1):
+            record = ledger.record(r, refresh=False)
+            if record.published is None or not record.included:
+                continue  # carried over: the state is unchanged
+            # The committee's published round binds: re-run it over the updates it included.
+            record.submissions = [s for s in record.usable if s.learner in record.included]
+            previous = fetch_model(self.store, ledger.global_model(r - 1).require(),
+                                   max_bytes=limit, reference=reference)
+            reference = reference or spec(previous)
+
+            def fetch(subs: Sequence[UpdateSubmitted], ref: ModelSpec = reference) -> \
+                    Iterable[Outcome]:
+                return fetch_updates(self.store, subs, max_bytes=limit, reference=ref,
+                                     exclude_duplicates=plan.exclude_duplicates)
+
+            state = run_round(plan, self.strategy, record, fetch, previous, state,
+                              raise_errors=(StorageError, InvalidModel)).state
+        log.info("rebuilt %s state from rounds 1-%d", self.strategy.name, through)
+        return state
 
     def _vote_genesis(self) -> None:
         """Votes for the genesis model, plan and round parameters; waits for the quorum."""
@@ -295,15 +319,15 @@ class Aggregator:
         raise FedChainError(f"round {round}: the chain's submission events do not match its "
                             "submitted bitmap")
 
-    def round_updates(self, updates: list[UpdateSubmitted],
-                      deadline: float | None = None) -> RoundUpdates:
+    def fetch_round(self, usable: Sequence[UpdateSubmitted],
+                    deadline: float | None = None) -> Iterable[Outcome]:
         """The round's updates, fetched in learner order as the strategy pulls them (with the
-        plan's size limit, by `deadline`); a store outage is raised, so the round is retried."""
+        plan's size limit, by `deadline`)."""
         assert self._spec is not None
-        outcomes = fetch_updates(self.store, updates, max_bytes=self._plan().max_model_bytes,
-                                 exclude_duplicates=self._plan().exclude_duplicates,
-                                 reference=self._spec, deadline=deadline, copy=False)
-        return RoundUpdates(outcomes, raise_errors=(StoreUnavailable,))
+        plan = self._plan()
+        return fetch_updates(self.store, usable, max_bytes=plan.max_model_bytes,
+                             exclude_duplicates=plan.exclude_duplicates,
+                             reference=self._spec, deadline=deadline, copy=False)
 
     def previous_global(self, round: int) -> Weights:
         """The global model published before `round` (the genesis model before round 1)."""
@@ -342,42 +366,30 @@ class Aggregator:
         deadline = started + self.config.round_timeout + self.config.fetch_timeout
         submitted, seen = self.wait_for_updates(round)
         active = set(self.contract.addresses(from_bits(self.contract.active_bits())))
-        removed = [Rejected(u.learner, u.model_cid.text, "the owner removed this learner")
-                   for u in submitted if u.learner not in active]
-        usable = [u for u in submitted if u.learner in active]
+        record = RoundRecord(round, ChainCid(self.contract.global_model(round - 1)),
+                             submissions=submitted,
+                             removed={u.learner for u in submitted if u.learner not in active})
         previous = self.previous_global(round)
-        fetched = self.round_updates(usable, deadline)
-        included: list[UpdateSubmitted] = []
-        encoded: bytes | None = None
-        if len(usable) < self._plan().min_updates:
-            # Below the plan's minimum the round closes without aggregating: the global model
-            # carries over and learners train again, instead of the federation hanging.
-            new, state = previous, self._state
-            log.warning("[ROUND %d] only %d of %d required updates: round closed without "
-                        "aggregation, global model carried over", round, len(usable),
-                        self._plan().min_updates)
-        else:
-            try:
-                new, state = self.strategy.aggregate(previous, fetched, self._state)
-                included, encoded = fetched.included, encode(new)
-            except (AggregationError, InvalidModel) as exc:
-                # No input may crash the aggregator (it would crash again on restart).
-                log.warning("[ROUND %d] aggregation failed (%s: %s): global model carried over",
-                            round, type(exc).__name__, exc)
-                new, state = previous, self._state
-            for r in fetched.rejected:
-                log.warning("[ROUND %d] rejected update of %s (%s): %s", round, r.learner, r.cid,
-                            r.reason)
-            if len(included) < max(1, self._plan().min_updates):
-                log.warning("[ROUND %d] %d valid updates, %d required: global model carried "
-                            "over", round, len(included), self._plan().min_updates)
-                new, state, included, encoded = previous, self._state, [], None
-        self._pin(round, included)
-        cid = self.store.put(encoded if encoded is not None else encode(new))
+        # A store outage is raised, so the round is retried; other failures exclude an update.
+        outcome = run_round(self._plan(), self.strategy, record,
+                            partial(self.fetch_round, deadline=deadline), previous,
+                            self._state, raise_errors=(StoreUnavailable,))
+        why = outcome.carried_over_because
+        rejected = [r for r in outcome.excluded if r.reason != why]
+        for r in rejected:
+            log.warning("[ROUND %d] rejected update of %s (%s): %s", round, r.learner, r.cid,
+                        r.reason)
+        if why is not None:
+            # The round closes without aggregating: the global model carries over and
+            # learners train again, instead of the federation hanging.
+            log.warning("[ROUND %d] global model carried over: %s", round, why)
+        self._pin(round, list(outcome.included))
+        cid = self.store.put(outcome.model_bytes)
         state_cid = None
-        if self.strategy.stateful and state is not None and included:
-            state_cid = self.store.put(encode(state))
-        learners = [u.learner for u in included]
+        if outcome.state_bytes is not None:
+            state_cid = self.store.put(outcome.state_bytes)
+        new, state = outcome.model, outcome.state
+        learners = list(outcome.learners)
         published = self._vote(round, cid, learners, state_cid, seen)
         if published.model_cid.cid != cid or set(published.included) != set(learners):
             self.outvoted.append((round, str(cid), published.model_cid.text))
@@ -388,15 +400,14 @@ class Aggregator:
             learners = list(published.included)
         self._round_block = published.block
         self._state = state
-        rejected = removed + fetched.rejected
         result = RoundResult(round, published.model_cid.text, learners, rejected,
                              len(submitted), time.monotonic() - started)
         log.info("[ROUND %d] received %d updates, %d rejected, aggregated %d, published %s",
                  round, len(submitted), len(rejected), len(learners), published.model_cid)
         if self.evaluate_fn is not None:
-            outcome = self.evaluate_fn(round, new)
-            if outcome is not None:
-                loss, metrics = outcome
+            evaluated = self.evaluate_fn(round, new)
+            if evaluated is not None:
+                loss, metrics = evaluated
                 result.centralized = (float(loss), {k: float(v) for k, v in metrics.items()})
                 self.history.add_centralized(round, float(loss), metrics)
                 shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())

@@ -8,7 +8,6 @@ the aggregator's local settings (polling, timeouts, when to stop early).
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,8 +15,8 @@ from typing import Any
 from ..aggregation.strategy import Strategy
 from ..errors import ConfigError
 from ..model.codec import DEFAULT_MAX_BYTES
-from ..model.plan import MAX_MODEL_BYTES, Plan
-from ..model.plan import check_field as _check_plan_field
+from ..protocol.params import MAX_MODEL_BYTES, Plan, ProtocolFields
+from ..protocol.rules import plan_min_updates
 
 
 @dataclass
@@ -47,46 +46,25 @@ class Termination:
 DEFAULT_ROUNDS = 3
 
 
-def default_min_updates(learners: int) -> int:
-    """The updates a round needs when the configuration names no `min_updates`: a quorum of
-    two thirds of the learners, ⌈2n/3⌉, at least 1 (n = 3 → 2, 5 → 4, 10 → 7).
+@dataclass(frozen=True)
+class RunConfig(ProtocolFields):
+    """What a federation runs (published in the plan) and how this aggregator runs it.
 
-    Not all of them: with every learner required, one learner that sends a bad update (or
-    none) would stop every round from aggregating. The aggregator still waits for every
-    learner until the round's timeout; the quorum only decides whether the round aggregates
-    what it got or carries the global model over.
-    """
-    return max(1, math.ceil(2 * learners / 3))
-
-
-@dataclass
-class RunConfig:
-    """What a federation runs (published in the plan) and how this aggregator runs it."""
+    The protocol's fields (deadlines, sampling, asynchronous rounds, learners' verification,
+    duplicates) are `fedchain.protocol.params.ProtocolFields`, given as keywords."""
 
     #: Published in the plan at genesis. None: the plan on chain's (resuming); genesis needs
     #: one (`simulate` and job files default to `aggregation.strategy.ROBUST_FEDAVG`).
     strategy: Strategy | None = None
     #: None: DEFAULT_ROUNDS at genesis, whatever the plan says when resuming.
     rounds: int | None = None
-    #: Updates a round needs; None: `default_min_updates` of the learners registered at
-    #: genesis (a two-thirds quorum), at most `buffer_size` in asynchronous rounds.
+    #: Updates a round needs; None: `protocol.rules.plan_min_updates` of the learners
+    #: registered at genesis (a two-thirds quorum of a round's sample, at most `buffer_size`).
     min_updates: int | None = None
     train: dict[str, Any] = field(default_factory=dict)
     evaluate: dict[str, Any] = field(default_factory=dict)
     #: The largest model (update or global) anyone fetches, in bytes; None: 2 GiB.
     max_model_bytes: int | None = None
-    #: The protocol's deadlines, sampling, asynchronous rounds and learners' verification: see
-    #: fedchain.model.plan.Plan (the contract enforces the first six).
-    update_window: int = 0
-    reveal_window: int = 0
-    vote_window: int = 0
-    fraction: float = 1.0
-    buffer_size: int = 0
-    max_staleness: int = 0
-    verify: str = "full"
-    verify_max_bytes: int | None = None
-    verify_rate: float | None = None
-    exclude_duplicates: bool | None = None
     #: The aggregator's own settings.
     round_timeout: float = 300.0
     #: Seconds past `round_timeout` by which a round's updates must have been fetched: an
@@ -101,6 +79,7 @@ class RunConfig:
     max_outage: float = 600.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.rounds is not None and (
             isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 1
         ):
@@ -134,13 +113,7 @@ class RunConfig:
             raise ConfigError("genesis needs a strategy")
         min_updates = self.min_updates
         if min_updates is None:
-            # With client sampling, a quorum of the learners expected in a round's sample.
-            min_updates = default_min_updates(math.ceil(self.fraction * learners)
-                                              if self.fraction < 1.0 else learners)
-            if self.buffer_size:
-                # Asynchronous rounds close once buffer_size updates are in: a quorum above
-                # it would carry the model over whenever only the buffer's worth arrived.
-                min_updates = min(min_updates, self.buffer_size)
+            min_updates = plan_min_updates(learners, self.fraction, self.buffer_size)
         return Plan(
             strategy=self.strategy.to_plan(),
             rounds=self.rounds or DEFAULT_ROUNDS,
@@ -150,20 +123,6 @@ class RunConfig:
             max_model_bytes=self.max_model_bytes or DEFAULT_MAX_BYTES,
             **self.protocol(),
         )
-
-    def protocol(self) -> dict[str, Any]:
-        """The plan's protocol fields this config sets (see Plan: deadlines, sampling, ...)."""
-        fields = {
-            "update_window": self.update_window, "reveal_window": self.reveal_window,
-            "vote_window": self.vote_window, "fraction": self.fraction,
-            "buffer_size": self.buffer_size, "max_staleness": self.max_staleness,
-            "verify": self.verify, "verify_max_bytes": self.verify_max_bytes,
-            "verify_rate": self.verify_rate, "exclude_duplicates": self.exclude_duplicates,
-        }  # fmt: skip
-        out = {k: v for k, v in fields.items() if v is not None}
-        for name, value in out.items():
-            _check_plan_field(name, value)
-        return out
 
     def termination(self) -> Termination:
         return Termination(

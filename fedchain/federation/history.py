@@ -16,7 +16,7 @@ from typing import Any
 
 from ..eth.events import EvaluationReported
 from ..jsonsafe import loads
-from .fetching import Rejected
+from ..protocol.fetching import Rejected
 
 __all__ = [
     "MAX_EXAMPLES",

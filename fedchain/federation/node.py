@@ -12,7 +12,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from enum import Enum
 from typing import Any
@@ -27,9 +27,8 @@ from ..errors import (
     InvalidModel,
     StorageError,
 )
-from ..eth.bitmap import commitment
-from ..eth.contract import FedChain, require_signer
-from ..eth.events import ChainCid
+from ..eth.contract import FedChain, FedChainReader, require_signer
+from ..eth.events import ChainCid, GlobalModelPublished, UpdateSubmitted
 from ..eth.reverts import (
     AlreadyReported,
     AlreadySubmitted,
@@ -45,11 +44,15 @@ from ..eth.reverts import (
 )
 from ..model.codec import ModelSpec, Weights, encode, spec
 from ..model.fetch import fetch_model
-from ..model.plan import Plan
+from ..protocol.fetching import Outcome, fetch_updates
+from ..protocol.ledger import Ledger
+from ..protocol.params import Plan
+from ..protocol.round import differences, disputed_cid, run_round
+from ..protocol.rules import commitment
 from ..storage import ContentStore
+from ..storage.cid import CID
 from .learner import Learner
 from .outage import ride_out
-from .replay import rederive
 
 #: The round moved on (or closed its submissions) before this learner's update landed.
 TOO_LATE = (WrongRound, FederationFinished, SubmissionsClosed, UpdateDeadlinePassed,
@@ -103,9 +106,17 @@ class SharedWork:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._results: dict[tuple[int, bytes], Future[tuple[Any, Any]]] = {}
+        self._results: dict[tuple[int, bytes], Future[Any]] = {}
         self._plan: Plan | None = None
         self._models: dict[bytes, Future[Weights]] = {}
+        self._ledger: Ledger | None = None
+
+    def ledger(self, contract: FedChainReader) -> Ledger:
+        """The federation's ledger, read once for every learner of the process."""
+        with self._lock:
+            if self._ledger is None:
+                self._ledger = Ledger(contract)
+            return self._ledger
 
     def model(self, cid: bytes, fetch: Callable[[], Weights]) -> Weights:
         """A global model's weights (content-addressed, so the same for every learner),
@@ -134,8 +145,7 @@ class SharedWork:
                 self._plan = load()
             return self._plan
 
-    def rederive(self, round: int, published: bytes,
-                 compute: Callable[[], tuple[Any, Any]]) -> tuple[Any, Any]:
+    def rederive(self, round: int, published: bytes, compute: Callable[[], Any]) -> Any:
         """`compute()` for (round, published CID), once per process; an error is raised to
         every learner waiting, and forgotten (the next learner tries again)."""
         key = (round, published)
@@ -209,6 +219,7 @@ class LearnerNode:
         self.verify_seconds = 0.0
         self._strategy: Strategy | None = None
         self._disputed_cids: set[bytes] = set()
+        self._ledger: Ledger | None = None
 
     @property
     def handled_round(self) -> int:
@@ -316,43 +327,74 @@ class LearnerNode:
                         "training on it", self.name, round)
             self.verified[round] = False
             return False
-        plan = self.plan()
-        if self._strategy is None:
-            self._strategy = strategy_from_plan(plan.strategy)
         started = time.monotonic()
-        strategy = self._strategy
-
-        def compute() -> tuple[Any, Any]:
-            return rederive(self.contract, self.store, strategy, round,
-                            max_bytes=plan.max_model_bytes, reference=self._spec,
-                            exclude_duplicates=plan.exclude_duplicates)
-
         try:
-            computed, published = (compute() if self.shared is None else
-                                   self.shared.rederive(round, recorded.raw, compute))
-        except (StorageError, InvalidModel, AggregationError, ConfigError) as exc:
-            log.warning("%s: cannot re-derive the global model of round %d (%s: %s): not "
-                        "training on it", self.name, round, type(exc).__name__, exc)
+            found = (self._rederive(round) if self.shared is None else
+                     self.shared.rederive(round, recorded.raw, lambda: self._rederive(round)))
+        except (StorageError, InvalidModel, AggregationError, ConfigError, LookupError) as exc:
+            log.warning("%s: cannot re-derive round %d (%s: %s): not training on its global "
+                        "model", self.name, round, type(exc).__name__, exc)
             return None
         finally:
             self.verify_seconds += time.monotonic() - started
-        ok = published.model_cid.cid == computed
+        if found is None:
+            return None
+        problems, computed, published = found
+        ok = not problems
         self.verified[round] = ok
         if ok:
-            log.info("%s: re-derived the global model of round %d from the chain and the store:"
-                     " it matches (%.2fs)", self.name, round, time.monotonic() - started)
-        if not ok:
-            self._disputed_cids.add(published.model_cid.raw)
-            log.error("%s: the global model of round %d is %s, but re-deriving it from the "
-                      "chain gives %s: disputing it, not training on it", self.name, round,
-                      published.model_cid, computed)
-            try:
-                self.contract.dispute(round, computed)
-                self.disputed.append(round)
-            except FedChainError as exc:
-                log.warning("%s: could not record the dispute of round %d: %s", self.name,
-                            round, exc)
-        return ok
+            log.info("%s: re-derived the global model of round %d from the chain and the "
+                     "store: it matches, and so do the server state and the included updates "
+                     "(%.2fs)", self.name, round, time.monotonic() - started)
+            return True
+        self._disputed_cids.add(published.model_cid.raw)
+        log.error("%s: round %d as published differs from its re-derivation under the plan: "
+                  "%s; disputing it, not training on it", self.name, round,
+                  "; ".join(problems))
+        try:
+            self.contract.dispute(round, computed)
+            self.disputed.append(round)
+        except FedChainError as exc:
+            log.warning("%s: could not record the dispute of round %d: %s", self.name,
+                        round, exc)
+        return False
+
+    def _rederive(self, round: int) -> tuple[list[str], CID, GlobalModelPublished] | None:
+        """Round `round` re-run under the plan from the chain and the store, compared whole
+        with what was published: (the differences, the CID to dispute with, the published
+        event); None when an update the committee included cannot be fetched now."""
+        plan = self.plan()
+        if self._strategy is None:
+            self._strategy = strategy_from_plan(plan.strategy)
+        ledger = self.shared.ledger(self.contract) if self.shared else self._own_ledger()
+        record = ledger.record(round)
+        published = record.published
+        if published is None:
+            raise ConfigError(f"round {round} has no published global model")
+        limit = plan.max_model_bytes
+        previous = fetch_model(self.store, record.previous_model.require(), max_bytes=limit,
+                               reference=self._spec)
+        reference = self._spec or spec(previous)
+        state = None
+        if self._strategy.stateful and record.previous_state is not None:
+            state = fetch_model(self.store, record.previous_state.require(), max_bytes=limit)
+
+        def fetch(usable: Sequence[UpdateSubmitted]) -> Iterable[Outcome]:
+            return fetch_updates(self.store, usable, max_bytes=limit, reference=reference,
+                                 exclude_duplicates=plan.exclude_duplicates)
+
+        outcome = run_round(plan, self._strategy, record, fetch, previous, state)
+        unfetched = {r.learner for r in outcome.excluded if r.unavailable}
+        if unfetched & set(published.included):
+            log.warning("%s: round %d included updates this learner cannot fetch now: %s",
+                        self.name, round, ", ".join(sorted(unfetched & set(published.included))))
+            return None
+        return differences(outcome, published), disputed_cid(outcome, published), published
+
+    def _own_ledger(self) -> Ledger:
+        if self._ledger is None:
+            self._ledger = Ledger(self.contract)
+        return self._ledger
 
     def _reveal_due(self, round: int) -> bool:
         """Commit-reveal mode: reveals the update committed in `round` once its update deadline

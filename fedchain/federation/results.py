@@ -9,13 +9,12 @@ refuses left out). results.json is strict JSON: a non-finite number is written a
 from __future__ import annotations
 
 import json
-from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
 
 from ..eth.contract import FedChainReader
-from ..eth.events import EvaluationReported
-from ..model.plan import Plan
+from ..protocol.ledger import Ledger
+from ..protocol.params import Plan
 from .history import History, strict_json, weighted_metrics
 
 
@@ -25,14 +24,12 @@ def fill_distributed(history: History, contract: FedChainReader) -> None:
     numExamples, round 0) is logged and left out."""
     history.losses_distributed.clear()
     history.metrics_distributed.clear()
-    reports: dict[int, list[EvaluationReported]] = defaultdict(list)
-    for e in contract.events("EvaluationReported"):
-        if isinstance(e, EvaluationReported):
-            reports[e.round].append(e)
-    for round in sorted(reports):
-        loss, metrics = weighted_metrics(reports[round])
+    ledger = Ledger(contract)
+    ledger.refresh()
+    for record in ledger.records():
+        loss, metrics = weighted_metrics(record.evaluations)
         if loss is not None:
-            history.add_distributed(round, loss, metrics)
+            history.add_distributed(record.round, loss, metrics)
 
 
 def write_results(

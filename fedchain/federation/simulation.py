@@ -29,11 +29,11 @@ from ..eth.accounts import (
     aggregator_index,
     dev_account,
 )
-from ..eth.bitmap import is_selected
 from ..eth.chain import Chain, connect
 from ..eth.contract import FedChain, RoundParams
 from ..eth.watcher import ChainWatcher, Snapshot
 from ..model.codec import Weights
+from ..protocol.rules import is_selected
 from ..storage import ContentStore, open_store
 from .aggregator import Aggregator, EvaluateFn
 from .config import RunConfig

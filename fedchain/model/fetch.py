@@ -1,4 +1,4 @@
-"""Fetching a model or the plan by CID: fetched, verified, decoded and validated, in one place.
+"""Fetching a model by CID: fetched, verified, decoded and validated, in one place.
 
 Every party reads models through `fetch_model`: the aggregator (the round's updates, the
 previous global model), learners (the global model), the restart replay and the audit. It
@@ -6,13 +6,13 @@ always takes a size limit (the plan's `max_model_bytes`: there is no default to 
 optionally one overall deadline, a `time.monotonic()` value, shared by every fetch that
 must end by then (a round's updates, say): each fetch gets the time left as the store's
 `timeout`, and the store raises FetchTimeout when it runs out. Without a deadline the
-store's own default applies (see fedchain.storage.fetch). The plan itself is read through
-`fetch_plan`, never more than MAX_PLAN_BYTES of it.
+store's own default applies (see fedchain.storage.fetch). The plan is read with `fetch_bytes`
+by `fedchain.protocol.params.fetch_plan`.
 
 A model is read into one growing buffer (`fetch_buffer`), never as a list of chunks joined at
 the end, so a fetch holds about one model's bytes, not two; `stop`, an Event another thread
 may set, abandons a fetch between chunks (FetchCancelled), as the prefetching of a round's
-updates does when its consumer stops early (fedchain.federation.fetching).
+updates does when its consumer stops early (fedchain.protocol.fetching).
 
 `canonical_cid` names a model's content independently of how its bytes were laid out: the CID
 `codec.encode` would give its weights. Two submissions of the same weights have the same
@@ -35,13 +35,12 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError, ContentTooLarge, FetchTimeout
+from ..errors import FetchTimeout
 from ..progress import transfer
 from ..storage import ContentStore
 from ..storage.cid import CID
 from ..storage.unixfs import CidBuilder
 from .codec import _CODES, FORMAT, VERSION, ModelSpec, Weights, decode, spec
-from .plan import MAX_PLAN_BYTES, Plan
 
 __all__ = [
     "FetchCancelled",
@@ -52,7 +51,6 @@ __all__ = [
     "fetch_bytes",
     "fetch_chunks",
     "fetch_model",
-    "fetch_plan",
     "fetch_update",
 ]
 
@@ -197,12 +195,3 @@ def canonical_cid(
             little = array.astype(array.dtype.newbyteorder("<"), order="C", copy=False)
             builder.update(little.reshape(-1).view(np.uint8).data)
     return builder.finish()
-
-
-def fetch_plan(store: ContentStore, cid: CID | str, *, deadline: float | None = None) -> Plan:
-    """The plan behind `cid`: never more than MAX_PLAN_BYTES of it is read (ConfigError)."""
-    try:
-        data = fetch_bytes(store, cid, max_bytes=MAX_PLAN_BYTES, deadline=deadline)
-    except ContentTooLarge:
-        raise ConfigError(f"the plan {cid} is larger than {MAX_PLAN_BYTES} bytes") from None
-    return Plan.from_json(data)

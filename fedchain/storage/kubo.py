@@ -53,10 +53,10 @@ from ..errors import (
 )
 from ..jsonsafe import loads
 from ..redact import redact_url, register, scrub
-from . import ContentStore, as_canonical
 from .cid import CID, DAG_PB
 from .dagpb import MAX_BLOCK, MalformedBlock, declared_size
 from .fetch import DEFAULT_DEADLINES, Deadline, DeadlinePolicy
+from .store import ContentStore, as_canonical
 from .unixfs import CHUNK_SIZE, CidBuilder
 
 #: `ipfs add` options giving fedchain's canonical CIDs (what `--cid-version=1` implies).

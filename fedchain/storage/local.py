@@ -31,9 +31,9 @@ from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from ..errors import ContentNotFound, StoreUnavailable
-from . import ContentStore, as_canonical
 from .cid import CID
 from .fetch import DEFAULT_DEADLINES, Deadline, DeadlinePolicy
+from .store import ContentStore, as_canonical
 from .unixfs import CHUNK_SIZE, CidBuilder
 
 #: Temporary files older than this belong to writers that died; younger ones may be live.

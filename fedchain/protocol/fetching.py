@@ -44,7 +44,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from ..aggregation.rules import Submission, Update, find_duplicates
+from ..aggregation.rules import Update
 from ..errors import (
     ConfigError,
     ContentMismatch,
@@ -55,12 +55,12 @@ from ..errors import (
     StorageError,
     StoreUnavailable,
 )
-from ..eth.accounts import learner_key
 from ..eth.events import UpdateSubmitted
 from ..model.codec import ModelSpec, Weights
 from ..model.fetch import fetch_model, fetch_update
 from ..storage import ContentStore
 from ..storage.cid import CID
+from .rules import Submission, find_duplicates, learner_key, staleness_weight
 
 log = logging.getLogger("fedchain.fetching")
 
@@ -102,13 +102,6 @@ class Fetched:
         return Update(s.learner, staleness_weight(s.num_examples, s.staleness), self.weights)
 
 
-def staleness_weight(num_examples: int, staleness: int) -> int:
-    """The example count an update trained `staleness` rounds before the open one counts for
-    (asynchronous rounds): halved per round of staleness, rounded down, at least 1, i.e.
-    s(τ) = 2^−τ on integers, so aggregation stays exact and the audit re-derives it."""
-    return max(1, num_examples >> staleness) if staleness else num_examples
-
-
 @dataclass(frozen=True)
 class Rejected:
     """A submission left out of a round, and why (results.json records these three fields)."""
@@ -135,6 +128,11 @@ class Rejected:
             chained = chained.__cause__ or chained.__context__
         return cls(submission.learner, submission.model_cid.text,
                    f"{type(error).__name__}: {error}", submission, error)
+
+    @classmethod
+    def because_of(cls, submission: UpdateSubmitted, reason: str) -> Rejected:
+        """`submission` left out by a rule of the round (not by what its model is)."""
+        return cls(submission.learner, submission.model_cid.text, reason, submission)
 
     @property
     def unavailable(self) -> bool:

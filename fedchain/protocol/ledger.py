@@ -1,0 +1,227 @@
+"""The ledger: what the chain says about each round, read from the contract's events once.
+
+`Ledger` reads the contract's events in pages, from where it last stopped to the chain's
+head, and files them by round; `Ledger.record(r)` is a `RoundRecord`, everything round r
+depends on and how it closed: the previous global model and server state (CIDs), the plan,
+the submissions, the learners the owner removed while it was open, the committee's votes,
+the published result, the learners' disputes, the sampling seed, whether it timed out. Reading
+round r after round r−1 reads only the events in between: O(1) amortised per round, however
+long the history (the old way rescanned every GlobalModelPublished event on each call).
+
+Every role gathers a round's inputs here: a learner checking the committee, the audit, the
+aggregator restoring its server state after a restart, the results of a distributed run.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from ..eth.contract import FedChainReader
+from ..eth.events import (
+    ChainCid,
+    CommitteeChanged,
+    Disputed,
+    EvaluationReported,
+    Event,
+    Finished,
+    GenesisSet,
+    GlobalModelPublished,
+    LearnerAdded,
+    LearnerRemoved,
+    RoundSeeded,
+    RoundTimedOut,
+    UpdateSubmitted,
+    Voted,
+)
+
+
+@dataclass
+class RoundRecord:
+    """Everything round `round` depends on, and how it closed, from the chain's events.
+
+    `previous_model` is round−1's published global model (the genesis model for round 1);
+    `previous_state` the server-optimizer state CID in force after round−1 (the last one a
+    round up to it published; None: none yet). `published` is None while the round is open.
+    """
+
+    round: int
+    previous_model: ChainCid
+    previous_state: ChainCid | None = None
+    plan_cid: ChainCid | None = None
+    submissions: list[UpdateSubmitted] = field(default_factory=list)
+    #: Learners the owner removed while the round was open (their updates are excluded).
+    removed: set[str] = field(default_factory=set)
+    votes: list[Voted] = field(default_factory=list)
+    published: GlobalModelPublished | None = None
+    disputes: list[Disputed] = field(default_factory=list)
+    evaluations: list[EvaluationReported] = field(default_factory=list)
+    seed: bytes | None = None
+    #: The round passed its vote deadline without a quorum and was closed, carried over.
+    timed_out: bool = False
+
+    @property
+    def included(self) -> tuple[str, ...]:
+        """The learners whose updates the published model includes (empty while open)."""
+        return () if self.published is None else self.published.included
+
+    @property
+    def usable(self) -> list[UpdateSubmitted]:
+        """The submissions the round's rule considers: all but the removed learners'."""
+        return [s for s in self.submissions if s.learner not in self.removed]
+
+
+@dataclass
+class _Round:
+    """What the ledger has filed for one round so far."""
+
+    submissions: list[UpdateSubmitted] = field(default_factory=list)
+    removed: set[str] = field(default_factory=set)
+    votes: list[Voted] = field(default_factory=list)
+    published: GlobalModelPublished | None = None
+    disputes: list[Disputed] = field(default_factory=list)
+    evaluations: list[EvaluationReported] = field(default_factory=list)
+    seed: bytes | None = None
+    timed_out: bool = False
+    #: The server-state CID in force after this round (set when it is published).
+    state_after: ChainCid | None = None
+
+
+class Ledger:
+    """A contract's events filed by round, read incrementally (thread-safe)."""
+
+    def __init__(self, contract: FedChainReader, *, from_block: int = 0,
+                 page: int = 10_000, keep_txs: bool = False) -> None:
+        self.contract = contract
+        self.page = page
+        self._lock = threading.RLock()
+        self._next_block = from_block
+        self._rounds: dict[int, _Round] = {}
+        self.genesis: GenesisSet | None = None
+        #: The learners' 1-based indices, by address (LearnerAdded).
+        self.indices: dict[str, int] = {}
+        #: Whether each learner ever registered is active now.
+        self.active: dict[str, bool] = {}
+        self.committee: CommitteeChanged | None = None
+        self.finished_after: int | None = None
+        #: The round open after the events read so far (1 before the genesis).
+        self.open_round = 1
+        self._state: ChainCid | None = None
+        self.keep_txs = keep_txs
+        #: Every transaction that emitted an event, in chain order (with keep_txs).
+        self.txs: list[str] = []
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def refresh(self, to_block: int | None = None) -> int:
+        """Files the events from where the last read stopped to `to_block` (the head);
+        returns the last block read."""
+        with self._lock:
+            head = self.contract.chain.block_number() if to_block is None else to_block
+            if head < self._next_block:
+                return head
+            for e in self.contract.events(from_block=self._next_block, to_block=head,
+                                          page=self.page):
+                self._apply(e)
+            self._next_block = head + 1
+            return head
+
+    def _at(self, round: int) -> _Round:
+        found = self._rounds.get(round)
+        if found is None:
+            found = self._rounds[round] = _Round()
+        return found
+
+    def _apply(self, e: Event) -> None:
+        if self.keep_txs:
+            self.txs.append(e.tx)
+        if isinstance(e, UpdateSubmitted):
+            self._at(e.round).submissions.append(e)
+        elif isinstance(e, Voted):
+            self._at(e.round).votes.append(e)
+        elif isinstance(e, GlobalModelPublished):
+            r = self._at(e.round)
+            r.published = e
+            if e.state_cid.raw:
+                self._state = e.state_cid
+            r.state_after = self._state
+            self.open_round = e.round + 1
+        elif isinstance(e, RoundSeeded):
+            self._at(e.round).seed = e.seed
+        elif isinstance(e, RoundTimedOut):
+            self._at(e.round).timed_out = True
+        elif isinstance(e, Disputed):
+            self._at(e.round).disputes.append(e)
+        elif isinstance(e, EvaluationReported):
+            self._at(e.round).evaluations.append(e)
+        elif isinstance(e, LearnerAdded):
+            self.indices[e.learner] = e.index
+            self.active[e.learner] = True
+            self._rounds.get(self.open_round, _Round()).removed.discard(e.learner)
+        elif isinstance(e, LearnerRemoved):
+            self.active[e.learner] = False
+            if self.genesis is not None:
+                self._at(self.open_round).removed.add(e.learner)
+        elif isinstance(e, GenesisSet):
+            self.genesis = e
+        elif isinstance(e, CommitteeChanged):
+            self.committee = e
+        elif isinstance(e, Finished):
+            self.finished_after = e.last_round
+
+    # -- records ---------------------------------------------------------------------------
+
+    def rounds(self) -> list[int]:
+        """The rounds any event names so far, ascending."""
+        with self._lock:
+            return sorted(self._rounds)
+
+    def record(self, round: int, *, refresh: bool = True) -> RoundRecord:
+        """Round `round`'s record; the chain is read first (only what is new) unless
+        `refresh` is False or the round was already published."""
+        with self._lock:
+            known = self._rounds.get(round)
+            if refresh and (known is None or known.published is None):
+                self.refresh()
+            if self.genesis is None:
+                raise LookupError("the federation has no genesis on chain yet")
+            r = self._rounds.get(round, _Round())
+            return RoundRecord(
+                round=round,
+                previous_model=self.global_model(round - 1),
+                previous_state=self.state_after(round - 1),
+                plan_cid=self.genesis.plan_cid,
+                submissions=list(r.submissions),
+                removed=set(r.removed),
+                votes=list(r.votes),
+                published=r.published,
+                disputes=list(r.disputes),
+                evaluations=list(r.evaluations),
+                seed=r.seed,
+                timed_out=r.timed_out,
+            )
+
+    def records(self) -> Iterator[RoundRecord]:
+        """Every round's record, ascending (nothing is read from the chain)."""
+        for r in self.rounds():
+            yield self.record(r, refresh=False)
+
+    def global_model(self, round: int) -> ChainCid:
+        """`round`'s published global model (the genesis model for 0); an empty CID while
+        unpublished."""
+        with self._lock:
+            if round == 0:
+                return self.genesis.model_cid if self.genesis is not None else ChainCid(b"")
+            r = self._rounds.get(round)
+            return r.published.model_cid if r is not None and r.published else ChainCid(b"")
+
+    def state_after(self, round: int) -> ChainCid | None:
+        """The server-state CID in force after `round` (None: no round up to it published
+        one). Rounds are published in order, so the last published one up to `round` says."""
+        with self._lock:
+            for r in range(round, 0, -1):
+                known = self._rounds.get(r)
+                if known is not None and known.published is not None:
+                    return known.state_after
+            return None

@@ -1,0 +1,264 @@
+"""Every protocol field, declared once: the plan JSON, the run config, the job file's
+[protocol] section and the contract's round parameters are all derived from here.
+
+A field is declared with `_field(default, what, ok, ...)`: its default, what a valid value is
+(said in error messages), the check, whether the JSON leaves it out at its default (fields
+added after the first plan format, so an older plan keeps its CID), and the contract's
+`Params` member it becomes (if the contract enforces it). `ProtocolFields` holds the fields a
+job's [protocol] section and `RunConfig` set; `Plan` adds the run's own (strategy, rounds,
+configs, codec, limits). `RoundParams` is the contract's `Params` tuple, derived from a plan.
+
+The plan is the JSON whose CID goes on chain with the genesis model: everything needed to
+re-compute a round later (strategy and parameters, codec version) and what learners need to
+train (the training and evaluation config). Its bytes are canonical (sorted keys, no
+whitespace), so the same plan has the same CID. SPEC.md § "The plan" is the normative text.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any
+
+from .. import __version__
+from ..errors import ConfigError, ContentTooLarge
+from ..jsonsafe import loads
+from ..model.codec import DEFAULT_MAX_BYTES, FORMAT, VERSION
+from ..model.fetch import fetch_bytes
+from ..storage.cid import CID
+from .rules import ALL_PPM, fraction_to_ppm
+
+if TYPE_CHECKING:
+    from ..storage import ContentStore
+
+PLAN_FORMAT = "fedchain-plan/1"
+MAX_PLAN_BYTES = 1024 * 1024
+#: Bounds of the plan's counts: rounds and min_updates fit the contract's uint32 counters;
+#: a model is at most 1 TiB.
+MAX_ROUNDS = 2**32 - 1
+MAX_MODEL_BYTES = 2**40
+#: The contract keeps windows in uint24 seconds (194 days), the buffer in uint16, staleness uint8.
+MAX_WINDOW = 2**24 - 1
+#: How learners check a global model before training on it (see ProtocolFields.verify).
+VERIFY_MODES = ("full", "sampled", "off")
+#: Learners re-derive global models up to this size by default (bigger: see verify).
+DEFAULT_VERIFY_MAX_BYTES = 256 * 1024 * 1024
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _integer(low: int, high: int, unit: str = "an integer") -> tuple[str, Callable[[Any], bool]]:
+    return f"{unit} in {low}..{high}", lambda v: _is_int(v) and low <= v <= high
+
+
+_FRACTION = ("a number in (0, 1]", lambda v: _is_number(v) and 0 < v <= 1)
+_SECONDS = _integer(0, MAX_WINDOW, "seconds")
+
+
+def _field(default: Any = MISSING, check: tuple[str, Callable[[Any], bool]] | None = None, *,
+           factory: Callable[[], Any] | None = None, optional: bool = False,
+           chain: str | None = None) -> Any:
+    """A declared field: `check` is (what a valid value is, the test); `optional`: left out of
+    the plan JSON at its default; `chain`: the contract `Params` member it becomes."""
+    metadata = {"check": check, "optional": optional, "chain": chain}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    if default is MISSING:
+        return field(metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProtocolFields:
+    """The protocol's settings a job's [protocol] section (and `RunConfig`) choose: deadlines,
+    sampling, asynchronous rounds, learners' verification, duplicates. All are in the plan;
+    the first six are also enforced by the contract."""
+
+    #: Deadlines, in seconds of block time from a round's opening (0: none). Updates (or, in
+    #: commit-reveal mode, commitments) until update_window; reveals for reveal_window after
+    #: it (non-zero: commit-reveal mode); votes for vote_window after that, then anyone may
+    #: close the round with the previous model carried over.
+    update_window: int = _field(0, _SECONDS, optional=True, chain="update_window")
+    reveal_window: int = _field(0, _SECONDS, optional=True, chain="reveal_window")
+    vote_window: int = _field(0, _SECONDS, optional=True, chain="vote_window")
+    #: Client sampling: each learner takes part in a round with this probability, drawn from
+    #: the round's on-chain seed (1: everyone).
+    fraction: float = _field(1.0, _FRACTION, optional=True, chain="select_ppm")
+    #: Asynchronous (FedBuff) rounds: a round may close once buffer_size updates arrived;
+    #: updates trained up to max_staleness rounds earlier are accepted (0: synchronous).
+    buffer_size: int = _field(0, _integer(0, 65535), optional=True, chain="buffer_size")
+    max_staleness: int = _field(0, _integer(0, 255), optional=True, chain="max_staleness")
+    #: How a learner checks round r's global model before training on it: "full" re-derives
+    #: the round's whole outcome from the chain and the store, bit for bit, for models up to
+    #: verify_max_bytes (bigger ones as "sampled"); "sampled" does so for a random verify_rate
+    #: of the rounds; "off" trusts the committee.
+    verify: str = _field("full", (f"one of {', '.join(VERIFY_MODES)}",
+                                  lambda v: v in VERIFY_MODES), optional=True)
+    verify_max_bytes: int = _field(DEFAULT_VERIFY_MAX_BYTES, _integer(0, MAX_MODEL_BYTES),
+                                   optional=True)
+    verify_rate: float = _field(0.25, _FRACTION, optional=True)
+    #: Leave out a submission that exactly duplicates an earlier one of the round (same CID,
+    #: or the same weights re-encoded): free-riding on another learner's update.
+    exclude_duplicates: bool = _field(False, ("true or false", lambda v: isinstance(v, bool)),
+                                      optional=True)
+
+    def __post_init__(self) -> None:
+        for f in protocol_fields():
+            check_field(f.name, getattr(self, f.name))
+        if self.reveal_window and not self.update_window:
+            raise ConfigError("malformed plan: commit-reveal (reveal_window) needs an "
+                              "update_window")
+        if self.reveal_window and self.max_staleness:
+            raise ConfigError("malformed plan: commit-reveal rounds are synchronous "
+                              "(max_staleness must be 0)")
+
+    def protocol(self) -> dict[str, Any]:
+        """The protocol fields, by name."""
+        return {f.name: getattr(self, f.name) for f in protocol_fields()}
+
+
+def protocol_fields() -> tuple[Field[Any], ...]:
+    """The protocol's fields, in declaration order."""
+    return fields(ProtocolFields)
+
+
+def _check_of(name: str) -> tuple[str, Callable[[Any], bool]] | None:
+    found = {f.name: f for f in fields(Plan)}.get(name)
+    return None if found is None else found.metadata.get("check")
+
+
+def describe(name: str) -> str:
+    """What a valid value of the plan's field `name` is, e.g. "seconds in 0..16777215"."""
+    check = _check_of(name)
+    return "any value" if check is None else check[0]
+
+
+def check_field(name: str, value: Any) -> None:
+    """ConfigError unless `value` is valid for the plan's field `name`."""
+    check = _check_of(name)
+    if check is None or check[1](value):
+        return
+    try:
+        shown = repr(value)
+    except ValueError:  # an int too long to print
+        shown = type(value).__name__
+    shown = shown if len(shown) <= 60 else shown[:60] + "…"
+    raise ConfigError(f"malformed plan: {name} must be {check[0]}, not {shown}")
+
+
+@dataclass(frozen=True)
+class Plan(ProtocolFields):
+    """Strategy, rounds and configs of one federation, as published at genesis."""
+
+    strategy: dict[str, Any] = _field(check=(
+        'an object with a "name"',
+        lambda v: isinstance(v, dict) and isinstance(v.get("name"), str)))
+    rounds: int = _field(check=_integer(1, MAX_ROUNDS))
+    min_updates: int = _field(1, _integer(0, MAX_ROUNDS))
+    train: dict[str, Any] = _field(factory=dict, check=("an object",
+                                                         lambda v: isinstance(v, dict)))
+    evaluate: dict[str, Any] = _field(factory=dict, check=("an object",
+                                                            lambda v: isinstance(v, dict)))
+    codec: dict[str, str] = _field(
+        factory=lambda: {"format": FORMAT, "version": VERSION},
+        check=("an object of strings",
+               lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values())))
+    max_model_bytes: int = _field(DEFAULT_MAX_BYTES, _integer(1, MAX_MODEL_BYTES))
+    format: str = _field(PLAN_FORMAT, ("a string", lambda v: isinstance(v, str)))
+    software: str = _field(f"fedchain {__version__}", ("a string",
+                                                       lambda v: isinstance(v, str)))
+
+    def to_json(self) -> bytes:
+        """Canonical bytes: sorted keys, no whitespace, so the same plan has the same CID."""
+        body = asdict(self)
+        for f in fields(self):
+            if f.metadata.get("optional") and body[f.name] == f.default:
+                del body[f.name]
+        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Plan:
+        """The plan in JSON bytes; ConfigError says what is wrong with a malformed one."""
+        if not isinstance(data, bytes | bytearray | str):
+            raise ConfigError(f"a plan is JSON bytes, not {type(data).__name__}")
+        if len(data) > MAX_PLAN_BYTES:
+            raise ConfigError(f"plan of {len(data)} bytes exceeds {MAX_PLAN_BYTES}")
+        try:
+            raw = loads(data)  # depth-checked: see fedchain.jsonsafe
+        except (ValueError, RecursionError) as exc:
+            raise ConfigError(f"the plan is not valid JSON: {str(exc)[:200]}") from None
+        if not isinstance(raw, dict) or raw.get("format") != PLAN_FORMAT:
+            raise ConfigError(f"not a fedchain plan (format {PLAN_FORMAT!r} expected)")
+        names = {f.name for f in fields(cls)}
+        known = {k: v for k, v in raw.items() if k in names}
+        for name, value in known.items():
+            check_field(name, value)
+        try:
+            return cls(**known)
+        except TypeError as exc:
+            raise ConfigError(f"malformed plan: {exc}") from None
+
+    @classmethod
+    def load(cls, store: ContentStore, cid: CID | str | bytes | None) -> Plan:
+        """The plan behind a CID (or the binary CID the chain records), fetched through
+        `store`: never more than MAX_PLAN_BYTES of it."""
+        if not cid:
+            raise ConfigError("the federation has no plan yet (no genesis on chain)")
+        return fetch_plan(store, CID.from_bytes(cid) if isinstance(cid, bytes) else cid)
+
+    def train_config(self, round: int) -> dict[str, Any]:
+        return {**self.train, "round": round}
+
+    def eval_config(self, round: int) -> dict[str, Any]:
+        return {**self.evaluate, "round": round}
+
+
+def fetch_plan(store: ContentStore, cid: CID | str, *, deadline: float | None = None) -> Plan:
+    """The plan behind `cid`: never more than MAX_PLAN_BYTES of it is read (ConfigError)."""
+    try:
+        data = fetch_bytes(store, cid, max_bytes=MAX_PLAN_BYTES, deadline=deadline)
+    except ContentTooLarge:
+        raise ConfigError(f"the plan {cid} is larger than {MAX_PLAN_BYTES} bytes") from None
+    return Plan.from_json(data)
+
+
+@dataclass(frozen=True)
+class RoundParams:
+    """The contract's `Params` tuple, fixed at genesis: the plan's fields the contract
+    enforces (declared with `chain=` above), in the ABI's order.
+
+    Windows are seconds (0: no deadline); `select_ppm` is the sampling probability in parts
+    per million (0: everyone); `buffer_size` and `max_staleness` drive asynchronous rounds.
+    """
+
+    rounds: int
+    update_window: int = 0
+    reveal_window: int = 0
+    vote_window: int = 0
+    select_ppm: int = 0
+    buffer_size: int = 0
+    max_staleness: int = 0
+
+    @classmethod
+    def from_plan(cls, plan: Plan) -> RoundParams:
+        values: dict[str, int] = {"rounds": plan.rounds}
+        for f in protocol_fields():
+            member = f.metadata.get("chain")
+            if member is not None:
+                value = getattr(plan, f.name)
+                values[member] = fraction_to_ppm(value) if member == "select_ppm" else value
+        return cls(**values)
+
+    def as_tuple(self) -> tuple[int, ...]:
+        return tuple(getattr(self, f.name) for f in fields(self))
+
+    @property
+    def sampling(self) -> bool:
+        return 0 < self.select_ppm < ALL_PPM

@@ -1,0 +1,199 @@
+"""The protocol's pure rules: who takes part, in what order, with what weight, and when a round
+carries its model over. Every party (the aggregator, a learner checking the committee, the
+audit) decides these with the same functions, and the contract mirrors the first three.
+
+- order: updates are aggregated in ascending `learner_key` (lower-case hex address);
+- sampling: `is_selected`, the contract's rule keccak256(abi.encode(seed, index)) mod 1e6 <
+  selectPpm, and `fraction_to_ppm` for a plan's fraction;
+- commit-reveal: `commitment`; committee votes: `vote_digest`;
+- asynchronous rounds: `staleness_weight`;
+- free-riding: `find_duplicates`, exact duplicates by CID multihash in chain order;
+- the default quorum of updates: `default_min_updates`;
+- carry-over: `carry_over_reason`.
+
+No module here imports the Ethereum layer or does I/O. SPEC.md states each rule normatively.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from eth_abi import encode as abi_encode
+from eth_utils import keccak, to_checksum_address
+
+from ..errors import AggregationError, InvalidCID
+from ..storage.cid import CID
+
+#: selectPpm that selects everyone (the contract's ALL).
+ALL_PPM = 1_000_000
+
+
+def learner_key(address: str) -> str:
+    """Sort key of a learner address: updates are aggregated in ascending order of this key."""
+    return address.lower()
+
+
+# --- sampling ------------------------------------------------------------------------
+
+
+def fraction_to_ppm(fraction: float) -> int:
+    """The contract's selectPpm for a plan's `fraction` (0: sampling off, everyone)."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], not {fraction}")
+    ppm = round(fraction * ALL_PPM)
+    return 0 if ppm >= ALL_PPM else max(1, ppm)
+
+
+def is_selected(seed: bytes, index: int, select_ppm: int) -> bool:
+    """Whether learner `index` takes part in the round with sampling `seed` (the contract's
+    rule: keccak256(abi.encode(seed, index)) mod 1e6 < selectPpm)."""
+    if select_ppm == 0 or select_ppm >= ALL_PPM:
+        return True
+    digest = keccak(abi_encode(["bytes32", "uint256"], [seed, index]))
+    return int.from_bytes(digest, "big") % ALL_PPM < select_ppm
+
+
+# --- commitments and votes -----------------------------------------------------------
+
+
+def commitment(learner: str, round: int, model_cid: bytes, num_examples: int,
+               salt: bytes) -> bytes:
+    """The commitment `commitUpdate` takes for a later `revealUpdate` of the same values."""
+    return keccak(abi_encode(
+        ["address", "uint256", "bytes", "uint256", "bytes32"],
+        [to_checksum_address(learner), round, model_cid, num_examples, salt],
+    ))
+
+
+def vote_digest(model_cid: bytes, state_cid: bytes, included: Sequence[int]) -> bytes:
+    """The digest the contract tallies a round's vote under."""
+    return keccak(abi_encode(["bytes", "bytes", "uint256[]"],
+                             [model_cid, state_cid, list(included)]))
+
+
+# --- weights and quorum --------------------------------------------------------------
+
+
+def staleness_weight(num_examples: int, staleness: int) -> int:
+    """The example count an update trained `staleness` rounds before the open one counts for
+    (asynchronous rounds): halved per round of staleness, rounded down, at least 1, i.e.
+    s(τ) = 2^−τ on integers, so aggregation stays exact and the audit re-derives it."""
+    return max(1, num_examples >> staleness) if staleness else num_examples
+
+
+def default_min_updates(learners: int) -> int:
+    """The updates a round needs when the configuration names no `min_updates`: a quorum of
+    two thirds of the learners, ⌈2n/3⌉, at least 1 (n = 3 → 2, 5 → 4, 10 → 7).
+
+    Not all of them: with every learner required, one learner that sends a bad update (or
+    none) would stop every round from aggregating. The aggregator still waits for every
+    learner until the round's timeout; the quorum only decides whether the round aggregates
+    what it got or carries the global model over.
+    """
+    return max(1, math.ceil(2 * learners / 3))
+
+
+def plan_min_updates(learners: int, fraction: float = 1.0, buffer_size: int = 0) -> int:
+    """The default quorum of a plan for `learners` registered at genesis: two thirds of the
+    learners a round samples, at most `buffer_size` in asynchronous rounds (which close once
+    the buffer's worth arrived)."""
+    quorum = default_min_updates(math.ceil(fraction * learners) if fraction < 1.0 else learners)
+    return min(quorum, buffer_size) if buffer_size else quorum
+
+
+# --- carry-over ----------------------------------------------------------------------
+
+
+def too_few_submissions(usable: int, min_updates: int) -> str | None:
+    """Why a round with `usable` submissions (after the owner's removals) carries over without
+    fetching anything, or None."""
+    if usable < min_updates:
+        return f"{usable} submissions, fewer than the plan's min_updates {min_updates}"
+    return None
+
+
+def too_few_included(included: int, min_updates: int) -> str | None:
+    """Why a round whose strategy would include `included` valid updates carries over, or
+    None: at least max(1, min_updates) are needed."""
+    needed = max(1, min_updates)
+    if included < needed:
+        return f"{included} valid updates, fewer than the {needed} the plan requires"
+    return None
+
+
+# --- exact duplicates ----------------------------------------------------------------
+
+
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One update submitted in a round, as the chain orders it.
+
+    `content` identifies the model's bytes: the multihash of its CID (so the CIDv0 and CIDv1
+    spellings of one block agree; see `Submission.of`) or a hash of the fetched bytes.
+    `order` is (block number, log index), the chain's total order of events. `ref` carries
+    the caller's own record (e.g. the event) through, and takes no part in comparisons.
+    """
+
+    learner: str
+    content: Hashable
+    order: tuple[int, int]
+    ref: Any = field(default=None, compare=False)
+
+    @classmethod
+    def of(cls, event: Any) -> Submission:
+        """The submission of an UpdateSubmitted-like event (.learner, .model_cid, .block,
+        .log_index); content is its CID's multihash, or the raw bytes if they are no CID."""
+        raw = bytes(event.model_cid)
+        try:
+            content: Hashable = CID.from_bytes(raw).multihash
+        except InvalidCID:
+            content = raw
+        return cls(event.learner, content, (int(event.block), int(event.log_index)), event)
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """A submission whose content an earlier submission of the round already had."""
+
+    submission: Submission
+    original: Submission
+
+    @property
+    def reason(self) -> str:
+        return f"same content as {self.original.learner}'s update"
+
+
+def find_duplicates(
+    submissions: Iterable[Submission],
+) -> tuple[list[Submission], list[Duplicate]]:
+    """(the first submission of each content, the later ones), both in chain order.
+
+    A learner that resubmits another learner's CID (free-riding, or doubling the victim's
+    weight) is the later one and is dropped; the first submitter keeps its update. Pure and
+    deterministic: the aggregator filters a round with it before aggregating and an audit
+    re-derives the same split from the chain. Two submissions with the same order key cannot
+    come from one chain and raise AggregationError.
+    """
+    ordered = sorted(submissions, key=lambda s: s.order)
+    for a, b in zip(ordered, ordered[1:], strict=False):
+        if a.order == b.order:
+            raise AggregationError(
+                f"submissions of {a.learner} and {b.learner} have the same chain position "
+                f"{a.order}"
+            )
+    first: dict[Hashable, Submission] = {}
+    kept: list[Submission] = []
+    duplicates: list[Duplicate] = []
+    for s in ordered:
+        original = first.get(s.content)
+        if original is None:
+            first[s.content] = s
+            kept.append(s)
+        else:
+            duplicates.append(Duplicate(s, original))
+    return kept, duplicates

@@ -1,0 +1,161 @@
+"""A colluding committee majority (2 of 3) on Anvil, and the learners that do not follow it.
+
+Each learner re-runs the published round with `fedchain.protocol.round.run_round` and compares
+the whole outcome (model, server state, included set, carried over or not): a round that
+censors a valid update, closes below `min_updates`, carries the model over although valid
+updates existed, or publishes a wrong server state is disputed on chain by every honest
+learner, which does not train on it, and the audit fails the round.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from fedmodels import LinearLearner, initial_weights
+from fixtures.chains import dev
+
+from fedchain.aggregation.strategy import FedAvg, FedAvgM
+from fedchain.audit import audit_federation
+from fedchain.eth.chain import Chain
+from fedchain.eth.contract import FedChain
+from fedchain.eth.events import Disputed
+from fedchain.federation.aggregator import Aggregator
+from fedchain.federation.config import RunConfig
+from fedchain.federation.node import LearnerNode
+from fedchain.protocol.params import Plan
+from fedchain.storage.cid import CID
+
+pytestmark = [pytest.mark.anvil, pytest.mark.xdist_group("anvil")]
+
+TRAIN = {"lr": 0.1, "steps": 3}
+#: Generous: a loaded machine may be slow, and nothing here waits for a deadline.
+PATIENCE = 120.0
+
+
+class Censoring(Aggregator):
+    """Leaves the last learner's valid update out."""
+
+    def fetch_round(self, usable: Any, deadline: float | None = None) -> Any:
+        return super().fetch_round(sorted(usable, key=lambda u: u.learner.lower())[:-1],
+                                   deadline)
+
+
+class BelowQuorum(Aggregator):
+    """Aggregates whatever arrived, below the plan's min_updates."""
+
+    def _plan(self) -> Plan:
+        return replace(super()._plan(), min_updates=0)
+
+
+class CarryingOver(Aggregator):
+    """Carries the model over although valid updates arrived."""
+
+    def fetch_round(self, usable: Any, deadline: float | None = None) -> Any:
+        return super().fetch_round([], deadline)
+
+
+class WrongState(Aggregator):
+    """Publishes the right model with a server state of its own making."""
+
+    def _vote(self, round: int, cid: CID, learners: list[str], state_cid: CID | None,
+              seen: list[int]) -> Any:
+        forged = self.store.put(b"not the server state")
+        return super()._vote(round, cid, learners, forged, seen)
+
+
+def _in_threads(steps: list[Callable[[], Any]]) -> None:
+    errors: list[BaseException] = []
+
+    def run(step: Callable[[], Any]) -> None:
+        try:
+            step()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(s,), daemon=True) for s in steps]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(PATIENCE)
+    assert not any(t.is_alive() for t in threads), "a committee member did not finish"
+    assert not errors, errors
+
+
+CASES = {
+    "censored-update": (Censoring, FedAvg(), 1, 3),
+    "below-min-updates": (BelowQuorum, FedAvg(), 3, 2),
+    "carried-over-with-valid-updates": (CarryingOver, FedAvg(), 1, 3),
+    "wrong-state-cid": (WrongState, FedAvgM(momentum=0.9), 1, 3),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_learners_dispute_what_a_colluding_majority_publishes(anvil_chain: Chain, store,
+                                                              case: str) -> None:
+    cheat, strategy, min_updates, submitting = CASES[case]
+    chain = anvil_chain
+    owner = dev(chain, 0)
+    members = [dev(chain, i) for i in (1, 6, 7)]
+    learners = [dev(chain, i) for i in (2, 3, 4)]
+    chain.fund([m.address for m in members])
+    contract, _ = FedChain.deploy(chain, owner, [m.address for m in members], 2)
+    contract.add_learners([a.address for a in learners])
+    # With fewer than every learner in, a member waits round_timeout before aggregating.
+    config = RunConfig(strategy=strategy, rounds=2, min_updates=min_updates, train=TRAIN,
+                       round_timeout=PATIENCE if submitting == 3 else 2.0, poll_interval=0.05)
+    # Members 1 and 2 collude (same cheat, same votes: a quorum); member 3 is not needed.
+    colluders = [cheat(contract.with_account(m), store, config,
+                       initial_weights=initial_weights()) for m in members[:2]]
+    _in_threads([a.start for a in colluders])
+    nodes = [LearnerNode(LinearLearner(i), contract.with_account(a), store,
+                         name=f"learner-{i}", poll_interval=0.05)
+             for i, a in enumerate(learners)]
+    for n in nodes[:submitting]:
+        n.step()  # round 1: train on the genesis model and submit
+    _in_threads([lambda a=a: a.run_round(1) for a in colluders])
+    published = contract.published(1)
+    assert published is not None
+
+    for n in nodes:
+        n.step()  # round 2: re-derive round 1 before training on it
+
+    disputes = [e for e in contract.events("Disputed") if isinstance(e, Disputed)]
+    assert sorted(d.learner for d in disputes) == sorted(n.address for n in nodes)
+    assert all(n.verified == {1: False} and n.disputed == [1] for n in nodes)
+    assert not any(contract.has_submitted(2, n.address) for n in nodes)
+    if case == "wrong-state-cid":
+        # The model is right: the dispute names the state the learners re-derived.
+        assert all(d.computed_cid.raw != published.state_cid.raw for d in disputes)
+    else:
+        assert all(d.computed_cid.raw != published.model_cid.raw for d in disputes)
+    report = audit_federation(contract, store)
+    assert report.rounds[0].status == "failed", report.rounds[0].checks
+    assert report.exit_status() == 1
+
+
+def test_an_honest_committee_is_followed(anvil_chain: Chain, store) -> None:
+    chain = anvil_chain
+    owner = dev(chain, 0)
+    members = [dev(chain, i) for i in (1, 6, 7)]
+    learners = [dev(chain, i) for i in (2, 3, 4)]
+    chain.fund([m.address for m in members])
+    contract, _ = FedChain.deploy(chain, owner, [m.address for m in members], 2)
+    contract.add_learners([a.address for a in learners])
+    config = RunConfig(strategy=FedAvgM(momentum=0.9), rounds=2, min_updates=3, train=TRAIN,
+                       round_timeout=PATIENCE, poll_interval=0.05)
+    committee = [Aggregator(contract.with_account(m), store, config,
+                            initial_weights=initial_weights()) for m in members]
+    _in_threads([a.start for a in committee])
+    nodes = [LearnerNode(LinearLearner(i), contract.with_account(a), store, poll_interval=0.05)
+             for i, a in enumerate(learners)]
+    for n in nodes:
+        n.step()
+    _in_threads([lambda a=a: a.run_round(1) for a in committee])
+    for n in nodes:
+        n.step()
+    assert all(n.verified == {1: True} and not n.disputed for n in nodes)
+    assert all(contract.has_submitted(2, n.address) for n in nodes)
