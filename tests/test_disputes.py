@@ -85,6 +85,16 @@ def _in_threads(steps: list[Callable[[], Any]]) -> None:
     assert not errors, errors
 
 
+def _deploy(chain: Chain) -> tuple[FedChain, list[Any], list[Any]]:
+    """A fresh FedChain with a committee of three (quorum 2) and three learners."""
+    members = [dev(chain, i) for i in (1, 6, 7)]
+    learners = [dev(chain, i) for i in (2, 3, 4)]
+    chain.fund([m.address for m in members])
+    contract, _ = FedChain.deploy(chain, dev(chain, 0), [m.address for m in members], 2)
+    contract.add_learners([a.address for a in learners])
+    return contract, members, learners
+
+
 CASES = {
     "censored-update": (Censoring, FedAvg(), 1, 3),
     "below-min-updates": (BelowQuorum, FedAvg(), 3, 2),
@@ -97,13 +107,7 @@ CASES = {
 def test_learners_dispute_what_a_colluding_majority_publishes(anvil_chain: Chain, store,
                                                               case: str) -> None:
     cheat, strategy, min_updates, submitting = CASES[case]
-    chain = anvil_chain
-    owner = dev(chain, 0)
-    members = [dev(chain, i) for i in (1, 6, 7)]
-    learners = [dev(chain, i) for i in (2, 3, 4)]
-    chain.fund([m.address for m in members])
-    contract, _ = FedChain.deploy(chain, owner, [m.address for m in members], 2)
-    contract.add_learners([a.address for a in learners])
+    contract, members, learners = _deploy(anvil_chain)
     # With fewer than every learner in, a member waits round_timeout before aggregating.
     config = RunConfig(strategy=strategy, rounds=2, min_updates=min_updates, train=TRAIN,
                        round_timeout=PATIENCE if submitting == 3 else 2.0, poll_interval=0.05)
@@ -138,13 +142,7 @@ def test_learners_dispute_what_a_colluding_majority_publishes(anvil_chain: Chain
 
 
 def test_an_honest_committee_is_followed(anvil_chain: Chain, store) -> None:
-    chain = anvil_chain
-    owner = dev(chain, 0)
-    members = [dev(chain, i) for i in (1, 6, 7)]
-    learners = [dev(chain, i) for i in (2, 3, 4)]
-    chain.fund([m.address for m in members])
-    contract, _ = FedChain.deploy(chain, owner, [m.address for m in members], 2)
-    contract.add_learners([a.address for a in learners])
+    contract, members, learners = _deploy(anvil_chain)
     config = RunConfig(strategy=FedAvgM(momentum=0.9), rounds=2, min_updates=3, train=TRAIN,
                        round_timeout=PATIENCE, poll_interval=0.05)
     committee = [Aggregator(contract.with_account(m), store, config,

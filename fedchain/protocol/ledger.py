@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from copy import copy
+from dataclasses import dataclass, field, fields
 
 from ..eth.contract import FedChainReader
 from ..eth.events import (
@@ -37,29 +38,38 @@ from ..eth.events import (
 )
 
 
+@dataclass(kw_only=True)
+class _RoundEvents:
+    """A round's events, filed by the ledger."""
+
+    submissions: list[UpdateSubmitted] = field(default_factory=list)
+    #: Learners the owner removed while the round was open (their updates are excluded).
+    removed: set[str] = field(default_factory=set)
+    #: The committee's votes, in chain order (evidence, agreeing or not).
+    votes: list[Voted] = field(default_factory=list)
+    #: The event that closed the round (None while it is open).
+    published: GlobalModelPublished | None = None
+    disputes: list[Disputed] = field(default_factory=list)
+    evaluations: list[EvaluationReported] = field(default_factory=list)
+    #: The round's sampling seed (only when sampling is on).
+    seed: bytes | None = None
+    #: The round passed its vote deadline without a quorum and was closed, carried over.
+    timed_out: bool = False
+
+
 @dataclass
-class RoundRecord:
+class RoundRecord(_RoundEvents):
     """Everything round `round` depends on, and how it closed, from the chain's events.
 
     `previous_model` is round−1's published global model (the genesis model for round 1);
     `previous_state` the server-optimizer state CID in force after round−1 (the last one a
-    round up to it published; None: none yet). `published` is None while the round is open.
+    round up to it published; None: none yet).
     """
 
     round: int
     previous_model: ChainCid
     previous_state: ChainCid | None = None
     plan_cid: ChainCid | None = None
-    submissions: list[UpdateSubmitted] = field(default_factory=list)
-    #: Learners the owner removed while the round was open (their updates are excluded).
-    removed: set[str] = field(default_factory=set)
-    votes: list[Voted] = field(default_factory=list)
-    published: GlobalModelPublished | None = None
-    disputes: list[Disputed] = field(default_factory=list)
-    evaluations: list[EvaluationReported] = field(default_factory=list)
-    seed: bytes | None = None
-    #: The round passed its vote deadline without a quorum and was closed, carried over.
-    timed_out: bool = False
 
     @property
     def included(self) -> tuple[str, ...]:
@@ -73,17 +83,9 @@ class RoundRecord:
 
 
 @dataclass
-class _Round:
+class _Round(_RoundEvents):
     """What the ledger has filed for one round so far."""
 
-    submissions: list[UpdateSubmitted] = field(default_factory=list)
-    removed: set[str] = field(default_factory=set)
-    votes: list[Voted] = field(default_factory=list)
-    published: GlobalModelPublished | None = None
-    disputes: list[Disputed] = field(default_factory=list)
-    evaluations: list[EvaluationReported] = field(default_factory=list)
-    seed: bytes | None = None
-    timed_out: bool = False
     #: The server-state CID in force after this round (set when it is published).
     state_after: ChainCid | None = None
 
@@ -187,20 +189,10 @@ class Ledger:
             if self.genesis is None:
                 raise LookupError("the federation has no genesis on chain yet")
             r = self._rounds.get(round, _Round())
-            return RoundRecord(
-                round=round,
-                previous_model=self.global_model(round - 1),
-                previous_state=self.state_after(round - 1),
-                plan_cid=self.genesis.plan_cid,
-                submissions=list(r.submissions),
-                removed=set(r.removed),
-                votes=list(r.votes),
-                published=r.published,
-                disputes=list(r.disputes),
-                evaluations=list(r.evaluations),
-                seed=r.seed,
-                timed_out=r.timed_out,
-            )
+            # Copies of the lists: a record is the caller's to change.
+            events = {f.name: copy(getattr(r, f.name)) for f in fields(_RoundEvents)}
+            return RoundRecord(round, self.global_model(round - 1), self.state_after(round - 1),
+                               self.genesis.plan_cid, **events)
 
     def records(self) -> Iterator[RoundRecord]:
         """Every round's record, ascending (nothing is read from the chain)."""
