@@ -238,7 +238,8 @@ def simulate(
     ]
     agg = committee[0]
     nodes = [
-        LearnerNode(learner, contract.with_account(acct), st, name=f"learner-{i}", stop=stop)
+        LearnerNode(learner, contract.with_account(acct), st, name=f"learner-{i}", stop=stop,
+                    verify=cfg.verify, verify_rate=cfg.verify_rate)
         for i, (learner, acct) in enumerate(zip(learners, learner_accounts, strict=False))
     ]  # none here in pool mode: the pool makes them
     errors: list[BaseException] = []
@@ -249,7 +250,8 @@ def simulate(
         def make_node(i: int) -> LearnerNode:
             return LearnerNode(make_learner(i, num_learners), bind(learner_accounts[i]), st,
                                name=f"learner-{i}",
-                               stop=stop, shared=shared, poll_interval=cfg.poll_interval)
+                               stop=stop, shared=shared, poll_interval=cfg.poll_interval,
+                               verify=cfg.verify, verify_rate=cfg.verify_rate)
 
         pool = LearnerPool(make_node, num_learners, watcher, workers=workers,
                            selected=_sampled(contract, watcher, learner_accounts))
