@@ -16,9 +16,9 @@ import hashlib
 import json
 import math
 import struct
-from fractions import Fraction
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -153,7 +153,8 @@ def _parent(children: list[tuple[bytes, int, int]]) -> tuple[bytes, int, int]:
 
 def cid_of(data: bytes) -> str:
     """The CID text `ipfs add --cid-version=1` gives to `data` (§4.2)."""
-    chunks = [data[i:i + CHUNK] for i in range(0, len(data), CHUNK)] or [b""]
+    view = memoryview(data)
+    chunks = [view[i:i + CHUNK] for i in range(0, len(view), CHUNK)] or [view]
     level = [(cid_for(RAW, c), len(c), len(c)) for c in chunks]
     while len(level) > 1:
         level = [_parent(level[i:i + MAX_LINKS]) for i in range(0, len(level), MAX_LINKS)]
