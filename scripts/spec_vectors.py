@@ -350,7 +350,8 @@ def vectors() -> dict[str, Vector]:
         [(A[0], 10), (A[1], 10), (A[2], 10)], min_updates=2, tweak=too_few)
 
     rejections = _round(
-        "every kind of invalid file is rejected, the two valid updates aggregated",
+        "rejected: 7 bytes, a wrong shape, a missing layer, -inf, and valid weights whose "
+        "metadata takes the file past max_model_bytes; the two valid updates aggregated",
         FedAvg(), 21, [(A[i], 10 + i) for i in range(7)])
     rng = np.random.default_rng(121)
     previous_weights = base_model(np.random.default_rng(21))
