@@ -507,7 +507,12 @@ def cast_to(values: np.ndarray, like: np.ndarray) -> np.ndarray:
         elif like.dtype.kind == "b":
             out = np.rint(values) != 0
         else:
-            out = np.rint(values).astype(like.dtype)
+            rounded = np.rint(values)
+            info = np.iinfo(like.dtype)
+            # float(max) + 1 is the first value past the range, exactly, for every dtype
+            if ((rounded < float(info.min)) | (rounded >= float(info.max) + 1.0)).any():
+                raise StrategyFailed(f"an integer result outside {like.dtype}")
+            out = rounded.astype(like.dtype)
     return out.reshape(like.shape)
 
 
@@ -721,8 +726,8 @@ def krum(previous: Weights, updates: Sequence[Update], p: Mapping[str, Any]) -> 
 def _state_tensor(state: Weights | None, key: str, like: np.ndarray) -> np.ndarray | None:
     if state is None or key not in state:
         return None
-    if state[key].shape != like.shape:
-        raise StrategyFailed(f"state {key} has shape {state[key].shape}")
+    if state[key].shape != like.shape or state[key].dtype != F64:
+        raise StrategyFailed(f"state {key} is {state[key].dtype} {state[key].shape}")
     return np.ravel(state[key]).astype(F64)
 
 
@@ -748,7 +753,11 @@ def fedadam(previous: Weights, mean: Weights, state: Weights | None,
             p: Mapping[str, Any]) -> tuple[Weights, Weights]:
     """§8.9."""
     eta, b1, b2, tau = (float(p[k]) for k in ("eta", "beta1", "beta2", "tau"))
-    t = 1 + (int(state["step"]) if state is not None and "step" in state else 0)
+    step = None if state is None else state.get("step")
+    if step is not None and (step.dtype != np.int64 or step.shape != () or
+                             not 0 <= int(step) < 2**31):
+        raise StrategyFailed(f"state step is {step.dtype} {step.shape}")
+    t = 1 + (0 if step is None else int(step))
     p1 = p2 = 1.0
     for _ in range(t):
         p1 *= b1

@@ -253,6 +253,25 @@ def test_reference_refuses_what_fedchain_refuses():
         ref.decode(data, None, len(data) - 1)
 
 
+def test_reference_fails_where_the_spec_says():
+    """§8.1 and §8.8-8.9 cases fedchain does not handle (SPEC §11): the reference carries the
+    round over instead."""
+    top = {"n": np.array([2**63 - 1], np.int64), "w": np.ones(3, np.float32)}
+    honest = [ref.Update(f"0x{k:040x}", 1, top) for k in (1, 2)]
+    with pytest.raises(ref.StrategyFailed, match="outside int64"):
+        ref.aggregate({"name": "FedAvg"}, top, honest, None)
+    fine = {"w": np.ones(3, np.float32)}
+    updates = [ref.Update("0x" + "1" * 40, 1, {"w": np.full(3, 2.0, np.float32)})]
+    for state in ({"step": np.array(-1, np.int64)}, {"step": np.array([1, 2], np.int64)},
+                  {"m/w": np.zeros(3, np.float32)}, {"m/w": np.zeros(4)}):
+        with pytest.raises(ref.StrategyFailed):
+            ref.aggregate({"name": "FedAdam"}, fine, updates, state)
+    with pytest.raises(ref.StrategyFailed):
+        ref.aggregate({"name": "FedAvgM"}, fine, updates, {"momentum/w": np.zeros(3, np.int64)})
+    new, state = ref.aggregate({"name": "FedAdam"}, fine, updates, {"step": np.array(4, np.int64)})
+    assert int(state["step"]) == 5 and list(state) == ["step", "m/w", "v/w"]
+
+
 def test_pairwise_sum_is_numpys():
     """fedchain's Krum sums squared distances with numpy's own sum (SPEC §8.2 describes its
     order): if numpy changes its summation, this fails before a vector silently could."""
