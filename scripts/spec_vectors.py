@@ -19,7 +19,7 @@ import argparse
 import json
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,22 +42,23 @@ from fedchain.aggregation.strategy import (  # noqa: E402
     strategy_from_plan,
 )
 from fedchain.errors import (  # noqa: E402
-    AggregationError,
     ContentTooLarge,
     InvalidCID,
     InvalidModel,
     StoreUnavailable,
 )
 from fedchain.eth.events import ChainCid, UpdateSubmitted  # noqa: E402
-from fedchain.federation.fetching import (  # noqa: E402
-    DuplicateUpdate,
-    Rejected,
-    RoundUpdates,
-    fetch_updates,
-)
 from fedchain.model.codec import DEFAULT_MAX_BYTES, encode, spec  # noqa: E402
 from fedchain.model.fetch import canonical_header, fetch_model  # noqa: E402
-from fedchain.model.plan import Plan  # noqa: E402
+from fedchain.protocol.fetching import (  # noqa: E402
+    DuplicateUpdate,
+    Outcome,
+    Rejected,
+    fetch_updates,
+)
+from fedchain.protocol.ledger import RoundRecord  # noqa: E402
+from fedchain.protocol.params import Plan  # noqa: E402
+from fedchain.protocol.round import REMOVED, TIMED_OUT, run_round  # noqa: E402
 from fedchain.storage.local import LocalStore  # noqa: E402
 
 OUT = ROOT / "tests" / "data" / "spec_vectors"
@@ -432,14 +433,10 @@ def _reason(r: Rejected) -> str:
 
 
 def outcome(vector: Vector, store: LocalStore) -> dict[str, Any]:
-    """The round's outcome as fedchain's aggregator computes it (SPEC §7.3)."""
-    strategy = strategy_from_plan(vector.strategy.to_plan())
+    """The round's outcome as every fedchain role computes it: `protocol.round.run_round`
+    over the vector's submissions, fetched from `store` (SPEC §7.3)."""
     limit = vector.max_model_bytes
     previous_cid = store.put(vector.previous)
-    result: dict[str, Any] = {"model_cid": str(previous_cid), "state_cid": None,
-                              "included": [], "carried_over": None, "rejected": []}
-    if vector.timed_out:
-        return {**result, "carried_over": "timed-out"}
     previous = fetch_model(store, previous_cid, max_bytes=limit)
     state = (None if vector.state is None else
              fetch_model(store, store.put(vector.state), max_bytes=limit))
@@ -448,37 +445,26 @@ def outcome(vector: Vector, store: LocalStore) -> dict[str, Any]:
                               model_cid=ChainCid(bytes(store.put(vector.files[s.file]))),
                               num_examples=s.num_examples, staleness=s.staleness)
               for k, s in enumerate(vector.submissions)]
-    removed = [{"learner": e.learner, "reason": "removed"} for e in events
-               if e.learner in vector.removed]
-    usable = [e for e in events if e.learner not in vector.removed]
+    record = RoundRecord(1, ChainCid(bytes(previous_cid)), submissions=events,
+                         removed=set(vector.removed), timed_out=vector.timed_out)
+    plan = Plan(strategy=vector.strategy.to_plan(), rounds=1, min_updates=vector.min_updates,
+                max_model_bytes=limit, exclude_duplicates=vector.exclude_duplicates)
 
-    def carried(reason: str, rejected: list[dict[str, str]]) -> dict[str, Any]:
-        ordered = sorted(rejected, key=lambda r: r["learner"].lower())
-        return {**result, "model_cid": str(store.put(encode(previous))),
-                "carried_over": reason, "rejected": ordered}
+    def fetch(usable: Sequence[UpdateSubmitted]) -> Iterable[Outcome]:
+        return fetch_updates(store, usable, max_bytes=limit, reference=spec(previous),
+                             exclude_duplicates=vector.exclude_duplicates, copy=False)
 
-    if len(usable) < vector.min_updates:
-        return carried("below-min-updates", removed)
-    fetched = RoundUpdates(
-        fetch_updates(store, usable, max_bytes=limit, reference=spec(previous),
-                      exclude_duplicates=vector.exclude_duplicates, copy=False),
-        raise_errors=(StoreUnavailable,))
-    failed = False
-    try:
-        new, new_state = strategy.aggregate(previous, fetched, state)
-    except (AggregationError, InvalidModel):
-        failed = True
-    rejected = removed + [{"learner": r.learner, "reason": _reason(r)} for r in fetched.rejected]
-    if failed:
-        return carried("aggregation-failed", rejected)
-    if len(fetched.included) < max(1, vector.min_updates):
-        return carried("too-few-valid", rejected)
+    o = run_round(plan, strategy_from_plan(plan.strategy), record, fetch, previous, state,
+                  raise_errors=(StoreUnavailable,))
+    if o.carried_over is None or o.carried_over != TIMED_OUT:
+        store.put(o.model_bytes)
+    rejected = [{"learner": r.learner, "reason": "removed" if r.reason == REMOVED else _reason(r)}
+                for r in o.excluded if r.reason == REMOVED or r.error is not None]
     return {
-        "model_cid": str(store.put(encode(new))),
-        "state_cid": (str(store.put(encode(new_state)))
-                      if strategy.stateful and new_state is not None else None),
-        "included": [e.learner for e in fetched.included],
-        "carried_over": None,
+        "model_cid": str(o.model_cid),
+        "state_cid": None if o.state_cid is None else str(o.state_cid),
+        "included": list(o.learners),
+        "carried_over": o.carried_over,
         "rejected": sorted(rejected, key=lambda r: r["learner"].lower()),
     }
 

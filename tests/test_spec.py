@@ -21,18 +21,16 @@ import pytest
 import spec_reference as ref
 from fedmodels import LinearLearner
 
-from fedchain.aggregation.rules import Submission, Update, find_duplicates
-from fedchain.aggregation.strategy import FedAdam, strategy_from_plan
-from fedchain.errors import AggregationError, InvalidModel
-from fedchain.eth.accounts import learner_key
-from fedchain.federation.fetching import staleness_weight
-from fedchain.federation.replay import state_cid_after
+from fedchain.aggregation.strategy import FedAdam
+from fedchain.errors import InvalidModel
 from fedchain.federation.simulation import simulate
-from fedchain.model.codec import decode, encode, spec
-from fedchain.model.fetch import canonical_cid
-from fedchain.model.plan import Plan
+from fedchain.model.codec import decode, encode
+from fedchain.protocol.ledger import Ledger
+from fedchain.protocol.params import Plan
+from fedchain.protocol.rules import learner_key
 from fedchain.storage import cid_of
 from fedchain.storage.cid import to_cid
+from fedchain.storage.local import LocalStore
 
 ROOT = Path(__file__).resolve().parent.parent
 VECTORS = ROOT / "tests" / "data" / "spec_vectors"
@@ -68,62 +66,26 @@ def _reference_outcome(vector_dir: Path) -> dict[str, Any]:
     return _outcome(o.model_cid, o.state_cid, o.included, o.carried_over, o.rejected)
 
 
-def _fedchain_outcome(vector_dir: Path) -> dict[str, Any]:
-    """The vector's outcome by fedchain's codec, CIDs, duplicate rule and strategies, driven by
-    the round rule (SPEC §7.3) as the aggregator applies it."""
-    v = _load(vector_dir)
-    limit = v["max_model_bytes"]
-    strategy = strategy_from_plan(v["strategy"])
-    previous_bytes = (vector_dir / v["previous"]).read_bytes()
-    if v["timed_out"]:
-        return _outcome(str(cid_of(previous_bytes)), None, [], "timed-out", [])
-    previous = decode(previous_bytes, max_bytes=limit)
-    state = decode((vector_dir / v["state"]).read_bytes(), max_bytes=limit) if v["state"] else None
-    rejected = [(s["learner"], "removed") for s in v["submissions"] if s["learner"] in v["removed"]]
-    usable = [s for s in v["submissions"] if s["learner"] not in v["removed"]]
-
-    def carried(reason: str) -> dict[str, Any]:
-        return _outcome(str(cid_of(encode(previous))), None, [], reason, rejected)
-
-    if len(usable) < v["min_updates"]:
-        return carried("below-min-updates")
-    data = [(vector_dir / s["file"]).read_bytes() for s in usable]
-    cids = [cid_of(d) for d in data]
-    chain = [Submission(s["learner"], cid.multihash, (k, 0), ref=k)
-             for k, (s, cid) in enumerate(zip(usable, cids, strict=True))]
-    kept, duplicates = find_duplicates(chain)
-    first = {k.content: k for k in kept}
-    later = {d.submission.ref for d in duplicates}
-    updates: list[Update] = []
-    for k in sorted(range(len(usable)), key=lambda k: learner_key(usable[k]["learner"])):
-        s = usable[k]
-        if v["exclude_duplicates"] and k in later:
-            rejected.append((s["learner"], "duplicate"))
-            continue
-        if len(data[k]) > limit:
-            rejected.append((s["learner"], "too-large"))
-            continue
-        try:
-            weights = decode(data[k], spec(previous), limit)
-        except InvalidModel:
-            rejected.append((s["learner"], "invalid"))
-            continue
-        original = first.get(canonical_cid(weights).multihash)
-        if (v["exclude_duplicates"] and original is not None and original.order < chain[k].order
-                and original.learner != s["learner"]):
-            rejected.append((s["learner"], "duplicate"))
-            continue
-        updates.append(Update(s["learner"], staleness_weight(s["num_examples"], s["staleness"]),
-                              weights))
+def _load_script() -> Any:
+    """scripts/spec_vectors.py as a module (the vectors' generator and fedchain's adapter)."""
+    path = ROOT / "scripts" / "spec_vectors.py"
+    loaded = importlib.util.spec_from_file_location("spec_vectors_script", path)
+    assert loaded is not None and loaded.loader is not None
+    module = importlib.util.module_from_spec(loaded)
+    sys.modules[loaded.name] = module  # its dataclasses look their module up
     try:
-        new, new_state = strategy.aggregate(previous, updates, state)
-    except (AggregationError, InvalidModel):
-        return carried("aggregation-failed")
-    if len(updates) < max(1, v["min_updates"]):
-        return carried("too-few-valid")
-    state_cid = str(cid_of(encode(new_state))) if strategy.stateful and new_state else None
-    return _outcome(str(cid_of(encode(new))), state_cid, [u.learner for u in updates], None,
-                    rejected)
+        loaded.loader.exec_module(module)
+    finally:
+        del sys.modules[loaded.name]
+    return module
+
+
+def _fedchain_outcome(vector_dir: Path, tmp_path: Path) -> dict[str, Any]:
+    """The vector's outcome by `fedchain.protocol.round.run_round`, the function the
+    aggregator, the learners and the audit run, over the vector's files in a LocalStore."""
+    script = _load_script()
+    vector = script.vectors()[vector_dir.name]
+    return script.outcome(vector, LocalStore(tmp_path / "store"))
 
 
 # --- (a) the reference, (b) fedchain, re-derive every vector --------------------------------
@@ -136,9 +98,9 @@ def test_reference_implementation_rederives_the_vector(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_fedchain_rederives_the_vector(name):
+def test_fedchain_rederives_the_vector(name, tmp_path):
     vector_dir = VECTORS / name
-    assert _fedchain_outcome(vector_dir) == _load(vector_dir)["expected"]
+    assert _fedchain_outcome(vector_dir, tmp_path) == _load(vector_dir)["expected"]
 
 
 def test_the_vectors_cover_the_spec():
@@ -334,15 +296,7 @@ def test_the_vectors_catch_a_wrong_rule(mutant, monkeypatch):
 
 
 def test_spec_vectors_check_passes(capsys):
-    path = ROOT / "scripts" / "spec_vectors.py"
-    loaded = importlib.util.spec_from_file_location("spec_vectors_script", path)
-    assert loaded is not None and loaded.loader is not None
-    module = importlib.util.module_from_spec(loaded)
-    sys.modules[loaded.name] = module  # its dataclasses look their module up
-    try:
-        loaded.loader.exec_module(module)
-    finally:
-        del sys.modules[loaded.name]
+    module = _load_script()
     assert module.main(["--check"]) == 0, capsys.readouterr().out
     assert "0 problem(s)" in capsys.readouterr().out
 
@@ -360,9 +314,11 @@ def test_a_real_federation_is_rederived_by_the_reference(store):
     plan = Plan.load(store, contract.plan())
     assert plan.strategy["name"] == "FedAdam"
     states = []
+    ledger = Ledger(contract)
+    ledger.refresh()
     for round in (1, 2, 3):
         previous = store.get(to_cid(contract.global_model(round - 1)))
-        state_cid = state_cid_after(contract, round - 1) if round > 1 else None
+        state_cid = ledger.state_after(round - 1)
         state = store.get(state_cid.require()) if state_cid is not None else None
         submissions = [ref.Submission(u.learner, u.num_examples, u.staleness,
                                       store.get(u.model_cid.require()), cid=u.model_cid.raw)
