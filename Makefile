@@ -8,11 +8,19 @@ STAMP_NPM := node_modules/.fedchain-installed
 
 setup: $(STAMP_PY) $(STAMP_NPM)
 
+# Where torch comes from: PyTorch's index of CPU builds. PyPI's torch for Linux is the CUDA
+# build (~16 nvidia-* wheels, gigabytes). `make setup TORCH_INDEX=` installs it from pip's
+# usual index (PyPI: CUDA on Linux); TORCH_INDEX=<url> from another index or mirror.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+
 $(STAMP_PY): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PIP) install --quiet --upgrade pip
-	# torch first, pinned exactly: a bare `torch` requirement would pull CUDA wheels.
-	$(PIP) install --quiet "torch==2.13.0"
+	# torch first, alone and pinned exactly, from TORCH_INDEX instead of PyPI (so PyPI's CUDA
+	# build never comes into question). A wheel in pip's find-links still counts, and an index
+	# that cannot be reached is given up within seconds (--retries 1 --timeout 15): a machine
+	# offline with the wheel at hand installs it. Its dependencies come with the project's.
+	$(PIP) install --quiet --no-deps $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --retries 1 --timeout 15) "torch==2.13.0"
 	$(PIP) install --quiet -e ".[dev,bench]"
 	touch $@
 
