@@ -93,6 +93,24 @@ def test_learners_dispute_a_tampered_model_and_do_not_train_on_it(fed, store):
     assert any(c.what == "global model" and c.round == 1 for c in report.failures())
 
 
+def test_a_plan_with_verify_off_does_not_switch_off_a_learners_own_check(fed, store):
+    chain, aggregator, bindings = fed
+    # A committee majority publishes a plan that asks nobody to check, then tampers.
+    config = RunConfig(strategy=FedAvg(), rounds=3, min_updates=3, round_timeout=30.0,
+                       train=TRAIN, poll_interval=0.05, verify="off")
+    agg = Tampering(aggregator, store, config, initial_weights=initial_weights())
+    assert agg.start().verify == "off"
+    nodes = [LearnerNode(LinearLearner(i), b, store, poll_interval=0.05)
+             for i, b in enumerate(bindings)]  # each learner's own choice: "full"
+    for n in nodes:
+        n.step()
+    agg.run_round(1)
+    for n in nodes:
+        n.step()
+    assert all(n.verified == {1: False} and n.disputed == [1] for n in nodes)
+    assert not any(aggregator.has_submitted(2, n.address) for n in nodes)
+
+
 def test_honest_rounds_are_verified_before_training(store):
     result = simulate(_learners, 3, FedAvg(), 3, store=store, train_config=TRAIN)
     for n in result.learners:

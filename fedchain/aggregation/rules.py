@@ -180,6 +180,22 @@ def stream_mean(
 # --- coordinate-wise robust rules ----------------------------------------------------
 
 
+#: The bits below a float64's sign: flipping them on negative values maps IEEE-754 order onto
+#: int64 order, with −0 just below +0 (an involution: applying it again restores the floats).
+_MAGNITUDE = np.int64(0x7FFFFFFFFFFFFFFF)
+
+
+def _sort_total(rows: np.ndarray) -> None:
+    """Sorts float64 `rows` along axis 1 in place, in IEEE-754's total order (−0 before +0).
+
+    Through int64 keys: integers sort to one result on every CPU, where numpy's float sort
+    places −0 and +0 (equal as floats) by the vector instructions it runs with."""
+    bits = rows.view(np.int64)
+    bits ^= (bits >> 63) & _MAGNITUDE
+    bits.sort(axis=1)
+    bits ^= (bits >> 63) & _MAGNITUDE
+
+
 def _coordinatewise(models: Sequence[Weights], rule: Callable[[np.ndarray], np.ndarray]) -> Weights:
     """Apply `rule` to each block of coordinates, sorted: rows = coordinates, columns = models."""
     n = len(models)
@@ -193,7 +209,7 @@ def _coordinatewise(models: Sequence[Weights], rule: Callable[[np.ndarray], np.n
             rows = block[: stop - start]
             for j, flat in enumerate(flats):
                 rows[:, j] = flat[start:stop]
-            rows.sort(axis=1)
+            _sort_total(rows)
             values[start:stop] = rule(rows)
         result[name] = _cast_like(values, ref)
     return result
