@@ -25,6 +25,7 @@ from ..protocol.fetching import UNAVAILABLE, Outcome, fetch_updates
 from ..protocol.ledger import RoundRecord
 from ..protocol.params import Plan, fetch_plan
 from ..protocol.round import REMOVED, Fetch, RoundOutcome, run_published, run_round
+from ..protocol.rules import update_timeout
 from ..storage import ContentStore, cid_of
 from .report import (
     FAILED,
@@ -153,7 +154,8 @@ def _fetcher(store: ContentStore, walk: _Walk) -> Fetch:
     def fetch(usable: Sequence[UpdateSubmitted]) -> Iterable[Outcome]:
         return fetch_updates(store, usable, max_bytes=plan.max_model_bytes,
                              reference=walk.reference,
-                             exclude_duplicates=plan.exclude_duplicates)
+                             exclude_duplicates=plan.exclude_duplicates,
+                             timeout=update_timeout(walk.reference.nbytes))
 
     return fetch
 
@@ -176,9 +178,13 @@ def _check_outcome(r: RoundAudit, outcome: RoundOutcome, min_updates: int, add: 
             add(NOTE, "left-out update", f"excluded: {REMOVED}", x.learner)
         elif x.reason == why:
             add(NOTE, "left-out update", f"{x.cid} left out: {why}: carried over", x.learner)
+        elif x.unavailable:
+            # Left out, and not served within its deadline to this audit either: what the
+            # committee did is what the rule gives (an update unavailable to all is excused).
+            add(NOTE, "left-out update", f"{x.cid}: unavailable within its deadline to the "
+                f"committee and to this audit: {x.reason}", x.learner)
         else:
-            add(UNFETCHABLE if x.unavailable else NOTE, "left-out update",
-                f"{x.cid}: {x.reason}", x.learner)
+            add(NOTE, "left-out update", f"{x.cid}: {x.reason}", x.learner)
     for u in outcome.included:
         if u.learner not in published:
             add(FAILED, "left-out update", f"{u.model_cid} is a valid update the round left "

@@ -48,7 +48,7 @@ from ..protocol.fetching import Outcome, fetch_updates
 from ..protocol.ledger import Ledger, RoundRecord
 from ..protocol.params import Plan
 from ..protocol.round import run_round
-from ..protocol.rules import is_selected
+from ..protocol.rules import is_selected, update_timeout
 from ..storage import ContentStore
 from ..storage.cid import CID
 from .config import RunConfig
@@ -60,6 +60,10 @@ log = logging.getLogger("fedchain.aggregator")
 T = TypeVar("T")
 
 EvaluateFn = Callable[[int, Weights], tuple[float, Mapping[str, float]] | None]
+
+#: Updates a committee member fetches (or holds) at once: while a slow one runs out its own
+#: deadline, the next ones are fetched.
+FETCH_IN_FLIGHT = 4
 
 #: How often a party still waiting on the chain says so again, in seconds.
 WAIT_WARNING_INTERVAL = 60.0
@@ -321,13 +325,17 @@ class Aggregator:
 
     def fetch_round(self, usable: Sequence[UpdateSubmitted],
                     deadline: float | None = None) -> Iterable[Outcome]:
-        """The round's updates, fetched in learner order as the strategy pulls them (with the
-        plan's size limit, by `deadline`)."""
+        """The round's updates, fetched in learner order as the strategy pulls them, up to
+        FETCH_IN_FLIGHT at once: each within its own `rules.update_timeout` (so a slow update
+        costs its own time only), all by `deadline` (the config's fetch_timeout past the round
+        timeout), with the plan's size limit."""
         assert self._spec is not None
         plan = self._plan()
         return fetch_updates(self.store, usable, max_bytes=plan.max_model_bytes,
                              exclude_duplicates=plan.exclude_duplicates,
-                             reference=self._spec, deadline=deadline, copy=False)
+                             reference=self._spec, deadline=deadline, copy=False,
+                             timeout=update_timeout(self._spec.nbytes),
+                             in_flight=FETCH_IN_FLIGHT)
 
     def previous_global(self, round: int) -> Weights:
         """The global model published before `round` (the genesis model before round 1)."""

@@ -48,7 +48,7 @@ from ..protocol.fetching import Outcome, fetch_updates
 from ..protocol.ledger import Ledger
 from ..protocol.params import VERIFY_MODES, Plan
 from ..protocol.round import differences, disputed_cid, run_round
-from ..protocol.rules import commitment
+from ..protocol.rules import commitment, update_timeout
 from ..storage import ContentStore
 from ..storage.cid import CID
 from .learner import Learner
@@ -398,7 +398,8 @@ class LearnerNode:
 
         def fetch(usable: Sequence[UpdateSubmitted]) -> Iterable[Outcome]:
             return fetch_updates(self.store, usable, max_bytes=limit, reference=reference,
-                                 exclude_duplicates=plan.exclude_duplicates)
+                                 exclude_duplicates=plan.exclude_duplicates,
+                                 timeout=update_timeout(reference.nbytes))
 
         outcome = run_round(plan, self._strategy, record, fetch, previous, state)
         unfetched = {r.learner for r in outcome.excluded if r.unavailable}

@@ -26,6 +26,7 @@ from eth_utils import keccak, to_checksum_address
 
 from ..errors import AggregationError, InvalidCID
 from ..storage.cid import CID
+from ..storage.fetch import DEFAULT_DEADLINES
 
 #: selectPpm that selects everyone (the contract's ALL).
 ALL_PPM = 1_000_000
@@ -102,6 +103,23 @@ def plan_min_updates(learners: int, fraction: float = 1.0, buffer_size: int = 0)
     the buffer's worth arrived)."""
     quorum = default_min_updates(math.ceil(fraction * learners) if fraction < 1.0 else learners)
     return min(quorum, buffer_size) if buffer_size else quorum
+
+
+# --- fetching ----------------------------------------------------------------------
+
+
+#: Bytes an update's file may hold beyond its tensors (its safetensors header).
+HEADER_ALLOWANCE = 64 * 1024
+
+
+def update_timeout(model_bytes: int) -> float:
+    """Seconds each update of a round may take to fetch, from its own start: the documented
+    max(30 s, size / 1 MiB/s) for the size every valid update has (the global model's tensors
+    and a header), capped at an hour. Sized from the model, not from what a node declares, so
+    an update that trickles in costs its own deadline only and every other update keeps its
+    own; every party fetches with it, so an update too slow for the committee is too slow for
+    the learners and the audit alike."""
+    return DEFAULT_DEADLINES.seconds(model_bytes + HEADER_ALLOWANCE)
 
 
 # --- carry-over ----------------------------------------------------------------------
