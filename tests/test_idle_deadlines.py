@@ -6,12 +6,14 @@ learner, stalled the federation forever on automine Anvil)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import pytest
 from fixtures.chains import dev
 
+from fedchain.cli import devnet
 from fedchain.errors import RoundNotExpired
-from fedchain.eth.chain import Chain
+from fedchain.eth.chain import Chain, connect
 from fedchain.eth.contract import FedChain, RoundParams
 
 GENESIS = b"\x01\x55\x12\x20" + bytes(range(32))
@@ -31,8 +33,24 @@ def _wait_past(contract: FedChain, deadline: int) -> None:
         time.sleep(0.2)
 
 
+@pytest.fixture(params=["embedded", pytest.param("anvil", marks=pytest.mark.anvil),
+                        pytest.param("ganache", marks=pytest.mark.ganache)])
+def idle_chain(request: pytest.FixtureRequest) -> Iterator[Chain]:
+    """A chain of its own whose clock no other test moved (the session's nodes have been
+    `advance_time`d: their blocks are stamped ahead of this machine's clock)."""
+    if request.param == "embedded":
+        yield connect("embedded", fresh=True)
+        return
+    node = devnet.start_anvil() if request.param == "anvil" else devnet.start_ganache()
+    try:
+        yield connect(node.url)
+    finally:
+        node.stop()
+
+
 def test_a_dead_committees_round_is_closed_and_late_votes_land_on_an_idle_chain(
-        chain: Chain) -> None:
+        idle_chain: Chain) -> None:
+    chain = idle_chain
     members = [dev(chain, i) for i in (1, 6, 7)]
     learners = [dev(chain, i) for i in (2, 3)]
     chain.fund([m.address for m in members])

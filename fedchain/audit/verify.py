@@ -225,6 +225,8 @@ def _judge_votes(r: RoundAudit, outcome: RoundOutcome | None) -> None:
     for what the plan's rule does not give), and marks the dissenters who voted for the
     re-derived outcome as the honest minority, instead of failing them as dissenters."""
     assert r.published is not None
+    if len({v.member for v in r.votes}) < 2:
+        return  # one voter (a committee of one): the round's own checks say it all
     if not any(c.status == FAILED and c.what != "vote" for c in r.checks):
         return
     closing = (r.published.model_cid, r.published.state_cid, set(r.published.included))

@@ -166,6 +166,13 @@ class Aggregator:
             self._round_block = opened[-1] if opened else 0
             for note in self._disagreements(self.plan):
                 log.warning("%s", note)
+        members, _ = c.committee()
+        if len(members) > 1 and not (self.plan.update_window and self.plan.vote_window):
+            raise ConfigError(
+                f"the plan on chain has no update and vote deadlines, and a committee of "
+                f"{len(members)} runs it: without them one member's early vote freezes a "
+                "round's submissions; this member refuses to serve it (deploy again with a "
+                "plan that sets update_window and vote_window)")
         learners = c.learner_count()
         if self.plan.min_updates > learners:
             log.warning("min_updates is %d but only %d learners are registered: rounds will "
@@ -216,7 +223,12 @@ class Aggregator:
         c = self.contract
         if self.strategy is None or self.initial_weights is None:
             raise ConfigError("genesis needs a strategy and initial weights")
-        plan = self.config.plan(c.learner_count())
+        members, _ = c.committee()
+        plan = self.config.plan(c.learner_count(), committee=len(members))
+        if len(members) > 1 and plan.update_window != self.config.update_window:
+            log.info("a committee of %d: the plan's rounds take updates for %d s and votes for "
+                     "%d s more (set update_window / vote_window to choose)", len(members),
+                     plan.update_window, plan.vote_window)
         model_cid = self.store.put(encode(self.initial_weights))
         plan_cid = self.store.put(plan.to_json())
         try:

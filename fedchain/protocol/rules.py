@@ -122,6 +122,28 @@ def update_timeout(model_bytes: int) -> float:
     return DEFAULT_DEADLINES.seconds(model_bytes + HEADER_ALLOWANCE)
 
 
+# --- deadlines of a committee ------------------------------------------------------
+
+
+#: The shortest update and vote windows a committee's plan gets by default (seconds).
+MIN_COMMITTEE_WINDOW = 60
+
+
+def committee_windows(round_timeout: float, update_window: int = 0,
+                      vote_window: int = 0) -> tuple[int, int]:
+    """(update_window, vote_window) of a plan run by a committee of more than one member.
+
+    Without deadlines the first vote closes a round's submissions, so one member voting
+    "nothing included" as each round opens would freeze learning; with them, the contract
+    refuses votes before the update deadline unless every learner is in, and anyone may close
+    a round past its vote deadline. Windows the configuration names are kept; missing ones
+    are sized from the aggregator's round timeout: the update window the round timeout, the
+    vote window half of it, each at least MIN_COMMITTEE_WINDOW seconds."""
+    updates = update_window or max(MIN_COMMITTEE_WINDOW, math.ceil(round_timeout))
+    votes = vote_window or max(MIN_COMMITTEE_WINDOW, math.ceil(round_timeout / 2))
+    return min(updates, 2**24 - 1), min(votes, 2**24 - 1)
+
+
 # --- carry-over ----------------------------------------------------------------------
 
 
