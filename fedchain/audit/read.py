@@ -16,7 +16,13 @@ from typing import Any
 from web3.exceptions import Web3RPCError
 
 from ..eth.contract import FedChainReader
-from ..federation.history import weighted_metrics
+from ..eth.events import EvaluationReported
+from ..federation.history import (
+    REPORT_EXAMPLES_CAP,
+    report_weights,
+    usable_reports,
+    weighted_metrics,
+)
 from ..protocol.ledger import Ledger
 from ..protocol.rules import ALL_PPM, is_selected
 from .report import FAILED, NOTE, AuditReport, Check, Evaluation, RoundAudit, Submission
@@ -117,6 +123,7 @@ def read_federation(
             seeds[record.round] = record.seed
         report.rounds.append(r)
         r.loss, r.metrics = weighted_metrics(record.evaluations)
+        _capped_reports(r, record.evaluations)
     ppm = report.genesis.select_ppm if report.genesis is not None else 0
     for r in report.rounds:
         r.abandoned = r.published is None and report.finished_after is not None
@@ -157,6 +164,16 @@ def _selection_checks(r: RoundAudit, seeds: dict[int, bytes], indices: dict[str,
         if seed is None or index == 0 or not is_selected(seed, index, ppm):
             r.checks.append(Check(FAILED, "selection", "submitted without being selected by "
                                   "the round's seed", r.round, s.learner))
+
+
+def _capped_reports(r: RoundAudit, reports: list[EvaluationReported]) -> None:
+    """A note for each evaluation report that claims more examples than it counts for."""
+    usable = usable_reports(reports)
+    for report, weight in zip(usable, report_weights(usable), strict=True):
+        if weight < report.num_examples:
+            r.checks.append(Check(NOTE, "evaluation", f"claims {report.num_examples:,} "
+                                  f"examples; counts for {weight:,} ({REPORT_EXAMPLES_CAP:g} × "
+                                  "the round's median claim)", r.round, report.learner))
 
 
 def _governance_checks(report: AuditReport, ledger: Ledger) -> None:
