@@ -111,9 +111,9 @@ def one_config(n: int, d: int, full: bool, units: dict) -> dict:
 
 def unit_costs(d: int) -> dict:
     seed = secret(0)
-    prg = best(lambda: prg_words(seed, d, 26), 3) / d
+    prg = best(lambda: prg_words(seed, d, 26), 7) / d
     a, b = prg_words(seed, d), prg_words(secret(1), d)
-    add = best(lambda: np.add(a, b, out=a), 3) / d
+    add = best(lambda: np.add(a, b, out=a), 7) / d
     members = {addr(m): S.RoundKeys.derive(secret(m), addr(m), CTX) for m in range(COMMITTEE)}
     holders = {m: mk.public_key for m, mk in members.items()}
     dealer = S.RoundKeys.derive(secret(99), addr(99), CTX)

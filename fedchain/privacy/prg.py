@@ -41,7 +41,13 @@ def prg_words(seed: bytes, length: int, bits: int = 64) -> np.ndarray:
     reduced mod 2^bits (its low `bits` bits kept)."""
     if not 1 <= bits <= 64:
         raise PrivacyError(f"bits must be 1 … 64, not {bits}")
-    words = np.frombuffer(keystream(seed, 8 * length), dtype="<u8").astype(np.uint64)
+    _check_seed(seed)
+    enc = Cipher(algorithms.AES(bytes(seed)), modes.CTR(_ZERO_BLOCK)).encryptor()
+    buf = bytearray(8 * length + 15)  # update_into's room for a block
+    enc.update_into(bytes(8 * length), buf)
+    words = np.frombuffer(buf, dtype="<u8", count=length)
+    if words.dtype != np.uint64:  # a big-endian machine: the values, in native order
+        words = words.astype(np.uint64)
     if bits < 64:
         words &= np.uint64((1 << bits) - 1)
     return words

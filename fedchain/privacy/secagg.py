@@ -272,15 +272,22 @@ def mask(quantized: np.ndarray, keys: RoundKeys, public_keys: Mapping[str, bytes
     if q.size and int(q.max()) >> bits:
         raise PrivacyError(f"a quantized value does not fit {bits} bits")
     n = q.size
+    pks = _by_key(public_keys)
     y = q + prg_words(keys.self_seed, n, bits)
     for j in graph[keys.learner]:
+        if j not in pks:
+            raise PrivacyError(f"no public key for {j}, a neighbour of {keys.learner}")
         words = prg_words(pairwise_seed(keys.private_key, keys.learner, keys.public_key,
-                                        j, public_keys[j], ctx), n, bits)
+                                        j, pks[j], ctx), n, bits)
         if j > keys.learner:
             y += words
         else:
             y -= words
     return _reduce(y, bits)
+
+
+def _by_key(mapping: Mapping[str, bytes]) -> dict[str, bytes]:
+    return {learner_key(a): v for a, v in mapping.items()}
 
 
 def _reduce(v: np.ndarray, bits: int) -> np.ndarray:
@@ -446,6 +453,8 @@ def unmask(masked: Mapping[str, np.ndarray], graph: Mapping[str, Sequence[str]],
     finished = sorted(learner_key(k) for k in masked)
     if not finished:
         raise PrivacyError("nothing to unmask")
+    public_keys, self_seeds = _by_key(public_keys), _by_key(self_seeds)
+    dropped_keys = _by_key(dropped_keys)
     vectors = {learner_key(k): np.asarray(v) for k, v in masked.items()}
     length = vectors[finished[0]].size
     total = np.zeros(length, np.uint64)
@@ -455,6 +464,8 @@ def unmask(masked: Mapping[str, np.ndarray], graph: Mapping[str, Sequence[str]],
             raise PrivacyError(f"the masked vector of {i} is not {length} values of {bits} bits")
         if i not in self_seeds:
             raise PrivacyError(f"no self-mask seed for {i}, which finished")
+        if i not in graph:
+            raise PrivacyError(f"{i} is not in the round's graph")
         total += y
         total -= prg_words(self_seeds[i], length, bits)
         for j in graph[i]:
@@ -462,6 +473,8 @@ def unmask(masked: Mapping[str, np.ndarray], graph: Mapping[str, Sequence[str]],
                 continue
             if j not in dropped_keys:
                 raise PrivacyError(f"no private key for {j}, a dropped neighbour of {i}")
+            if j not in public_keys or i not in public_keys:
+                raise PrivacyError(f"no public key for {i} or {j}")
             words = prg_words(pairwise_seed(dropped_keys[j], j, public_keys[j], i,
                                             public_keys[i], ctx), length, bits)
             if i < j:
