@@ -399,3 +399,66 @@ def test_groups_each_unmask_their_own_sum():
         assert np.array_equal(total, r.plain_sum(part))
     with pytest.raises(PrivacyError):
         S.groups(r.learners[:4], r.ctx, 5)
+
+
+# --- the public steps end to end -----------------------------------------------------
+
+
+def test_holders_reveal_one_key_per_dealer_and_anyone_unmasks_from_public_data():
+    r, mkeys, holders, dealings, dropped, finished = _dropout_round(30, 5, 3, 0.3)
+    revealed = {}
+    for m, mk in mkeys.items():
+        out = S.reveal(mk, dealings.values(), finished, r.graph, 2, r.ctx)
+        assert {a: kind for a, (kind, _) in out.items()} == \
+            {a: S.KEY if a in dropped else S.SELF for a in r.learners}  # one kind, never both
+        revealed[m] = {a: key for a, (_, key) in out.items()}
+    liar = sorted(mkeys)[0]
+    revealed[liar] = {a: bytes(32) for a in revealed[liar]}  # one member reveals garbage
+    out = S.unmask_public(finished, r.ann, dealings, revealed, holders, r.graph, r.ctx, r.bits)
+    assert np.array_equal(out.total, r.plain_sum(finished))
+    assert set(out.finished) == set(finished)
+    assert set(out.dropped) == {j for i in finished for j in r.graph[i]} & dropped
+    assert {h for _, h in out.refused} == {liar}
+    # Three liars of five: fewer than t = 3 valid shares, nothing comes out.
+    for m in sorted(mkeys)[1:3]:
+        revealed[m] = {a: bytes(32) for a in revealed[m]}
+    with pytest.raises(PrivacyError, match="needed"):
+        S.unmask_public(finished, r.ann, dealings, revealed, holders, r.graph, r.ctx, r.bits)
+
+
+def test_a_holder_reveals_nothing_that_would_expose_a_learner():
+    r = Round(12, dim=4, degree=2)
+    mk = S.RoundKeys.derive(master(77), addresses(1, 5)[0], r.ctx)
+    dealings = [S.deal(r.keys[a], {mk.learner: mk.public_key}, 1, r.ctx) for a in r.learners]
+    lonely = r.learners[0]
+    finished = set(r.learners) - set(r.graph[lonely])
+    with pytest.raises(PrivacyError, match="expose"):
+        S.reveal(mk, dealings, finished, r.graph, 2, r.ctx)
+
+
+def test_the_public_view_does_not_give_a_finished_learners_update():
+    r, mkeys, holders, dealings, dropped, finished = _dropout_round(30, 5, 3, 0.3)
+    revealed = {m: {a: k for a, (_, k) in S.reveal(mk, dealings.values(), finished, r.graph,
+                                                   2, r.ctx).items()}
+                for m, mk in mkeys.items()}
+    seeds, keys = {}, {}
+    for a in r.learners:
+        kind = S.KEY if a in dropped else S.SELF
+        rev = {m: revealed[m][a] for m in revealed}
+        (keys if a in dropped else seeds)[a] = S.recover_secret(dealings[a], r.ann[a], kind,
+                                                                rev, holders, r.ctx)
+    mask_top = np.uint64((1 << r.bits) - 1)
+    for i in sorted(finished)[:5]:
+        # Everything public about i taken off its masked vector: its self mask and its masks
+        # with dropped neighbours. What is left still carries the masks it shares with its
+        # finished neighbours, whose private keys were never revealed.
+        guess = (finished[i] - prg_words(seeds[i], finished[i].size, r.bits)) & mask_top
+        for j in r.graph[i]:
+            if j in dropped:
+                w = prg_words(S.pairwise_seed(keys[j], j, r.pks[j], i, r.pks[i], r.ctx),
+                              guess.size, r.bits)
+                guess = (guess - w if j > i else guess + w) & mask_top
+        assert any(j in finished for j in r.graph[i])
+        assert not np.array_equal(guess, r.q[i])
+        # and it looks uniform mod 2^k, not like values in [0, 2R]
+        assert int(np.count_nonzero(guess <= np.uint64(2 * RANGE))) < guess.size // 2

@@ -417,14 +417,23 @@ def recover_secret(dealing: Dealing, announcement: Announcement, kind: str,
     """The dealer's secret of `kind` from the holders' revealed keys (holder → key; holder_keys:
     holder → its public key): shares that do not decrypt are left out; the first `threshold`
     valid ones by position are interpolated; the result is checked against the announcement."""
+    return _recover(dealing, announcement, kind, revealed, holder_keys, ctx)[0]
+
+
+def _recover(dealing: Dealing, announcement: Announcement, kind: str,
+             revealed: Mapping[str, bytes], holder_keys: Mapping[str, bytes],
+             ctx: RoundContext) -> tuple[bytes, list[str]]:
     if learner_key(announcement.learner) != dealing.dealer or \
             announcement.public_key != dealing.public_key:
         raise PrivacyError(f"the dealing of {dealing.dealer} is not its announcement's")
+    revealed, holder_keys = _by_key(revealed), _by_key(holder_keys)
     shares, refused = {}, []
     for pos, holder in enumerate(dealing.holders, start=1):
         if holder not in revealed:
             continue
         try:
+            if holder not in holder_keys:
+                raise PrivacyError(f"no public key for holder {holder}")
             shares[pos] = open_share(dealing, holder, kind, revealed[holder],
                                      holder_keys[holder], ctx)
         except PrivacyError:
@@ -438,7 +447,7 @@ def recover_secret(dealing: Dealing, announcement: Announcement, kind: str,
         raise PrivacyError(f"the reconstructed {kind} secret of {dealing.dealer} is not 256 bits")
     secret = value.to_bytes(32, "big")
     check_secret(secret, kind, announcement, ctx)
-    return secret
+    return secret, refused
 
 
 # --- unmasking (§S.7) ----------------------------------------------------------------
@@ -482,3 +491,60 @@ def unmask(masked: Mapping[str, np.ndarray], graph: Mapping[str, Sequence[str]],
             else:
                 total += words
     return _reduce(total, bits)
+
+
+# --- the public steps after the deadline (§S.7), end to end --------------------------
+
+
+def reveal(holder_keys: RoundKeys, dealings: Iterable[Dealing], finished: Iterable[str],
+           graph: Mapping[str, Sequence[str]], min_component: int,
+           ctx: RoundContext) -> dict[str, tuple[str, bytes]]:
+    """A holder's revelation: for each dealing it holds a share of, (kind, key) with kind SELF
+    if the dealer finished and KEY if not, never both; nothing (PrivacyError) if a component of
+    the finished learners is smaller than `min_component` (check_revealable)."""
+    done = {learner_key(a) for a in finished}
+    check_revealable(graph, done, max(2, min_component))
+    out = {}
+    for d in dealings:
+        if holder_keys.learner in d.holders:
+            kind = SELF if d.dealer in done else KEY
+            out[d.dealer] = (kind, reveal_key(holder_keys, d, kind, ctx))
+    return out
+
+
+@dataclass(frozen=True)
+class Unmasked:
+    """The sum of a round (or group) from public data, and the shares refused on the way."""
+
+    total: np.ndarray          # Σ q_i mod 2^k over the finished learners
+    finished: tuple[str, ...]  # by key
+    dropped: tuple[str, ...]   # the dropped neighbours whose keys were recovered
+    refused: tuple[tuple[str, str], ...]  # (dealer, holder): revealed keys that did not open
+
+
+def unmask_public(masked: Mapping[str, np.ndarray], announcements: Mapping[str, Announcement],
+                  dealings: Mapping[str, Dealing], revealed: Mapping[str, Mapping[str, bytes]],
+                  holder_keys: Mapping[str, bytes], graph: Mapping[str, Sequence[str]],
+                  ctx: RoundContext, bits: int) -> Unmasked:
+    """What anyone computes after the deadline: each finished learner's b_i and each dropped
+    neighbour's private key recovered from the revealed keys (revealed: holder → dealer → key),
+    checked against the announcements, then `unmask`. Raises PrivacyError if a secret cannot be
+    recovered."""
+    ann = {learner_key(a): v for a, v in announcements.items()}
+    deal_by = {learner_key(a): v for a, v in dealings.items()}
+    finished = sorted(learner_key(a) for a in masked)
+    done = set(finished)
+    dropped = sorted({j for i in finished for j in graph.get(i, ()) if j not in done})
+    refused: list[tuple[str, str]] = []
+    secrets: dict[str, dict[str, bytes]] = {SELF: {}, KEY: {}}
+    for a in [*finished, *dropped]:
+        if a not in deal_by or a not in ann:
+            raise PrivacyError(f"no dealing or announcement of {a}")
+        kind = SELF if a in done else KEY
+        keys = {h: by_dealer[a] for h, by_dealer in revealed.items() if a in by_dealer}
+        secrets[kind][a], bad = _recover(deal_by[a], ann[a], kind, keys, holder_keys, ctx)
+        refused += [(a, h) for h in bad]
+    public = {a: v.public_key for a, v in ann.items()}
+    total = unmask({learner_key(a): v for a, v in masked.items()}, graph, public,
+                   secrets[SELF], secrets[KEY], ctx, bits)
+    return Unmasked(total, tuple(finished), tuple(dropped), tuple(refused))
