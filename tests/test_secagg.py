@@ -7,6 +7,8 @@ import hashlib
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedchain.errors import FedChainError, PrivacyError
 from fedchain.privacy import quantize as Q
@@ -338,6 +340,10 @@ def test_tampered_ciphertexts_keys_and_shares_are_refused():
 def test_a_low_order_public_key_is_refused():
     r = Round(3, dim=2)
     a, b = r.learners[:2]
+    S.check_announcement(r.ann[a])
+    for bad in (bytes(32), (1).to_bytes(32, "little"), bytes(31)):
+        with pytest.raises(PrivacyError):
+            S.check_announcement(S.Announcement(a, bad, r.ann[a].commitment))
     with pytest.raises(PrivacyError, match="X25519"):
         S.pairwise_seed(r.keys[a].private_key, a, r.pks[a], b, bytes(32), r.ctx)
 
@@ -462,3 +468,25 @@ def test_the_public_view_does_not_give_a_finished_learners_update():
         assert not np.array_equal(guess, r.q[i])
         # and it looks uniform mod 2^k, not like values in [0, 2R]
         assert int(np.count_nonzero(guess <= np.uint64(2 * RANGE))) < guess.size // 2
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(2, 40), half=st.integers(1, 6), drop=st.floats(0, 0.5),
+       seed=st.integers(0, 2**32 - 1))
+def test_masks_cancel_for_any_round_size_degree_and_dropouts(n, half, drop, seed):
+    ctx = S.RoundContext(1, CTX.contract, seed, hashlib.sha256(b"%d" % seed).digest())
+    learners = sorted(addresses(n, seed % 1000))
+    keys = {a: S.RoundKeys.derive(master(seed + i), a, ctx) for i, a in enumerate(learners)}
+    pks = {a: k.public_key for a, k in keys.items()}
+    graph = S.neighbours(learners, ctx, min(2 * half, n - 1) if 2 * half < n - 1 else None)
+    bits = Q.bits_needed(n, 100)
+    q = {a: prg_words(master(seed + 7 * i), 16, 64) % np.uint64(201)
+         for i, a in enumerate(learners)}
+    ys = {a: S.mask(q[a], keys[a], pks, graph, ctx, bits) for a in learners}
+    gone = set(learners[: int(n * drop)])
+    done = [a for a in learners if a not in gone]
+    if not done:
+        return
+    total = S.unmask({a: ys[a] for a in done}, graph, pks, {a: keys[a].self_seed for a in done},
+                     {a: keys[a].private_key for a in gone}, ctx, bits)
+    assert total.tolist() == [int(sum(int(q[a][c]) for a in done)) for c in range(16)]

@@ -105,6 +105,22 @@ class Announcement:
     commitment: bytes  # to the self-mask seed, 32 bytes
 
 
+_PROBE = X25519PrivateKey.from_private_bytes(hashlib.sha256(SUITE + b"probe").digest())
+
+
+def check_announcement(announcement: Announcement) -> None:
+    """An announcement to refuse at the key deadline: a malformed address, a public key or
+    commitment that is not 32 bytes, or a low-order X25519 public key (every key agreement with
+    it gives zero: its neighbours could not mask)."""
+    learner_key(announcement.learner)
+    if len(announcement.public_key) != 32 or len(announcement.commitment) != 32:
+        raise PrivacyError(f"the announcement of {announcement.learner} is malformed")
+    try:
+        _PROBE.exchange(X25519PublicKey.from_public_bytes(bytes(announcement.public_key)))
+    except ValueError:
+        raise PrivacyError(f"{announcement.learner} announced a low-order public key") from None
+
+
 @dataclass(frozen=True, repr=False)
 class RoundKeys:
     """A participant's secrets for one round, all derived from its own 32-byte secret (§S.3)."""
