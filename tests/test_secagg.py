@@ -544,3 +544,23 @@ def test_vectors_are_what_fedchain_computes():
         assert [w % (1 << k) for w in want] == y
     u = stored["unmask"]
     assert u["sum"] == [sum(m["quantized"][a][c_] for a in u["finished"]) for c_ in range(8)]
+
+
+def test_wire_formats_round_trip_and_refuse_malformed_bytes():
+    r, mkeys, holders, dealings, dropped, finished = _dropout_round(8, 3, 2, 0.3)
+    a = r.learners[0]
+    assert S.decode_announcement(a, S.encode_announcement(r.ann[a])) == r.ann[a]
+    data = S.encode_dealing(dealings[a])
+    assert len(data) == 26 + 56 + 3 * 118
+    assert S.decode_dealing(data) == dealings[a]
+    with pytest.raises(PrivacyError):
+        S.decode_dealing(data[:-1])
+    m = sorted(mkeys)[0]
+    rev = S.reveal(mkeys[m], dealings.values(), finished, r.graph, 2, r.ctx)
+    blob = S.encode_revelation(rev)
+    assert len(blob) == 25 + 53 * len(r.learners)
+    assert S.decode_revelation(blob) == rev
+    with pytest.raises(PrivacyError):
+        S.decode_revelation(blob[:25] + blob[25 + 53:] + blob[25:25 + 53])  # not sorted
+    with pytest.raises(PrivacyError):
+        S.decode_announcement(a, bytes(64))  # a low-order key

@@ -564,3 +564,84 @@ def unmask_public(masked: Mapping[str, np.ndarray], announcements: Mapping[str, 
     total = unmask({learner_key(a): v for a, v in masked.items()}, graph, public,
                    secrets[SELF], secrets[KEY], ctx, bits)
     return Unmasked(total, tuple(finished), tuple(dropped), tuple(refused))
+
+
+# --- wire formats (§S.10) ------------------------------------------------------------
+
+_DEALING_TAG = b"fedchain-secagg/1 dealing\x00"
+_REVEAL_TAG = b"fedchain-secagg/1 reveal\x00"
+_CT = shamir.SHARE_BYTES + 16
+
+
+def encode_announcement(announcement: Announcement) -> bytes:
+    """pk (32) ‖ commitment (32): the learner is whoever publishes it."""
+    check_announcement(announcement)
+    return bytes(announcement.public_key) + bytes(announcement.commitment)
+
+
+def decode_announcement(learner: str, data: bytes) -> Announcement:
+    if len(data) != 64:
+        raise PrivacyError(f"an announcement is 64 bytes, not {len(data)}")
+    out = Announcement(learner_key(learner), bytes(data[:32]), bytes(data[32:]))
+    check_announcement(out)
+    return out
+
+
+def encode_dealing(dealing: Dealing) -> bytes:
+    """tag ‖ dealer (20) ‖ pk (32) ‖ u16 threshold ‖ u16 m ‖ per holder, by key:
+    holder (20) ‖ self ciphertext (49) ‖ key ciphertext (49)."""
+    out = [_DEALING_TAG, _addr(dealing.dealer), bytes(dealing.public_key),
+           dealing.threshold.to_bytes(2, "big"), len(dealing.holders).to_bytes(2, "big")]
+    for h in dealing.holders:
+        out += [_addr(h), dealing.ciphertexts[h][SELF], dealing.ciphertexts[h][KEY]]
+    return b"".join(out)
+
+
+def decode_dealing(data: bytes) -> Dealing:
+    head = len(_DEALING_TAG) + 20 + 32 + 4
+    if len(data) < head or not data.startswith(_DEALING_TAG):
+        raise PrivacyError("not a dealing")
+    at = len(_DEALING_TAG)
+    dealer = "0x" + data[at:at + 20].hex()
+    pk = bytes(data[at + 20:at + 52])
+    threshold = int.from_bytes(data[at + 52:at + 54], "big")
+    m = int.from_bytes(data[at + 54:at + 56], "big")
+    if len(data) != head + m * (20 + 2 * _CT) or not 1 <= threshold <= m:
+        raise PrivacyError(f"a malformed dealing from {dealer}")
+    holders, cts = [], {}
+    for x in range(m):
+        at = head + x * (20 + 2 * _CT)
+        h = "0x" + data[at:at + 20].hex()
+        holders.append(h)
+        cts[h] = {SELF: bytes(data[at + 20:at + 20 + _CT]), KEY: bytes(data[at + 20 + _CT:
+                                                                             at + 20 + 2 * _CT])}
+    if holders != sorted(set(holders)):
+        raise PrivacyError(f"the holders of {dealer}'s dealing are not distinct and sorted")
+    return Dealing(dealer, pk, threshold, tuple(holders), cts)
+
+
+def encode_revelation(revelation: Mapping[str, tuple[str, bytes]]) -> bytes:
+    """tag ‖ per dealer, by key: dealer (20) ‖ kind (1 byte: 0 self, 1 key) ‖ key (32)."""
+    out = [_REVEAL_TAG]
+    by_key = {learner_key(a): v for a, v in revelation.items()}
+    for dealer in sorted(by_key):
+        kind, key = by_key[dealer]
+        if kind not in _KINDS or len(key) != 32:
+            raise PrivacyError(f"a malformed revelation entry for {dealer}")
+        out += [_addr(dealer), bytes([_KINDS.index(kind)]), bytes(key)]
+    return b"".join(out)
+
+
+def decode_revelation(data: bytes) -> dict[str, tuple[str, bytes]]:
+    body = data[len(_REVEAL_TAG):]
+    if not data.startswith(_REVEAL_TAG) or len(body) % 53:
+        raise PrivacyError("not a revelation")
+    out: dict[str, tuple[str, bytes]] = {}
+    previous = b""
+    for at in range(0, len(body), 53):
+        dealer, kind, key = body[at:at + 20], body[at + 20], body[at + 21:at + 53]
+        if kind > 1 or dealer <= previous:
+            raise PrivacyError("a malformed revelation: unknown kind, or dealers not sorted")
+        previous = dealer
+        out["0x" + dealer.hex()] = (_KINDS[kind], bytes(key))
+    return out
