@@ -6,7 +6,8 @@
 Per learner (measured, one learner of a round of n): quantize + mask (the self mask and one
 pairwise mask per neighbour, degree = secagg.default_degree(n)), and dealing its encrypted
 shares to a committee of 5 (threshold 3). Upload bytes: the masked vector (⌈k/8⌉ bytes per
-value), the announcement (64 B) and the dealing (2 × 49 B per holder).
+value), the announcement (64 B) and the dealing (82 B + 118 B per holder, docs/secagg.md S.10);
+each holder then publishes 25 B + 53 B per dealer.
 
 Unmasking (anyone, from public data), with 30 % of the round dropped after masking: summing the
 finished vectors, removing their self masks, and the pairwise masks they share with dropped
@@ -57,7 +58,7 @@ def best(fn, repeat: int = 2) -> float:
 
 def upload_bytes(n: int, d: int, holders: int = COMMITTEE) -> tuple[int, int]:
     k = Q.bits_needed(n, RANGE)
-    return k, d * ((k + 7) // 8) + 64 + holders * 2 * 49
+    return k, d * ((k + 7) // 8) + 64 + 82 + 118 * holders  # vector, announcement, dealing
 
 
 def one_config(n: int, d: int, full: bool, units: dict) -> dict:

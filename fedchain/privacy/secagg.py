@@ -13,6 +13,10 @@ The normative text is docs/secagg.md; the section numbers below (§S.n) are its.
    dealer, the key of exactly one of its two ciphertexts (`reveal_key`): the self-mask share's
    if the dealer finished, the private-key share's if it did not;
 5. anyone recovers the secrets (`recover_secret`) and computes the exact sum (`unmask`).
+
+`reveal` (step 4 for one holder, with the check that nobody's update would be exposed) and
+`unmask_public` (step 5 from public data alone) run those steps end to end; `encode_*` and
+`decode_*` are the wire formats (§S.10).
 """
 
 from __future__ import annotations
