@@ -32,7 +32,7 @@ import numpy as np
 
 from fedchain.privacy import quantize as Q
 from fedchain.privacy import secagg as S
-from fedchain.privacy.prg import prg_words
+from fedchain.privacy.prg import Expander, prg_words
 
 CTX = S.RoundContext(31337, "0x5FbDB2315678afecb367f032d93F642f64180aa3", 1, bytes(32))
 CLIP, RANGE = 2.0, (1 << 15) - 1  # 16-bit inputs, as in Bonawitz et al.
@@ -112,7 +112,8 @@ def one_config(n: int, d: int, full: bool, units: dict) -> dict:
 
 def unit_costs(d: int) -> dict:
     seed = secret(0)
-    prg = best(lambda: prg_words(seed, d, 26), 7) / d
+    expander = Expander(d)
+    prg = best(lambda: expander.words(seed, 26), 7) / d
     a, b = prg_words(seed, d), prg_words(secret(1), d)
     add = best(lambda: np.add(a, b, out=a), 7) / d
     members = {addr(m): S.RoundKeys.derive(secret(m), addr(m), CTX) for m in range(COMMITTEE)}

@@ -53,6 +53,28 @@ def prg_words(seed: bytes, length: int, bits: int = 64) -> np.ndarray:
     return words
 
 
+class Expander:
+    """prg_words for many seeds of one length, into one reused buffer (no allocation, no page
+    faults per seed): `words(seed, bits)` is valid until the next call."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+        self._zeros = bytes(8 * length)
+        self._buf = bytearray(8 * length + 15)
+        self._view = np.frombuffer(self._buf, dtype="<u8", count=length)
+
+    def words(self, seed: bytes, bits: int = 64) -> np.ndarray:
+        if not 1 <= bits <= 64:
+            raise PrivacyError(f"bits must be 1 … 64, not {bits}")
+        _check_seed(seed)
+        enc = Cipher(algorithms.AES(bytes(seed)), modes.CTR(_ZERO_BLOCK)).encryptor()
+        enc.update_into(self._zeros, self._buf)
+        words = self._view if self._view.dtype == np.uint64 else self._view.astype(np.uint64)
+        if bits < 64:
+            words &= np.uint64((1 << bits) - 1)
+        return words
+
+
 class WordStream:
     """Consecutive little-endian uint64 words of keystream(seed), drawn one at a time (for
     shuffles and coefficients, whose number of draws depends on rejections)."""

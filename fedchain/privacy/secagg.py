@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from fedchain.errors import PrivacyError
 from fedchain.privacy import shamir
-from fedchain.privacy.prg import SEED_BYTES, SUITE, WordStream, hkdf, prg_words
+from fedchain.privacy.prg import SEED_BYTES, SUITE, Expander, WordStream, hkdf
 
 SELF = "self"  # the kind of a share of the self-mask seed b_i
 KEY = "key"    # the kind of a share of the round's X25519 private key
@@ -293,12 +293,13 @@ def mask(quantized: np.ndarray, keys: RoundKeys, public_keys: Mapping[str, bytes
         raise PrivacyError(f"a quantized value does not fit {bits} bits")
     n = q.size
     pks = _by_key(public_keys)
-    y = q + prg_words(keys.self_seed, n, bits)
+    prg = Expander(n)
+    y = q + prg.words(keys.self_seed, bits)
     for j in graph[keys.learner]:
         if j not in pks:
             raise PrivacyError(f"no public key for {j}, a neighbour of {keys.learner}")
-        words = prg_words(pairwise_seed(keys.private_key, keys.learner, keys.public_key,
-                                        j, pks[j], ctx), n, bits)
+        words = prg.words(pairwise_seed(keys.private_key, keys.learner, keys.public_key,
+                                        j, pks[j], ctx), bits)
         if j > keys.learner:
             y += words
         else:
@@ -487,6 +488,7 @@ def unmask(masked: Mapping[str, np.ndarray], graph: Mapping[str, Sequence[str]],
     vectors = {learner_key(k): np.asarray(v) for k, v in masked.items()}
     length = vectors[finished[0]].size
     total = np.zeros(length, np.uint64)
+    prg = Expander(length)
     for i in finished:
         y = vectors[i]
         if y.dtype != np.uint64 or y.shape != (length,) or (length and int(y.max()) >> bits):
@@ -496,7 +498,7 @@ def unmask(masked: Mapping[str, np.ndarray], graph: Mapping[str, Sequence[str]],
         if i not in graph:
             raise PrivacyError(f"{i} is not in the round's graph")
         total += y
-        total -= prg_words(self_seeds[i], length, bits)
+        total -= prg.words(self_seeds[i], bits)
         for j in graph[i]:
             if j in vectors:
                 continue
@@ -504,8 +506,8 @@ def unmask(masked: Mapping[str, np.ndarray], graph: Mapping[str, Sequence[str]],
                 raise PrivacyError(f"no private key for {j}, a dropped neighbour of {i}")
             if j not in public_keys or i not in public_keys:
                 raise PrivacyError(f"no public key for {i} or {j}")
-            words = prg_words(pairwise_seed(dropped_keys[j], j, public_keys[j], i,
-                                            public_keys[i], ctx), length, bits)
+            words = prg.words(pairwise_seed(dropped_keys[j], j, public_keys[j], i,
+                                            public_keys[i], ctx), bits)
             if i < j:
                 total -= words
             else:
