@@ -87,8 +87,9 @@ def one_config(n: int, d: int, full: bool, units: dict) -> dict:
     dropped = set(learners[:: round(1 / DROP)][: int(n * DROP)])
     finished = [a for a in learners if a not in dropped]
     pairs = sum(1 for a in finished for j in graph[a] if j in dropped)
-    estimate = (len(finished) * (units["prg"] * d + units["add"] * d)
-                + pairs * units["prg"] * d + n * units["recover"])
+    per_mask = (units["prg"] + units["add"]) * d  # expand, then add into the total
+    estimate = (len(finished) * (units["add"] * d + per_mask) + pairs * per_mask
+                + n * units["recover"])
     row = {"n": n, "d": d, "degree": degree, "k": k, "mask_s": t_mask, "deal_s": t_deal,
            "upload": up, "expansion_f32": up / (4 * d), "unmask_est_s": estimate,
            "pairs": pairs, "unmask_s": None}
