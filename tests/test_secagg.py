@@ -564,3 +564,63 @@ def test_wire_formats_round_trip_and_refuse_malformed_bytes():
         S.decode_revelation(blob[:25] + blob[25 + 53:] + blob[25:25 + 53])  # not sorted
     with pytest.raises(PrivacyError):
         S.decode_announcement(a, bytes(64))  # a low-order key
+
+
+def test_keys_graph_and_shares_follow_the_text_by_hand():
+    """docs/secagg.md §S.2–S.4 and §S.6 recomputed with hmac/hashlib (HKDF by hand) and the
+    AES keystream, against the stored vectors."""
+    import hmac
+    import json
+    from pathlib import Path
+
+    stored = json.loads((Path(__file__).resolve().parent / "data" / "secagg_vectors.json")
+                        .read_text())
+
+    def hkdf(ikm: bytes, info: bytes) -> bytes:  # RFC 5869, SHA-256, one block
+        prk = hmac.new(b"fedchain-secagg/1", ikm, hashlib.sha256).digest()
+        return hmac.new(prk, info + b"\x01", hashlib.sha256).digest()
+
+    c = stored["context"]
+    ctx_bytes = (b"fedchain-secagg/1" + c["chain_id"].to_bytes(32, "big")
+                 + bytes.fromhex(c["contract"][2:]) + c["round"].to_bytes(32, "big")
+                 + bytes.fromhex(c["seed"]))
+    assert ctx_bytes.hex() == c["encoded"] and len(ctx_bytes) == 133
+    for x in stored["learners"]:
+        def derive(label: bytes, x=x) -> str:
+            return hkdf(bytes.fromhex(x["secret"]), b"secret\x00" + label + b"\x00"
+                        + bytes.fromhex(x["address"][2:]) + ctx_bytes).hex()
+        assert derive(b"x25519") == x["private_key"]
+        assert derive(b"self-mask") == x["self_seed"]
+        assert derive(b"rounding") == x["rounding_seed"]
+        assert hashlib.sha256(b"fedchain-secagg/1self-mask-commitment\x00" + ctx_bytes
+                              + bytes.fromhex(x["address"][2:])
+                              + bytes.fromhex(x["self_seed"])).hexdigest() == x["commitment"]
+        if x is stored["learners"][0]:
+            assert derive(b"shamir-self") == stored["shamir"]["seed"]
+
+    # §S.4: Fisher–Yates on the keystream's words, then the Harary graph.
+    nb = stored["neighbours"]
+    ks = keystream(hkdf(bytes.fromhex(c["seed"]), b"neighbours\x00\x00" + ctx_bytes), 4096)
+    words = iter(int.from_bytes(ks[i:i + 8], "little") for i in range(0, len(ks), 8))
+    perm = sorted(nb["learners"])
+    for i in range(len(perm) - 1, 0, -1):
+        bound = i + 1
+        while (w := next(words)) >= (1 << 64) - ((1 << 64) % bound):
+            pass
+        j = w % bound
+        perm[i], perm[j] = perm[j], perm[i]
+    n, half = len(perm), nb["degree"] // 2
+    graph = {perm[p]: sorted({perm[(p + o) % n] for o in range(1, half + 1)}
+                             | {perm[(p - o) % n] for o in range(1, half + 1)})
+             for p in range(n)}
+    assert graph == nb["graph"]
+
+    # §S.6: coefficients from 40-byte big-endian blocks, shares by Horner, 33 bytes each.
+    sh = stored["shamir"]
+    p = 2**256 + 297
+    ks = keystream(bytes.fromhex(sh["seed"]), 40 * (sh["threshold"] - 1))
+    coeffs = [int(sh["secret"], 16)] + [int.from_bytes(ks[40 * i:40 * i + 40], "big") % p
+                                        for i in range(sh["threshold"] - 1)]
+    shares = [sum(a * x**e for e, a in enumerate(coeffs)) % p
+              for x in range(1, sh["holders"] + 1)]
+    assert [v.to_bytes(33, "big").hex() for v in shares] == sh["shares"]
