@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, DeploymentNotFound, StorageError
+from ..errors import ConfigError, DeploymentNotFound, FedChainError, StorageError
 from ..eth.accounts import (
     DEV_ACCOUNTS,
     FIRST_LEARNER_INDEX,
@@ -194,7 +194,7 @@ def cmd_aggregator(args: argparse.Namespace) -> int:
     from ..federation.aggregator import Aggregator
     from ..federation.results import write_results
     from ..storage import open_store
-    from .results import complete_history, read_results
+    from .results import carried_over, complete_history, read_results, recording, spans
 
     job = job_from(args)
     config = job.run_config()
@@ -225,19 +225,33 @@ def cmd_aggregator(args: argparse.Namespace) -> int:
         initial = job.initial_weights()
         if initial is None:
             initial = job.learner_factory()(0, job.learners).get_weights()
-    agg = Aggregator(
+    stop = stop_on_signals()
+    agg = recording(Aggregator, job.output, old)(
         contract, store, config, initial_weights=initial, evaluate_fn=job.evaluate_fn(),
-        stop=stop_on_signals(),
+        stop=stop,
     )
-    agg.run()
+    try:
+        agg.run()
+    except FedChainError:
+        if stop.signal is None:
+            raise
+        # "aggregator stopped": asked to, by a signal. The rounds so far are written below.
     history, earlier = complete_history(agg.history, contract, old)
     results, plot = write_results(
         job.output, history, contract, store_url=store.url, plan=agg.plan
     )
+    if stop.signal is not None:
+        log.info("stopped by %s after round %d; %s has the rounds so far", stop.signal,
+                 contract.current_round() - 1, results)
+        return 0
     print_history(history)
     if earlier:
+        kept = carried_over(history, agg.history)
+        source = (f"; the centralized metrics of round(s) {spans(kept)} from the earlier "
+                  "results.json" if kept else "; no earlier results.json held their "
+                  "centralized metrics")
         print(f"{earlier} round(s) before this process started are in results.json too "
-              "(from the chain, and the earlier results.json for centralized metrics)")
+              f"(from the chain{source})")
     print(f"results: {results}, plot: {plot}")
     return 0
 
@@ -296,10 +310,17 @@ def cmd_learner(args: argparse.Namespace) -> int:
               f"{contract.current_round() - 1}; nothing to do")
         return 0
     learner = job.learner_factory()(args.id, job.learners)
+    stop = stop_on_signals()
     node = LearnerNode(learner, contract, open_store(job.store), name=f"learner-{args.id}",
-                       stop=stop_on_signals())
+                       stop=stop)
     log.info("learner %d (%s) joined federation %s", args.id, account.address, contract.address)
-    node.run()
+    try:
+        node.run()
+    except FedChainError:
+        if stop.signal is None:
+            raise
+    if stop.signal is not None:
+        log.info("stopped by %s", stop.signal)
     return 0
 
 

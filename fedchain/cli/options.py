@@ -356,12 +356,20 @@ def read_record(job: Job, chain: Any) -> dict[str, Any] | None:
     return record
 
 
-def stop_on_signals() -> threading.Event:
-    """SIGINT/SIGTERM set an event the loops watch, so they stop between steps."""
-    stop = threading.Event()
+class SignalStop(threading.Event):
+    """The event a command's loops watch; `signal` names the signal that set it, if one did."""
+
+    signal: str | None = None
+
+
+def stop_on_signals() -> SignalStop:
+    """SIGINT/SIGTERM set an event the loops watch, so they stop between steps; the command
+    then exits cleanly (status 0) with one line, "stopped by SIGTERM"."""
+    stop = SignalStop()
 
     def handler(signum: int, frame: Any) -> None:
-        log.warning("received %s: stopping", signal.Signals(signum).name)
+        stop.signal = signal.Signals(signum).name
+        log.debug("received %s: stopping", stop.signal)
         stop.set()
 
     signal.signal(signal.SIGINT, handler)

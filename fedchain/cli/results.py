@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, FedChainError
 from ..eth.contract import FedChainReader
 from ..federation.history import History, Rejected, RoundResult
 from ..protocol.ledger import Ledger
@@ -164,3 +164,44 @@ def covers(old: dict[str, Any] | None, contract: FedChainReader) -> bool:
     on_chain = published_rounds(contract)
     return same_federation(old, contract, on_chain) and set(_old_rounds(old or {})) == set(
         on_chain)
+
+
+def recording(aggregator_class: type, out: str | Path, old: dict[str, Any] | None) -> type:
+    """`aggregator_class` writing results.json after every round it runs (every published
+    round, centralized metrics from this process and `old`, the earlier results.json), so a
+    process killed mid-federation (kill -9, a crash, a power cut) leaves the rounds it ran
+    and their centralized metrics, which the chain does not hold, for its successor."""
+
+    class Recording(aggregator_class):  # type: ignore[misc, valid-type]
+        def run_round(self, round: int) -> RoundResult:
+            result = super().run_round(round)
+            from ..federation.results import write_results_json
+
+            try:
+                history, _ = complete_history(self.history, self.contract, old)
+                write_results_json(out, history, self.contract, store_url=self.store.url,
+                                   plan=self.plan)
+            except (OSError, FedChainError) as exc:  # the round stands; the file catches up
+                log.warning("[ROUND %d] results.json not updated: %s", round, exc)
+            return result
+
+    Recording.__name__ = Recording.__qualname__ = aggregator_class.__name__
+    return Recording
+
+
+def carried_over(history: History, ran: History) -> list[int]:
+    """The rounds of `history` with centralized metrics that `ran` (this process) did not
+    evaluate: those taken from the earlier results.json."""
+    mine = {n for n, _ in ran.losses_centralized}
+    return [n for n, _ in history.losses_centralized if n not in mine]
+
+
+def spans(rounds: list[int]) -> str:
+    """[1, 2, 3, 5] → "1–3, 5"."""
+    out: list[str] = []
+    for n in sorted(rounds):
+        if out and out[-1].split("–")[-1] == str(n - 1):
+            out[-1] = f"{out[-1].split('–')[0]}–{n}"
+        else:
+            out.append(str(n))
+    return ", ".join(out)

@@ -9,6 +9,7 @@ refuses left out). results.json is strict JSON: a non-finite number is written a
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -42,6 +43,20 @@ def write_results(
     title: str = "fedchain",
 ) -> tuple[Path, Path]:
     """Writes `out`/results.json and `out`/history.png; returns their paths."""
+    results = write_results_json(out, history, contract, store_url=store_url, plan=plan)
+    return results, plot_history(history, Path(out) / "history.png", title=title)
+
+
+def write_results_json(
+    out: str | Path,
+    history: History,
+    contract: FedChainReader,
+    *,
+    store_url: str,
+    plan: Plan | None,
+) -> Path:
+    """Writes `out`/results.json (atomically: a process killed while writing it leaves the
+    previous file whole) and returns its path."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     fill_distributed(history, contract)
@@ -53,8 +68,10 @@ def write_results(
         **history.to_dict(),
     }
     results = out / "results.json"
-    results.write_text(json.dumps(strict_json(record), indent=2, allow_nan=False) + "\n")
-    return results, plot_history(history, out / "history.png", title=title)
+    partial = out / f".results.json.{os.getpid()}.tmp"
+    partial.write_text(json.dumps(strict_json(record), indent=2, allow_nan=False) + "\n")
+    os.replace(partial, results)
+    return results
 
 
 def plot_history(history: History, path: str | Path, title: str = "fedchain") -> Path:
