@@ -9,6 +9,7 @@ import pytest
 from fedmodels import LinearLearner
 
 from fedchain.aggregation.strategy import FedAvg
+from fedchain.federation.learner import TrainResult
 from fedchain.federation.simulation import AUTO_POOL_ABOVE, choose_engine, simulate
 
 # --- item 3: the engine is chosen by the federation's size ------------------------------------
@@ -38,3 +39,32 @@ def test_a_simulation_without_an_engine_runs_the_pool_past_a_handful(store, capl
     small = simulate(lambda i, n: LinearLearner(i), 3, FedAvg(), 1, store=store,
                      train_config={"steps": 1})
     assert small.engine == "threads" and len(small.learners) == 3
+
+
+# --- item 10: output a user can read ----------------------------------------------------------
+
+
+class Times100(LinearLearner):
+    """Trains honestly, then sends its change × 100: clipped in every round."""
+
+    def train(self, weights, config):
+        result = super().train(weights, config)
+        w = weights["linear.weight"]
+        far = {**result.weights, "linear.weight": w + (result.weights["linear.weight"] - w) * 100}
+        return TrainResult(far, result.num_examples, result.metrics)
+
+
+def test_a_clipped_update_is_said_once_per_round_not_by_every_party(store, caplog):
+    rounds, n = 3, 6
+    with caplog.at_level(logging.DEBUG, logger="fedchain.aggregation"):
+        result = simulate(lambda i, _: Times100(i) if i == 0 else LinearLearner(i), n,
+                          rounds=rounds, store=store, train_config={"steps": 2},
+                          engine="threads")
+    rogue = result.learners[0].address
+    said = [r for r in caplog.records if "clipped" in r.getMessage()]
+    shown = [r.getMessage() for r in said if r.levelno >= logging.INFO]
+    # Every party re-derives every round (6 learners and the aggregator) …
+    assert len(said) > rounds
+    # … and the log shows one line a round, naming the update clipped.
+    assert len(shown) == rounds, shown
+    assert all(m.startswith("1 of 6 updates clipped") and rogue[:6] in m for m in shown)

@@ -20,6 +20,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 
+from ..aggregation.rules import forget_said
 from ..aggregation.strategy import ROBUST_FEDAVG, Strategy
 from ..errors import ConfigError, FedChainError
 from ..eth.accounts import (
@@ -194,6 +195,7 @@ def simulate(
     if num_learners < 1:
         raise ConfigError("a federation needs at least one learner")
     engine = choose_engine(engine, num_learners)
+    forget_said()  # this run's clipped updates are said once each, even if a run before had them
     overrides: dict[str, Any] = {
         "strategy": strategy, "rounds": rounds, "min_updates": min_updates,
         "round_timeout": round_timeout,
