@@ -68,3 +68,19 @@ def test_a_clipped_update_is_said_once_per_round_not_by_every_party(store, caplo
     # … and the log shows one line a round, naming the update clipped.
     assert len(shown) == rounds, shown
     assert all(m.startswith("1 of 6 updates clipped") and rogue[:6] in m for m in shown)
+
+
+def test_the_history_plot_of_many_metrics_is_a_picture_not_a_strip(tmp_path):
+    from PIL import Image
+
+    from fedchain.federation.history import History
+    from fedchain.federation.results import plot_history
+
+    history = History()
+    for r in (1, 2, 3):  # the DCGAN's: a loss and four metrics
+        history.add_distributed(r, 1.0 / r, {"d_loss": 0.5, "g_loss": 1.5, "d_real": 0.7,
+                                             "d_fake": 0.3})
+    width, height = Image.open(plot_history(history, tmp_path / "h.png")).size
+    assert width <= 1600 and width / height <= 2.5, (width, height)
+    width, height = Image.open(plot_history(History(), tmp_path / "one.png")).size
+    assert width / height <= 2.0, (width, height)  # loss alone: one panel

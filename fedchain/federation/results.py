@@ -74,6 +74,10 @@ def write_results_json(
     return results
 
 
+#: Panels a row of history.png holds (loss, then one per metric).
+PLOT_COLUMNS = 3
+
+
 def plot_history(history: History, path: str | Path, title: str = "fedchain") -> Path:
     """Draws loss and every metric per round (distributed and centralized) as a PNG."""
     import matplotlib
@@ -86,7 +90,13 @@ def plot_history(history: History, path: str | Path, title: str = "fedchain") ->
     path.parent.mkdir(parents=True, exist_ok=True)
     metric_names = sorted(set(history.metrics_distributed) | set(history.metrics_centralized))
     panels = 1 + len(metric_names)
-    fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.6), squeeze=False)
+    # At most PLOT_COLUMNS panels a row: five metrics (the DCGAN's) make two rows, not a strip.
+    cols = min(panels, PLOT_COLUMNS)
+    rows = -(-panels // cols)
+    fig, grid = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.6 * rows), squeeze=False)
+    axes = [list(grid.flat)[:panels]]
+    for spare in list(grid.flat)[panels:]:
+        spare.set_visible(False)
     series = [
         ("loss", history.losses_distributed, history.losses_centralized),
         *[
