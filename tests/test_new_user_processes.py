@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 
 import pytest
 from test_multiprocess import (
@@ -20,6 +21,7 @@ from test_multiprocess import (
     _wait_until,
 )
 
+from fedchain.cli import devnet
 from fedchain.eth.chain import connect
 from fedchain.eth.deploy import find_contract
 
@@ -80,3 +82,37 @@ def test_sigterm_stops_the_aggregator_and_a_learner_cleanly(anvil_node, ipfs_nod
         assert "stopped by SIGTERM" in out
         assert "FedChainError" not in out and "Traceback" not in out
         assert "aggregator stopped" not in out
+
+
+def _exit_of(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        raise AssertionError(f"{proc.args} still running after {timeout:.0f}s:\n"
+                             f"{out.decode(errors='replace')}") from None
+    return proc.returncode, out.decode(errors="replace")
+
+
+def test_a_dev_chain_restarted_under_the_aggregator_and_a_learner_says_redeploy(tmp_path):
+    port = devnet.free_port()
+    node = devnet.start_anvil(port)
+    try:
+        job = _job(tmp_path, node.url, f"file://{tmp_path / 'store'}", rounds=2)
+        _deploy(job, node.url)
+        contract = find_contract(connect(node.url), directory=tmp_path / "deployments")
+        aggregator = _fedchain("aggregator", "--job", str(job))
+        learner = _fedchain("learner", "--id", "0", "--job", str(job))
+        _wait_until(lambda: len(contract.updates(1)) == 1, what="learner 0's update")
+        node.stop()
+        node = devnet.start_anvil(port)  # the same URL, a fresh chain: the contract is gone
+        for proc in (aggregator, learner):
+            status, out = _exit_of(proc)
+            assert status == 2, out
+            assert "DeploymentNotFound: the FedChain deployment at " in out
+            assert "is gone" in out and "chain was probably restarted" in out
+            assert "fedchain deploy --fresh" in out
+            assert "BadFunctionCallOutput" not in out and "Traceback" not in out
+    finally:
+        node.stop()
