@@ -84,3 +84,34 @@ def test_the_history_plot_of_many_metrics_is_a_picture_not_a_strip(tmp_path):
     assert width <= 1600 and width / height <= 2.5, (width, height)
     width, height = Image.open(plot_history(History(), tmp_path / "one.png")).size
     assert width / height <= 2.0, (width, height)  # loss alone: one panel
+
+
+# --- item 5b: a dead or mistyped IPFS URL fails at start --------------------------------------
+
+
+def _dead_url() -> str:
+    from fedchain.cli.devnet import free_port
+
+    return f"http://127.0.0.1:{free_port()}"  # nothing listens there
+
+
+def test_a_dead_ipfs_url_stops_a_learner_and_an_aggregator_at_start(tmp_path, capsys):
+    from fedchain.cli import main
+
+    url = _dead_url()
+    job = tmp_path / "job.toml"
+    job.write_text(f'[federation]\nstore = "{url}"\n[model]\nlearner = "fedmodels:make_learner"\n')
+    for command in (["learner", "--id", "0"], ["aggregator"]):
+        assert main([*command, "--job", str(job)]) == 2
+        err = capsys.readouterr().err
+        assert f"StoreUnavailable: no IPFS node answers at {url} ([federation] store in {job})" \
+            in err
+        assert "fedchain devnet" in err and "5001" in err
+
+
+def test_simulate_on_a_dead_ipfs_url_fails_before_it_starts(caplog):
+    from fedchain.errors import StoreUnavailable
+
+    url = _dead_url()
+    with pytest.raises(StoreUnavailable, match=f"no IPFS node answers at {url}"):
+        simulate(lambda i, n: LinearLearner(i), 3, FedAvg(), 1, store=url)

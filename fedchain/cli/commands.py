@@ -26,6 +26,7 @@ from .options import (
     fedchain_of,
     job_from,
     make_console,
+    open_job_store,
     read_record,
     stop_on_signals,
     uses_dev_account,
@@ -193,7 +194,6 @@ def _plan_on_chain(contract: Any, store: Any) -> Any:
 def cmd_aggregator(args: argparse.Namespace) -> int:
     from ..federation.aggregator import Aggregator
     from ..federation.results import write_results
-    from ..storage import open_store
     from .results import carried_over, complete_history, read_results, recording, spans
 
     job = job_from(args)
@@ -202,6 +202,7 @@ def cmd_aggregator(args: argparse.Namespace) -> int:
         # Members share the job file: each keeps its own results.json, never the same one.
         job.output = str(Path(job.output) / f"member-{args.id}")
     old = read_results(job.output)
+    store = open_job_store(job)
     chain = connect_chain(job, "aggregator")
     account = account_for(args, chain, aggregator_index(args.id))
     contract = fedchain_of(job, chain, account)
@@ -210,7 +211,6 @@ def cmd_aggregator(args: argparse.Namespace) -> int:
         raise ConfigError(f"{account.address} is not an aggregator of this federation (its "
                           f"committee: {', '.join(members)}; quorum {quorum}): use --id K for "
                           "member K, or the member's key")
-    store = open_store(job.store)
     plan = _plan_on_chain(contract, store) if contract.current_round() > 0 else None
     if plan is not None:
         for note in plan_disagreements(job, config, plan):
@@ -292,10 +292,10 @@ def _already_finished(job: Job, contract: Any, store: Any, plan: Any, old: Any) 
 
 def cmd_learner(args: argparse.Namespace) -> int:
     from ..federation.node import LearnerNode
-    from ..storage import open_store
 
     job = job_from(args)
     _check_learner_id(args, job)
+    store = open_job_store(job)
     chain = connect_chain(job, "learner")
     account = account_for(args, chain, FIRST_LEARNER_INDEX + args.id)
     contract = fedchain_of(job, chain, account)
@@ -311,8 +311,7 @@ def cmd_learner(args: argparse.Namespace) -> int:
         return 0
     learner = job.learner_factory()(args.id, job.learners)
     stop = stop_on_signals()
-    node = LearnerNode(learner, contract, open_store(job.store), name=f"learner-{args.id}",
-                       stop=stop)
+    node = LearnerNode(learner, contract, store, name=f"learner-{args.id}", stop=stop)
     log.info("learner %d (%s) joined federation %s", args.id, account.address, contract.address)
     try:
         node.run()
@@ -456,14 +455,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
     """Runs `fedchain audit`; 0 if every check passed, 1 if one failed, 3 if some could not run."""
     from ..audit import audit_federation
     from ..audit.render import print_report, write_html, write_json
-    from ..storage import open_store
+    from ..storage import check_reachable, open_store
 
     job = job_from(args)
     chain = connect_chain(job, "audit")
     contract = fedchain_of(job, chain)
     store_url = args.store or (job.store if args.job or args.verify else None)
+    store = None
+    if store_url is not None:
+        store = open_store(store_url)
+        check_reachable(store, "--store" if args.store else _source_of(job, "store"))
     report = audit_federation(
-        contract, open_store(store_url) if store_url is not None else None,
+        contract, store,
         verify_models=args.verify, gas=not args.no_gas, from_block=args.from_block,
         workers=args.workers,
     )
@@ -474,3 +477,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.html:
         console.print(f"HTML report: {write_html(report, args.html)}")
     return report.exit_status()
+
+
+def _source_of(job: Job, key: str) -> str:
+    return job.given.get(key, "the default")

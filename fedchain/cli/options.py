@@ -211,6 +211,16 @@ def set_torch_threads(threads: int) -> None:
 # --- the chain, the account, the contract --------------------------------------------------
 
 
+def open_job_store(job: Job) -> Any:
+    """The job's content store, checked to answer (a dead or mistyped IPFS URL fails here, at
+    start, naming the URL and where it came from)."""
+    from ..storage import check_reachable, open_store
+
+    store = open_store(job.store)
+    check_reachable(store, _source(job, "store"))
+    return store
+
+
 def connect_chain(job: Job, command: str) -> Any:
     """The chain of a command that runs in a process of its own: never the embedded chain
     (it would vanish with the process); the devnet's by default, said so."""

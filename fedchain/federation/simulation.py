@@ -35,7 +35,7 @@ from ..eth.contract import FedChain, RoundParams
 from ..eth.watcher import ChainWatcher, Snapshot
 from ..model.codec import Weights
 from ..protocol.rules import is_selected
-from ..storage import ContentStore, open_store
+from ..storage import ContentStore, check_reachable, open_store
 from .aggregator import Aggregator, EvaluateFn
 from .config import RunConfig
 from .driver import DEFAULT_WORKERS, LearnerPool, watched_bindings
@@ -211,6 +211,7 @@ def simulate(
         connect(chain) if isinstance(chain, str) else chain
     )
     st = open_store(store) if isinstance(store, str) else store
+    check_reachable(st, "the store simulate was given")
     chain_url = chain if isinstance(chain, str) else str(getattr(ch.backend, "_endpoint", ch.url))
     if engine == "ray":
         from .ray import check_shared
