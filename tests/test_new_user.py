@@ -115,3 +115,60 @@ def test_simulate_on_a_dead_ipfs_url_fails_before_it_starts(caplog):
     url = _dead_url()
     with pytest.raises(StoreUnavailable, match=f"no IPFS node answers at {url}"):
         simulate(lambda i, n: LinearLearner(i), 3, FedAvg(), 1, store=url)
+
+
+# --- item 5c: [train] and [evaluate] keys the learner does not take ---------------------------
+
+TYPO_TASK = '''
+from fedmodels import LinearLearner
+from fedchain.federation.learner import takes_config
+
+@takes_config(train={"lr": float, "steps": int}, evaluate={})
+def make_learner(learner_id, num_learners):
+    return LinearLearner(learner_id)
+'''
+
+
+def _typo_job(tmp_path, body: str, learner: str = "typo_task:make_learner"):
+    (tmp_path / "typo_task.py").write_text(TYPO_TASK)
+    job = tmp_path / "job.toml"
+    job.write_text(f'[model]\nlearner = "{learner}"\n{body}')
+    return job
+
+
+@pytest.mark.parametrize(("body", "said"), [
+    ("[train]\nlrr = 0.1\n",
+     "[train] has no key 'lrr' (did you mean 'lr'?); the learner takes lr, steps"),
+    ('[train]\nlr = "fast"\n', "[train] lr must be a number, got 'fast'"),
+    ("[train]\nsteps = 2.5\n", "[train] steps must be an integer, got 2.5"),
+    ("[evaluate]\nbatch = 8\n", "[evaluate] has no key 'batch'; the learner takes no keys"),
+])
+def test_a_train_key_the_learner_does_not_take_is_refused_naming_file_section_and_key(
+    tmp_path, capsys, body, said
+):
+    from fedchain.cli import main
+    from fedchain.cli.job import Job
+    from fedchain.errors import ConfigError
+
+    job = _typo_job(tmp_path, body)
+    with pytest.raises(ConfigError) as err:
+        Job.load(job).learner_factory()
+    assert str(err.value).startswith(f"job file {job}: {said}")
+    # The commands refuse it before they start anything (no chain is running here).
+    for command in (["simulate"], ["learner", "--id", "0"], ["aggregator"]):
+        assert main([*command, "--job", str(job)]) == 2
+        out = capsys.readouterr().err
+        assert f"ConfigError: job file {job}: {said}" in out, out
+
+
+def test_the_examples_declare_their_train_keys(tmp_path):
+    from fedchain.cli.job import Job
+    from fedchain.errors import ConfigError
+
+    job = _typo_job(tmp_path, "[train]\nepochs = 1\nlearning_rate = 0.01\n",
+                    learner="examples.cnn.task:make_learner")
+    with pytest.raises(ConfigError, match=r"\[train\] has no key 'learning_rate'"):
+        Job.load(job).check_learner_config()
+    for name in ("cnn", "mlp", "dcgan"):
+        job = Job.load(f"examples/{name}/fedchain.toml")
+        job.check_learner_config()  # the shipped job files pass

@@ -197,6 +197,7 @@ def cmd_aggregator(args: argparse.Namespace) -> int:
     from .results import carried_over, complete_history, read_results, recording, spans
 
     job = job_from(args)
+    job.check_learner_config()  # [train] goes into the plan: checked before it is published
     config = job.run_config()
     if args.id and not args.output:
         # Members share the job file: each keeps its own results.json, never the same one.
@@ -295,6 +296,7 @@ def cmd_learner(args: argparse.Namespace) -> int:
 
     job = job_from(args)
     _check_learner_id(args, job)
+    job.check_learner_config()
     store = open_job_store(job)
     chain = connect_chain(job, "learner")
     account = account_for(args, chain, FIRST_LEARNER_INDEX + args.id)

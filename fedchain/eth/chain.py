@@ -425,9 +425,10 @@ class Chain:
         deployment is gone and how to redeploy when `address` holds no code (the dev chain
         was restarted or reset under the running process), else `exc` as it was."""
         if address is not None:
+            code: bytes
             try:
-                code = self.backend.run(lambda: self.w3.eth.get_code(
-                    to_checksum_address(address)))
+                code = bytes(self.backend.run(lambda: self.w3.eth.get_code(
+                    to_checksum_address(address))))
             except FedChainError:
                 code = b""  # the node went away too: the call's empty answer is the evidence
             if code:
