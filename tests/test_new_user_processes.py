@@ -116,3 +116,24 @@ def test_a_dev_chain_restarted_under_the_aggregator_and_a_learner_says_redeploy(
             assert "BadFunctionCallOutput" not in out and "Traceback" not in out
     finally:
         node.stop()
+
+
+@pytest.mark.xdist_group("anvil")
+def test_a_second_aggregator_with_the_same_id_refuses_to_run(anvil_node, tmp_path):
+    job = _job(tmp_path, anvil_node.url, f"file://{tmp_path / 'store'}", rounds=2)
+    _deploy(job, anvil_node.url)
+    contract = find_contract(connect(anvil_node.url), directory=tmp_path / "deployments")
+    first = _fedchain("aggregator", "--job", str(job), "--id", "0")
+    _wait_until(lambda: contract.current_round() == 1, what="the genesis model")
+
+    second = _fedchain("aggregator", "--job", str(job), "--id", "0", "--output",
+                       str(tmp_path / "second"))
+    status, out = _exit_of(second)
+    assert status == 2, out
+    assert (f"ConfigError: aggregator {contract.committee()[0][0]} of federation "
+            f"{contract.address} on chain 31337 is already running on this machine (process "
+            f"{first.pid}") in out
+    assert "Stop that one first" in out
+    assert first.poll() is None  # the first one carries on
+    first.send_signal(signal.SIGTERM)
+    assert "stopped by SIGTERM" in _finish(first)

@@ -192,9 +192,8 @@ def _plan_on_chain(contract: Any, store: Any) -> Any:
 
 
 def cmd_aggregator(args: argparse.Namespace) -> int:
-    from ..federation.aggregator import Aggregator
-    from ..federation.results import write_results
-    from .results import carried_over, complete_history, read_results, recording, spans
+    from .lock import member_lock
+    from .results import read_results
 
     job = job_from(args)
     job.check_learner_config()  # [train] goes into the plan: checked before it is published
@@ -221,6 +220,18 @@ def cmd_aggregator(args: argparse.Namespace) -> int:
                                      strategy=None)
     if contract.finished():
         return _already_finished(job, contract, store, plan, old)
+    # Two processes signing for one member would vote twice: the second refuses.
+    with member_lock(chain.url, chain.chain_id, contract.address, account.address,
+                     "aggregator"):
+        return _aggregate(job, config, contract, store, old)
+
+
+def _aggregate(job: Job, config: RunConfig, contract: Any, store: Any, old: Any) -> int:
+    """The aggregator's run, once this process holds its member's lock."""
+    from ..federation.aggregator import Aggregator
+    from ..federation.results import write_results
+    from .results import carried_over, complete_history, recording, spans
+
     initial = None
     if contract.current_round() == 0:
         initial = job.initial_weights()
