@@ -137,3 +137,35 @@ def test_a_second_aggregator_with_the_same_id_refuses_to_run(anvil_node, tmp_pat
     assert first.poll() is None  # the first one carries on
     first.send_signal(signal.SIGTERM)
     assert "stopped by SIGTERM" in _finish(first)
+
+
+@pytest.mark.xdist_group("anvil")
+def test_a_round_published_but_not_recorded_is_evaluated_again_at_restart(anvil_node, ipfs_node,
+                                                                        tmp_path):
+    (tmp_path / "evalmod.py").write_text(EVALUATE)
+    job = _job(tmp_path, anvil_node.url, ipfs_node.url, rounds=2,
+               evaluate='evaluate = "evalmod:evaluate"')
+    _deploy(job, anvil_node.url)
+    contract = find_contract(connect(anvil_node.url), directory=tmp_path / "deployments")
+    results = tmp_path / "out" / "results.json"
+
+    first = _fedchain("aggregator", "--job", str(job))
+    learners = [_fedchain("learner", "--id", str(i), "--job", str(job)) for i in (0, 1)]
+    _wait_until(lambda: len(contract.updates(1)) == 2, what="two updates in round 1")
+    _pause(learners)
+    learners.append(_fedchain("learner", "--id", "2", "--job", str(job)))
+    _wait_until(lambda: _centralized_rounds(results) == [1], what="round 1 in results.json")
+    first.send_signal(signal.SIGKILL)
+    first.communicate()
+    # As if it had been killed after publishing round 1 but before writing results.json.
+    results.unlink()
+    _resume(learners[:2])
+
+    out = _finish(_fedchain("aggregator", "--job", str(job)))
+    for p in learners:
+        _finish(p)
+
+    assert "round(s) 1 evaluated again (the earlier results.json lacked them)" in out
+    record = json.loads(results.read_text())
+    assert record["losses_centralized"] == [[1, 1.0], [2, 0.5]]
+    assert record["metrics_centralized"] == {"score": [[1, 0.1], [2, 0.2]]}

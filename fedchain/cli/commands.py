@@ -230,7 +230,14 @@ def _aggregate(job: Job, config: RunConfig, contract: Any, store: Any, old: Any)
     """The aggregator's run, once this process holds its member's lock."""
     from ..federation.aggregator import Aggregator
     from ..federation.results import write_results
-    from .results import carried_over, complete_history, recording, spans
+    from ..storage import DEFAULT_MAX_BYTES
+    from .results import (
+        carried_over,
+        complete_history,
+        evaluate_unrecorded,
+        recording,
+        spans,
+    )
 
     initial = None
     if contract.current_round() == 0:
@@ -238,10 +245,16 @@ def _aggregate(job: Job, config: RunConfig, contract: Any, store: Any, old: Any)
         if initial is None:
             initial = job.learner_factory()(0, job.learners).get_weights()
     stop = stop_on_signals()
+    evaluate_fn = job.evaluate_fn()
     agg = recording(Aggregator, job.output, old)(
-        contract, store, config, initial_weights=initial, evaluate_fn=job.evaluate_fn(),
-        stop=stop,
+        contract, store, config, initial_weights=initial, evaluate_fn=evaluate_fn, stop=stop,
     )
+    again: list[int] = []
+    if contract.current_round() > 1:
+        # Rounds an earlier process published without recording them: evaluated again here.
+        plan = _plan_on_chain(contract, store)
+        again = evaluate_unrecorded(agg.history, contract, store, old, evaluate_fn,
+                            plan.max_model_bytes if plan is not None else DEFAULT_MAX_BYTES)
     try:
         agg.run()
     except FedChainError:
@@ -260,8 +273,12 @@ def _aggregate(job: Job, config: RunConfig, contract: Any, store: Any, old: Any)
     if earlier:
         kept = carried_over(history, agg.history)
         source = (f"; the centralized metrics of round(s) {spans(kept)} from the earlier "
-                  "results.json" if kept else "; no earlier results.json held their "
-                  "centralized metrics")
+                  "results.json" if kept else "")
+        if again:
+            source += f"; round(s) {spans(again)} evaluated again (the earlier results.json " \
+                      "lacked them)"
+        if not kept and not again:
+            source = "; no centralized metrics for them"
         print(f"{earlier} round(s) before this process started are in results.json too "
               f"(from the chain{source})")
     print(f"results: {results}, plot: {plot}")

@@ -205,3 +205,34 @@ def spans(rounds: list[int]) -> str:
         else:
             out.append(str(n))
     return ", ".join(out)
+
+
+def evaluate_unrecorded(
+    history: History, contract: FedChainReader, store: Any, old: dict[str, Any] | None,
+    evaluate_fn: Any, max_bytes: int,
+) -> list[int]:
+    """Evaluates the published rounds no earlier results.json records (a process killed
+    between publishing a round and writing the file, or before its first write): the
+    centralized metrics the chain does not hold, computed again from the rounds' global
+    models. Adds them to `history`; returns the rounds evaluated."""
+    from ..model.fetch import fetch_model
+
+    if evaluate_fn is None:
+        return []
+    on_chain = published_rounds(contract)
+    recorded: set[int] = set()
+    if old is not None and same_federation(old, contract, on_chain):
+        recorded = set(_old_centralized(old, set(_old_rounds(old))))
+    done = []
+    for n in sorted(set(on_chain) - recorded):
+        weights = fetch_model(store, on_chain[n].global_cid, max_bytes=max_bytes)
+        evaluated = evaluate_fn(n, weights)
+        if evaluated is None:
+            continue
+        loss, metrics = evaluated
+        history.add_centralized(n, float(loss), {k: float(v) for k, v in metrics.items()})
+        log.info("[ROUND %d] centralized evaluation (of a round published before this process "
+                 "started that results.json lacks): loss=%.4f %s", n, loss,
+                 " ".join(f"{k}={float(v):.4f}" for k, v in metrics.items()))
+        done.append(n)
+    return done
