@@ -172,3 +172,26 @@ def test_the_examples_declare_their_train_keys(tmp_path):
     for name in ("cnn", "mlp", "dcgan"):
         job = Job.load(f"examples/{name}/fedchain.toml")
         job.check_learner_config()  # the shipped job files pass
+
+
+# --- item 5a: a deployment that is gone --------------------------------------------------------
+
+
+def test_a_call_to_a_contract_whose_code_is_gone_says_redeploy():
+    from functools import partial
+
+    from fedchain.errors import DeploymentNotFound
+    from fedchain.eth.chain import connect
+    from fedchain.eth.contract import FedChainReader
+
+    chain = connect("embedded", fresh=True)
+    gone = FedChainReader(chain, "0x" + "12" * 20)  # as if the chain had been restarted
+    with pytest.raises(DeploymentNotFound) as err:
+        gone.current_round()
+    said = str(err.value)
+    assert f"the FedChain deployment at {gone.address} is gone" in said
+    assert "restarted" in said and "fedchain deploy --fresh" in said
+    # Views read in a batch (as the chain watcher does) say the same.
+    call = partial(gone.contract.functions.currentRound().call, block_identifier="latest")
+    with pytest.raises(DeploymentNotFound, match=f"deployment at {gone.address} is gone"):
+        chain.batch([call])

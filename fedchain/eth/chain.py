@@ -416,9 +416,7 @@ class Chain:
         try:
             return self.backend.run(fn)
         except BadFunctionCallOutput as exc:
-            # A bound ContractFunction.call knows its contract's address.
-            address = getattr(getattr(fn, "__self__", None), "address", None)
-            raise self.deployment_gone(address, exc) from None
+            raise self.deployment_gone(_contract_address(fn), exc) from None
 
     def deployment_gone(self, address: str | None, exc: Exception) -> Exception:
         """What a contract call that returned no data means: DeploymentNotFound saying the
@@ -433,13 +431,14 @@ class Chain:
                 code = b""  # the node went away too: the call's empty answer is the evidence
             if code:
                 return exc  # the code is there: the call's output is wrong, not missing
-        where = f"at {address} " if address is not None else ""
+        where = (f"at {address} is gone: chain {self.url} has no contract code there any "
+                 "more" if address is not None else
+                 f"is gone: a call to it on chain {self.url} returned no data")
         return DeploymentNotFound(
-            f"the FedChain deployment {where}is gone: chain {self.url} has no contract code "
-            "there any more (the chain was probably restarted or reset, and a dev chain "
-            "keeps no state across restarts). Redeploy with `fedchain deploy --fresh` (dev "
-            "chains: `fedchain deploy --fresh --dev-learners N`), then start the aggregator "
-            "and the learners again", url=self.url)
+            f"the FedChain deployment {where} (the chain was probably restarted or reset, "
+            "and a dev chain keeps no state across restarts). Redeploy with `fedchain deploy "
+            "--fresh` (dev chains: `fedchain deploy --fresh --dev-learners N`), then start "
+            "the aggregator and the learners again", url=self.url)
 
     @property
     def chain_id(self) -> int:
@@ -792,6 +791,20 @@ class Chain:
                 ) from None
             yield from logs
             start = end + 1
+
+
+def _contract_address(fn: Any) -> str | None:
+    """The contract a web3 call is to: a bound ContractFunction.call knows its address; a
+    partial of one, or of a batch of them, is unwrapped."""
+    if isinstance(fn, partial):
+        for arg in (fn.func, *fn.args):
+            for inner in arg if isinstance(arg, list) else [arg]:
+                found = _contract_address(inner)
+                if found is not None:
+                    return found
+        return None
+    address = getattr(getattr(fn, "__self__", None), "address", None)
+    return address if isinstance(address, str) else None
 
 
 def _receipt(raw: Any) -> Receipt:
