@@ -39,13 +39,14 @@ def read_results(out: str | Path) -> dict[str, Any] | None:
     return data
 
 
-def published_rounds(contract: FedChainReader) -> dict[int, RoundResult]:
+def published_rounds(contract: FedChainReader,
+                     ledger: Ledger | None = None) -> dict[int, RoundResult]:
     """Every published round as the chain records it (no rejection reasons: not on chain).
 
     `seconds` is left at 0: `with_seconds` fills it in from block timestamps, for the rounds
-    that need it.
+    that need it. `ledger`: one to bring up to date instead of reading from the start.
     """
-    ledger = Ledger(contract)
+    ledger = Ledger(contract) if ledger is None else ledger
     ledger.refresh()
     rounds: dict[int, RoundResult] = {}
     if ledger.genesis is None:
@@ -98,11 +99,12 @@ def _old_rounds(old: dict[str, Any]) -> dict[int, dict[str, Any]]:
 
 
 def complete_history(
-    history: History, contract: FedChainReader, old: dict[str, Any] | None
+    history: History, contract: FedChainReader, old: dict[str, Any] | None,
+    ledger: Ledger | None = None,
 ) -> tuple[History, int]:
     """`history` with every published round; returns it and the number of rounds taken from
-    the chain or the earlier file."""
-    on_chain = published_rounds(contract)
+    the chain or the earlier file (`ledger` as in `published_rounds`)."""
+    on_chain = published_rounds(contract, ledger)
     ran = {r.round: r for r in history.rounds}
     before = _old_rounds(old) if old and same_federation(old, contract, on_chain) else {}
     trusted = set(before)
@@ -173,14 +175,19 @@ def recording(aggregator_class: type, out: str | Path, old: dict[str, Any] | Non
     and their centralized metrics, which the chain does not hold, for its successor."""
 
     class Recording(aggregator_class):  # type: ignore[misc, valid-type]
+        #: The chain's events, read incrementally round after round (not from genesis).
+        _ledger: Ledger | None = None
+
         def run_round(self, round: int) -> RoundResult:
             result = super().run_round(round)
             from ..federation.results import write_results_json
 
             try:
-                history, _ = complete_history(self.history, self.contract, old)
+                if self._ledger is None:
+                    self._ledger = Ledger(self.contract)
+                history, _ = complete_history(self.history, self.contract, old, self._ledger)
                 write_results_json(out, history, self.contract, store_url=self.store.url,
-                                   plan=self.plan)
+                                   plan=self.plan, ledger=self._ledger)
             except (OSError, FedChainError) as exc:  # the round stands; the file catches up
                 log.warning("[ROUND %d] results.json not updated: %s", round, exc)
             return result

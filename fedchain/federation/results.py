@@ -19,13 +19,15 @@ from ..protocol.params import Plan
 from .history import History, strict_json, weighted_metrics
 
 
-def fill_distributed(history: History, contract: FedChainReader) -> None:
+def fill_distributed(history: History, contract: FedChainReader,
+                     ledger: Ledger | None = None) -> None:
     """Replaces the distributed series with the example-weighted means reported on chain;
     a report that `history.report_problem` refuses (non-finite metrics, an absurd
-    numExamples, round 0) is logged and left out."""
+    numExamples, round 0) is logged and left out. `ledger`: one to bring up to date
+    (incrementally) instead of reading the chain's events from the start."""
     history.losses_distributed.clear()
     history.metrics_distributed.clear()
-    ledger = Ledger(contract)
+    ledger = Ledger(contract) if ledger is None else ledger
     ledger.refresh()
     for record in ledger.records():
         loss, metrics = weighted_metrics(record.evaluations)
@@ -54,12 +56,13 @@ def write_results_json(
     *,
     store_url: str,
     plan: Plan | None,
+    ledger: Ledger | None = None,
 ) -> Path:
     """Writes `out`/results.json (atomically: a process killed while writing it leaves the
-    previous file whole) and returns its path."""
+    previous file whole) and returns its path; `ledger` as in `fill_distributed`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    fill_distributed(history, contract)
+    fill_distributed(history, contract, ledger)
     record = {
         "contract": contract.address,
         "chain": contract.chain.url,
