@@ -196,7 +196,8 @@ def cmd_aggregator(args: argparse.Namespace) -> int:
     from .results import read_results
 
     job = job_from(args)
-    job.check_learner_config()  # [train] goes into the plan: checked before it is published
+    # [train] goes into the plan: checked before it is published (if the learners' code is here).
+    job.check_learner_config(importable=False)
     config = job.run_config()
     if args.id and not args.output:
         # Members share the job file: each keeps its own results.json, never the same one.

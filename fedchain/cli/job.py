@@ -297,15 +297,22 @@ class Job:
         self.check_learner_config(factory)
         return self._with_options(factory)
 
-    def check_learner_config(self, factory: Any = None) -> None:
+    def check_learner_config(self, factory: Any = None, *, importable: bool = True) -> None:
         """ConfigError naming the file, the section and the key when [train] or [evaluate]
-        has a key the learner does not declare, or a value of another type."""
+        has a key the learner does not declare, or a value of another type. With
+        `importable=False` (an aggregator, which may not have the learners' code), a learner
+        factory that cannot be imported is not checked."""
         from ..federation.learner import config_problem, declared_keys
 
         if factory is None:
             if not self.learner:
                 return
-            factory = self.resolve(self.learner, "learner factory")
+            try:
+                factory = self.resolve(self.learner, "learner factory")
+            except ConfigError:
+                if importable:
+                    raise
+                return
         train_keys, eval_keys = declared_keys(factory)
         where = f"job file {self.path}: " if self.path is not None else ""
         for keys, config, section in ((train_keys, self.train, "[train]"),
