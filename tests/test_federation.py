@@ -212,3 +212,31 @@ def test_restarted_aggregator_replays_server_optimizer_state(fed, store):
     assert set(restarted._state) == set(first._state)
     for name in first._state:
         assert np.array_equal(restarted._state[name], first._state[name]), name
+
+
+class _Buggy(LinearLearner):
+    """A learner whose own code raises: training in round 2, evaluating round 1's model."""
+
+    def train(self, weights, config):  # type: ignore[no-untyped-def]
+        if config["round"] == 2:
+            raise RuntimeError("out of GPU memory (simulated)")
+        return super().train(weights, config)
+
+    def evaluate(self, weights, config):  # type: ignore[no-untyped-def]
+        if config["round"] == 1:
+            raise ValueError("corrupt test set (simulated)")
+        return super().evaluate(weights, config)
+
+
+def test_a_learner_that_raises_is_logged_and_recorded_and_the_federation_goes_on(tmp_path):
+    result = simulate(lambda i, n: _Buggy(i) if i == 0 else LinearLearner(i), 3, FedAvg(), 3,
+                      store=f"file://{tmp_path / 'store'}", min_updates=2, round_timeout=10.0,
+                      train_config={"lr": 0.1, "steps": 3}, results_dir=tmp_path / "out")
+    assert len(result.rounds) == 3  # every round ran
+    buggy = result.learners[0].address
+    assert buggy not in result.rounds[1].included and buggy in result.rounds[2].included
+    assert [(f.round, f.what) for f in result.failures] == [(1, "evaluate"), (2, "train")]
+    assert "RuntimeError: out of GPU memory" in result.failures[1].error
+    recorded = json.loads((tmp_path / "out" / "results.json").read_text())["failures"]
+    assert [(f["round"], f["what"], f["learner"]) for f in recorded] == [
+        (1, "evaluate", "learner-0"), (2, "train", "learner-0")]

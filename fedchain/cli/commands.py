@@ -397,8 +397,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     print(f"\n{len(result.rounds)} rounds in {time.monotonic() - started:.1f}s on "
           f"{result.contract.chain.url} chain, contract {result.contract.address}")
     print(f"results: {result.results_path}  plot: {result.plot_path}")
+    for f in result.failures:
+        print(f"learner failure: round {f.round}, {f.learner}'s {f.what}: {f.error}")
+    # Failures of the learners' own code do not stop a run, but the exit status says so.
+    failed = 1 if result.failures else 0
     if not args.audit:
-        return 0
+        return failed
 
     from ..audit import audit_federation
     from ..audit.render import print_report, write_html
@@ -408,7 +412,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     console.print("\n[bold]fedchain audit --verify[/bold] of this run, from the chain alone:")
     print_report(report, console)
     console.print(f"HTML report: {write_html(report, Path(job.output) / 'audit.html')}")
-    return report.exit_status()
+    return report.exit_status() or failed
 
 
 # --- status --------------------------------------------------------------------------------

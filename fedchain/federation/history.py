@@ -173,6 +173,9 @@ class History:
     metrics_distributed: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     metrics_centralized: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     rounds: list[RoundResult] = field(default_factory=list)
+    #: Failures of learners' own code (simulate: LearnerNode.failures), as results.json has
+    #: them: {"learner", "round", "what", "error"}.
+    failures: list[dict[str, Any]] = field(default_factory=list)
 
     def add_round(self, result: RoundResult) -> None:
         self.rounds.append(result)
@@ -204,6 +207,7 @@ class History:
             "metrics_distributed": self.metrics_distributed,
             "metrics_centralized": self.metrics_centralized,
             "rounds": [r.to_dict() for r in self.rounds],
+            **({"failures": self.failures} if self.failures else {}),
         }
 
 

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
@@ -67,6 +68,21 @@ MAX_METRICS_BYTES = 1024
 REFUSED = (InvalidModel, InvalidCID, ContentTooLarge)
 #: How often a learner still waiting for a global model says so again, in seconds.
 WAIT_WARNING_INTERVAL = 60.0
+
+
+@dataclass(frozen=True)
+class LearnerFailure:
+    """The learner's own code raised: which learner, in which round, doing what, and the
+    error (results.json records these)."""
+
+    learner: str
+    round: int
+    what: str
+    error: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"learner": self.learner, "round": self.round, "what": self.what,
+                "error": self.error}
 
 
 class Unusable(Enum):
@@ -230,6 +246,8 @@ class LearnerNode:
         self._strategy: Strategy | None = None
         self._disputed_cids: set[bytes] = set()
         self._ledger: Ledger | None = None
+        #: Failures of the learner's own code (train, evaluate), in order.
+        self.failures: list[LearnerFailure] = []
 
     @property
     def handled_round(self) -> int:
@@ -459,14 +477,26 @@ class LearnerNode:
 
     # -- steps -------------------------------------------------------------------------
 
+    def _learner_failed(self, round: int, what: str, exc: Exception) -> None:
+        """Records that the learner's own `what` (train, evaluate) raised in `round` (Flower's
+        accept_failures): logged with the learner and the round, the federation goes on."""
+        error = f"{type(exc).__name__}: {exc}"
+        self.failures.append(LearnerFailure(self.name, round, what, error))
+        log.error("[ROUND %d] %s: the learner's %s raised %s; the round goes on without it",
+                  round, self.name, what, error, exc_info=log.isEnabledFor(logging.DEBUG))
+
     def train_round(self, round: int, weights: Weights | None = None) -> bool:
         """Trains on the global model before `round` (`weights`, else fetched) and submits;
         False if the round moved on."""
         if weights is None:
             weights = self.global_weights(round - 1)
-        result = self.learner.train(weights, self.plan().train_config(round))
-        if self._spec is not None:
-            self._spec.check(spec(result.weights))
+        try:
+            result = self.learner.train(weights, self.plan().train_config(round))
+            if self._spec is not None:
+                self._spec.check(spec(result.weights))
+        except Exception as exc:  # the learner's own code: its failure ends only its round
+            self._learner_failed(round, "train", exc)
+            return False
         cid = self.store.put(encode(result.weights))
         try:
             if self.plan().reveal_window:
@@ -496,7 +526,11 @@ class LearnerNode:
         reports it on chain."""
         if weights is None:
             weights = self.global_weights(round)
-        result = self.learner.evaluate(weights, self.plan().eval_config(round))
+        try:
+            result = self.learner.evaluate(weights, self.plan().eval_config(round))
+        except Exception as exc:  # the learner's own code: its failure ends only this report
+            self._learner_failed(round, "evaluate", exc)
+            return
         try:
             self.contract.report_evaluation(
                 round, result.num_examples, metrics_json(result.loss, result.metrics)

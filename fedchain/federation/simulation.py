@@ -11,7 +11,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ from .config import RunConfig
 from .driver import DEFAULT_WORKERS, LearnerPool, watched_bindings
 from .history import History, RoundResult
 from .learner import Learner
-from .node import LearnerNode, SharedWork
+from .node import LearnerFailure, LearnerNode, SharedWork
 from .results import fill_distributed, write_results
 
 log = logging.getLogger("fedchain.simulation")
@@ -70,6 +70,8 @@ class SimulationResult:
     plot_path: Path | None = None
     #: The engine that ran the learners: "threads", "pool" or "ray".
     engine: str = "threads"
+    #: Where a learner's own code raised (the federation went on without that step).
+    failures: list[LearnerFailure] = field(default_factory=list)
 
 
 def learner_account(i: int, dev_slots: int) -> LocalAccount:
@@ -330,7 +332,10 @@ def simulate(
         raise FedChainError(f"simulation failed: {type(first).__name__}: {first}") from first
 
     history = agg.history
-    result = SimulationResult(history, agg.results, contract, st, nodes, engine=engine)
+    failures = sorted((f for n in nodes for f in n.failures), key=lambda f: (f.round, f.learner))
+    history.failures = [f.to_dict() for f in failures]
+    result = SimulationResult(history, agg.results, contract, st, nodes, engine=engine,
+                              failures=failures)
     if results_dir is not None:
         result.results_path, result.plot_path = write_results(
             results_dir, history, contract, store_url=st.url, plan=agg.plan,
