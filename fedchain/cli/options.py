@@ -98,7 +98,8 @@ def add_run_options(p: argparse.ArgumentParser, *, output: bool = True) -> None:
     g.add_argument("--round-timeout", type=seconds, metavar="SECONDS",
                    help="how long a round waits for updates (default 300)")
     g.add_argument("--strategy", metavar="NAME",
-                   help="FedAvg, FedMedian, FedTrimmedAvg, Krum, FedAvgM or FedAdam (its "
+                   help="FedAvg, FedMedian, FedTrimmedAvg, Krum, FedAvgM, FedAdam, FedAdagrad, "
+                   "FedYogi or FedProx (its "
                    "parameters come from the job's [strategy] when it names the same one)")
     if output:
         g.add_argument("--output", metavar="DIR",
