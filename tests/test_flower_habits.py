@@ -3,7 +3,11 @@ aggregation of the learners' evaluation reports, and progress printed by `simula
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,11 +106,6 @@ def test_torch_learner_applies_the_proximal_term_only_under_fedprox():
 
 
 def test_a_custom_metrics_aggregation_replaces_the_weighted_mean():
-    result = simulate(lambda i, n: LinearLearner(i), 3, None, 2, min_updates=3)
-    history = result.history
-    weighted = dict(history.losses_distributed)
-    assert sorted(weighted) == [1, 2]
-
     seen = []
 
     def worst(reports):
@@ -114,12 +113,49 @@ def test_a_custom_metrics_aggregation_replaces_the_weighted_mean():
         return {"loss": max(m["loss"] for _, m in reports), "reports": float(len(reports)),
                 "note": "not a number"}
 
-    history.metrics_aggregation = worst
-    fill_distributed(history, result.contract)
+    result = simulate(lambda i, n: LinearLearner(i), 3, None, 2, min_updates=3,
+                      metrics_aggregation=worst)
+    history = result.history
     assert len(seen) == 2 and all(len(r) == 3 for r in seen)
     assert all(isinstance(n, int) and "mse" in m for r in seen for n, m in r)
-    worst_losses = dict(history.losses_distributed)
-    assert worst_losses == {rnd: max(m["loss"] for _, m in r)
-                            for rnd, r in zip((1, 2), seen, strict=True)}
-    assert all(worst_losses[r] >= weighted[r] for r in (1, 2))
+    assert dict(history.losses_distributed) == {
+        rnd: max(m["loss"] for _, m in r) for rnd, r in zip((1, 2), seen, strict=True)}
     assert history.metrics_distributed == {"reports": [(1, 3.0), (2, 3.0)]}
+    # the default, for comparison: the example-weighted mean, never above the worst
+    history.metrics_aggregation = None
+    fill_distributed(history, result.contract)
+    weighted = dict(history.losses_distributed)
+    assert all(weighted[r] <= max(m["loss"] for _, m in seen[r - 1]) for r in (1, 2))
+    assert set(history.metrics_distributed) == {"mse"}
+
+
+SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+{setup}
+from fedchain import simulate
+from fedmodels import LinearLearner
+simulate(lambda i, n: LinearLearner(i), 3, None, 2, min_updates=3)
+print("done")
+"""
+
+
+def _run(setup: str) -> subprocess.CompletedProcess[str]:
+    code = SCRIPT.format(tests=str(Path(__file__).parent), setup=setup)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, cwd=Path(__file__).parent.parent,
+                          env={**os.environ, "FEDCHAIN_PROGRESS": "0"})
+
+
+def test_simulate_from_python_prints_a_line_a_round_unless_logging_is_set_up():
+    plain = _run("")
+    assert plain.returncode == 0 and plain.stdout.strip() == "done", plain.stderr
+    lines = plain.stderr.splitlines()
+    for round in (1, 2):
+        assert len([x for x in lines if f"[ROUND {round}] received 3 updates" in x]) == 1, \
+            plain.stderr
+    assert any("federation finished after round 2" in x for x in lines), plain.stderr
+    assert len(lines) < 20, plain.stderr  # the aggregator's lines, not every learner's
+    configured = _run("import logging; logging.basicConfig(level=logging.WARNING)")
+    assert configured.returncode == 0, configured.stderr
+    assert "[ROUND" not in configured.stderr
