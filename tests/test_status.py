@@ -84,7 +84,7 @@ def test_status_of_a_committee_of_three_mid_round(backend, capsys):
     assert re.search(r"deadlines \(chain time 20\d\d-\d\d-\d\d \d\d:\d\d:\d\d UTC, round "
                      r"opened \d+ s ago\): updates in (9 min \d+ s|10 min 0 s); votes in "
                      r"(19|20) min", waiting), waiting
-    assert re.search(r"waiting for: submissions from 1 learners \(2 of 3 in; updates until in "
+    assert re.search(r"waiting for: submissions from 1 learners \(2 of 3 in; update deadline in "
                      r"(9|10) min", waiting), waiting
     assert re.search(r"round 1: 0x\w+ \(learner --id 0\) computed " +
                      re.escape(text(cid("what learner 0 computed"))[:12]), waiting), waiting
@@ -106,8 +106,9 @@ def test_status_of_a_committee_of_three_mid_round(backend, capsys):
     assert "(1 included)" in _line(voting, members[2].address)
     assert "not voted yet" in _line(voting, members[1].address)
     assert "updates passed" in voting
+    assert re.search(r"--id 2\s*│\s*0x\w+\s*│\s*missed", voting), voting
     assert re.search(r"waiting for: votes: 1 of quorum 2 for one outcome \(2 of 3 members "
-                     r"voted\), votes until in (9|10) min", voting), voting
+                     r"voted\), vote deadline in (9|10) min", voting), voting
 
     chain.advance_time(601)  # past the vote deadline: anyone may close the round
     l0.report_evaluation(1, 10, '{"loss":1.0}')  # a block at the chain's new time

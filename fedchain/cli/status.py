@@ -100,16 +100,16 @@ class Status:
         votes = (f"votes: {self.best_votes()} of quorum {self.quorum} for one outcome "
                  f"({len({v.member for v in self.votes})} of {len(self.members)} members voted)")
         if info.vote_deadline:
-            votes += f", votes until {until(info.vote_deadline, now)}"
+            votes += f", vote deadline {until(info.vote_deadline, now)}"
         if info.frozen or self.votes:
             return votes
         missing = [a for a in self.expected if a not in self.submitted]
         if self.commit_reveal and now <= info.update_deadline:
-            return (f"commitments from {len(missing)} learners until "
-                    f"{until(info.update_deadline, now)}")
+            return (f"commitments from {len(missing)} learners (commit deadline "
+                    f"{until(info.update_deadline, now)})")
         if self.commit_reveal and now <= info.reveal_deadline:
-            return (f"reveals from {len(missing)} learners until "
-                    f"{until(info.reveal_deadline, now)}")
+            return (f"reveals from {len(missing)} learners (reveal deadline "
+                    f"{until(info.reveal_deadline, now)})")
         if missing and (not info.update_deadline or now <= info.update_deadline):
             needed = self.buffer_size or len(self.expected)
             line = (f"submissions from {len(missing)} learners ({len(self.submitted)} of "
@@ -117,7 +117,7 @@ class Status:
             if self.buffer_size:
                 line += f", a buffer of {needed} closes the round"
             if info.update_deadline:
-                line += f"; updates until {until(info.update_deadline, now)}"
+                line += f"; update deadline {until(info.update_deadline, now)}"
             return line + ")"
         return votes
 
@@ -232,8 +232,12 @@ def print_status(contract: FedChainReader, status: Status, console: Any) -> None
             if address in s.submitted:
                 cid, examples = s.submitted[address]
                 row.append(f"{short(cid)} ({examples} examples)")
+            elif address not in expected:
+                row.append("not sampled")
             else:
-                row.append("not sampled" if address not in expected else "not yet")
+                closed = s.info.frozen or (s.info.update_deadline
+                                           and s.now > s.info.update_deadline)
+                row.append("missed" if closed else "not yet")
         table.add_row(*row)
     if len(s.learners) > MAX_LISTED:
         table.caption = f"and {len(s.learners) - MAX_LISTED} more"
