@@ -29,10 +29,14 @@ update_window = 120                 # seconds a round takes updates (0: no deadl
 vote_window = 120                   # then seconds for votes; after it anyone may close
 fraction = 1.0                      # share of learners sampled per round
 verify = "full"                     # learners re-derive each global model: full|sampled|off
+train_schedule = { lr = { 4 = 0.05 } }  # per-round [train] values: lr 0.05 from round 4
 
 [train]       # sent to learners through the plan
 epochs = 1
 ```
+
+Every command that reads a job file takes `--run-config section.key=value` overrides (see
+`parse_run_config`), checked by the same rules as the file.
 
 Defaults (what a job without [strategy] or min_updates runs) survive one rogue learner of
 five: `ROBUST_FEDAVG` and a two-thirds quorum (`federation.config.default_min_updates`). A
