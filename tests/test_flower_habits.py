@@ -88,7 +88,8 @@ def test_torch_learner_applies_the_proximal_term_only_under_fedprox():
     torch.manual_seed(0)
     model = torch.nn.Linear(2, 1)
     data = torch.ones(8, 2)
-    learner = TorchLearner(model, train, evaluate, data, data)
+    # declaring no train keys: proximal_mu is fedchain's own key, as round is
+    learner = TorchLearner(model, train, evaluate, data, data, train_keys={})
     start = learner.get_weights()
 
     def drift(config):

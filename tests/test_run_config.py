@@ -116,3 +116,21 @@ def test_simulate_runs_what_the_overrides_say(tmp_path, capsys):
     assert results["plan"]["train"] == {"lr": 0.05, "steps": 5}
     assert results["plan"]["strategy"]["name"] == "FedYogi"
     assert results["plan"]["strategy"]["params"]["eta"] == 0.02
+
+
+def test_a_scheduled_key_is_checked_against_the_learners_declared_keys(tmp_path):
+    def make_learner(i, n):  # a learner factory declaring what its train reads
+        raise AssertionError("not built")
+
+    make_learner.train_keys = {"lr": float, "steps": int}
+    job = Job.load(_job(tmp_path), ['protocol.train_schedule={lr = {"3" = 0.01}}'])
+    job.check_learner_config(make_learner)
+    for item, message in (
+        ('protocol.train_schedule={lrr = {"3" = 0.01}}',
+         "[protocol] train_schedule has no key 'lrr' (did you mean 'lr'?)"),
+        ('protocol.train_schedule={steps = {"3" = "many"}}',
+         "[protocol] train_schedule steps must be an integer, got 'many'"),
+    ):
+        with pytest.raises(ConfigError) as caught:
+            Job.load(_job(tmp_path), [item]).check_learner_config(make_learner)
+        assert message in str(caught.value)

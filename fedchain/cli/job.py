@@ -392,6 +392,12 @@ class Job:
             problem = config_problem(keys, config, section)
             if problem is not None:
                 raise ConfigError(f"{where}{problem} ({self.learner})")
+        schedule = self.protocol.get("train_schedule") or {}
+        for key, by_round in schedule.items():
+            for value in by_round.values():
+                problem = config_problem(train_keys, {key: value}, "[protocol] train_schedule")
+                if problem is not None:
+                    raise ConfigError(f"{where}{problem} ({self.learner})")
 
     def evaluate_fn(self) -> Any:
         """The centralized `evaluate(round, weights)`, or None; [model] options as keywords."""
