@@ -49,6 +49,9 @@ _EXPORTS = {
     "Krum": "fedchain.aggregation.strategy",
     "FedAvgM": "fedchain.aggregation.strategy",
     "FedAdam": "fedchain.aggregation.strategy",
+    "FedAdagrad": "fedchain.aggregation.strategy",
+    "FedYogi": "fedchain.aggregation.strategy",
+    "FedProx": "fedchain.aggregation.strategy",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -1,10 +1,12 @@
-"""Progress bars for local training and model transfers (tqdm), shown only on a terminal.
+"""Progress bars for local training and model transfers (tqdm), shown only on a terminal,
+and the progress lines `simulate` prints when called from Python without logging set up.
 
-Set FEDCHAIN_PROGRESS=0 to turn them off, =1 to force them (e.g. in a notebook).
+Set FEDCHAIN_PROGRESS=0 to turn the bars off, =1 to force them (e.g. in a notebook).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Iterable, Iterator
@@ -52,3 +54,36 @@ def transfer(chunks: Iterable[bytes], desc: str, total: int | None = None) -> It
     finally:
         if bar is not None:
             bar.close()
+
+
+#: The loggers whose INFO lines are a run's progress (a line a round, not one per learner).
+PROGRESS_LOGGERS = ("fedchain.aggregator", "fedchain.simulation")
+_default_handler: logging.Handler | None = None
+
+
+class _ProgressOnly(logging.Filter):
+    """A run's progress and every warning, until the program sets up logging itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if logging.getLogger().handlers:  # logging set up since: it prints, not us
+            return False
+        return record.levelno >= logging.WARNING or record.name.startswith(PROGRESS_LOGGERS)
+
+
+def default_logging() -> bool:
+    """When neither the root logger nor fedchain's has a handler (a script or notebook that
+    never set up logging), prints fedchain's progress to stderr: the aggregator's line a round
+    and warnings. Does nothing once logging is set up (the CLI does, `logging.basicConfig`
+    does). Returns whether it added the handler (once per process)."""
+    global _default_handler
+    library = logging.getLogger("fedchain")
+    if _default_handler is not None or logging.getLogger().handlers or library.handlers:
+        return False
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    handler.addFilter(_ProgressOnly())
+    library.addHandler(handler)
+    if library.level == logging.NOTSET:
+        library.setLevel(logging.INFO)
+    _default_handler = handler
+    return True

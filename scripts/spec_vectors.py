@@ -32,11 +32,13 @@ sys.path.insert(0, str(ROOT))
 
 from fedchain.aggregation.strategy import (  # noqa: E402
     ROBUST_FEDAVG,
+    FedAdagrad,
     FedAdam,
     FedAvg,
     FedAvgM,
     FedMedian,
     FedTrimmedAvg,
+    FedYogi,
     Krum,
     Strategy,
     strategy_from_plan,
@@ -307,6 +309,31 @@ def vectors() -> dict[str, Vector]:
         "FedAdam (clip 2) without state (t = 1) on mixed dtypes: the state is created; integer "
         "layers take the mean", FedAdam(clip=2.0), 15, [(A[0], 7), (A[1], 9), (A[2], 11)],
         model=mixed_model)
+
+    rng = np.random.default_rng(61)
+    base = base_model(rng)
+    v["fedyogi"] = _round(
+        "FedYogi eta=0.05 with the m and v state of the round before: v moves by "
+        "(1 - beta2) x delta^2 towards delta^2, by sign(v - delta^2) (SPEC §8.13)",
+        FedYogi(eta=0.05), 61, [(A[1], 30), (A[2], 20), (A[0], 25)],
+        state=_state(rng, base, ("m", "v"), None))
+
+    v["fedyogi_first_round_mixed_dtypes"] = _round(
+        "FedYogi without state on mixed dtypes: v starts at +0, so v = (1 - beta2) x delta^2; "
+        "integer layers take the mean", FedYogi(), 62, [(A[0], 7), (A[1], 9), (A[2], 11)],
+        model=mixed_model)
+
+    rng = np.random.default_rng(63)
+    base = base_model(rng)
+    v["fedadagrad"] = _round(
+        "FedAdagrad eta=0.05 beta1=0.5 with the m and v state of the round before: "
+        "v = delta^2 + v, no bias correction (SPEC §8.12)",
+        FedAdagrad(eta=0.05, beta1=0.5), 63, [(A[2], 30), (A[0], 20), (A[1], 25)],
+        state=_state(rng, base, ("m", "v"), None))
+
+    v["fedadagrad_first_round"] = _round(
+        "FedAdagrad (clip 2) without state: v = delta^2 + 0.0, m = delta + 0.0",
+        FedAdagrad(clip=2.0), 64, [(A[0], 7), (A[1], 9), (A[2], 11)])
 
     staleness = _round(
         "staleness weights: num_examples >> staleness, at least 1 (SPEC §7.2)", FedAvg(), 16,

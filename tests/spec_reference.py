@@ -433,6 +433,12 @@ _STRATEGY_PARAMS: dict[str, dict[str, Any]] = {
                 "examples_cap": None, "server_lr": 1.0, "momentum": 0.9},
     "FedAdam": {"scaling": "num_examples", "accumulator": "float32", "clip": None,
                 "examples_cap": None, "eta": 0.1, "beta1": 0.9, "beta2": 0.99, "tau": 1e-9},
+    "FedAdagrad": {"scaling": "num_examples", "accumulator": "float32", "clip": None,
+                   "examples_cap": None, "eta": 0.1, "beta1": 0.0, "tau": 1e-9},
+    "FedYogi": {"scaling": "num_examples", "accumulator": "float32", "clip": None,
+                "examples_cap": None, "eta": 0.01, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3},
+    "FedProx": {"scaling": "num_examples", "accumulator": "float32", "clip": None,
+                "examples_cap": None, "proximal_mu": 0.01},
 }
 
 
@@ -479,10 +485,21 @@ def strategy_params(strategy: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
             _number(k, p[k], 0.0, hi)
         if p["beta1"] == 1.0 or p["beta2"] == 1.0:
             raise Malformed("beta1/beta2")
+    if name in ("FedAdagrad", "FedYogi"):
+        for k, hi in (("eta", 1e6), ("beta1", 1.0), ("tau", 1e6)):
+            _number(k, p[k], 0.0, hi)
+        if p["beta1"] == 1.0:
+            raise Malformed("beta1")
+    if name == "FedYogi":
+        _number("beta2", p["beta2"], 0.0, 1.0)
+        if p["beta2"] == 1.0:
+            raise Malformed("beta2")
+    if name == "FedProx":
+        _number("proximal_mu", p["proximal_mu"], 0.0, 1e6)
     return name, p
 
 
-STATEFUL = ("FedAvgM", "FedAdam")
+STATEFUL = ("FedAvgM", "FedAdam", "FedAdagrad", "FedYogi")
 
 # --------------------------------------------------------------------------- §8 arithmetic
 
@@ -782,12 +799,38 @@ def fedadam(previous: Weights, mean: Weights, state: Weights | None,
     return new, new_state
 
 
+def adaptive(previous: Weights, mean: Weights, state: Weights | None,
+             p: Mapping[str, Any], yogi: bool) -> tuple[Weights, Weights]:
+    """§8.12 (FedAdagrad) and §8.13 (FedYogi)."""
+    eta, b1, tau = (float(p[k]) for k in ("eta", "beta1", "tau"))
+    new: Weights = {}
+    new_state: Weights = {}
+    with np.errstate(over="ignore", invalid="ignore"):
+        for name, ref in previous.items():
+            if ref.dtype.kind != "f":
+                new[name] = mean[name]
+                continue
+            prev = _flat64(ref)
+            delta = _flat64(mean[name]) - prev
+            m_old = _state_tensor(state, "m/" + name, ref)
+            v_old = _state_tensor(state, "v/" + name, ref)
+            m = (1.0 - b1) * delta + (0.0 if m_old is None else b1 * m_old)
+            sq = delta * delta
+            old = np.zeros_like(sq) if v_old is None else v_old
+            b2 = float(p.get("beta2", 0.0))
+            v = old - ((1.0 - b2) * sq) * np.sign(old - sq) if yogi else sq + old
+            new_state["m/" + name] = m.reshape(ref.shape)
+            new_state["v/" + name] = v.reshape(ref.shape)
+            new[name] = cast_to(((eta * m) / (np.sqrt(v) + tau)) + prev, ref)
+    return new, new_state
+
+
 def aggregate(strategy: Mapping[str, Any], previous: Weights, updates: Sequence[Update],
               state: Weights | None) -> tuple[Weights, Weights | None]:
     """(new model, new state or None) of the included updates (n >= 1), or StrategyFailed."""
     name, p = strategy_params(strategy)
     new_state: Weights | None = None
-    if name == "FedAvg":
+    if name in ("FedAvg", "FedProx"):
         new = fedavg_mean(previous, updates, p)
     elif name == "FedMedian":
         new = coordinatewise(previous, updates, median_rule)
@@ -797,8 +840,11 @@ def aggregate(strategy: Mapping[str, Any], previous: Weights, updates: Sequence[
         new = krum(previous, updates, p)
     else:
         mean = fedavg_mean(previous, updates, p)
-        step = fedavgm if name == "FedAvgM" else fedadam
-        new, new_state = step(previous, mean, state, p)
+        if name in ("FedAdagrad", "FedYogi"):
+            new, new_state = adaptive(previous, mean, state, p, yogi=name == "FedYogi")
+        else:
+            step = fedavgm if name == "FedAvgM" else fedadam
+            new, new_state = step(previous, mean, state, p)
     for what in (new, new_state or {}):
         for key, a in what.items():
             if a.dtype.kind == "f" and not np.isfinite(a).all():

@@ -32,7 +32,8 @@ import json, sys
 import numpy as np
 sys.path[:0] = [{root!r}]
 from fedchain.aggregation.strategy import (
-    ROBUST_FEDAVG, FedAdam, FedAvg, FedAvgM, FedMedian, FedTrimmedAvg, Krum, Update)
+    ROBUST_FEDAVG, FedAdagrad, FedAdam, FedAvg, FedAvgM, FedMedian, FedTrimmedAvg, FedYogi, Krum,
+    Update)
 from fedchain.model.codec import encode
 from fedchain.storage import cid_of
 try:
@@ -55,6 +56,8 @@ strategies = {{
     "multi-Krum": Krum(f=1, m=3, examples_cap=2.0),
     "FedAvgM": FedAvgM(),
     "FedAdam": FedAdam(clip=2.0, examples_cap=2.0),
+    "FedAdagrad": FedAdagrad(beta1=0.5),
+    "FedYogi": FedYogi(clip=2.0),
 }}
 out = {{}}
 for label, strategy in strategies.items():
@@ -158,8 +161,9 @@ def test_aggregated_rounds_have_the_same_cids_whatever_simd_numpy_uses(tmp_path:
         results[label] = json.loads(stdout)
 
     native = results["native"]
-    assert len(native["cids"]) == 10
-    assert all(len(c) == ROUNDS * (2 if s in ("FedAvgM", "FedAdam") else 1)
+    assert len(native["cids"]) == 12
+    assert all(len(c) == ROUNDS * (2 if s in ("FedAvgM", "FedAdam", "FedAdagrad", "FedYogi")
+                                   else 1)
                for s, c in native["cids"].items())
     # every round moves the model: the CIDs do not just repeat the genesis model's
     assert all(len(set(c)) == len(c) for c in native["cids"].values())

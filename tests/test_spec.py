@@ -107,7 +107,8 @@ def test_the_vectors_cover_the_spec():
     loaded = [_load(VECTORS / n) for n in NAMES]
     strategies = {json.dumps(v["strategy"], sort_keys=True) for v in loaded}
     names = {v["strategy"]["name"] for v in loaded}
-    assert names == {"FedAvg", "FedMedian", "FedTrimmedAvg", "Krum", "FedAvgM", "FedAdam"}
+    assert names == {"FedAvg", "FedMedian", "FedTrimmedAvg", "Krum", "FedAvgM", "FedAdam",
+                     "FedAdagrad", "FedYogi"}
     robust = {"name": "FedAvg", "params": {"accumulator": "float32", "clip": 2.0,
                                            "examples_cap": 2.0, "scaling": "num_examples"}}
     assert json.dumps(robust, sort_keys=True) in strategies
@@ -277,6 +278,10 @@ MUTANTS: dict[str, tuple[str, Any]] = {
     "Adam's step ignored": ("fedadam", lambda original: lambda prev, mean, state, p: original(
         prev, mean, None if state is None else {k: a for k, a in state.items() if k != "step"},
         p)),
+    "Yogi's second moment as Adagrad's": ("adaptive", lambda original: lambda *a, yogi: original(
+        *a, yogi=False)),
+    "Adagrad's second moment as Yogi's": ("adaptive", lambda original: lambda *a, yogi: original(
+        *a, yogi=True)),
     "layers sorted by name": ("encode", lambda original: lambda w, m=None: original(
         dict(sorted(w.items())), m)),
     "duplicates kept": ("run_round", lambda original: lambda *a, **k: original(

@@ -12,11 +12,14 @@ import pytest
 
 from fedchain.aggregation.rules import aggregate_median, aggregate_trimmed_mean, krum_select
 from fedchain.aggregation.strategy import (
+    FedAdagrad,
     FedAdam,
     FedAvg,
     FedAvgM,
     FedMedian,
+    FedProx,
     FedTrimmedAvg,
+    FedYogi,
     Krum,
     Strategy,
     Update,
@@ -251,6 +254,34 @@ def test_fedadam_state_replays_bit_identically() -> None:
     np.testing.assert_allclose(np.abs(moved), 0.01, rtol=1e-3)
 
 
+def test_fedadagrad_steps_shrink_and_fedyogi_steps_do_not_as_the_same_delta_repeats() -> None:
+    """Adagrad sums Δ² (steps of η/√t for a constant Δ, from η·sign(Δ)); Yogi's v grows by
+    (1−β2)·Δ² a round from (1−β2)·Δ², so its steps start at 10η and stay large."""
+    ups = updates(3)
+    mean, _ = FedAvg().aggregate(PREVIOUS, ups)
+    delta = mean["conv.bias"].astype(np.float64) - PREVIOUS["conv.bias"]
+    for strategy in (FedAdagrad(eta=0.01), FedYogi(eta=0.01, beta1=0.0, tau=1e-9)):
+        steps, state = [], None
+        for _ in range(4):  # the same pseudo-gradient every round: aggregate from PREVIOUS
+            new, state = strategy.aggregate(PREVIOUS, ups, state)
+            steps.append(new["conv.bias"].astype(np.float64) - PREVIOUS["conv.bias"])
+        assert state is not None and set(state) >= {"m/conv.bias", "v/conv.bias"}
+        assert "step" not in state
+        first = 0.01 * np.sign(delta) * (1 if strategy.name == "FedAdagrad" else 10)
+        np.testing.assert_allclose(steps[0], first, rtol=1e-3)
+        if strategy.name == "FedAdagrad":  # v = tΔ²: the t-th step is η/√t
+            np.testing.assert_allclose(steps[3], 0.01 * np.sign(delta) / 2, rtol=1e-3)
+        else:  # v grows by (1-β2)Δ² a round: still far above η
+            assert (np.abs(steps[3]) > 0.04).all()
+
+
+def test_fedprox_aggregates_as_fedavg_and_carries_mu_in_its_plan() -> None:
+    ups = updates(3)
+    assert_identical(FedProx(proximal_mu=0.5).aggregate(PREVIOUS, ups)[0],
+                     FedAvg().aggregate(PREVIOUS, ups)[0])
+    assert FedProx(proximal_mu=0.5).to_plan()["params"]["proximal_mu"] == 0.5
+
+
 # --- plans ---------------------------------------------------------------------------
 
 STRATEGIES: list[Strategy] = [
@@ -264,6 +295,9 @@ STRATEGIES: list[Strategy] = [
     FedAvg(clip=2.0, examples_cap=2.0),
     FedAvgM(server_lr=0.7, clip=1.5),
     Krum(f=1, m=3, examples_cap=3.0),
+    FedAdagrad(eta=0.05, beta1=0.5),
+    FedYogi(clip=2.0),
+    FedProx(proximal_mu=0.1),
 ]
 
 
@@ -277,7 +311,9 @@ def test_plan_round_trips_through_json(strategy: Strategy) -> None:
 @pytest.mark.parametrize(
     "plan",
     [
-        {"name": "FedProx", "params": {}},
+        {"name": "FedNova", "params": {}},
+        {"name": "FedYogi", "params": {"beta2": 1.0}},
+        {"name": "FedProx", "params": {"proximal_mu": -1}},
         {"name": "FedAvg", "params": {"scaling": "by_loss"}},
         {"name": "FedAvg", "params": {"learning_rate": 1}},
         {"name": "FedTrimmedAvg", "params": {"beta": 0.5}},

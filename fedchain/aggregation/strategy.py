@@ -45,11 +45,14 @@ from .rules import (
 
 __all__ = [
     "ROBUST_FEDAVG",
+    "FedAdagrad",
     "FedAdam",
     "FedAvg",
     "FedAvgM",
     "FedMedian",
+    "FedProx",
     "FedTrimmedAvg",
+    "FedYogi",
     "Krum",
     "Strategy",
     "Update",
@@ -424,6 +427,88 @@ class FedAdam(FedOpt):
         return new_state, step
 
 
+@dataclass(frozen=True)
+class _AdaptiveNoBias(FedOpt):
+    """The shared part of FedAdagrad and FedYogi (Reddi et al., 2021, without bias correction):
+    m = β1·m + (1−β1)·Δ, v from the subclass's `_second`, new = previous + η·m / (√v + τ).
+    State: float64 "m/<layer>" and "v/<layer>" (no step count)."""
+
+    eta: float = 0.1
+    beta1: float = 0.0
+    tau: float = 1e-9
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _number("eta", self.eta, 0.0, 1e6)
+        _number("beta1", self.beta1, 0.0, 1.0)
+        _number("tau", self.tau, 0.0, 1e6)
+        if self.beta1 == 1.0:
+            raise ConfigError("beta1 must be below 1")
+
+    @abstractmethod
+    def _second(self, squared: np.ndarray, v: np.ndarray | None) -> np.ndarray:
+        """The new second moment from Δ² and the previous one (None in the first round)."""
+
+    def _optimizer(
+        self, state: Weights | None
+    ) -> tuple[Weights, Callable[[str, np.ndarray], np.ndarray]]:
+        new_state: Weights = {}
+
+        def step(name: str, delta: np.ndarray) -> np.ndarray:
+            m = _state_array(state, "m/" + name, delta)
+            v = _state_array(state, "v/" + name, delta)
+            m = (1.0 - self.beta1) * delta + (0.0 if m is None else self.beta1 * m)
+            v = self._second(delta * delta, v)
+            new_state["m/" + name], new_state["v/" + name] = m, v
+            return self.eta * m / (np.sqrt(v) + self.tau)
+
+        return new_state, step
+
+
+@dataclass(frozen=True)
+class FedAdagrad(_AdaptiveNoBias):
+    """FedAvg with a server Adagrad step: v = v + Δ² (SPEC §8.12)."""
+
+    name: ClassVar[str] = "FedAdagrad"
+
+    def _second(self, squared: np.ndarray, v: np.ndarray | None) -> np.ndarray:
+        return squared + (0.0 if v is None else v)
+
+
+@dataclass(frozen=True)
+class FedYogi(_AdaptiveNoBias):
+    """FedAvg with a server Yogi step: v = v − (1−β2)·Δ²·sign(v − Δ²) (SPEC §8.13)."""
+
+    name: ClassVar[str] = "FedYogi"
+    eta: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _number("beta2", self.beta2, 0.0, 1.0)
+        if self.beta2 == 1.0:
+            raise ConfigError("beta2 must be below 1")
+
+    def _second(self, squared: np.ndarray, v: np.ndarray | None) -> np.ndarray:
+        old = np.zeros_like(squared) if v is None else v
+        return old - ((1.0 - self.beta2) * squared) * np.sign(old - squared)
+
+
+@dataclass(frozen=True)
+class FedProx(FedAvg):
+    """FedAvg on the server; `proximal_mu` travels in the plan to the learners, which add
+    μ/2·‖w − w_global‖² to their training loss (Li et al., 2020). The aggregation is FedAvg's."""
+
+    name: ClassVar[str] = "FedProx"
+    proximal_mu: float = 0.01
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _number("proximal_mu", self.proximal_mu, 0.0, 1e6)
+
+
 #: The recommended strategy for a federation that trusts no single learner (templates,
 #: `simulate` and `make demo` default to it): FedAvg whose updates are clipped to twice the
 #: round's median difference norm and whose num_examples claims count for at most twice the
@@ -432,7 +517,8 @@ class FedAdam(FedOpt):
 ROBUST_FEDAVG = FedAvg(clip=2.0, examples_cap=2.0)
 
 _STRATEGIES: dict[str, type[Strategy]] = {
-    cls.name: cls for cls in (FedAvg, FedMedian, FedTrimmedAvg, Krum, FedAvgM, FedAdam)
+    cls.name: cls for cls in (FedAvg, FedMedian, FedTrimmedAvg, Krum, FedAvgM, FedAdam,
+                              FedAdagrad, FedYogi, FedProx)
 }
 
 

@@ -193,8 +193,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
                 commands.cmd_learner),
     "simulate": ("a whole federation in one process (embedded chain by default)",
                  _simulate_arguments, commands.cmd_simulate),
-    "status": ("the federation's state and the open round's submissions", _status_arguments,
-               commands.cmd_status),
+    "status": ("the federation's state: committee and votes, deadlines, disputes, learners, "
+               "and what it waits for", _status_arguments, commands.cmd_status),
     "devnet": ("start a dev chain (Anvil, Ganache or Hardhat) and the IPFS dev node",
                _devnet_arguments, commands.cmd_devnet),
     "audit": ("round history from the chain, optionally re-verified", _audit_arguments,

@@ -419,34 +419,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
-    from ..eth.events import ChainCid
+    from .status import print_status, read_status
 
     job = job_from(args)
     chain = connect_chain(job, "status")
     contract = fedchain_of(job, chain)
-    round = contract.current_round()
-    finished = contract.finished()
-    console = make_console()
-    console.print(f"FedChain {contract.address} on chain {chain.chain_id} ({chain.url})")
-    console.print(f"owner {contract.owner()}  aggregator {contract.aggregator()}")
-    if finished:
-        state = f"finished after round {round - 1}"
-    else:
-        state = "waiting for genesis" if round == 0 else f"round {round} open"
-    console.print(f"state: {state}; {contract.learner_count()} learners")
-    if round > 0:
-        label = "final" if finished else "latest"
-        console.print(f"{label} global model (round {round - 1}): "
-                      f"{ChainCid(contract.global_model(round - 1)).text}")
-    if round > 0 and not finished:
-        table = Table(title=f"learners in round {round}")
-        table.add_column("learner")
-        table.add_column("submitted")
-        for learner in contract.learners():
-            table.add_row(learner, "yes" if contract.has_submitted(round, learner) else "no")
-        console.print(table)
+    print_status(contract, read_status(contract), make_console())
     return 0
 
 

@@ -29,10 +29,14 @@ update_window = 120                 # seconds a round takes updates (0: no deadl
 vote_window = 120                   # then seconds for votes; after it anyone may close
 fraction = 1.0                      # share of learners sampled per round
 verify = "full"                     # learners re-derive each global model: full|sampled|off
+train_schedule = { lr = { 4 = 0.05 } }  # per-round [train] values: lr 0.05 from round 4
 
 [train]       # sent to learners through the plan
 epochs = 1
 ```
+
+Every command that reads a job file takes `--run-config section.key=value` overrides (see
+`parse_run_config`), checked by the same rules as the file.
 
 Defaults (what a job without [strategy] or min_updates runs) survive one rogue learner of
 five: `ROBUST_FEDAVG` and a two-thirds quorum (`federation.config.default_min_updates`). A
@@ -45,9 +49,10 @@ import dataclasses
 import difflib
 import functools
 import importlib
+import re
 import sys
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -161,6 +166,55 @@ def _validate(raw: dict[str, Any], where: str) -> None:
                 raise ConfigError(f"{where}: [{name}] {key} must be {wanted}, got {value!r}")
 
 
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*=")
+#: A value that looks meant as a TOML number, array, table or quoted string, not a word.
+_NOT_A_WORD = re.compile(r"""[-+0-9.\[{"']""")
+
+
+def parse_run_config(items: Iterable[str]) -> list[tuple[str, list[str], Any]]:
+    """[(the flag as given, the dotted key's parts, the value)] of `--run-config` items.
+
+    An item is "section.key=value" (deeper keys reach into tables: `model.options.data=x`);
+    the value is parsed as TOML (`5`, `0.01`, `true`, `"text"`, `[1, 2]`, `{lr = 0.1}`) and
+    a bare word is taken as a string (`federation.chain=embedded`). One item may hold several,
+    separated by spaces, as `flwr run --run-config "a=1 b=2"` does."""
+    parsed = []
+    for item in items:
+        parts = item.split()
+        pieces = parts if len(parts) > 1 and all(_KEY.match(x) for x in parts) else [item]
+        for piece in pieces:
+            flag = f"--run-config {piece!r}"
+            key, sep, text = piece.partition("=")
+            keys = key.strip().split(".")
+            if not sep or not all(keys):
+                raise ConfigError(f"{flag}: expected section.key=value, e.g. run.rounds=5 "
+                                  "or train.lr=0.01")
+            text = text.strip()
+            try:
+                value = tomllib.loads(f"v = {text}")["v"]
+            except tomllib.TOMLDecodeError as exc:
+                if not text or _NOT_A_WORD.match(text) or any(c in text for c in " ={}[]"):
+                    raise ConfigError(f"{flag}: {text!r} is not a TOML value ({exc}); quote "
+                                      "a string, e.g. 'train.optimizer=\"sgd\"'") from None
+                value = text
+            parsed.append((flag, keys, value))
+    return parsed
+
+
+def _nested(keys: list[str], value: Any) -> Any:
+    for key in reversed(keys):
+        value = {key: value}
+    return value
+
+
+def _merge(raw: dict[str, Any], keys: list[str], value: Any) -> None:
+    for key in keys[:-1]:
+        if not isinstance(raw.get(key), dict):
+            raw[key] = {}
+        raw = raw[key]
+    raw[keys[-1]] = value
+
+
 def _strategy_fields(name: Any) -> list[str]:
     cls = getattr(strategies, name, None) if isinstance(name, str) else None
     if isinstance(cls, type) and issubclass(cls, strategies.Strategy):
@@ -215,29 +269,46 @@ class Job:
     given: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def load(cls, path: str | Path | None) -> Job:
-        """The job in a TOML file (defaults for everything it leaves out)."""
-        if path is None:
+    def load(cls, path: str | Path | None, run_config: Iterable[str] = ()) -> Job:
+        """The job in a TOML file (defaults for everything it leaves out), with the
+        `--run-config` overrides `run_config` ("section.key=value", the value as TOML)."""
+        overrides = parse_run_config(run_config)
+        if path is None and not overrides:
             return cls()
-        p = Path(path)
-        try:
-            raw = tomllib.loads(p.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"job file {p} not found") from None
-        except IsADirectoryError:
-            raise ConfigError(f"job file {p} is a directory, not a TOML file") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read job file {p}: {exc}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"job file {p}: {exc}") from None
-        where = f"job file {p}"
-        _validate(raw, where)
-        job = cls(base_dir=p.resolve().parent, path=p)
+        raw: dict[str, Any] = {}
+        p = Path(path) if path is not None else None
+        if p is not None:
+            try:
+                raw = tomllib.loads(p.read_text())
+            except FileNotFoundError:
+                raise ConfigError(f"job file {p} not found") from None
+            except IsADirectoryError:
+                raise ConfigError(f"job file {p} is a directory, not a TOML file") from None
+            except (OSError, UnicodeDecodeError) as exc:
+                raise ConfigError(f"cannot read job file {p}: {exc}") from None
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"job file {p}: {exc}") from None
+            _validate(raw, f"job file {p}")
+        sources: dict[tuple[str, str], str] = {}
+        for flag, keys, value in overrides:
+            _validate(_nested(keys, value), flag)
+            _merge(raw, keys, value)
+            for key in keys[1:2] or list(value):
+                sources[keys[0], key] = flag
+        job = cls(base_dir=p.resolve().parent, path=p) if p is not None else cls()
+
+        def source(section: str, key: str) -> str:
+            return sources.get((section, key)) or f"[{section}] {key} in {p}"
+
+        where = f"job file {p}" if p is not None else "the job"
+        if any(keys[0] == "strategy" for _, keys, _ in overrides):
+            flags = ", ".join(flag for flag, keys, _ in overrides if keys[0] == "strategy")
+            where = f"{where} with {flags}"
         fed, model, run = raw.get("federation", {}), raw.get("model", {}), raw.get("run", {})
         for key in ("chain", "store", "contract", "deployments"):
             if key in fed:
                 setattr(job, key, fed[key] or None if key == "contract" else fed[key])
-                job.given[key] = f"[federation] {key} in {p}"
+                job.given[key] = source("federation", key)
         job.learner = model.get("learner")
         job.evaluate = model.get("evaluate")
         job.initial = model.get("initial")
@@ -247,20 +318,21 @@ class Job:
             name = params.pop("name", "FedAvg")
             job.strategy = {"name": name, "params": params}
             check_strategy(job.strategy, where)
-            job.given["strategy"] = f"[strategy] in {p}"
+            job.given["strategy"] = (where if "--run-config" in where
+                                     else f"[strategy] in {p}")
         for key in ("rounds", "learners", "min_updates", "round_timeout", "wall_clock",
                     "target_metric", "target"):
             if key in run:
                 setattr(job, key, run[key])
-                job.given[key] = f"[run] {key} in {p}"
+                job.given[key] = source("run", key)
         job.protocol = dict(raw.get("protocol", {}))
         for key in job.protocol:
-            job.given[key] = f"[protocol] {key} in {p}"
+            job.given[key] = source("protocol", key)
         job.train = dict(raw.get("train", {}))
         job.evaluate_config = dict(raw.get("evaluate", {}))
         if "dir" in raw.get("output", {}):
             job.output = raw["output"]["dir"]
-            job.given["output"] = f"[output] dir in {p}"
+            job.given["output"] = source("output", "dir")
         return job
 
     def run_config(self) -> RunConfig:
@@ -320,6 +392,12 @@ class Job:
             problem = config_problem(keys, config, section)
             if problem is not None:
                 raise ConfigError(f"{where}{problem} ({self.learner})")
+        schedule = self.protocol.get("train_schedule") or {}
+        for key, by_round in schedule.items():
+            for value in by_round.values():
+                problem = config_problem(train_keys, {key: value}, "[protocol] train_schedule")
+                if problem is not None:
+                    raise ConfigError(f"{where}{problem} ({self.learner})")
 
     def evaluate_fn(self) -> Any:
         """The centralized `evaluate(round, weights)`, or None; [model] options as keywords."""

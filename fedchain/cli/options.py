@@ -65,6 +65,9 @@ def port(text: str) -> int:
 
 def add_job_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--job", metavar="FILE", help="job TOML file (flags override it)")
+    p.add_argument("--run-config", metavar="KEY=VALUE", action="extend", nargs="+",
+                   help="override a job-file setting, e.g. run.rounds=5 train.lr=0.01 "
+                   "protocol.vote_window=60 (section.key=value, the value as TOML; repeatable)")
 
 
 def add_chain_options(
@@ -98,7 +101,8 @@ def add_run_options(p: argparse.ArgumentParser, *, output: bool = True) -> None:
     g.add_argument("--round-timeout", type=seconds, metavar="SECONDS",
                    help="how long a round waits for updates (default 300)")
     g.add_argument("--strategy", metavar="NAME",
-                   help="FedAvg, FedMedian, FedTrimmedAvg, Krum, FedAvgM or FedAdam (its "
+                   help="FedAvg, FedMedian, FedTrimmedAvg, Krum, FedAvgM, FedAdam, FedAdagrad, "
+                   "FedYogi or FedProx (its "
                    "parameters come from the job's [strategy] when it names the same one)")
     if output:
         g.add_argument("--output", metavar="DIR",
@@ -129,7 +133,7 @@ def add_account_options(p: argparse.ArgumentParser, default: str) -> None:
 
 def job_from(args: argparse.Namespace) -> Job:
     """The job file named by --job with the flags given on top, checked."""
-    job = Job.load(getattr(args, "job", None))
+    job = Job.load(getattr(args, "job", None), getattr(args, "run_config", None) or ())
     for name in ("chain", "store", "contract", "deployments", "rounds", "min_updates",
                  "round_timeout", "output"):
         value = getattr(args, name, None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,15 +22,22 @@ from ..protocol.fetching import Rejected
 __all__ = [
     "MAX_EXAMPLES",
     "History",
+    "MetricsAggregation",
     "Rejected",
     "RoundResult",
     "report_problem",
     "strict_json",
+    "aggregate_reports",
     "usable_reports",
     "weighted_metrics",
 ]
 
 log = logging.getLogger("fedchain.history")
+
+#: A custom aggregation of a round's evaluation reports (Flower's
+#: evaluate_metrics_aggregation_fn): [(num_examples, {"loss": …, metric: …})] of the usable
+#: reports → {"loss": …, metric: …}; "loss" in the result is the distributed loss.
+MetricsAggregation = Callable[[list[tuple[int, dict[str, float]]]], Mapping[str, float]]
 
 #: The contract's MAX_EXAMPLES: the most examples an update may claim. An evaluation report
 #: claiming more is absurd (the contract does not check reports' numExamples).
@@ -176,6 +183,10 @@ class History:
     #: Failures of learners' own code (simulate: LearnerNode.failures), as results.json has
     #: them: {"learner", "round", "what", "error"}.
     failures: list[dict[str, Any]] = field(default_factory=list)
+    #: How a round's evaluation reports become its distributed loss and metrics (None:
+    #: `weighted_metrics`, the example-weighted mean).
+    metrics_aggregation: MetricsAggregation | None = field(default=None, repr=False,
+                                                           compare=False)
 
     def add_round(self, result: RoundResult) -> None:
         self.rounds.append(result)
@@ -235,3 +246,28 @@ def weighted_metrics(
             means[k] = mean
     loss = means.pop("loss", None)
     return loss, means
+
+
+def aggregate_reports(
+    reports: Iterable[EvaluationReported], how: MetricsAggregation | None = None,
+) -> tuple[float | None, dict[str, float]]:
+    """(loss, metrics) of a round's evaluation reports by `how` (None: `weighted_metrics`).
+    `how` sees the reports `usable_reports` keeps, each with its numExamples capped as
+    `report_weights` caps it; a non-finite or non-numeric value it returns is logged and left
+    out."""
+    if how is None:
+        return weighted_metrics(reports)
+    usable = usable_reports(reports)
+    if not usable:
+        return None, {}
+    pairs = [(weight, {k: float(v) for k, v in loads(r.metrics).items()})
+             for r, weight in zip(usable, report_weights(usable), strict=True)]
+    result: dict[str, float] = {}
+    for k, v in how(pairs).items():
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            log.warning("round %d: the metrics aggregation gave %s = %r, not a number: "
+                        "left out", usable[0].round, k, v)
+        elif _finite(f"the aggregated {k} of the reports", usable[0].round, float(v)):
+            result[str(k)] = float(v)
+    loss = result.pop("loss", None)
+    return loss, result

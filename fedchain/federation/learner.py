@@ -15,8 +15,11 @@ from ..model.torch import from_state_dict, to_state_dict
 
 Metrics = dict[str, float]
 #: The config keys a learner's train or evaluate reads, each with its type (int, float, str or
-#: bool; float takes integers too). fedchain adds "round" to every config itself.
+#: bool; float takes integers too). fedchain adds FEDCHAIN_KEYS itself.
 ConfigKeys = Mapping[str, type]
+#: The train config keys fedchain adds: the round, and FedProx's proximal_mu (TorchLearner
+#: applies it; see `Plan.train_config`).
+FEDCHAIN_KEYS = ("round", "proximal_mu")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -100,7 +103,7 @@ def config_problem(keys: ConfigKeys | None, config: Mapping[str, Any], section: 
     if keys is None:
         return None
     for key, value in config.items():
-        if key == "round":  # fedchain's own
+        if key in FEDCHAIN_KEYS:
             continue
         kind = keys.get(key)
         if kind is None:
@@ -121,6 +124,24 @@ EvalFn = Callable[[Any, Any, Mapping[str, Any]], tuple[float, Mapping[str, float
 def _num_examples(data: Any) -> int:
     dataset = getattr(data, "dataset", data)
     return len(dataset)
+
+
+def _proximal_hooks(model: Any, mu: Any) -> list[Any]:
+    """Gradient hooks adding μ·(w − w now) to each trainable parameter's gradient (none
+    unless μ is a positive number)."""
+    if isinstance(mu, bool) or not isinstance(mu, int | float) or not mu > 0:
+        return []
+    hooks = []
+    for param in model.parameters():
+        if not param.requires_grad:
+            continue
+        anchor = param.detach().clone()
+
+        def pull(grad: Any, param: Any = param, anchor: Any = anchor) -> Any:
+            return grad + float(mu) * (param.detach() - anchor)
+
+        hooks.append(param.register_hook(pull))
+    return hooks
 
 
 class TorchLearner(Learner):
@@ -165,10 +186,19 @@ class TorchLearner(Learner):
         self.model.load_state_dict(to_state_dict(weights), strict=True)
 
     def train(self, weights: Weights, config: Mapping[str, Any]) -> TrainResult:
+        """`train_fn` on the round's global model. Under FedProx (the config's `proximal_mu`
+        μ > 0) every gradient of a trainable parameter w gets μ·(w − w_global) added as it is
+        computed: `train_fn`'s loss.backward() then yields the gradient of
+        loss + μ/2·‖w − w_global‖², whatever optimizer it steps (its reported loss is its own)."""
         _check(self.train_keys, config, "the train config")
         self.set_weights(weights)
         self.model.train()
-        metrics = self.train_fn(self.model, self.train_data, config) or {}
+        hooks = _proximal_hooks(self.model, config.get("proximal_mu"))
+        try:
+            metrics = self.train_fn(self.model, self.train_data, config) or {}
+        finally:
+            for hook in hooks:
+                hook.remove()
         floats = {k: float(v) for k, v in metrics.items()}
         return TrainResult(self.get_weights(), self.num_train, floats)
 

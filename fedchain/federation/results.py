@@ -16,21 +16,22 @@ from pathlib import Path
 from ..eth.contract import FedChainReader
 from ..protocol.ledger import Ledger
 from ..protocol.params import Plan
-from .history import History, strict_json, weighted_metrics
+from .history import History, aggregate_reports, strict_json
 
 
 def fill_distributed(history: History, contract: FedChainReader,
                      ledger: Ledger | None = None) -> None:
-    """Replaces the distributed series with the example-weighted means reported on chain;
-    a report that `history.report_problem` refuses (non-finite metrics, an absurd
-    numExamples, round 0) is logged and left out. `ledger`: one to bring up to date
-    (incrementally) instead of reading the chain's events from the start."""
+    """Replaces the distributed series with the reports on chain, aggregated by
+    `history.metrics_aggregation` (default: the example-weighted means); a report that
+    `history.report_problem` refuses (non-finite metrics, an absurd numExamples, round 0) is
+    logged and left out. `ledger`: one to bring up to date (incrementally) instead of reading
+    the chain's events from the start."""
     history.losses_distributed.clear()
     history.metrics_distributed.clear()
     ledger = Ledger(contract) if ledger is None else ledger
     ledger.refresh()
     for record in ledger.records():
-        loss, metrics = weighted_metrics(record.evaluations)
+        loss, metrics = aggregate_reports(record.evaluations, history.metrics_aggregation)
         if loss is not None:
             history.add_distributed(record.round, loss, metrics)
 

@@ -34,12 +34,13 @@ from ..eth.chain import Chain, connect
 from ..eth.contract import FedChain, RoundParams
 from ..eth.watcher import ChainWatcher, Snapshot
 from ..model.codec import Weights
+from ..progress import default_logging
 from ..protocol.rules import is_selected
 from ..storage import ContentStore, check_reachable, open_store
 from .aggregator import Aggregator, EvaluateFn
 from .config import RunConfig
 from .driver import DEFAULT_WORKERS, LearnerPool, watched_bindings
-from .history import History, RoundResult
+from .history import History, MetricsAggregation, RoundResult
 from .learner import Learner
 from .node import LearnerFailure, LearnerNode, SharedWork
 from .results import fill_distributed, write_results
@@ -158,6 +159,7 @@ def simulate(
     engine: str | None = None,
     workers: int = DEFAULT_WORKERS,
     shards: int = 2,
+    metrics_aggregation: MetricsAggregation | None = None,
 ) -> SimulationResult:
     """Deploys a fresh FedChain, registers `num_learners` learners and runs the federation.
 
@@ -193,7 +195,13 @@ def simulate(
     node every worker reaches (an http(s) URL) and the store one they share (a Kubo API, or
     a file:// directory on a shared file system); the committee runs here, in threads. The
     result then has no LearnerNode objects (they lived in the workers).
+
+    `metrics_aggregation(reports)` (Flower's evaluate_metrics_aggregation_fn) turns a round's
+    evaluation reports, [(num_examples, metrics)], into its distributed metrics (default: the
+    example-weighted mean). Without logging set up, the run prints its progress
+    (`progress.default_logging`).
     """
+    default_logging()
     if num_learners < 1:
         raise ConfigError("a federation needs at least one learner")
     engine = choose_engine(engine, num_learners)
@@ -334,6 +342,7 @@ def simulate(
     history = agg.history
     failures = sorted((f for n in nodes for f in n.failures), key=lambda f: (f.round, f.learner))
     history.failures = [f.to_dict() for f in failures]
+    history.metrics_aggregation = metrics_aggregation
     result = SimulationResult(history, agg.results, contract, st, nodes, engine=engine,
                               failures=failures)
     if results_dir is not None:

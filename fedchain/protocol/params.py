@@ -62,6 +62,17 @@ _FRACTION = ("a number in (0, 1]", lambda v: _is_number(v) and 0 < v <= 1)
 _SECONDS = _integer(0, MAX_WINDOW, "seconds")
 
 
+def _round_key(key: Any) -> bool:
+    return (isinstance(key, str) and key.isascii() and key.isdigit() and key[0] != "0"
+            and int(key) <= MAX_ROUNDS)
+
+
+_SCHEDULE = ('{key: {"round": value}} with rounds as decimal strings, e.g. {"lr": {"3": 0.01}}',
+             lambda v: v is None or isinstance(v, dict) and all(
+                 isinstance(k, str) and isinstance(by, dict) and all(map(_round_key, by))
+                 for k, by in v.items()))
+
+
 def _field(default: Any = MISSING, check: tuple[str, Callable[[Any], bool]] | None = None, *,
            factory: Callable[[], Any] | None = None, optional: bool = False,
            chain: str | None = None) -> Any:
@@ -108,6 +119,11 @@ class ProtocolFields:
     #: or the same weights re-encoded): free-riding on another learner's update.
     exclude_duplicates: bool = _field(False, ("true or false", lambda v: isinstance(v, bool)),
                                       optional=True)
+
+    #: Per-round training values (Flower's on_fit_config_fn, declared so every learner
+    #: derives the same config from the plan): {key: {"round": value}}; from each listed
+    #: round on, the key takes that value (before the first, the plan's `train` value).
+    train_schedule: dict[str, dict[str, Any]] | None = _field(None, _SCHEDULE, optional=True)
 
     def __post_init__(self) -> None:
         for f in protocol_fields():
@@ -214,7 +230,20 @@ class Plan(ProtocolFields):
         return fetch_plan(store, CID.from_bytes(cid) if isinstance(cid, bytes) else cid)
 
     def train_config(self, round: int) -> dict[str, Any]:
-        return {**self.train, "round": round}
+        """The plan's `train` with `train_schedule` applied for `round`, FedProx's
+        `proximal_mu` (its learners' proximal term) and the round number."""
+        config = dict(self.train)
+        for key, by_round in (self.train_schedule or {}).items():
+            reached = [int(r) for r in by_round if int(r) <= round]
+            if reached:
+                config[key] = by_round[str(max(reached))]
+        if self.strategy.get("name") == "FedProx":
+            from ..aggregation.strategy import FedProx, strategy_from_plan
+
+            prox = strategy_from_plan(self.strategy)
+            if isinstance(prox, FedProx):
+                config["proximal_mu"] = prox.proximal_mu
+        return {**config, "round": round}
 
     def eval_config(self, round: int) -> dict[str, Any]:
         return {**self.evaluate, "round": round}
