@@ -237,12 +237,12 @@ class Plan(ProtocolFields):
             reached = [int(r) for r in by_round if int(r) <= round]
             if reached:
                 config[key] = by_round[str(max(reached))]
-        if self.strategy.get("name") == "FedProx":
-            from ..aggregation.strategy import FedProx, strategy_from_plan
-
-            prox = strategy_from_plan(self.strategy)
-            if isinstance(prox, FedProx):
-                config["proximal_mu"] = prox.proximal_mu
+        params = self.strategy.get("params")
+        if self.strategy.get("name") == "FedProx" and isinstance(params, dict):
+            # FedProx.to_plan always writes it; the strategy checks its range when built.
+            mu = params.get("proximal_mu")
+            if isinstance(mu, int | float) and not isinstance(mu, bool):
+                config["proximal_mu"] = float(mu)
         return {**config, "round": round}
 
     def eval_config(self, round: int) -> dict[str, Any]:
