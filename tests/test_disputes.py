@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -21,7 +21,8 @@ from fixtures.chains import dev
 
 from fedchain.aggregation.strategy import FedAvg, FedAvgM
 from fedchain.audit import audit_federation
-from fedchain.eth.chain import Chain
+from fedchain.cli import devnet
+from fedchain.eth.chain import Chain, connect
 from fedchain.eth.contract import FedChain
 from fedchain.eth.events import Disputed
 from fedchain.federation.aggregator import Aggregator
@@ -30,7 +31,19 @@ from fedchain.federation.node import LearnerNode
 from fedchain.protocol.params import Plan
 from fedchain.storage.cid import CID
 
-pytestmark = [pytest.mark.anvil, pytest.mark.xdist_group("anvil")]
+pytestmark = [pytest.mark.anvil]
+
+
+@pytest.fixture(scope="module")
+def anvil_chain() -> Iterator[Chain]:
+    """An Anvil node of this module's own: committees run with deadlines here, and the
+    session's node has had its clock moved ahead by other tests (an idle chain whose latest
+    block is stamped ahead of this machine's clock would hold a deadline back)."""
+    node = devnet.start_anvil()
+    try:
+        yield connect(node.url)
+    finally:
+        node.stop()
 
 TRAIN = {"lr": 0.1, "steps": 3}
 #: Generous: a loaded machine may be slow, and nothing here waits for a deadline.
@@ -109,9 +122,11 @@ def test_learners_dispute_what_a_colluding_majority_publishes(anvil_chain: Chain
                                                               case: str) -> None:
     cheat, strategy, min_updates, submitting = CASES[case]
     contract, members, learners = _deploy(anvil_chain)
-    # With fewer than every learner in, a member waits round_timeout before aggregating.
+    # With fewer than every learner in, votes open at the update deadline: a short one.
+    windows = {} if submitting == 3 else {"update_window": 2, "vote_window": 120}
     config = RunConfig(strategy=strategy, rounds=2, min_updates=min_updates, train=TRAIN,
-                       round_timeout=PATIENCE if submitting == 3 else 2.0, poll_interval=0.05)
+                       round_timeout=PATIENCE if submitting == 3 else 2.0, poll_interval=0.05,
+                       **windows)
     # Members 1 and 2 collude (same cheat, same votes: a quorum); member 3 is not needed.
     colluders = [cheat(contract.with_account(m), store, config,
                        initial_weights=initial_weights()) for m in members[:2]]

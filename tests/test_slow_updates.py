@@ -62,7 +62,8 @@ def test_a_slow_drip_update_costs_only_itself(tmp_path):
     store = DripStore(tmp_path / "store")
     config = RunConfig(strategy=FedAvg(), rounds=1, min_updates=5, round_timeout=120.0)
     result = simulate(lambda i, n: LinearLearner(i), 10, config=config, store=store,
-                      train_config=TRAIN, aggregators=3, quorum=2)
+                      train_config=TRAIN, aggregators=3, quorum=2,
+                      engine="threads")  # a thread per learner: DripStore knows learner 0's
 
     contract = result.contract
     dripping = result.learners[0].address
