@@ -35,8 +35,9 @@ contract FedChain {
     /// in which committed updates are revealed. Needs an update window.
     /// @param voteWindow Seconds for votes after the updates' (and reveals') deadline; once
     /// past, anyone may close the round with the previous model carried over. 0: no deadline.
-    /// @param selectPpm Client sampling: each learner takes part in a round with this
-    /// probability in parts per million, drawn from the round's seed. 0 (or 1e6): everyone.
+    /// @param selectPpm Client sampling: the share of learners in a round, in parts per
+    /// million: each round selects exactly ceil(selectPpm * n / 1e6) of the n learner indices
+    /// handed out when it opened, by a permutation drawn from its seed. 0 (or 1e6): everyone.
     /// @param bufferSize Asynchronous (FedBuff) rounds: votes may close a round once this many
     /// updates arrived, before the update deadline. 0: every active learner's update.
     /// @param maxStaleness Asynchronous rounds: an update trained for round r is accepted up to
@@ -163,7 +164,9 @@ contract FedChain {
         uint256 bufferSize,
         uint256 maxStaleness
     );
-    /// @notice Round `round` opened with sampling seed `seed` (only when sampling is on).
+    /// @notice Round `round` opened with sampling seed `seed` (only when sampling is on). The
+    /// seed's low 64 bits are the sample: bits 32..63 the learner indices n it permutes (those
+    /// handed out when the round opened), bits 0..31 how many it selects, ceil(selectPpm*n/1e6).
     event RoundSeeded(uint256 indexed round, bytes32 seed);
     /// @param staleness How many rounds before `round` the update was trained for (0: for it).
     event UpdateSubmitted(
@@ -375,7 +378,7 @@ contract FedChain {
         if (round > open || open - round > s.maxStaleness) revert WrongRound(round, open);
         _checkCid(modelCid);
         _checkExamples(numExamples);
-        if (s.selectPpm != 0 && !_selected(s, index)) revert NotSelected(open, msg.sender);
+        if (s.selectPpm != 0 && !_selected(_seed, index)) revert NotSelected(open, msg.sender);
         if (!_testAndSet(_submitted[open], index)) revert AlreadySubmitted(open, msg.sender);
         emit UpdateSubmitted(open, msg.sender, modelCid, numExamples, open - round);
     }
@@ -388,7 +391,7 @@ contract FedChain {
         _checkAccepting(s);
         if (s.revealWindow == 0) revert CommitRevealOff();
         if (round != s.round) revert WrongRound(round, s.round);
-        if (s.selectPpm != 0 && !_selected(s, index)) revert NotSelected(round, msg.sender);
+        if (s.selectPpm != 0 && !_selected(_seed, index)) revert NotSelected(round, msg.sender);
         if (commitment == 0 || _commitments[round][msg.sender] != 0) {
             revert AlreadySubmitted(round, msg.sender);
         }
@@ -451,8 +454,10 @@ contract FedChain {
         uint256 updateEnd = _updateEnd(s);
         if (s.updateWindow != 0 && block.timestamp <= updateEnd) {
             // Before the deadline a vote would cut the round short: only once every active
-            // learner (or, asynchronously, the buffer) is in.
-            uint256 needed = s.bufferSize != 0 ? s.bufferSize : _learnerCount;
+            // learner (with sampling, the whole sample; asynchronously, the buffer) is in.
+            uint256 needed = s.bufferSize != 0
+                ? s.bufferSize
+                : (s.selectPpm != 0 ? uint32(uint256(_seed)) : _learnerCount);
             if (arrived < needed) revert VotingNotOpen(round, updateEnd);
         }
         if (s.voteWindow != 0 && block.timestamp > updateEnd + s.voteWindow) {
@@ -585,9 +590,19 @@ contract FedChain {
 
     /// @notice Whether `learner` is selected for the open round (always, without sampling).
     function isSelected(address learner) external view returns (bool) {
-        State memory s = _state;
         uint256 index = _learners[learner].index;
-        return index != 0 && (s.selectPpm == 0 || _selected(s, index));
+        return index != 0 && (_state.selectPpm == 0 || _selected(_seed, index));
+    }
+
+    /// @notice Learner `index`'s place in the permutation a round's `seed` draws: it is
+    /// selected iff the place is below the seed's sample size (the low 32 bits). Constant gas:
+    /// four Feistel rounds over keccak256 on the smallest 4**h >= n, walking the cycle until
+    /// the value falls below n (on average fewer than 4 walks). An index outside 1..n (the
+    /// seed's bits 32..63) has no place: type(uint256).max.
+    function samplePosition(bytes32 seed, uint256 index) external pure returns (uint256) {
+        uint256 n = uint32(uint256(seed) >> 32);
+        if (index == 0 || index > n) return type(uint256).max;
+        return _permute(seed, index - 1, n);
     }
 
     /// @notice Bitmap of the learners that submitted in `round` (one word per 256 indices).
@@ -690,7 +705,13 @@ contract FedChain {
         s.frozen = false;
         _state = s;
         if (s.selectPpm != 0) {
-            bytes32 seed = keccak256(abi.encode(blockhash(block.number - 1), block.prevrandao, round));
+            // The sample is fixed when the round opens: the indices handed out by then, and
+            // ceil(selectPpm * n / 1e6) of them; both ride in the seed's low 64 bits.
+            uint256 n = _learnerSlots;
+            uint256 k = (uint256(s.selectPpm) * n + ALL - 1) / ALL;
+            uint256 random =
+                uint256(keccak256(abi.encode(blockhash(block.number - 1), block.prevrandao, round)));
+            bytes32 seed = bytes32(((random >> 64) << 64) | (n << 32) | k);
             _seed = seed;
             emit RoundSeeded(round, seed);
         }
@@ -744,8 +765,39 @@ contract FedChain {
         return uint256(s.openedAt) + s.updateWindow + s.revealWindow;
     }
 
-    function _selected(State memory s, uint256 index) private view returns (bool) {
-        return uint256(keccak256(abi.encode(_seed, index))) % ALL < s.selectPpm;
+    /// @dev Whether learner `index` is in the sample of `seed` (see samplePosition).
+    function _selected(bytes32 seed, uint256 index) private pure returns (bool) {
+        uint256 n = uint32(uint256(seed) >> 32);
+        if (index == 0 || index > n) return false;
+        uint256 k = uint32(uint256(seed));
+        return k >= n || _permute(seed, index - 1, n) < k;
+    }
+
+    /// @dev A pseudorandom permutation of 0..n-1 keyed by `seed` (1 <= n <= 2**32): a
+    /// balanced Feistel network of four rounds on 2h bits, 4**h the smallest power of four
+    /// >= n, round i's function keccak256(seed, i << 32 | right half) mod 2**h; values >= n
+    /// walk the cycle on. fedchain.protocol.rules.sample_position mirrors it.
+    function _permute(bytes32 seed, uint256 x, uint256 n) private pure returns (uint256) {
+        uint256 h = 1;
+        while (1 << (2 * h) < n) ++h;
+        uint256 mask = (1 << h) - 1;
+        assembly ("memory-safe") {
+            mstore(0, seed)
+            for {} 1 {} {
+                let l := shr(h, x)
+                let r := and(x, mask)
+                for { let i := 0 } lt(i, 4) { i := add(i, 1) } {
+                    mstore(32, or(shl(32, i), r))
+                    let f := and(keccak256(0, 64), mask)
+                    let t := r
+                    r := xor(l, f)
+                    l := t
+                }
+                x := or(shl(h, l), r)
+                if lt(x, n) { break }
+            }
+        }
+        return x;
     }
 
     function _words() private view returns (uint256) {

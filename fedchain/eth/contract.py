@@ -229,6 +229,13 @@ class FedChainReader:
         """Whether `learner` is sampled for the open round (always, without sampling)."""
         return bool(self._view("isSelected", to_checksum_address(learner)))
 
+    def sample_position(self, seed: bytes, index: int) -> int | None:
+        """Learner `index`'s place in the permutation a round's `seed` draws, as the contract
+        computes it (selected iff below the seed's sample size); None outside 1..n.
+        `fedchain.protocol.rules.sample_position` is the same rule without a chain."""
+        place = int(self._view("samplePosition", bytes(seed), index))
+        return None if place == 2**256 - 1 else place
+
     def submitted_bits(self, round: int) -> list[int]:
         return [int(w) for w in self._view("submittedBits", round)]
 
