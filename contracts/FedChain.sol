@@ -25,6 +25,7 @@ contract FedChain {
     struct Member {
         uint16 epoch;
         uint8 index; // 1-based; its bit in a vote tally is index - 1
+        uint40 voted; // 1 + the round of its last vote on a result in this epoch (0: none)
     }
 
     /// @notice The run's parameters, fixed at genesis (the plan records the same values).
@@ -340,7 +341,7 @@ contract FedChain {
         _checkParams(p);
         bytes32 digest = keccak256(abi.encode(modelCid, planCid, p));
         emit GenesisVoted(msg.sender, digest);
-        if (!_vote(s, 0, digest, member)) return;
+        if (!_vote(s, 0, digest, member, true)) return;
         _latest = _pack(modelCid);
         _plan = planCid;
         s.round = 1;
@@ -465,7 +466,7 @@ contract FedChain {
         }
         bytes32 digest = keccak256(abi.encode(modelCid, stateCid, included));
         emit Voted(round, msg.sender, digest, modelCid, stateCid, included);
-        if (!_vote(s, round, digest, member)) {
+        if (!_vote(s, round, digest, member, true)) {
             if (!s.frozen) _state.frozen = true;
             return;
         }
@@ -518,7 +519,7 @@ contract FedChain {
         if (s.round == 0) revert NotStarted();
         if (s.finished) revert FederationFinished();
         emit Voted(s.round, msg.sender, FINISH, "", "", new uint256[](0));
-        if (!_vote(s, s.round, FINISH, member)) return;
+        if (!_vote(s, s.round, FINISH, member, false)) return;
         _state.finished = true;
         unchecked {
             emit Finished(s.round - 1); // s.round >= 1 here
@@ -654,7 +655,7 @@ contract FedChain {
             address who = members[i];
             if (who == address(0)) revert ZeroAddress();
             if (_members[who].epoch == epoch) revert DuplicateMember(who);
-            _members[who] = Member(epoch, uint8(i + 1));
+            _members[who] = Member(epoch, uint8(i + 1), 0);
         }
         _committee = members;
         _state.epoch = epoch;
@@ -670,12 +671,17 @@ contract FedChain {
     }
 
     /// @dev Records `member`'s vote for `digest`; true when it completes the quorum (the
-    /// closing vote is not stored). A committee of one decides alone.
-    function _vote(State memory s, uint256 round, bytes32 digest, uint256 member)
+    /// closing vote is not stored). A committee of one decides alone. With `once` (a vote on
+    /// the genesis or a round's result) a member votes once per round: a second vote, for
+    /// another digest too, reverts with AlreadyVoted, so nobody can vote for two results.
+    function _vote(State memory s, uint256 round, bytes32 digest, uint256 member, bool once)
         private
         returns (bool)
     {
         if (s.quorum == 1) return true;
+        Member storage m = _members[msg.sender];
+        uint40 mark = uint40(round + 1);
+        if (once && m.voted == mark) revert AlreadyVoted(round, msg.sender);
         bytes32 key = keccak256(abi.encode(round, s.epoch, digest));
         uint256 bits = _tally[key];
         uint256 bit = 1 << (member - 1);
@@ -683,6 +689,7 @@ contract FedChain {
         bits |= bit;
         if (_popcount(bits) >= s.quorum) return true;
         _tally[key] = bits;
+        if (once) m.voted = mark;
         return false;
     }
 
