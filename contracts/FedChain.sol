@@ -67,7 +67,7 @@ contract FedChain {
         uint8 maxStaleness;
         uint8 quorum;
         bool finished;
-        bool frozen; // a vote was cast in the open round: its submissions are final
+        uint8 marks; // FROZEN | CURRENT | VOTED | SEATED
     }
 
     /// @dev A CID packed as: a = length byte followed by the first 31 bytes, b = the next 32.
@@ -87,12 +87,23 @@ contract FedChain {
     /// @notice The digest a vote to finish the federation carries.
     bytes32 public constant FINISH = keccak256("fedchain.finish");
 
+    /// @dev State.marks: a vote was cast in the open round, so its submissions are final;
+    uint8 private constant FROZEN = 1;
+    /// which of the two model slots holds the latest global model (the other: the one before);
+    uint8 private constant CURRENT = 2;
+    /// the latest closed round closed on a vote of the committee (not a timeout, not a void);
+    uint8 private constant VOTED = 4;
+    /// the committee changed since the latest closed round closed.
+    uint8 private constant SEATED = 8;
+
     /// @notice The account that manages learners and the committee.
     address public owner;
     uint32 private _learnerCount;
     uint32 private _learnerSlots;
     State private _state;
-    PackedCid private _latest;
+    /// @dev The latest global model and the one before it (see CURRENT), so that voidRound
+    /// can restore it.
+    PackedCid[2] private _models;
     bytes32 private _seed;
     bytes private _plan;
     /// @notice The account an ownership transfer in progress goes to; zero when none is.
@@ -106,6 +117,7 @@ contract FedChain {
     /// @dev round => word => bits of the learners that submitted / reported in that round.
     mapping(uint256 => mapping(uint256 => uint256)) private _submitted;
     mapping(uint256 => mapping(uint256 => uint256)) private _reported;
+    mapping(uint256 => mapping(uint256 => uint256)) private _disputed;
     mapping(uint256 => mapping(address => bytes32)) private _commitments;
     /// @dev keccak(round, epoch, digest) => bits of the members that voted for digest.
     mapping(bytes32 => uint256) private _tally;
@@ -149,6 +161,14 @@ contract FedChain {
     error AlreadyReported(uint256 round, address learner);
     /// @notice Only the pending owner (see transferOwnership) may accept the ownership.
     error NotPendingOwner(address caller);
+    /// @notice Only the latest closed round can be voided.
+    error NotLatestRound(uint256 given, uint256 latest);
+    /// @notice The round did not close on a committee vote (a timeout, or voided already).
+    error NotVoidable(uint256 round);
+    /// @notice Voiding a round needs disputes from more than half of the active learners.
+    error TooFewDisputes(uint256 round, uint256 disputes, uint256 needed);
+    /// @notice `digest` is not the result the round closed on.
+    error NotTheResult(uint256 round, bytes32 digest);
 
     event LearnerAdded(address indexed learner, uint256 index);
     event LearnerRemoved(address indexed learner);
@@ -197,6 +217,12 @@ contract FedChain {
     event RoundTimedOut(uint256 indexed round, address closer);
     /// @notice A learner re-derived `round`'s global model and got `computedCid` instead.
     event Disputed(uint256 indexed round, address indexed learner, bytes computedCid);
+    /// @notice More than half of the active learners (`disputes` of them) disputed `round`,
+    /// so its result is void: the global model is `restoredCid` again, the one before it, and
+    /// the members that voted for the result (`evicted`) lost their seats. The round open at
+    /// the time closes carried over on the restored model (its updates were trained on the
+    /// void one) and, unless the federation has finished, the next round opens on it.
+    event RoundVoided(uint256 indexed round, bytes restoredCid, uint256 disputes, address[] evicted);
     event EvaluationReported(
         uint256 indexed round, address indexed learner, uint256 numExamples, bytes metrics
     );
@@ -288,9 +314,10 @@ contract FedChain {
         return _learnerSlots;
     }
 
-    /// @notice The committee's first member (the aggregator, for a committee of one).
+    /// @notice The committee's first member (the aggregator, for a committee of one; the zero
+    /// address while there is no committee, after a voidRound evicted every member).
     function aggregator() external view returns (address) {
-        return _committee[0];
+        return _committee.length == 0 ? address(0) : _committee[0];
     }
 
     /// @notice The committee of aggregators and its quorum.
@@ -342,7 +369,10 @@ contract FedChain {
         bytes32 digest = keccak256(abi.encode(modelCid, planCid, p));
         emit GenesisVoted(msg.sender, digest);
         if (!_vote(s, 0, digest, member, true)) return;
-        _latest = _pack(modelCid);
+        PackedCid memory genesis = _pack(modelCid);
+        _models[0] = genesis;
+        _models[1] = genesis; // the slot's first write is paid here, not by a round
+        s.marks = 0;
         _plan = planCid;
         s.round = 1;
         s.lastRound = p.rounds;
@@ -411,7 +441,7 @@ contract FedChain {
         if (s.finished) revert FederationFinished();
         if (s.revealWindow == 0) revert CommitRevealOff();
         if (round != s.round) revert WrongRound(round, s.round);
-        if (s.frozen) revert SubmissionsClosed(round);
+        if (s.marks & FROZEN != 0) revert SubmissionsClosed(round);
         uint256 opens = uint256(s.openedAt) + s.updateWindow;
         if (block.timestamp <= opens) revert RevealNotOpen(round, opens);
         if (block.timestamp > opens + s.revealWindow) {
@@ -467,10 +497,12 @@ contract FedChain {
         bytes32 digest = keccak256(abi.encode(modelCid, stateCid, included));
         emit Voted(round, msg.sender, digest, modelCid, stateCid, included);
         if (!_vote(s, round, digest, member, true)) {
-            if (!s.frozen) _state.frozen = true;
+            if (s.marks & FROZEN == 0) _state.marks = s.marks | FROZEN;
             return;
         }
-        _latest = _pack(modelCid);
+        uint8 next = (s.marks & CURRENT) ^ CURRENT;
+        _models[next >> 1] = _pack(modelCid);
+        s.marks = next | VOTED;
         emit GlobalModelPublished(round, modelCid, stateCid, included);
         _close(s);
     }
@@ -483,17 +515,63 @@ contract FedChain {
         uint256 deadline = s.voteWindow == 0 ? 0 : _updateEnd(s) + s.voteWindow;
         if (deadline == 0 || block.timestamp <= deadline) revert RoundNotExpired(round, deadline);
         emit RoundTimedOut(round, msg.sender);
-        emit GlobalModelPublished(round, _unpack(_latest), "", new uint256[](0));
+        emit GlobalModelPublished(round, _unpack(_models[(s.marks & CURRENT) >> 1]), "",
+            new uint256[](0));
+        s.marks &= CURRENT;
         _close(s);
     }
 
     /// @notice Learners only: records that this learner re-derived `round`'s global model from
-    /// the chain and the store and got `computedCid`, not the published one.
+    /// the chain and the store and got `computedCid`, not the published one. Counted once per
+    /// learner and round (see disputeCount; a second dispute is recorded, not counted).
     function dispute(uint256 round, bytes calldata computedCid) external {
-        _learnerIndex();
+        uint256 index = _learnerIndex();
         if (round == 0 || round >= _state.round) revert NoGlobalModel(round);
         _checkCid(computedCid);
+        _testAndSet(_disputed[round], index);
         emit Disputed(round, msg.sender, computedCid);
+    }
+
+    /// @notice Anyone, once more than half of the active learners disputed the latest closed
+    /// round: voids its result. The global model becomes the one before it again; the members
+    /// that voted for the result lose their seats (a new committee epoch of the others, its
+    /// quorum a majority of them; none left: no committee until the owner names one, and
+    /// rounds close only past their vote deadlines); the open round closes carried over on
+    /// the restored model and the next one opens (after the last round: the federation ends
+    /// on the restored model). Emits RoundVoided.
+    /// @param digest The result the round closed on, keccak256(abi.encode(modelCid, stateCid,
+    /// included)) of its GlobalModelPublished event (see votes).
+    function voidRound(uint256 round, bytes32 digest) external {
+        State memory s = _state;
+        if (s.round == 0) revert NotStarted();
+        if (round == 0 || round + 1 != s.round) revert NotLatestRound(round, s.round - 1);
+        if (s.marks & VOTED == 0) revert NotVoidable(round);
+        uint256 disputes = _disputeCount(round);
+        uint256 learners = _learnerCount;
+        if (2 * disputes <= learners) revert TooFewDisputes(round, disputes, learners / 2 + 1);
+        address[] memory evicted;
+        if (s.marks & SEATED == 0) {
+            // The committee that closed the round is still seated: its voters lose their seats.
+            uint256 voters = 1; // a committee of one: its only member
+            if (s.quorum != 1) {
+                voters = _tally[keccak256(abi.encode(round, s.epoch, digest))];
+                if (_popcount(voters) < s.quorum) revert NotTheResult(round, digest);
+            }
+            evicted = _evict(voters);
+            s.epoch = _state.epoch;
+            s.quorum = _state.quorum;
+        }
+        uint8 restored = (s.marks & CURRENT) ^ CURRENT; // the slot of the model before it
+        s.marks = restored | SEATED; // no longer voidable; nobody left to evict
+        bytes memory model = _unpack(_models[restored >> 1]);
+        emit RoundVoided(round, model, disputes, evicted);
+        if (s.finished) {
+            _state = s;
+            return;
+        }
+        emit GlobalModelPublished(s.round, model, "", new uint256[](0));
+        s.marks = restored;
+        _close(s);
     }
 
     /// @notice Learners only, once per round: reports the evaluation of `round`'s global model.
@@ -557,7 +635,7 @@ contract FedChain {
         uint256 u = s.updateWindow == 0 ? 0 : uint256(s.openedAt) + s.updateWindow;
         uint256 r = s.revealWindow == 0 ? u : u + s.revealWindow;
         uint256 v = s.voteWindow == 0 ? 0 : _updateEnd(s) + s.voteWindow;
-        return (s.round, s.openedAt, u, r, v, s.frozen);
+        return (s.round, s.openedAt, u, r, v, s.marks & FROZEN != 0);
     }
 
     /// @notice The parameters fixed at genesis.
@@ -581,7 +659,7 @@ contract FedChain {
     /// genesis). Earlier rounds' models are in the GenesisSet/GlobalModelPublished events.
     function latestGlobal() external view returns (uint256 round, bytes memory modelCid) {
         uint256 open = _state.round;
-        return (open == 0 ? 0 : open - 1, _unpack(_latest));
+        return (open == 0 ? 0 : open - 1, _unpack(_models[(_state.marks & CURRENT) >> 1]));
     }
 
     /// @notice The open round's sampling seed (zero when sampling is off).
@@ -622,8 +700,9 @@ contract FedChain {
         }
     }
 
-    /// @notice How many current committee members voted `digest` in `round` (0: genesis)
-    /// while the round is open (a vote reaching the quorum closes it and is not stored).
+    /// @notice How many current committee members voted `digest` in `round` (0: genesis); a
+    /// round's result keeps its tally after the close (voidRound reads it) while the
+    /// committee is unchanged. A committee of one keeps no tally.
     function votes(uint256 round, bytes32 digest) external view returns (uint256) {
         return _popcount(_tally[keccak256(abi.encode(round, _state.epoch, digest))]);
     }
@@ -636,6 +715,17 @@ contract FedChain {
     /// @notice `learner`'s commitment in `round` (commit-reveal mode; zero: none).
     function commitment(uint256 round, address learner) external view returns (bytes32) {
         return _commitments[round][learner];
+    }
+
+    /// @notice How many of the active learners disputed `round` (voidRound needs more than
+    /// half of learnerCount).
+    function disputeCount(uint256 round) external view returns (uint256) {
+        return _disputeCount(round);
+    }
+
+    /// @notice Whether `learner` disputed `round`.
+    function hasDisputed(uint256 round, address learner) external view returns (bool) {
+        return _isSet(_disputed[round], _learners[learner].index);
     }
 
     /// @notice Whether `learner` reported an evaluation of `round`'s global model.
@@ -660,7 +750,42 @@ contract FedChain {
         _committee = members;
         _state.epoch = epoch;
         _state.quorum = uint8(quorum);
+        _state.marks |= SEATED;
         emit CommitteeChanged(epoch, members, quorum);
+    }
+
+    /// @dev Seats a new committee epoch without the members whose bits are set in `voters`,
+    /// its quorum a majority of the rest (none left: an empty committee, quorum 0, which no
+    /// vote can reach until the owner names one); returns the members removed.
+    function _evict(uint256 voters) private returns (address[] memory evicted) {
+        address[] memory members = _committee;
+        uint256 n = members.length;
+        uint256 gone = _popcount(voters);
+        address[] memory kept = new address[](n - gone);
+        evicted = new address[](gone);
+        uint256 k;
+        uint256 e;
+        for (uint256 i = 0; i < n; ++i) {
+            if (voters & (1 << i) != 0) evicted[e++] = members[i];
+            else kept[k++] = members[i];
+        }
+        if (k != 0) {
+            _setCommittee(kept, k / 2 + 1);
+            return evicted;
+        }
+        uint16 epoch = _state.epoch + 1;
+        delete _committee;
+        _state.epoch = epoch;
+        _state.quorum = 0;
+        emit CommitteeChanged(epoch, kept, 0);
+    }
+
+    function _disputeCount(uint256 round) private view returns (uint256 count) {
+        mapping(uint256 => uint256) storage disputed = _disputed[round];
+        uint256 words = _words();
+        for (uint256 w = 0; w < words; ++w) {
+            count += _popcount(disputed[w] & _active[w]);
+        }
     }
 
     /// @dev The sender's committee index; reverts with NotAggregator unless it is a member.
@@ -687,8 +812,8 @@ contract FedChain {
         uint256 bit = 1 << (member - 1);
         if (bits & bit != 0) revert AlreadyVoted(round, msg.sender);
         bits |= bit;
+        _tally[key] = bits; // the closing vote's too: voidRound finds the result's voters
         if (_popcount(bits) >= s.quorum) return true;
-        _tally[key] = bits;
         if (once) m.voted = mark;
         return false;
     }
@@ -709,7 +834,7 @@ contract FedChain {
     function _open(State memory s, uint256 round) private {
         s.round = uint32(round);
         s.openedAt = uint32(block.timestamp);
-        s.frozen = false;
+        s.marks &= ~FROZEN;
         _state = s;
         if (s.selectPpm != 0) {
             // The sample is fixed when the round opens: the indices handed out by then, and
@@ -760,7 +885,7 @@ contract FedChain {
     function _checkAccepting(State memory s) private view {
         if (s.round == 0) revert NotStarted();
         if (s.finished) revert FederationFinished();
-        if (s.frozen) revert SubmissionsClosed(s.round);
+        if (s.marks & FROZEN != 0) revert SubmissionsClosed(s.round);
         if (s.updateWindow != 0 && block.timestamp > uint256(s.openedAt) + s.updateWindow) {
             revert UpdateDeadlinePassed(s.round, uint256(s.openedAt) + s.updateWindow);
         }

@@ -19,7 +19,7 @@ from eth_utils import keccak, to_checksum_address
 
 from ..errors import ConfigError, DeploymentNotFound, TransactionFailed
 from ..protocol.params import RoundParams
-from ..protocol.rules import learner_key
+from ..protocol.rules import learner_key, vote_digest
 from ..storage.cid import CidLike, cid_bytes
 from .artifact import load_artifact
 from .bitmap import from_bits, to_bits
@@ -255,6 +255,29 @@ class FedChainReader:
     def has_reported(self, round: int, learner: str) -> bool:
         return bool(self._view("hasReported", round, to_checksum_address(learner)))
 
+    def dispute_count(self, round: int) -> int:
+        """How many active learners disputed `round` (each counted once)."""
+        return int(self._view("disputeCount", round))
+
+    def has_disputed(self, round: int, learner: str) -> bool:
+        return bool(self._view("hasDisputed", round, to_checksum_address(learner)))
+
+    def voidable(self, round: int) -> bool:
+        """Whether `round` is the latest closed round and more than half of the active
+        learners disputed it (what voidRound checks first; it also needs `round` to have
+        closed on a committee vote, not voided already)."""
+        latest, _ = self.latest_global()
+        return (round >= 1 and round == latest
+                and 2 * self.dispute_count(round) > self.learner_count())
+
+    def result_digest(self, round: int) -> bytes | None:
+        """The digest of the result `round` closed on (what its quorum voted for), from its
+        GlobalModelPublished event; None while it is open."""
+        published = self.published(round)
+        if published is None:
+            return None
+        return vote_digest(published.model_cid.raw, published.state_cid.raw, published.bits)
+
     # -- events ------------------------------------------------------------------------
 
     def decode_log(self, log: Any) -> Event | None:
@@ -484,6 +507,14 @@ class FedChain(FedChainReader):
     def dispute(self, round: int, computed_cid: CidLike) -> Receipt:
         """A learner's record that it re-derived `round`'s model as `computed_cid`."""
         return self._transact("dispute", round, cid_bytes(computed_cid))
+
+    def void_round(self, round: int, digest: bytes | None = None) -> Receipt:
+        """Anyone, once more than half of the active learners disputed the latest closed
+        `round`: voids its result (model restored, its voters evicted; see RoundVoided).
+        `digest`: the result the round closed on (default: read from its event)."""
+        if digest is None:
+            digest = self.result_digest(round) or bytes(32)
+        return self._transact("voidRound", round, digest)
 
     def report_evaluation(self, round: int, num_examples: int, metrics: bytes | str) -> Receipt:
         raw = metrics.encode() if isinstance(metrics, str) else metrics
