@@ -96,10 +96,18 @@ contract FedChain {
     /// the committee changed since the latest closed round closed.
     uint8 private constant SEATED = 8;
 
-    /// @notice The account that manages learners and the committee.
+    /// @dev The tally round under which members approve owner changes (no real round).
+    uint256 private constant CHANGES = type(uint256).max;
+
+    /// @notice The account that manages learners and the committee (zero: renounced).
     address public owner;
     uint32 private _learnerCount;
     uint32 private _learnerSlots;
+    /// @notice Seconds of block time between the owner announcing a change of the learners or
+    /// the committee after genesis (announceChange) and making it; 0: changes take effect at
+    /// once. A committee quorum may approve a change sooner (approveChange). Fixed at
+    /// deployment (in the owner's slot: the check costs no extra read).
+    uint32 public ownerDelay;
     State private _state;
     /// @dev The latest global model and the one before it (see CURRENT), so that voidRound
     /// can restore it.
@@ -121,6 +129,9 @@ contract FedChain {
     mapping(uint256 => mapping(address => bytes32)) private _commitments;
     /// @dev keccak(round, epoch, digest) => bits of the members that voted for digest.
     mapping(bytes32 => uint256) private _tally;
+    /// @dev keccak256 of an owner call's calldata => when it may run (1: approved by the
+    /// committee; 0: not announced).
+    mapping(bytes32 => uint256) private _changes;
 
     error NotOwner(address caller);
     error NotAggregator(address caller);
@@ -169,6 +180,10 @@ contract FedChain {
     error TooFewDisputes(uint256 round, uint256 disputes, uint256 needed);
     /// @notice `digest` is not the result the round closed on.
     error NotTheResult(uint256 round, bytes32 digest);
+    /// @notice After genesis this change of the owner's runs only once announced and
+    /// `ownerDelay` seconds have passed (executableAt; 0: not announced) or the committee
+    /// approved it.
+    error ChangeNotReady(bytes32 change, uint256 executableAt);
 
     event LearnerAdded(address indexed learner, uint256 index);
     event LearnerRemoved(address indexed learner);
@@ -231,23 +246,47 @@ contract FedChain {
     event OwnershipTransferStarted(address indexed previousOwner, address indexed newOwner);
     /// @notice `newOwner` accepted the ownership and is now the owner.
     event OwnershipTransferred(address indexed previousOwner, address indexed newOwner);
+    /// @notice The owner announced a change (keccak256 of the call's calldata), which it may
+    /// make from `executableAt` (block time) on.
+    event ChangeAnnounced(bytes32 indexed change, uint256 executableAt);
+    /// @notice A committee quorum approved the owner's `change`: the owner may make it now.
+    event ChangeApproved(bytes32 indexed change);
+    /// @notice The owner withdrew an announced or approved `change`.
+    event ChangeCancelled(bytes32 indexed change);
 
     modifier onlyOwner() {
         if (msg.sender != owner) revert NotOwner(msg.sender);
         _;
     }
 
+    /// @dev The owner's changes of the learners and the committee: at once before genesis (or
+    /// without a delay), afterwards only once announced and matured, or approved.
+    modifier ownerChange() {
+        if (msg.sender != owner) revert NotOwner(msg.sender);
+        if (ownerDelay != 0 && _state.round != 0) {
+            bytes32 change = keccak256(msg.data);
+            uint256 at = _changes[change];
+            if (at == 0 || block.timestamp < at) revert ChangeNotReady(change, at);
+            delete _changes[change];
+        }
+        _;
+    }
+
     /// @notice Deploys a federation; the deployer becomes the owner.
     /// @param committee The aggregators (at most 255); `quorum` of them must agree on a round.
-    constructor(address[] memory committee, uint256 quorum) {
+    /// @param delay ownerDelay: seconds between announcing an owner change after genesis and
+    /// making it (0: none).
+    constructor(address[] memory committee, uint256 quorum, uint256 delay) {
+        if (delay > type(uint32).max) revert InvalidParams("ownerDelay above 2**32-1");
         owner = msg.sender;
+        ownerDelay = uint32(delay);
         _setCommittee(committee, quorum);
     }
 
     // ---------------------------------------------------------------- membership
 
     /// @notice Owner only: registers learners. Emits LearnerAdded for each.
-    function addLearners(address[] calldata learners) external onlyOwner {
+    function addLearners(address[] calldata learners) external ownerChange {
         uint32 count = _learnerCount;
         uint32 slots = _learnerSlots;
         for (uint256 i = 0; i < learners.length; ++i) {
@@ -269,7 +308,7 @@ contract FedChain {
 
     /// @notice Owner only: deregisters a learner. Its past submissions stay on record; an
     /// update it submitted in the open round can no longer be included.
-    function removeLearner(address learner) external onlyOwner {
+    function removeLearner(address learner) external ownerChange {
         Learner memory l = _learners[learner];
         if (!l.active) revert UnknownLearner(learner);
         _learners[learner].active = false;
@@ -283,12 +322,12 @@ contract FedChain {
 
     /// @notice Owner only: replaces the committee of aggregators. Votes cast before the change
     /// no longer count. `quorum` must be a majority of `members`.
-    function setCommittee(address[] calldata members, uint256 quorum) external onlyOwner {
+    function setCommittee(address[] calldata members, uint256 quorum) external ownerChange {
         _setCommittee(members, quorum);
     }
 
     /// @notice Owner only: makes `next` the only aggregator (a committee of one).
-    function setAggregator(address next) external onlyOwner {
+    function setAggregator(address next) external ownerChange {
         address[] memory members = new address[](1);
         members[0] = next;
         _setCommittee(members, 1);
@@ -339,6 +378,45 @@ contract FedChain {
     function transferOwnership(address newOwner) external onlyOwner {
         pendingOwner = newOwner;
         emit OwnershipTransferStarted(msg.sender, newOwner);
+    }
+
+    /// @notice Owner only: gives the ownership up for good. The learners and the committee can
+    /// then change only through voidRound. Emits OwnershipTransferred to the zero address.
+    function renounceOwnership() external onlyOwner {
+        delete pendingOwner;
+        emit OwnershipTransferred(msg.sender, address(0));
+        owner = address(0);
+    }
+
+    /// @notice Owner only: announces a change of the learners or the committee, the keccak256
+    /// of the call's calldata (e.g. removeLearner(x)); the owner may make it `ownerDelay`
+    /// seconds of block time later. Emits ChangeAnnounced.
+    function announceChange(bytes32 change) external onlyOwner {
+        uint256 at = block.timestamp + ownerDelay;
+        _changes[change] = at;
+        emit ChangeAnnounced(change, at);
+    }
+
+    /// @notice Owner only: withdraws an announced or approved change. Emits ChangeCancelled.
+    function cancelChange(bytes32 change) external onlyOwner {
+        delete _changes[change];
+        emit ChangeCancelled(change);
+    }
+
+    /// @notice Committee only: approves the owner's `change` (see announceChange); with a
+    /// quorum of approvals the owner may make it at once. Emits ChangeApproved then.
+    function approveChange(bytes32 change) external {
+        State memory s = _state;
+        uint256 member = _member(s);
+        if (!_vote(s, CHANGES, change, member, false)) return;
+        _changes[change] = 1;
+        emit ChangeApproved(change);
+    }
+
+    /// @notice When the owner may make `change`: 0 not announced, 1 approved by the
+    /// committee, else a block timestamp.
+    function changeReadyAt(bytes32 change) external view returns (uint256) {
+        return _changes[change];
     }
 
     /// @notice The pending owner only: takes over the ownership offered by transferOwnership.
@@ -805,7 +883,7 @@ contract FedChain {
     {
         if (s.quorum == 1) return true;
         Member storage m = _members[msg.sender];
-        uint40 mark = uint40(round + 1);
+        uint40 mark = once ? uint40(round + 1) : 0; // once: round is a round (< 2**32)
         if (once && m.voted == mark) revert AlreadyVoted(round, msg.sender);
         bytes32 key = keccak256(abi.encode(round, s.epoch, digest));
         uint256 bits = _tally[key];

@@ -370,6 +370,13 @@ class NotTheResult(ContractRevert):
     params = ("round", "digest")
 
 
+class ChangeNotReady(ContractRevert):
+    """After genesis this owner change needs an announcement ownerDelay seconds old, or the
+    committee's approval"""
+
+    params = ("change", "executableAt")
+
+
 # --- data ----------------------------------------------------------------------------
 
 

@@ -114,7 +114,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                   "deployment was recorded): deploying anew")
     contract, record, new = deploy(
         chain, account, aggregator=committee, quorum=quorum, learners=learners,
-        fresh=args.fresh, directory=directory,
+        owner_delay=args.owner_delay, fresh=args.fresh, directory=directory,
     )
     if new:
         print(f"deployed FedChain at {contract.address} on chain {chain.chain_id}")
@@ -129,7 +129,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                   f"committee is {', '.join(members)} (--fresh deploys a new federation)")
         _register_missing(contract, learners)
     members, quorum = contract.committee()
-    print(f"  owner      {contract.owner()}")
+    delay = contract.owner_delay()
+    print(f"  owner      {contract.owner()}" + (
+        f" (changes after genesis: announced {delay} s ahead, or approved by the committee)"
+        if delay else ""))
     if len(members) == 1:
         print(f"  aggregator {members[0]}")
     else:

@@ -230,13 +230,36 @@ class OwnershipTransferred(Event):
     new_owner: str
 
 
+@dataclass(frozen=True)
+class ChangeAnnounced(Event):
+    """The owner announced `change` (keccak256 of a call's calldata), which it may make from
+    `executable_at` (block time) on."""
+
+    change: bytes
+    executable_at: int
+
+
+@dataclass(frozen=True)
+class ChangeApproved(Event):
+    """A committee quorum approved the owner's `change`: it may be made at once."""
+
+    change: bytes
+
+
+@dataclass(frozen=True)
+class ChangeCancelled(Event):
+    """The owner withdrew `change`."""
+
+    change: bytes
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
         LearnerAdded, LearnerRemoved, CommitteeChanged, GenesisVoted, GenesisSet, RoundSeeded,
         UpdateSubmitted, UpdateCommitted, Voted, GlobalModelPublished, RoundTimedOut, Disputed,
         RoundVoided, EvaluationReported, Finished, OwnershipTransferStarted,
-        OwnershipTransferred,
+        OwnershipTransferred, ChangeAnnounced, ChangeApproved, ChangeCancelled,
     )
 }
 

@@ -17,6 +17,7 @@ from ..errors import (
     AlreadySubmitted,
     AlreadyVoted,
     BitmapLength,
+    ChangeNotReady,
     CidTooLong,
     CommitmentMismatch,
     CommitRequired,
@@ -105,6 +106,7 @@ REVERTS: dict[str, type[ContractRevert]] = {
         NotVoidable,
         TooFewDisputes,
         NotTheResult,
+        ChangeNotReady,
     )
 }
 
