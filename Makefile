@@ -8,11 +8,19 @@ STAMP_NPM := node_modules/.fedchain-installed
 
 setup: $(STAMP_PY) $(STAMP_NPM)
 
+# Where torch comes from: PyTorch's index of CPU builds. PyPI's torch for Linux is the CUDA
+# build (~16 nvidia-* wheels, gigabytes). `make setup TORCH_INDEX=` installs it from pip's
+# usual index (PyPI: CUDA on Linux); TORCH_INDEX=<url> from another index or mirror.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+
 $(STAMP_PY): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PIP) install --quiet --upgrade pip
-	# torch first, pinned exactly: a bare `torch` requirement would pull CUDA wheels.
-	$(PIP) install --quiet "torch==2.13.0"
+	# torch first, alone and pinned exactly, from TORCH_INDEX instead of PyPI (so PyPI's CUDA
+	# build never comes into question). A wheel in pip's find-links still counts, and an index
+	# that cannot be reached is given up within seconds (--retries 1 --timeout 15): a machine
+	# offline with the wheel at hand installs it. Its dependencies come with the project's.
+	$(PIP) install --quiet --no-deps $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --retries 1 --timeout 15) "torch==2.13.0"
 	$(PIP) install --quiet -e ".[dev,bench]"
 	touch $@
 
@@ -44,9 +52,13 @@ bench: setup
 	$(PY) bench/fedbuff.py
 	$(PY) bench/scale.py
 
-# Every CID and gas figure the READMEs quote, recomputed (all rounds of every example).
+# Every CID and gas figure the READMEs quote, recomputed (all rounds of every example). The
+# CIDs of models torch makes (genesis, updates, global models) are quoted as torch computes
+# them with its AVX2 kernels on x86-64: DOCS_KERNELS selects those on CPUs with wider ones
+# too (AVX-512, AMX). `make docs-check DOCS_KERNELS=` runs the CPU's own.
+DOCS_KERNELS ?= ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_CBWR=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
 docs-check: setup
-	$(PY) scripts/docs_numbers.py --check
+	env $(DOCS_KERNELS) $(PY) scripts/docs_numbers.py --check
 
 clean:
 	rm -rf .venv node_modules build dist *.egg-info .pytest_cache

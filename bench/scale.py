@@ -4,7 +4,7 @@ A 4-parameter numpy learner (so almost all the time is protocol: chain, store, c
 FedAvg, 3 rounds, a scratch LocalStore, on an Anvil node started from node_modules (or the
 embedded chain), through `simulate` itself, with either engine:
 
-- `threads`: a thread per learner polling the chain every 0.2 s (the default engine: what
+- `threads`: a thread per learner polling the chain every 0.2 s (the default up to 8 learners: what
   separate learner processes do);
 - `pool`: one ChainWatcher for the process, a LearnerPool stepping only the learners that
   have something to do on `--workers` threads, receipts polled by block and transactions

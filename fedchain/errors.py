@@ -5,6 +5,7 @@
     ├── InvalidModel           model bytes or weights failed validation
     ├── DataError              a data set is missing, malformed or refused
     ├── AggregationError       updates cannot be aggregated
+    ├── PrivacyError           secure aggregation: a share, ciphertext or mask is refused
     ├── StorageError           content stores                              (.url)
     │   ├── InvalidCID
     │   ├── ContentNotFound
@@ -389,3 +390,11 @@ class DataError(FedChainError):
 
 class AggregationError(FedChainError):
     """Updates cannot be aggregated: out of order, bad num_examples, too few for the strategy."""
+
+
+# --- privacy -------------------------------------------------------------------------
+
+
+class PrivacyError(FedChainError):
+    """Secure aggregation refused its input: a tampered share or ciphertext, a secret that does
+    not match its commitment, too few shares, a sum that could wrap, a value out of range."""

@@ -135,6 +135,10 @@ def test_html_report_is_self_contained_and_lists_every_round(honest, tmp_path):
     assert 'id="round-1"' in page and 'id="round-2"' in page
     assert page.count("data:image/png;base64,") >= 2  # loss, mse and gas plots inline
     assert "http://" not in page and "https://" not in page  # nothing fetched on opening
+    # The summary counts the learners; their addresses come after it, folded.
+    summary, rest = page.split("<details><summary>3 learners</summary>", 1)
+    assert not any(a in summary for a in report.learners)
+    assert all(a in rest for a in report.learners)
 
 
 # --- cheating aggregators ------------------------------------------------------------

@@ -10,6 +10,7 @@ learner, which does not train on it, and the audit fails the round.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -157,3 +158,61 @@ def test_an_honest_committee_is_followed(anvil_chain: Chain, store) -> None:
         n.step()
     assert all(n.verified == {1: True} and not n.disputed for n in nodes)
     assert all(contract.has_submitted(2, n.address) for n in nodes)
+
+
+def _wait_for(condition: Callable[[], bool], what: str) -> None:
+    end = time.monotonic() + PATIENCE
+    while not condition():
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_the_audit_names_the_colluding_majority_and_marks_the_honest_minority(
+        anvil_chain: Chain, store) -> None:
+    contract, members, learners = _deploy(anvil_chain)
+    config = RunConfig(strategy=FedAvg(), rounds=2, min_updates=1, train=TRAIN,
+                       round_timeout=PATIENCE, poll_interval=0.05)
+    honest = Aggregator(contract.with_account(members[2]), store, config,
+                        initial_weights=initial_weights())
+    colluders = [Censoring(contract.with_account(m), store, config,
+                           initial_weights=initial_weights()) for m in members[:2]]
+    _in_threads([a.start for a in [*colluders, honest]])
+    nodes = [LearnerNode(LinearLearner(i), contract.with_account(a), store, poll_interval=0.05)
+             for i, a in enumerate(learners)]
+    for n in nodes:
+        n.step()
+    # The honest member votes first (its vote stays on chain), then the colluders close.
+    thread = threading.Thread(target=honest.run_round, args=(1,), daemon=True)
+    thread.start()
+    _wait_for(lambda: any(True for _ in contract.events("Voted", round=1)), "the honest vote")
+    _in_threads([lambda a=a: a.run_round(1) for a in colluders])
+    thread.join(PATIENCE)
+    assert not thread.is_alive()
+
+    report = audit_federation(contract, store)
+    votes = {c.learner: c for c in report.rounds[0].checks if c.what == "vote"}
+    colluding = {m.address for m in members[:2]}
+    assert {a for a, c in votes.items() if c.status == "failed"} == colluding
+    assert votes[members[2].address].status == "note"
+    assert "honest minority" in votes[members[2].address].detail
+    assert report.exit_status() == 1
+
+
+def test_the_audit_shows_a_genesis_dissent_and_a_committee_swapped_mid_round(
+        anvil_chain: Chain, store) -> None:
+    contract, members, learners = _deploy(anvil_chain)
+    genesis, plan = (b"\x01\x55\x12\x20" + bytes([i]) * 32 for i in (1, 2))
+    other_plan = b"\x01\x55\x12\x20" + bytes([3]) * 32
+    m1, m2, m3 = (contract.with_account(m) for m in members)
+    m3.set_genesis(genesis, other_plan, 5)  # the dissenter votes first, for another plan
+    m1.set_genesis(genesis, plan, 5)
+    m2.set_genesis(genesis, plan, 5)
+    assert contract.current_round() == 1
+    # While round 1 is open the owner hands the committee to the first member alone.
+    contract.set_committee([members[0].address], 1)
+
+    report = audit_federation(contract, None)
+    dissent = [c for c in report.checks if c.what == "genesis vote"]
+    assert [c.learner for c in dissent] == [members[2].address]
+    (swap,) = [c for c in report.all_checks() if c.what == "committee"]
+    assert swap.round == 1 and members[0].address in swap.detail

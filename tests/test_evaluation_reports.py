@@ -168,3 +168,43 @@ def test_a_nan_centralized_evaluation_is_left_out_and_results_stay_strict(tmp_pa
 def test_the_examples_limit_is_the_contracts(federation):
     contract, _, _ = federation
     assert contract.contract.functions.MAX_EXAMPLES().call() == MAX_EXAMPLES
+
+
+def test_one_report_claiming_2_40_examples_cannot_set_the_rounds_loss():
+    from fedchain.eth.events import EvaluationReported
+    from fedchain.federation.history import report_weights, weighted_metrics
+
+    def report(i: int, n: int, loss: float) -> EvaluationReported:
+        return EvaluationReported(block=1, tx=f"0x{i:064x}", log_index=i, round=1,
+                                  learner=f"0x{i:040x}", num_examples=n,
+                                  metrics=json.dumps({"loss": loss}).encode())
+
+    honest = [report(i, 100, 6.9) for i in range(4)]
+    rogue = report(9, 2**40, 0.0)
+    assert report_weights([*honest, rogue]) == [100] * 4 + [200]  # 2 × the median claim
+    loss, _ = weighted_metrics([*honest, rogue])
+    assert loss == pytest.approx(6.9 * 400 / 600)  # not 1e-9: the rogue weighs 200, not 2**40
+    loss, _ = weighted_metrics([*honest, report(9, 100, 1e300)])
+    assert loss is not None  # a huge value moves the mean, it does not erase the round
+
+
+def test_the_audit_lists_a_report_counted_for_fewer_examples_than_it_claims(tmp_path):
+    chain = connect("embedded", fresh=True)
+    store = open_store(f"file://{tmp_path / 'store'}")
+    accounts = [chain.account(2 + i) for i in range(3)]
+    contract, _ = FedChain.deploy(chain, chain.account(0), chain.account(1).address)
+    contract.add_learners([a.address for a in accounts])
+    learners = [contract.with_account(a) for a in accounts]
+    config = RunConfig(strategy=FedAvg(), rounds=1, min_updates=1, round_timeout=0.3,
+                       poll_interval=0.05, evaluation_timeout=0.1)
+    agg = Aggregator(contract.with_account(chain.account(1)), store, config,
+                     initial_weights=initial_weights())
+    agg.start()
+    LearnerNode(LinearLearner(0), learners[0], store, evaluate=False).step()
+    agg.run()
+    for c, n in zip(learners, (100, 100, MAX_EXAMPLES), strict=True):
+        c.report_evaluation(1, n, b'{"loss":1.0}')
+
+    report = read_federation(contract)
+    (capped,) = [c for c in report.rounds[0].checks if c.what == "evaluation"]
+    assert capped.learner == accounts[2].address and "counts for 200" in capped.detail

@@ -319,7 +319,7 @@ def _started(fed, store):
 def test_learner_waits_for_a_global_model_not_in_the_store_yet(fed, store, caplog):
     chain, aggregator, learners = fed
     _started(fed, store)
-    node = LearnerNode(LinearLearner(0), learners[0], store)
+    node = LearnerNode(LinearLearner(0), learners[0], store, verify="off")
     weights = initial_weights()
     weights["linear.weight"][:] = 0.5
     data = encode(weights)
@@ -341,7 +341,7 @@ def test_learner_skips_an_invalid_global_model_and_trains_on_the_next(fed, store
                                                                      monkeypatch):
     chain, aggregator, learners = fed
     _started(fed, store)
-    node = LearnerNode(LinearLearner(0), learners[0], store)
+    node = LearnerNode(LinearLearner(0), learners[0], store, verify="off")
     bad = initial_weights()
     bad["linear.weight"][:] = np.nan
     with monkeypatch.context() as m:  # encoded as a rogue aggregator could, NaN and all

@@ -15,6 +15,8 @@ LAYERS = [
      "fedchain.jsonsafe"),
     ("fedchain.storage",),
     ("fedchain.model",),
+    # Secure aggregation's pure arithmetic and cryptography (errors only below it).
+    ("fedchain.privacy",),
     # The protocol's pure rules and declared fields: below the Ethereum layer, which derives
     # its round parameters from them and samples with them.
     ("fedchain.protocol.rules", "fedchain.protocol.params"),

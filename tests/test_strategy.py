@@ -313,3 +313,33 @@ def test_out_of_order_or_duplicate_learners_raise() -> None:
     for order in ([b, a], [a, a]):
         with pytest.raises(AggregationError, match="ascending learner order"):
             FedAvg().aggregate(PREVIOUS, order)
+
+
+def test_median_and_trimmed_mean_order_signed_zeros_the_same_on_every_cpu():
+    """−0 sorts before +0 (IEEE-754's total order), whatever numpy's float sort would do with
+    the CPU's vector instructions: a median over ±0 has one sign bit everywhere."""
+    def model(x: float) -> dict[str, np.ndarray]:
+        return {"w": np.full(4, x, dtype=np.float32)}
+
+    previous = model(0.0)
+    signs = [-0.0, 0.0, -0.0, 0.0, 0.0]  # lower median of the sorted values: index 2
+    updates = [Update(f"0x{i:040x}", 1, model(x)) for i, x in enumerate(signs)]
+    median, _ = FedMedian().aggregate(previous, updates)
+    assert np.all(median["w"] == 0) and not np.signbit(median["w"]).any()
+    flipped = [Update(u.learner, 1, model(-x)) for u, x in zip(updates, signs, strict=True)]
+    median, _ = FedMedian().aggregate(previous, flipped)  # three −0: the middle one is −0
+    assert np.signbit(median["w"]).all()
+
+
+@pytest.mark.parametrize("step", [np.array(-1, np.int64), np.array([3], np.int64),
+                                  np.array(2**40, np.int64), np.array(3.0)])
+def test_a_forged_server_state_step_fails_the_round_instead_of_crashing(step):
+    previous = {"w": np.zeros(3, np.float32)}
+    updates = [Update("0x" + "1" * 40, 10, {"w": np.ones(3, np.float32)})]
+    state = {"step": step, "m/w": np.zeros(3), "v/w": np.zeros(3)}
+    with pytest.raises(AggregationError, match="step"):
+        FedAdam().aggregate(previous, updates, state)
+    with pytest.raises(AggregationError, match="float64"):
+        FedAdam().aggregate(previous, updates, {"step": np.array(1, np.int64),
+                                                "m/w": np.zeros(3, np.float32),
+                                                "v/w": np.zeros(3)})

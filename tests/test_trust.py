@@ -15,12 +15,16 @@ from fedmodels import LinearLearner, initial_weights
 from fedchain.aggregation.strategy import FedAvg, FedAvgM, Strategy
 from fedchain.audit import audit_federation
 from fedchain.audit.report import OK
+from fedchain.errors import ConfigError
+from fedchain.eth.chain import connect
+from fedchain.eth.contract import FedChain, RoundParams
 from fedchain.eth.events import ChainCid, Disputed
 from fedchain.federation.aggregator import Aggregator
 from fedchain.federation.config import RunConfig
 from fedchain.federation.node import LearnerNode
 from fedchain.federation.simulation import simulate
 from fedchain.model.codec import Weights, decode, encode
+from fedchain.storage import open_store
 from fedchain.storage.cid import to_cid
 
 TRAIN = {"lr": 0.1, "steps": 5}
@@ -91,6 +95,24 @@ def test_learners_dispute_a_tampered_model_and_do_not_train_on_it(fed, store):
     # The audit agrees with the learners: round 1 fails, and the disputes stand.
     report = audit_federation(aggregator, store)
     assert any(c.what == "global model" and c.round == 1 for c in report.failures())
+
+
+def test_a_plan_with_verify_off_does_not_switch_off_a_learners_own_check(fed, store):
+    chain, aggregator, bindings = fed
+    # A committee majority publishes a plan that asks nobody to check, then tampers.
+    config = RunConfig(strategy=FedAvg(), rounds=3, min_updates=3, round_timeout=30.0,
+                       train=TRAIN, poll_interval=0.05, verify="off")
+    agg = Tampering(aggregator, store, config, initial_weights=initial_weights())
+    assert agg.start().verify == "off"
+    nodes = [LearnerNode(LinearLearner(i), b, store, poll_interval=0.05)
+             for i, b in enumerate(bindings)]  # each learner's own choice: "full"
+    for n in nodes:
+        n.step()
+    agg.run_round(1)
+    for n in nodes:
+        n.step()
+    assert all(n.verified == {1: False} and n.disputed == [1] for n in nodes)
+    assert not any(aggregator.has_submitted(2, n.address) for n in nodes)
 
 
 def test_honest_rounds_are_verified_before_training(store):
@@ -226,3 +248,28 @@ def test_a_copied_update_is_left_out_and_the_audit_agrees(fed, store):
     assert report.exit_status() == 0, report.failures()
     assert any(c.what == "left-out update" and c.learner == copier and "duplicate" in c.detail
                for c in report.all_checks())
+
+
+def test_a_committees_plan_has_deadlines_and_a_member_refuses_one_without(tmp_path):
+    config = RunConfig(strategy=FedAvg(), round_timeout=90.0)
+    assert (config.plan(5).update_window, config.plan(5).vote_window) == (0, 0)
+    plan = config.plan(5, committee=3)
+    assert (plan.update_window, plan.vote_window) == (90, 60)
+    chosen = replace(config, update_window=30, vote_window=20).plan(5, committee=3)
+    assert (chosen.update_window, chosen.vote_window) == (30, 20)
+
+    # Two members of three set a genesis whose plan has no deadlines: the third refuses it.
+    chain = connect("embedded", fresh=True)
+    members = [chain.account(i) for i in (1, 6, 7)]
+    chain.fund([m.address for m in members])
+    owner, _ = FedChain.deploy(chain, chain.account(0), [m.address for m in members], 2)
+    owner.add_learners([chain.account(i).address for i in (2, 3, 4)])
+    store = open_store(f"file://{tmp_path / 'store'}")
+    no_deadlines = config.plan(3)
+    model, plan_cid = store.put(encode(initial_weights())), store.put(no_deadlines.to_json())
+    for m in members[:2]:
+        owner.with_account(m).set_genesis(model, plan_cid, RoundParams.from_plan(no_deadlines))
+    honest = Aggregator(owner.with_account(members[2]), store, config,
+                        initial_weights=initial_weights())
+    with pytest.raises(ConfigError, match="no update and vote deadlines"):
+        honest.start()

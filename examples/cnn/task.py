@@ -22,7 +22,7 @@ from examples.common import (
     shards,
     use_threads,
 )
-from fedchain.federation.learner import TorchLearner
+from fedchain.federation.learner import TorchLearner, takes_config
 from fedchain.model.codec import Weights
 from fedchain.model.torch import from_state_dict, to_state_dict
 from fedchain.progress import progress
@@ -106,6 +106,12 @@ def initial_weights(**options: Any) -> Weights:
     return from_state_dict(_model(SETTINGS.resolve(**options).seed).state_dict())
 
 
+#: The [train] keys train() reads (a job file with others is refused, naming the key);
+#: test() reads none from [evaluate].
+TRAIN_KEYS = {"epochs": int, "lr": float, "momentum": float, "batch_size": int}
+
+
+@takes_config(train=TRAIN_KEYS, evaluate={})
 def make_learner(learner_id: int, num_learners: int, **options: Any) -> TorchLearner:
     """Learner `learner_id` of `num_learners`: its shard of the training data, and its test
     data (its own local split with `local_test`, else its slice of the held-out test set)."""

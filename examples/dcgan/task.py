@@ -25,7 +25,7 @@ from examples.datasets import Dataset, load_image_folder
 from examples.dcgan.images import ROUND_FILE, save_grid, write_strip
 from examples.dcgan.model import DCGAN
 from fedchain.errors import ConfigError
-from fedchain.federation.learner import TorchLearner
+from fedchain.federation.learner import TorchLearner, takes_config
 from fedchain.model.codec import Weights
 from fedchain.model.torch import from_state_dict, to_state_dict
 from fedchain.progress import progress
@@ -169,6 +169,12 @@ def initial_weights(**options: Any) -> Weights:
     return from_state_dict(_model(SETTINGS.resolve(**options)).state_dict())
 
 
+#: The [train] keys train() reads (a job file with others is refused, naming the key);
+#: test() reads none from [evaluate].
+TRAIN_KEYS = {"epochs": int, "lr": float, "beta1": float, "batch_size": int}
+
+
+@takes_config(train=TRAIN_KEYS, evaluate={})
 def make_learner(learner_id: int, num_learners: int, **options: Any) -> TorchLearner:
     """Learner `learner_id` of `num_learners`: its IID shard of the images."""
     opts = SETTINGS.resolve(**options)

@@ -24,7 +24,7 @@ from examples.common import (
     use_threads,
 )
 from examples.datasets import Dataset
-from fedchain.federation.learner import TorchLearner
+from fedchain.federation.learner import TorchLearner, takes_config
 from fedchain.model.codec import Weights
 from fedchain.model.torch import from_state_dict, to_state_dict
 from fedchain.progress import progress
@@ -103,6 +103,12 @@ def initial_weights(**options: Any) -> Weights:
     return from_state_dict(_model(SETTINGS.resolve(**options)).state_dict())
 
 
+#: The [train] keys train() reads (a job file with others is refused, naming the key);
+#: test() reads none from [evaluate].
+TRAIN_KEYS = {"epochs": int, "lr": float, "batch_size": int}
+
+
+@takes_config(train=TRAIN_KEYS, evaluate={})
 def make_learner(learner_id: int, num_learners: int, **options: Any) -> TorchLearner:
     """Learner `learner_id` of `num_learners`: its shard of the training and test data."""
     opts = SETTINGS.resolve(**options)

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -30,6 +32,36 @@ from ..model.codec import Weights
 from ..protocol.rules import learner_key
 
 log = logging.getLogger("fedchain.aggregation")
+
+#: What this process has already said about a round's bounds (clipped updates, capped
+#: claims): every party that computes a round (the aggregator, each learner re-deriving it,
+#: a committee) reaches the same result, and saying it once per process is enough.
+_SAID: OrderedDict[Any, None] = OrderedDict()
+_SAID_LOCK = threading.Lock()
+_SAID_MAX = 4096
+
+
+def _say_once(key: Any, message: str, *args: Any) -> None:
+    """Logs `message` at INFO the first time this process computes it for `key` (a round's
+    result), at DEBUG every other time."""
+    with _SAID_LOCK:
+        first = key not in _SAID
+        _SAID[key] = None
+        _SAID.move_to_end(key)
+        while len(_SAID) > _SAID_MAX:
+            _SAID.popitem(last=False)
+    log.log(logging.INFO if first else logging.DEBUG, message, *args)
+
+
+def forget_said() -> None:
+    """Forgets what was said (`simulate` calls it, so a second run in a process says it
+    again)."""
+    with _SAID_LOCK:
+        _SAID.clear()
+
+
+def _short(learner: str) -> str:
+    return f"{learner[:6]}…{learner[-4:]}" if len(learner) > 12 else learner
 
 SCALINGS = ("num_examples", "uniform")
 ACCUMULATORS = ("float32", "float64")
@@ -180,6 +212,22 @@ def stream_mean(
 # --- coordinate-wise robust rules ----------------------------------------------------
 
 
+#: The bits below a float64's sign: flipping them on negative values maps IEEE-754 order onto
+#: int64 order, with −0 just below +0 (an involution: applying it again restores the floats).
+_MAGNITUDE = np.int64(0x7FFFFFFFFFFFFFFF)
+
+
+def _sort_total(rows: np.ndarray) -> None:
+    """Sorts float64 `rows` along axis 1 in place, in IEEE-754's total order (−0 before +0).
+
+    Through int64 keys: integers sort to one result on every CPU, where numpy's float sort
+    places −0 and +0 (equal as floats) by the vector instructions it runs with."""
+    bits = rows.view(np.int64)
+    bits ^= (bits >> 63) & _MAGNITUDE
+    bits.sort(axis=1)
+    bits ^= (bits >> 63) & _MAGNITUDE
+
+
 def _coordinatewise(models: Sequence[Weights], rule: Callable[[np.ndarray], np.ndarray]) -> Weights:
     """Apply `rule` to each block of coordinates, sorted: rows = coordinates, columns = models."""
     n = len(models)
@@ -193,7 +241,7 @@ def _coordinatewise(models: Sequence[Weights], rule: Callable[[np.ndarray], np.n
             rows = block[: stop - start]
             for j, flat in enumerate(flats):
                 rows[:, j] = flat[start:stop]
-            rows.sort(axis=1)
+            _sort_total(rows)
             values[start:stop] = rule(rows)
         result[name] = _cast_like(values, ref)
     return result
@@ -451,10 +499,13 @@ def bounded_mean(
         return None
     if examples_cap is not None and scaling == "num_examples":
         counts = capped_counts([u.num_examples for u in collected], examples_cap)
-        for update, count in zip(collected, counts, strict=True):
-            if count != update.num_examples:
-                log.info("num_examples of %s capped from %d to %d (examples_cap %g)",
-                         update.learner, update.num_examples, count, examples_cap)
+        capped = [(u.learner, u.num_examples, c)
+                  for u, c in zip(collected, counts, strict=True) if c != u.num_examples]
+        if capped:
+            _say_once(("capped", examples_cap, tuple(capped)),
+                      "num_examples capped (examples_cap %g) for %d of %d updates: %s",
+                      examples_cap, len(capped), len(collected),
+                      ", ".join(f"{_short(a)} {n} → {c}" for a, n, c in capped))
         collected = [
             u if c == u.num_examples else replace(u, num_examples=c)
             for u, c in zip(collected, counts, strict=True)
@@ -468,10 +519,15 @@ def bounded_mean(
                 f"update from {update.learner} has non-finite values: its norm is NaN"
             )
     bound, factors = clip_factors(norms, clip)
-    for update, norm, factor in zip(collected, norms, factors, strict=True):
-        if factor != 1.0:
-            log.info("update of %s clipped: norm %.4g > bound %.4g, scaled by %.4g",
-                     update.learner, norm, bound, factor)
+    clipped = [(u.learner, norm, factor)
+               for u, norm, factor in zip(collected, norms, factors, strict=True)
+               if factor != 1.0]
+    if clipped:
+        # One line for the round, once per process (at DEBUG for every party after the first).
+        _say_once(("clipped", bound, tuple(clipped)),
+                  "%d of %d updates clipped to bound %.4g (%g × the median change): %s",
+                  len(clipped), len(collected), bound, clip,
+                  ", ".join(f"{_short(a)} norm {n:.4g} × {f:.4g}" for a, n, f in clipped))
     weights = [u.num_examples if scaling == "num_examples" else 1 for u in collected]
     return clipped_mean(previous, collected, weights, factors)
 

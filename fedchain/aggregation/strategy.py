@@ -294,7 +294,26 @@ def _state_array(state: Weights | None, key: str, like: np.ndarray) -> np.ndarra
         return None
     if state[key].shape != like.shape:
         raise AggregationError(f"server state {key} has shape {state[key].shape}, not {like.shape}")
+    if state[key].dtype != np.float64:
+        raise AggregationError(f"server state {key} is {state[key].dtype}, not float64")
     return state[key]
+
+
+#: The largest optimizer step count a server state may hold (SPEC: 0 <= step < 2**31).
+MAX_STEP = 2**31 - 1
+
+
+def _state_step(state: Weights | None) -> int:
+    """The server state's step count: an int64 scalar in 0..MAX_STEP (AggregationError for
+    anything else: a forged state must not crash, or hang, whoever re-runs the round)."""
+    if state is None or "step" not in state:
+        return 0
+    step = state["step"]
+    if step.shape != () or step.dtype != np.int64 or not 0 <= int(step) <= MAX_STEP:
+        raise AggregationError(f"server state step is {step.dtype}{list(step.shape)} "
+                               f"{step.ravel()[:1].tolist()}, not an int64 scalar in "
+                               f"0..{MAX_STEP}")
+    return int(step)
 
 
 @dataclass(frozen=True)
@@ -382,12 +401,15 @@ class FedAdam(FedOpt):
     def _optimizer(
         self, state: Weights | None
     ) -> tuple[Weights, Callable[[str, np.ndarray], np.ndarray]]:
-        t = 1 + (int(state["step"]) if state is not None and "step" in state else 0)
-        # powers by repeated multiplication: exactly rounded everywhere, unlike libm's pow
+        t = 1 + _state_step(state)
+        # powers by repeated multiplication: exactly rounded everywhere, unlike libm's pow;
+        # once neither changes (0, or a subnormal fixed point) the rest would change nothing.
         power1 = power2 = 1.0
         for _ in range(t):
-            power1 *= self.beta1
-            power2 *= self.beta2
+            next1, next2 = power1 * self.beta1, power2 * self.beta2
+            if next1 == power1 and next2 == power2:
+                break
+            power1, power2 = next1, next2
         eta_t = self.eta * float(np.sqrt(1.0 - power2)) / (1.0 - power1)
         new_state: Weights = {"step": np.array(t, dtype=np.int64)}
 

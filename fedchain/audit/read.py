@@ -16,7 +16,13 @@ from typing import Any
 from web3.exceptions import Web3RPCError
 
 from ..eth.contract import FedChainReader
-from ..federation.history import weighted_metrics
+from ..eth.events import EvaluationReported
+from ..federation.history import (
+    REPORT_EXAMPLES_CAP,
+    report_weights,
+    usable_reports,
+    weighted_metrics,
+)
 from ..protocol.ledger import Ledger
 from ..protocol.rules import ALL_PPM, is_selected
 from .report import FAILED, NOTE, AuditReport, Check, Evaluation, RoundAudit, Submission
@@ -105,6 +111,7 @@ def read_federation(
         report.aggregator = ", ".join(c.members) + (
             f" (quorum {c.quorum})" if len(c.members) > 1 else "")
     report.learners = [a for a, on in ledger.active.items() if on]
+    _governance_checks(report, ledger)
     seeds: dict[int, bytes] = {}
     for record in ledger.records():
         r = RoundAudit(record.round, [Submission(e) for e in record.submissions],
@@ -116,6 +123,7 @@ def read_federation(
             seeds[record.round] = record.seed
         report.rounds.append(r)
         r.loss, r.metrics = weighted_metrics(record.evaluations)
+        _capped_reports(r, record.evaluations)
     ppm = report.genesis.select_ppm if report.genesis is not None else 0
     for r in report.rounds:
         r.abandoned = r.published is None and report.finished_after is not None
@@ -156,6 +164,38 @@ def _selection_checks(r: RoundAudit, seeds: dict[int, bytes], indices: dict[str,
         if seed is None or index == 0 or not is_selected(seed, index, ppm):
             r.checks.append(Check(FAILED, "selection", "submitted without being selected by "
                                   "the round's seed", r.round, s.learner))
+
+
+def _capped_reports(r: RoundAudit, reports: list[EvaluationReported]) -> None:
+    """A note for each evaluation report that claims more examples than it counts for."""
+    usable = usable_reports(reports)
+    for report, weight in zip(usable, report_weights(usable), strict=True):
+        if weight < report.num_examples:
+            r.checks.append(Check(NOTE, "evaluation", f"claims {report.num_examples:,} "
+                                  f"examples; counts for {weight:,} ({REPORT_EXAMPLES_CAP:g} × "
+                                  "the round's median claim)", r.round, report.learner))
+
+
+def _governance_checks(report: AuditReport, ledger: Ledger) -> None:
+    """The genesis votes (a member that voted for another genesis model, plan or parameters
+    dissents, visibly) and every committee change the owner made after the genesis, with the
+    round it happened in."""
+    if report.genesis is not None and ledger.genesis_votes:
+        digests = {v.digest for v in ledger.genesis_votes}
+        if len(digests) > 1:
+            counts = {d: sum(v.digest == d for v in ledger.genesis_votes) for d in digests}
+            chosen = max(digests, key=lambda d: counts[d])
+            for v in ledger.genesis_votes:
+                if v.digest != chosen:
+                    report.checks.append(Check(
+                        NOTE, "genesis vote", "voted for another genesis (model, plan or round "
+                        f"parameters: digest 0x{v.digest.hex()[:16]}…) than the one the quorum "
+                        "set", None, v.member))
+    for round, change in ledger.committee_changes:
+        report.checks.append(Check(
+            NOTE, "committee", f"the owner replaced the committee while round {round} was "
+            f"open: {', '.join(change.members)} (quorum {change.quorum}, epoch {change.epoch})",
+            round))
 
 
 def _chain_checks(r: RoundAudit) -> None:

@@ -171,6 +171,8 @@ def _plots(report: AuditReport) -> list[tuple[str, str]]:
         if bad:
             ax.plot(*zip(*bad, strict=True), "x", color="red", markersize=9, label="failed check")
             ax.legend()
+        if title == "gas per round":
+            ax.set_ylim(bottom=0)  # from zero: a 0.3 % swing stays a 0.3 % swing
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("round")
         ax.set_title(title)
@@ -247,7 +249,7 @@ def write_html(report: AuditReport, path: str | Path) -> Path:
     info = [
         ("contract", report.contract), ("chain", f"{report.chain_id} ({report.chain})"),
         ("blocks", f"{report.from_block}–{report.head_block}"), ("owner", report.owner),
-        ("aggregator", report.aggregator), ("learners", ", ".join(report.learners)),
+        ("aggregator", report.aggregator), ("learners", str(len(report.learners))),
         ("state", _state(report)), ("genesis", report.genesis_cid or "-"), ("plan", plan),
         ("gas", f"{report.gas_total:,}" if report.gas_total is not None else "-"),
         ("verification", _verdict(report)),
@@ -257,6 +259,9 @@ def write_html(report: AuditReport, path: str | Path) -> Path:
         _table(["", ""], [[e(k), _code(v)] for k, v in info]),
         *(f'<img alt="{e(t)}" src="data:image/png;base64,{png}">' for t, png in _plots(report)),
     ]
+    # The learners' addresses after the summary, folded: hundreds of them would bury it.
+    parts.append(f"<details><summary>{len(report.learners)} learners</summary><p>"
+                 + ", ".join(_code(a) for a in report.learners) + "</p></details>")
     if report.checks:
         parts += [
             "<h2>federation checks</h2>",

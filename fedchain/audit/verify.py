@@ -25,6 +25,7 @@ from ..protocol.fetching import UNAVAILABLE, Outcome, fetch_updates
 from ..protocol.ledger import RoundRecord
 from ..protocol.params import Plan, fetch_plan
 from ..protocol.round import REMOVED, Fetch, RoundOutcome, run_published, run_round
+from ..protocol.rules import update_timeout
 from ..storage import ContentStore, cid_of
 from .report import (
     FAILED,
@@ -153,7 +154,8 @@ def _fetcher(store: ContentStore, walk: _Walk) -> Fetch:
     def fetch(usable: Sequence[UpdateSubmitted]) -> Iterable[Outcome]:
         return fetch_updates(store, usable, max_bytes=plan.max_model_bytes,
                              reference=walk.reference,
-                             exclude_duplicates=plan.exclude_duplicates)
+                             exclude_duplicates=plan.exclude_duplicates,
+                             timeout=update_timeout(walk.reference.nbytes))
 
     return fetch
 
@@ -176,9 +178,13 @@ def _check_outcome(r: RoundAudit, outcome: RoundOutcome, min_updates: int, add: 
             add(NOTE, "left-out update", f"excluded: {REMOVED}", x.learner)
         elif x.reason == why:
             add(NOTE, "left-out update", f"{x.cid} left out: {why}: carried over", x.learner)
+        elif x.unavailable:
+            # Left out, and not served within its deadline to this audit either: what the
+            # committee did is what the rule gives (an update unavailable to all is excused).
+            add(NOTE, "left-out update", f"{x.cid}: unavailable within its deadline to the "
+                f"committee and to this audit: {x.reason}", x.learner)
         else:
-            add(UNFETCHABLE if x.unavailable else NOTE, "left-out update",
-                f"{x.cid}: {x.reason}", x.learner)
+            add(NOTE, "left-out update", f"{x.cid}: {x.reason}", x.learner)
     for u in outcome.included:
         if u.learner not in published:
             add(FAILED, "left-out update", f"{u.model_cid} is a valid update the round left "
@@ -208,7 +214,39 @@ def _as_published(r: RoundAudit, store: ContentStore, walk: _Walk,
 
 
 def _verify_round(r: RoundAudit, store: ContentStore, walk: _Walk) -> None:
-    """Checks one round's updates and global model; advances `walk` to the next round."""
+    """Checks one round's updates and global model, then who voted for what; advances `walk`
+    to the next round."""
+    outcome = _check_round(r, store, walk)
+    _judge_votes(r, outcome)
+
+
+def _judge_votes(r: RoundAudit, outcome: RoundOutcome | None) -> None:
+    """A round that fails verification names the members whose votes closed it (they voted
+    for what the plan's rule does not give), and marks the dissenters who voted for the
+    re-derived outcome as the honest minority, instead of failing them as dissenters."""
+    assert r.published is not None
+    if len({v.member for v in r.votes}) < 2:
+        return  # one voter (a committee of one): the round's own checks say it all
+    if not any(c.status == FAILED and c.what != "vote" for c in r.checks):
+        return
+    closing = (r.published.model_cid, r.published.state_cid, set(r.published.included))
+    honest = None if outcome is None else (outcome.model_cid, set(outcome.learners))
+    for v in r.votes:
+        if v.model_cid.raw == b"" and not v.bits:
+            continue  # a vote to finish the federation
+        if (v.model_cid, v.state_cid, set(v.included)) == closing:
+            r.checks.append(Check(FAILED, "vote", "voted for the result that closed the round, "
+                                  "which does not verify under the plan", r.round, v.member))
+        elif honest is not None and (v.model_cid.cid, set(v.included)) == honest:
+            r.checks[:] = [c for c in r.checks if not (c.what == "vote" and c.learner == v.member
+                                                        and c.status == FAILED)]
+            r.checks.append(Check(NOTE, "vote", "voted for the re-derived outcome: the honest "
+                                  "minority, outvoted", r.round, v.member))
+
+
+def _check_round(r: RoundAudit, store: ContentStore, walk: _Walk) -> RoundOutcome | None:
+    """The checks of one round's updates and global model; the round's outcome under the
+    plan (None when it cannot be computed)."""
     assert r.published is not None  # only published rounds are verified
     published_cid = r.published.model_cid
     limit = walk.plan.max_model_bytes
@@ -220,6 +258,7 @@ def _verify_round(r: RoundAudit, store: ContentStore, walk: _Walk) -> None:
         add(NOTE, "round", f"beyond the plan's {walk.plan.rounds} rounds")
     new: Weights | None = None
     new_state: Weights | None = None
+    outcome: RoundOutcome | None = None
     if walk.previous is None:
         add(UNVERIFIABLE, "global model", "not recomputed: the previous global model is unknown")
     else:
@@ -246,7 +285,7 @@ def _verify_round(r: RoundAudit, store: ContentStore, walk: _Walk) -> None:
         except StorageError as exc:
             add(UNFETCHABLE, "global model", f"matches, but cannot be fetched: {_error(exc)}")
         walk.previous, walk.state = new, new_state
-        return
+        return outcome
     published: Weights | None = None
     try:
         published = _fetch(store, published_cid, walk.reference, limit)
@@ -283,6 +322,7 @@ def _verify_round(r: RoundAudit, store: ContentStore, walk: _Walk) -> None:
     else:
         walk.state = new_state
     _adopt_published_state(r, store, walk, add)
+    return outcome
 
 
 def _check_state(r: RoundAudit, store: ContentStore, state: Weights | None, add: Add) -> None:

@@ -134,11 +134,12 @@ def _simulate_arguments(p: argparse.ArgumentParser) -> None:
     add_run_options(p)
     p.add_argument("--audit", action="store_true",
                    help="audit the finished run from the chain and re-verify every round")
-    p.add_argument("--engine", choices=("threads", "pool", "ray"), default="threads",
-                   help="threads: a thread per learner polling the chain (default); pool: one "
-                   "chain watcher and a pool of lazily made learners, for hundreds to "
-                   "thousands of learners (see the README's Scale section); ray: such pools "
-                   "as Ray tasks (pip install 'fedchain[ray]'; a shared chain node and store)")
+    p.add_argument("--engine", choices=("threads", "pool", "ray"), default=None,
+                   help="threads: a thread per learner polling the chain; pool: one chain "
+                   "watcher and a pool of lazily made learners, for dozens to thousands of "
+                   "learners (see the README's Scale section); ray: such pools as Ray tasks "
+                   "(pip install 'fedchain[ray]'; a shared chain node and store). Default: "
+                   "threads up to 8 learners, pool past that")
     p.add_argument("--shards", type=positive_int, metavar="N", default=2,
                    help="--engine ray: Ray tasks the learners are dealt into (default 2)")
     p.add_argument("--workers", type=positive_int, metavar="N", default=None,

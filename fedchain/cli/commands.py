@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, DeploymentNotFound, StorageError
+from ..errors import ConfigError, DeploymentNotFound, FedChainError, StorageError
 from ..eth.accounts import (
     DEV_ACCOUNTS,
     FIRST_LEARNER_INDEX,
@@ -26,6 +26,7 @@ from .options import (
     fedchain_of,
     job_from,
     make_console,
+    open_job_store,
     read_record,
     stop_on_signals,
     uses_dev_account,
@@ -203,17 +204,18 @@ def _plan_on_chain(contract: Any, store: Any) -> Any:
 
 
 def cmd_aggregator(args: argparse.Namespace) -> int:
-    from ..federation.aggregator import Aggregator
-    from ..federation.results import write_results
-    from ..storage import open_store
-    from .results import complete_history, read_results
+    from .lock import member_lock
+    from .results import read_results
 
     job = job_from(args)
+    # [train] goes into the plan: checked before it is published (if the learners' code is here).
+    job.check_learner_config(importable=False)
     config = job.run_config()
     if args.id and not args.output:
         # Members share the job file: each keeps its own results.json, never the same one.
         job.output = str(Path(job.output) / f"member-{args.id}")
     old = read_results(job.output)
+    store = open_job_store(job)
     chain = connect_chain(job, "aggregator")
     account = account_for(args, chain, aggregator_index(args.id))
     contract = fedchain_of(job, chain, account)
@@ -222,7 +224,6 @@ def cmd_aggregator(args: argparse.Namespace) -> int:
         raise ConfigError(f"{account.address} is not an aggregator of this federation (its "
                           f"committee: {', '.join(members)}; quorum {quorum}): use --id K for "
                           "member K, or the member's key")
-    store = open_store(job.store)
     plan = _plan_on_chain(contract, store) if contract.current_round() > 0 else None
     if plan is not None:
         for note in plan_disagreements(job, config, plan):
@@ -232,24 +233,67 @@ def cmd_aggregator(args: argparse.Namespace) -> int:
                                      strategy=None)
     if contract.finished():
         return _already_finished(job, contract, store, plan, old)
+    # Two processes signing for one member would vote twice: the second refuses.
+    with member_lock(chain.url, chain.chain_id, contract.address, account.address,
+                     "aggregator"):
+        return _aggregate(job, config, contract, store, old)
+
+
+def _aggregate(job: Job, config: RunConfig, contract: Any, store: Any, old: Any) -> int:
+    """The aggregator's run, once this process holds its member's lock."""
+    from ..federation.aggregator import Aggregator
+    from ..federation.results import write_results
+    from ..storage import DEFAULT_MAX_BYTES
+    from .results import (
+        carried_over,
+        complete_history,
+        evaluate_unrecorded,
+        recording,
+        spans,
+    )
+
     initial = None
     if contract.current_round() == 0:
         initial = job.initial_weights()
         if initial is None:
             initial = job.learner_factory()(0, job.learners).get_weights()
-    agg = Aggregator(
-        contract, store, config, initial_weights=initial, evaluate_fn=job.evaluate_fn(),
-        stop=stop_on_signals(),
+    stop = stop_on_signals()
+    evaluate_fn = job.evaluate_fn()
+    agg = recording(Aggregator, job.output, old)(
+        contract, store, config, initial_weights=initial, evaluate_fn=evaluate_fn, stop=stop,
     )
-    agg.run()
+    again: list[int] = []
+    if contract.current_round() > 1:
+        # Rounds an earlier process published without recording them: evaluated again here.
+        plan = _plan_on_chain(contract, store)
+        again = evaluate_unrecorded(agg.history, contract, store, old, evaluate_fn,
+                            plan.max_model_bytes if plan is not None else DEFAULT_MAX_BYTES)
+    try:
+        agg.run()
+    except FedChainError:
+        if stop.signal is None:
+            raise
+        # "aggregator stopped": asked to, by a signal. The rounds so far are written below.
     history, earlier = complete_history(agg.history, contract, old)
     results, plot = write_results(
         job.output, history, contract, store_url=store.url, plan=agg.plan
     )
+    if stop.signal is not None:
+        log.info("stopped by %s after round %d; %s has the rounds so far", stop.signal,
+                 contract.current_round() - 1, results)
+        return 0
     print_history(history)
     if earlier:
+        kept = carried_over(history, agg.history)
+        source = (f"; the centralized metrics of round(s) {spans(kept)} from the earlier "
+                  "results.json" if kept else "")
+        if again:
+            source += f"; round(s) {spans(again)} evaluated again (the earlier results.json " \
+                      "lacked them)"
+        if not kept and not again:
+            source = "; no centralized metrics for them"
         print(f"{earlier} round(s) before this process started are in results.json too "
-              "(from the chain, and the earlier results.json for centralized metrics)")
+              f"(from the chain{source})")
     print(f"results: {results}, plot: {plot}")
     return 0
 
@@ -290,10 +334,11 @@ def _already_finished(job: Job, contract: Any, store: Any, plan: Any, old: Any) 
 
 def cmd_learner(args: argparse.Namespace) -> int:
     from ..federation.node import LearnerNode
-    from ..storage import open_store
 
     job = job_from(args)
     _check_learner_id(args, job)
+    job.check_learner_config()
+    store = open_job_store(job)
     chain = connect_chain(job, "learner")
     account = account_for(args, chain, FIRST_LEARNER_INDEX + args.id)
     contract = fedchain_of(job, chain, account)
@@ -308,10 +353,16 @@ def cmd_learner(args: argparse.Namespace) -> int:
               f"{contract.current_round() - 1}; nothing to do")
         return 0
     learner = job.learner_factory()(args.id, job.learners)
-    node = LearnerNode(learner, contract, open_store(job.store), name=f"learner-{args.id}",
-                       stop=stop_on_signals())
+    stop = stop_on_signals()
+    node = LearnerNode(learner, contract, store, name=f"learner-{args.id}", stop=stop)
     log.info("learner %d (%s) joined federation %s", args.id, account.address, contract.address)
-    node.run()
+    try:
+        node.run()
+    except FedChainError:
+        if stop.signal is None:
+            raise
+    if stop.signal is not None:
+        log.info("stopped by %s", stop.signal)
     return 0
 
 
@@ -447,14 +498,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
     """Runs `fedchain audit`; 0 if every check passed, 1 if one failed, 3 if some could not run."""
     from ..audit import audit_federation
     from ..audit.render import print_report, write_html, write_json
-    from ..storage import open_store
+    from ..storage import check_reachable, open_store
 
     job = job_from(args)
     chain = connect_chain(job, "audit")
     contract = fedchain_of(job, chain)
     store_url = args.store or (job.store if args.job or args.verify else None)
+    store = None
+    if store_url is not None:
+        store = open_store(store_url)
+        check_reachable(store, "--store" if args.store else _source_of(job, "store"))
     report = audit_federation(
-        contract, open_store(store_url) if store_url is not None else None,
+        contract, store,
         verify_models=args.verify, gas=not args.no_gas, from_block=args.from_block,
         workers=args.workers,
     )
@@ -465,3 +520,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.html:
         console.print(f"HTML report: {write_html(report, args.html)}")
     return report.exit_status()
+
+
+def _source_of(job: Job, key: str) -> str:
+    return job.given.get(key, "the default")

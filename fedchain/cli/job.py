@@ -290,8 +290,36 @@ class Job:
         return None if q is None else int(q)
 
     def learner_factory(self) -> Any:
-        """`make_learner(id, num_learners)`, with the job's [model] options as keywords."""
-        return self._with_options(self.resolve(self.learner, "learner factory"))
+        """`make_learner(id, num_learners)`, with the job's [model] options as keywords; the
+        job's [train] and [evaluate] checked against the keys it declares (`takes_config`,
+        `Learner.train_keys`)."""
+        factory = self.resolve(self.learner, "learner factory")
+        self.check_learner_config(factory)
+        return self._with_options(factory)
+
+    def check_learner_config(self, factory: Any = None, *, importable: bool = True) -> None:
+        """ConfigError naming the file, the section and the key when [train] or [evaluate]
+        has a key the learner does not declare, or a value of another type. With
+        `importable=False` (an aggregator, which may not have the learners' code), a learner
+        factory that cannot be imported is not checked."""
+        from ..federation.learner import config_problem, declared_keys
+
+        if factory is None:
+            if not self.learner:
+                return
+            try:
+                factory = self.resolve(self.learner, "learner factory")
+            except ConfigError:
+                if importable:
+                    raise
+                return
+        train_keys, eval_keys = declared_keys(factory)
+        where = f"job file {self.path}: " if self.path is not None else ""
+        for keys, config, section in ((train_keys, self.train, "[train]"),
+                                      (eval_keys, self.evaluate_config, "[evaluate]")):
+            problem = config_problem(keys, config, section)
+            if problem is not None:
+                raise ConfigError(f"{where}{problem} ({self.learner})")
 
     def evaluate_fn(self) -> Any:
         """The centralized `evaluate(round, weights)`, or None; [model] options as keywords."""

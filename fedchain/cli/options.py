@@ -211,6 +211,16 @@ def set_torch_threads(threads: int) -> None:
 # --- the chain, the account, the contract --------------------------------------------------
 
 
+def open_job_store(job: Job) -> Any:
+    """The job's content store, checked to answer (a dead or mistyped IPFS URL fails here, at
+    start, naming the URL and where it came from)."""
+    from ..storage import check_reachable, open_store
+
+    store = open_store(job.store)
+    check_reachable(store, _source(job, "store"))
+    return store
+
+
 def connect_chain(job: Job, command: str) -> Any:
     """The chain of a command that runs in a process of its own: never the embedded chain
     (it would vanish with the process); the devnet's by default, said so."""
@@ -356,12 +366,20 @@ def read_record(job: Job, chain: Any) -> dict[str, Any] | None:
     return record
 
 
-def stop_on_signals() -> threading.Event:
-    """SIGINT/SIGTERM set an event the loops watch, so they stop between steps."""
-    stop = threading.Event()
+class SignalStop(threading.Event):
+    """The event a command's loops watch; `signal` names the signal that set it, if one did."""
+
+    signal: str | None = None
+
+
+def stop_on_signals() -> SignalStop:
+    """SIGINT/SIGTERM set an event the loops watch, so they stop between steps; the command
+    then exits cleanly (status 0) with one line, "stopped by SIGTERM"."""
+    stop = SignalStop()
 
     def handler(signum: int, frame: Any) -> None:
-        log.warning("received %s: stopping", signal.Signals(signum).name)
+        stop.signal = signal.Signals(signum).name
+        log.debug("received %s: stopping", stop.signal)
         stop.set()
 
     signal.signal(signal.SIGINT, handler)

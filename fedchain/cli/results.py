@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, FedChainError
 from ..eth.contract import FedChainReader
 from ..federation.history import History, Rejected, RoundResult
 from ..protocol.ledger import Ledger
@@ -39,13 +39,14 @@ def read_results(out: str | Path) -> dict[str, Any] | None:
     return data
 
 
-def published_rounds(contract: FedChainReader) -> dict[int, RoundResult]:
+def published_rounds(contract: FedChainReader,
+                     ledger: Ledger | None = None) -> dict[int, RoundResult]:
     """Every published round as the chain records it (no rejection reasons: not on chain).
 
     `seconds` is left at 0: `with_seconds` fills it in from block timestamps, for the rounds
-    that need it.
+    that need it. `ledger`: one to bring up to date instead of reading from the start.
     """
-    ledger = Ledger(contract)
+    ledger = Ledger(contract) if ledger is None else ledger
     ledger.refresh()
     rounds: dict[int, RoundResult] = {}
     if ledger.genesis is None:
@@ -98,11 +99,12 @@ def _old_rounds(old: dict[str, Any]) -> dict[int, dict[str, Any]]:
 
 
 def complete_history(
-    history: History, contract: FedChainReader, old: dict[str, Any] | None
+    history: History, contract: FedChainReader, old: dict[str, Any] | None,
+    ledger: Ledger | None = None,
 ) -> tuple[History, int]:
     """`history` with every published round; returns it and the number of rounds taken from
-    the chain or the earlier file."""
-    on_chain = published_rounds(contract)
+    the chain or the earlier file (`ledger` as in `published_rounds`)."""
+    on_chain = published_rounds(contract, ledger)
     ran = {r.round: r for r in history.rounds}
     before = _old_rounds(old) if old and same_federation(old, contract, on_chain) else {}
     trusted = set(before)
@@ -164,3 +166,80 @@ def covers(old: dict[str, Any] | None, contract: FedChainReader) -> bool:
     on_chain = published_rounds(contract)
     return same_federation(old, contract, on_chain) and set(_old_rounds(old or {})) == set(
         on_chain)
+
+
+def recording(aggregator_class: type, out: str | Path, old: dict[str, Any] | None) -> type:
+    """`aggregator_class` writing results.json after every round it runs (every published
+    round, centralized metrics from this process and `old`, the earlier results.json), so a
+    process killed mid-federation (kill -9, a crash, a power cut) leaves the rounds it ran
+    and their centralized metrics, which the chain does not hold, for its successor."""
+
+    class Recording(aggregator_class):  # type: ignore[misc, valid-type]
+        #: The chain's events, read incrementally round after round (not from genesis).
+        _ledger: Ledger | None = None
+
+        def run_round(self, round: int) -> RoundResult:
+            result = super().run_round(round)
+            from ..federation.results import write_results_json
+
+            try:
+                if self._ledger is None:
+                    self._ledger = Ledger(self.contract)
+                history, _ = complete_history(self.history, self.contract, old, self._ledger)
+                write_results_json(out, history, self.contract, store_url=self.store.url,
+                                   plan=self.plan, ledger=self._ledger)
+            except (OSError, FedChainError) as exc:  # the round stands; the file catches up
+                log.warning("[ROUND %d] results.json not updated: %s", round, exc)
+            return result
+
+    Recording.__name__ = Recording.__qualname__ = aggregator_class.__name__
+    return Recording
+
+
+def carried_over(history: History, ran: History) -> list[int]:
+    """The rounds of `history` with centralized metrics that `ran` (this process) did not
+    evaluate: those taken from the earlier results.json."""
+    mine = {n for n, _ in ran.losses_centralized}
+    return [n for n, _ in history.losses_centralized if n not in mine]
+
+
+def spans(rounds: list[int]) -> str:
+    """[1, 2, 3, 5] → "1–3, 5"."""
+    out: list[str] = []
+    for n in sorted(rounds):
+        if out and out[-1].split("–")[-1] == str(n - 1):
+            out[-1] = f"{out[-1].split('–')[0]}–{n}"
+        else:
+            out.append(str(n))
+    return ", ".join(out)
+
+
+def evaluate_unrecorded(
+    history: History, contract: FedChainReader, store: Any, old: dict[str, Any] | None,
+    evaluate_fn: Any, max_bytes: int,
+) -> list[int]:
+    """Evaluates the published rounds no earlier results.json records (a process killed
+    between publishing a round and writing the file, or before its first write): the
+    centralized metrics the chain does not hold, computed again from the rounds' global
+    models. Adds them to `history`; returns the rounds evaluated."""
+    from ..model.fetch import fetch_model
+
+    if evaluate_fn is None:
+        return []
+    on_chain = published_rounds(contract)
+    recorded: set[int] = set()
+    if old is not None and same_federation(old, contract, on_chain):
+        recorded = set(_old_centralized(old, set(_old_rounds(old))))
+    done = []
+    for n in sorted(set(on_chain) - recorded):
+        weights = fetch_model(store, on_chain[n].global_cid, max_bytes=max_bytes)
+        evaluated = evaluate_fn(n, weights)
+        if evaluated is None:
+            continue
+        loss, metrics = evaluated
+        history.add_centralized(n, float(loss), {k: float(v) for k, v in metrics.items()})
+        log.info("[ROUND %d] centralized evaluation (of a round published before this process "
+                 "started that results.json lacks): loss=%.4f %s", n, loss,
+                 " ".join(f"{k}={float(v):.4f}" for k, v in metrics.items()))
+        done.append(n)
+    return done

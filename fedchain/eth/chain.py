@@ -28,6 +28,7 @@ from eth_utils import to_checksum_address
 from eth_utils.exceptions import ValidationError as EthUtilsValidationError
 from web3 import Web3
 from web3.exceptions import (
+    BadFunctionCallOutput,
     ContractCustomError,
     ContractLogicError,
     TimeExhausted,
@@ -39,6 +40,7 @@ from ..errors import (
     ChainUnavailable,
     ConfigError,
     ContractRevert,
+    DeploymentNotFound,
     FedChainError,
     TransactionFailed,
     TransactionTimeout,
@@ -408,8 +410,35 @@ class Chain:
     # -- low level ---------------------------------------------------------------------
 
     def call(self, fn: Callable[[], T]) -> T:
-        """Runs a web3 call through the backend (transport failures: ChainUnavailable)."""
-        return self.backend.run(fn)
+        """Runs a web3 call through the backend (transport failures: ChainUnavailable; a
+        contract call answered with nothing because the contract's code is gone, as on a
+        restarted dev chain: DeploymentNotFound, see `deployment_gone`)."""
+        try:
+            return self.backend.run(fn)
+        except BadFunctionCallOutput as exc:
+            raise self.deployment_gone(_contract_address(fn), exc) from None
+
+    def deployment_gone(self, address: str | None, exc: Exception) -> Exception:
+        """What a contract call that returned no data means: DeploymentNotFound saying the
+        deployment is gone and how to redeploy when `address` holds no code (the dev chain
+        was restarted or reset under the running process), else `exc` as it was."""
+        if address is not None:
+            code: bytes
+            try:
+                code = bytes(self.backend.run(lambda: self.w3.eth.get_code(
+                    to_checksum_address(address))))
+            except FedChainError:
+                code = b""  # the node went away too: the call's empty answer is the evidence
+            if code:
+                return exc  # the code is there: the call's output is wrong, not missing
+        where = (f"at {address} is gone: chain {self.url} has no contract code there any "
+                 "more" if address is not None else
+                 f"is gone: a call to it on chain {self.url} returned no data")
+        return DeploymentNotFound(
+            f"the FedChain deployment {where} (the chain was probably restarted or reset, "
+            "and a dev chain keeps no state across restarts). Redeploy with `fedchain deploy "
+            "--fresh` (dev chains: `fedchain deploy --fresh --dev-learners N`), then start "
+            "the aggregator and the learners again", url=self.url)
 
     @property
     def chain_id(self) -> int:
@@ -762,6 +791,20 @@ class Chain:
                 ) from None
             yield from logs
             start = end + 1
+
+
+def _contract_address(fn: Any) -> str | None:
+    """The contract a web3 call is to: a bound ContractFunction.call knows its address; a
+    partial of one, or of a batch of them, is unwrapped."""
+    if isinstance(fn, partial):
+        for arg in (fn.func, *fn.args):
+            for inner in arg if isinstance(arg, list) else [arg]:
+                found = _contract_address(inner)
+                if found is not None:
+                    return found
+        return None
+    address = getattr(getattr(fn, "__self__", None), "address", None)
+    return address if isinstance(address, str) else None
 
 
 def _receipt(raw: Any) -> Receipt:

@@ -65,6 +65,29 @@ FLAT_GAS: Mapping[str, int] = MappingProxyType({
     "commitUpdate": 120_000, "revealUpdate": 150_000,
 })
 
+#: Gas limits of the calls that are valid only once a deadline has passed: a dev node that
+#: mines only when a transaction comes estimates them at its latest block, stamped before the
+#: deadline, and refuses them (RoundNotExpired, VotingNotOpen, RevealNotOpen) although the
+#: block that would include them is past it. Refused so at estimation while this machine's
+#: clock says the deadline passed, such a call is sent once with this limit instead; if the
+#: chain still says not yet, it reverts when mined, paying for the gas it used. A vote's limit
+#: grows with the words of its bitmaps (TIME_GATED_PER_WORD each).
+TIME_GATED_GAS: Mapping[str, int] = MappingProxyType({
+    "closeRound": 250_000, "publishGlobal": 500_000, "revealUpdate": FLAT_GAS["revealUpdate"],
+})
+TIME_GATED_PER_WORD = 25_000
+
+
+def time_gated_limit(function: str, args: tuple[Any, ...]) -> int | None:
+    """The fixed gas limit of a call to `function` that is valid only after a deadline (None:
+    `function` is not one); list arguments (bitmaps) add TIME_GATED_PER_WORD per word."""
+    base = TIME_GATED_GAS.get(function)
+    if base is None:
+        return None
+    words = sum(len(a) for a in args if isinstance(a, list | tuple))
+    return base + TIME_GATED_PER_WORD * words
+
+
 #: How many times a transaction that ran out of gas on a stale estimate is estimated again
 #: and sent once more.
 OUT_OF_GAS_RESENDS = 1

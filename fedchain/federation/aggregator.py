@@ -48,7 +48,7 @@ from ..protocol.fetching import Outcome, fetch_updates
 from ..protocol.ledger import Ledger, RoundRecord
 from ..protocol.params import Plan
 from ..protocol.round import run_round
-from ..protocol.rules import is_selected
+from ..protocol.rules import is_selected, update_timeout
 from ..storage import ContentStore
 from ..storage.cid import CID
 from .config import RunConfig
@@ -60,6 +60,10 @@ log = logging.getLogger("fedchain.aggregator")
 T = TypeVar("T")
 
 EvaluateFn = Callable[[int, Weights], tuple[float, Mapping[str, float]] | None]
+
+#: Updates a committee member fetches (or holds) at once: while a slow one runs out its own
+#: deadline, the next ones are fetched.
+FETCH_IN_FLIGHT = 4
 
 #: How often a party still waiting on the chain says so again, in seconds.
 WAIT_WARNING_INTERVAL = 60.0
@@ -162,6 +166,13 @@ class Aggregator:
             self._round_block = opened[-1] if opened else 0
             for note in self._disagreements(self.plan):
                 log.warning("%s", note)
+        members, _ = c.committee()
+        if len(members) > 1 and not (self.plan.update_window and self.plan.vote_window):
+            raise ConfigError(
+                f"the plan on chain has no update and vote deadlines, and a committee of "
+                f"{len(members)} runs it: without them one member's early vote freezes a "
+                "round's submissions; this member refuses to serve it (deploy again with a "
+                "plan that sets update_window and vote_window)")
         learners = c.learner_count()
         if self.plan.min_updates > learners:
             log.warning("min_updates is %d but only %d learners are registered: rounds will "
@@ -212,7 +223,12 @@ class Aggregator:
         c = self.contract
         if self.strategy is None or self.initial_weights is None:
             raise ConfigError("genesis needs a strategy and initial weights")
-        plan = self.config.plan(c.learner_count())
+        members, _ = c.committee()
+        plan = self.config.plan(c.learner_count(), committee=len(members))
+        if len(members) > 1 and plan.update_window != self.config.update_window:
+            log.info("a committee of %d: the plan's rounds take updates for %d s and votes for "
+                     "%d s more (set update_window / vote_window to choose)", len(members),
+                     plan.update_window, plan.vote_window)
         model_cid = self.store.put(encode(self.initial_weights))
         plan_cid = self.store.put(plan.to_json())
         try:
@@ -321,13 +337,17 @@ class Aggregator:
 
     def fetch_round(self, usable: Sequence[UpdateSubmitted],
                     deadline: float | None = None) -> Iterable[Outcome]:
-        """The round's updates, fetched in learner order as the strategy pulls them (with the
-        plan's size limit, by `deadline`)."""
+        """The round's updates, fetched in learner order as the strategy pulls them, up to
+        FETCH_IN_FLIGHT at once: each within its own `rules.update_timeout` (so a slow update
+        costs its own time only), all by `deadline` (the config's fetch_timeout past the round
+        timeout), with the plan's size limit."""
         assert self._spec is not None
         plan = self._plan()
         return fetch_updates(self.store, usable, max_bytes=plan.max_model_bytes,
                              exclude_duplicates=plan.exclude_duplicates,
-                             reference=self._spec, deadline=deadline, copy=False)
+                             reference=self._spec, deadline=deadline, copy=False,
+                             timeout=update_timeout(self._spec.nbytes),
+                             in_flight=FETCH_IN_FLIGHT)
 
     def previous_global(self, round: int) -> Weights:
         """The global model published before `round` (the genesis model before round 1)."""

@@ -16,7 +16,7 @@ from ..aggregation.strategy import Strategy
 from ..errors import ConfigError
 from ..model.codec import DEFAULT_MAX_BYTES
 from ..protocol.params import MAX_MODEL_BYTES, Plan, ProtocolFields
-from ..protocol.rules import plan_min_updates
+from ..protocol.rules import committee_windows, plan_min_updates
 
 
 @dataclass
@@ -107,8 +107,10 @@ class RunConfig(ProtocolFields):
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise ConfigError(f"{name} must be a non-negative number, got {value!r}")
 
-    def plan(self, learners: int) -> Plan:
-        """The plan published at genesis for a federation of `learners` registered learners."""
+    def plan(self, learners: int, committee: int = 1) -> Plan:
+        """The plan published at genesis for a federation of `learners` registered learners,
+        run by a committee of `committee` members (more than one: the plan has update and vote
+        deadlines, `protocol.rules.committee_windows`)."""
         if self.strategy is None:
             raise ConfigError("genesis needs a strategy")
         min_updates = self.min_updates
@@ -121,8 +123,15 @@ class RunConfig(ProtocolFields):
             train=dict(self.train),
             evaluate=dict(self.evaluate),
             max_model_bytes=self.max_model_bytes or DEFAULT_MAX_BYTES,
-            **self.protocol(),
+            **self._protocol(committee),
         )
+
+    def _protocol(self, committee: int) -> dict[str, Any]:
+        fields = self.protocol()
+        if committee > 1 and not (self.update_window and self.vote_window):
+            fields["update_window"], fields["vote_window"] = committee_windows(
+                self.round_timeout, self.update_window, self.vote_window)
+        return fields
 
     def termination(self) -> Termination:
         return Termination(

@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..aggregation.rules import capped_counts
 from ..eth.events import EvaluationReported
 from ..jsonsafe import loads
 from ..protocol.fetching import Rejected
@@ -101,6 +102,20 @@ def usable_reports(reports: Iterable[EvaluationReported]) -> list[EvaluationRepo
             log.warning("[ROUND %d] evaluation report of %s ignored: %s", r.round, r.learner,
                         problem)
     return kept
+
+
+#: A round's evaluation reports count for at most this many times the lower median of their
+#: numExamples, as training claims do under the default strategy (`ROBUST_FEDAVG`'s
+#: examples_cap): one report claiming 2**40 examples cannot outweigh every other.
+REPORT_EXAMPLES_CAP = 2.0
+
+
+def report_weights(reports: Sequence[EvaluationReported]) -> list[int]:
+    """Each usable report's weight: its numExamples, capped at REPORT_EXAMPLES_CAP × the lower
+    median of the reports' numExamples (`aggregation.rules.capped_counts`)."""
+    if not reports:
+        return []
+    return capped_counts([r.num_examples for r in reports], REPORT_EXAMPLES_CAP)
 
 
 def _finite(what: str, round: int, value: float) -> bool:
@@ -203,11 +218,12 @@ def weighted_metrics(
     sums: dict[str, float] = defaultdict(float)
     weights: dict[str, float] = defaultdict(float)
     rounds = set()
-    for r in usable_reports(reports):
+    usable = usable_reports(reports)
+    for r, weight in zip(usable, report_weights(usable), strict=True):
         rounds.add(r.round)
         for k, v in loads(r.metrics).items():
-            sums[k] += float(v) * r.num_examples
-            weights[k] += r.num_examples
+            sums[k] += float(v) * weight
+            weights[k] += weight
     means: dict[str, float] = {}
     for k in sums:
         mean = sums[k] / weights[k]

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import difflib
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
+from ..errors import ConfigError
 from ..model.codec import Weights
 from ..model.torch import from_state_dict, to_state_dict
 
 Metrics = dict[str, float]
+#: The config keys a learner's train or evaluate reads, each with its type (int, float, str or
+#: bool; float takes integers too). fedchain adds "round" to every config itself.
+ConfigKeys = Mapping[str, type]
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
@@ -32,7 +39,16 @@ class EvalResult:
 
 
 class Learner(ABC):
-    """A participant's model and data. Subclass it, or use TorchLearner."""
+    """A participant's model and data. Subclass it, or use TorchLearner.
+
+    `train_keys` / `eval_keys` declare the keys `train` / `evaluate` read from their config
+    (a job file's [train] / [evaluate]), e.g. `{"lr": float, "epochs": int}`: a job file
+    with another key, or a value of another type, is then refused when it is loaded, naming
+    the key. None (the default) declares nothing, and any key is taken.
+    """
+
+    train_keys: ClassVar[ConfigKeys | None] = None
+    eval_keys: ClassVar[ConfigKeys | None] = None
 
     @abstractmethod
     def get_weights(self) -> Weights: ...
@@ -45,6 +61,57 @@ class Learner(ABC):
 
     @abstractmethod
     def evaluate(self, weights: Weights, config: Mapping[str, Any]) -> EvalResult: ...
+
+
+def takes_config(*, train: ConfigKeys | None = None,
+                 evaluate: ConfigKeys | None = None) -> Callable[[F], F]:
+    """Declares, on a learner factory `make_learner(learner_id, num_learners)`, the config
+    keys its learners' train and evaluate read (see `Learner.train_keys`), so a job file
+    naming the factory is checked when it is loaded, before any learner is made."""
+    def mark(factory: F) -> F:
+        factory.train_keys = dict(train) if train is not None else None  # type: ignore[attr-defined]
+        factory.eval_keys = dict(evaluate) if evaluate is not None else None  # type: ignore[attr-defined]
+        return factory
+
+    return mark
+
+
+def declared_keys(factory: Any) -> tuple[ConfigKeys | None, ConfigKeys | None]:
+    """The (train, evaluate) keys a learner factory or Learner class declares."""
+    while isinstance(factory, functools.partial):
+        factory = factory.func
+    return getattr(factory, "train_keys", None), getattr(factory, "eval_keys", None)
+
+
+_KINDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _fits(value: Any, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def config_problem(keys: ConfigKeys | None, config: Mapping[str, Any], section: str) -> str | None:
+    """What is wrong with `config` for a learner taking `keys`, or None: an unknown key (with
+    the closest declared one) or a value of the wrong type, named with `section`."""
+    if keys is None:
+        return None
+    for key, value in config.items():
+        if key == "round":  # fedchain's own
+            continue
+        kind = keys.get(key)
+        if kind is None:
+            match = difflib.get_close_matches(key, list(keys), n=1, cutoff=0.6)
+            hint = f" (did you mean {match[0]!r}?)" if match else ""
+            takes = ", ".join(keys) if keys else "no keys"
+            return f"{section} has no key {key!r}{hint}; the learner takes {takes}"
+        if not _fits(value, kind):
+            what = _KINDS.get(kind, kind.__name__)
+            return f"{section} {key} must be {what}, got {value!r}"
+    return None
 
 
 TrainFn = Callable[[Any, Any, Mapping[str, Any]], Mapping[str, float] | None]
@@ -62,6 +129,8 @@ class TorchLearner(Learner):
     `train_fn(model, train_data, config)` trains in place and may return metrics;
     `eval_fn(model, test_data, config)` returns `(loss, metrics)`. Weights map onto the
     module's `state_dict` by name, buffers (BatchNorm statistics, counters) included.
+    `train_keys` / `eval_keys` declare the config keys the functions read (see Learner): a
+    config with others, or a value of another type, is refused with ConfigError naming it.
     """
 
     def __init__(
@@ -73,7 +142,14 @@ class TorchLearner(Learner):
         test_data: Any,
         num_train_examples: int | None = None,
         num_test_examples: int | None = None,
+        *,
+        train_keys: ConfigKeys | None = None,
+        eval_keys: ConfigKeys | None = None,
     ) -> None:
+        if train_keys is not None:
+            self.train_keys = dict(train_keys)  # type: ignore[misc]
+        if eval_keys is not None:
+            self.eval_keys = dict(eval_keys)  # type: ignore[misc]
         self.model = model
         self.train_fn = train_fn
         self.eval_fn = eval_fn
@@ -89,6 +165,7 @@ class TorchLearner(Learner):
         self.model.load_state_dict(to_state_dict(weights), strict=True)
 
     def train(self, weights: Weights, config: Mapping[str, Any]) -> TrainResult:
+        _check(self.train_keys, config, "the train config")
         self.set_weights(weights)
         self.model.train()
         metrics = self.train_fn(self.model, self.train_data, config) or {}
@@ -98,8 +175,15 @@ class TorchLearner(Learner):
     def evaluate(self, weights: Weights, config: Mapping[str, Any]) -> EvalResult:
         import torch
 
+        _check(self.eval_keys, config, "the evaluate config")
         self.set_weights(weights)
         self.model.eval()
         with torch.no_grad():
             loss, metrics = self.eval_fn(self.model, self.test_data, config)
         return EvalResult(float(loss), self.num_test, {k: float(v) for k, v in metrics.items()})
+
+
+def _check(keys: ConfigKeys | None, config: Mapping[str, Any], section: str) -> None:
+    problem = config_problem(keys, config, section)
+    if problem is not None:
+        raise ConfigError(problem)

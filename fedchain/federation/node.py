@@ -46,9 +46,9 @@ from ..model.codec import ModelSpec, Weights, encode, spec
 from ..model.fetch import fetch_model
 from ..protocol.fetching import Outcome, fetch_updates
 from ..protocol.ledger import Ledger
-from ..protocol.params import Plan
+from ..protocol.params import VERIFY_MODES, Plan
 from ..protocol.round import differences, disputed_cid, run_round
-from ..protocol.rules import commitment
+from ..protocol.rules import commitment, update_timeout
 from ..storage import ContentStore
 from ..storage.cid import CID
 from .learner import Learner
@@ -187,8 +187,18 @@ class LearnerNode:
         stop: threading.Event | None = None,
         max_outage: float = 600.0,
         shared: SharedWork | None = None,
+        verify: str = "full",
+        verify_rate: float = 0.25,
+        verify_max_bytes: int | None = None,
     ) -> None:
         require_signer(contract, "the learner")
+        if verify not in VERIFY_MODES:
+            raise ConfigError(f"verify must be one of {', '.join(VERIFY_MODES)}, not {verify!r}")
+        #: How this learner checks each round before training on it ("full", "sampled",
+        #: "off"), at least as strictly as the plan asks; `verify_rate` for "sampled";
+        #: `verify_max_bytes` raises the plan's size limit of "full".
+        self.verify, self.verify_rate = verify, verify_rate
+        self.verify_max_bytes = verify_max_bytes
         #: Re-derivations shared with the other learners of this process (a pool), if any.
         self.shared = shared
         self.max_outage = max_outage
@@ -302,15 +312,22 @@ class LearnerNode:
     # -- trust, but verify ---------------------------------------------------------------
 
     def _wants_verification(self, round: int) -> bool:
-        """Whether to re-derive `round`'s global model before training on it (see Plan.verify:
-        "full" up to verify_max_bytes, else "sampled" at verify_rate)."""
+        """Whether to re-derive `round` before training on its model: the stricter of this
+        learner's own choice (`verify`, `verify_rate`) and the plan's. A plan may ask for more
+        checking, never for less: how a learner protects its own data is its own choice, so a
+        committee majority that publishes a plan with verify = "off" switches nobody's check
+        off. "full" re-derives models up to verify_max_bytes (bigger: as "sampled")."""
         plan = self.plan()
-        if round < 1 or plan.verify == "off":
+        if round < 1:
+            return False
+        mode = max(self.verify, plan.verify, key=VERIFY_MODES[::-1].index)
+        if mode == "off":
             return False
         size = self._spec.nbytes if self._spec is not None else 0
-        if plan.verify == "full" and size <= plan.verify_max_bytes:
+        limit = max(plan.verify_max_bytes, self.verify_max_bytes or 0)
+        if mode == "full" and size <= limit:
             return True
-        return random.random() < plan.verify_rate
+        return random.random() < max(plan.verify_rate, self.verify_rate)
 
     def verify_global(self, round: int) -> bool | None:
         """Re-derives `round`'s global model from the chain and the store, bit for bit.
@@ -381,7 +398,8 @@ class LearnerNode:
 
         def fetch(usable: Sequence[UpdateSubmitted]) -> Iterable[Outcome]:
             return fetch_updates(self.store, usable, max_bytes=limit, reference=reference,
-                                 exclude_duplicates=plan.exclude_duplicates)
+                                 exclude_duplicates=plan.exclude_duplicates,
+                                 timeout=update_timeout(reference.nbytes))
 
         outcome = run_round(plan, self._strategy, record, fetch, previous, state)
         unfetched = {r.learner for r in outcome.excluded if r.unavailable}

@@ -20,6 +20,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
 
+from ..aggregation.rules import forget_said
 from ..aggregation.strategy import ROBUST_FEDAVG, Strategy
 from ..errors import ConfigError, FedChainError
 from ..eth.accounts import (
@@ -34,7 +35,7 @@ from ..eth.contract import FedChain, RoundParams
 from ..eth.watcher import ChainWatcher, Snapshot
 from ..model.codec import Weights
 from ..protocol.rules import is_selected
-from ..storage import ContentStore, open_store
+from ..storage import ContentStore, check_reachable, open_store
 from .aggregator import Aggregator, EvaluateFn
 from .config import RunConfig
 from .driver import DEFAULT_WORKERS, LearnerPool, watched_bindings
@@ -48,6 +49,10 @@ log = logging.getLogger("fedchain.simulation")
 #: How simulate runs learners: a thread each, a pool driven by one chain watcher, or such
 #: pools as Ray tasks.
 ENGINES = ("threads", "pool", "ray")
+#: Past this many learners, `simulate` told no engine runs the pool engine: a thread per
+#: learner re-derives every round once per learner and polls the chain from every thread
+#: (about 25 s a round at 100 learners on Anvil, against about 1 s with the pool).
+AUTO_POOL_ABOVE = 8
 #: What a derived learner account (past the dev node's) is funded with on a dev chain.
 DERIVED_FUNDING = 10**18
 
@@ -63,6 +68,8 @@ class SimulationResult:
     learners: list[LearnerNode]
     results_path: Path | None = None
     plot_path: Path | None = None
+    #: The engine that ran the learners: "threads", "pool" or "ray".
+    engine: str = "threads"
 
 
 def learner_account(i: int, dev_slots: int) -> LocalAccount:
@@ -101,6 +108,22 @@ def _sampled(contract: FedChain, watcher: ChainWatcher,
     return selected
 
 
+def choose_engine(engine: str | None, num_learners: int) -> str:
+    """The engine `simulate` runs: the one named, else threads for up to `AUTO_POOL_ABOVE`
+    learners and the pool past that (logged once, with how to choose another)."""
+    if engine is not None:
+        if engine not in ENGINES:
+            raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+        return engine
+    if num_learners > AUTO_POOL_ABOVE:
+        log.info("engine: pool (%d learners > %d; engine=\"threads\" or --engine threads "
+                 "runs a thread per learner instead)", num_learners, AUTO_POOL_ABOVE)
+        return "pool"
+    log.info("engine: threads (%d learners ≤ %d; engine=\"pool\" or --engine pool for the "
+             "pool engine)", num_learners, AUTO_POOL_ABOVE)
+    return "threads"
+
+
 def _limit_torch_threads(num_learners: int) -> None:
     """Learners train concurrently: give each a share of the cores instead of oversubscribing."""
     torch = sys.modules.get("torch")
@@ -130,7 +153,7 @@ def simulate(
     aggregators: int = 1,
     quorum: int | None = None,
     aggregator_types: Mapping[int, type[Aggregator]] | None = None,
-    engine: str = "threads",
+    engine: str | None = None,
     workers: int = DEFAULT_WORKERS,
     shards: int = 2,
 ) -> SimulationResult:
@@ -150,9 +173,11 @@ def simulate(
     close a round. `aggregator_types` maps a member to an Aggregator subclass to run instead
     (a member that cheats, in tests and demos). The result's history is member 0's.
 
-    `engine="threads"` (the default) runs each learner as its own thread polling the chain,
-    as separate processes would. `engine="pool"` is for large federations (hundreds to
-    thousands of learners): one ChainWatcher follows the chain for the whole process, a
+    `engine` None (the default) picks one (`choose_engine`): threads for up to
+    `AUTO_POOL_ABOVE` (8) learners, the pool past that; the choice is logged.
+    `engine="threads"` runs each learner as its own thread polling the chain, as separate
+    processes would. `engine="pool"` is for large federations (dozens to thousands of
+    learners): one ChainWatcher follows the chain for the whole process, a
     LearnerPool steps only the learners with something to do on `workers` threads, making
     each learner when first needed (`make_learner` is called lazily), receipts are polled in
     one batch for every waiting learner, the learners' flat-gas calls skip eth_estimateGas,
@@ -167,10 +192,10 @@ def simulate(
     a file:// directory on a shared file system); the committee runs here, in threads. The
     result then has no LearnerNode objects (they lived in the workers).
     """
-    if engine not in ENGINES:
-        raise ConfigError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     if num_learners < 1:
         raise ConfigError("a federation needs at least one learner")
+    engine = choose_engine(engine, num_learners)
+    forget_said()  # this run's clipped updates are said once each, even if a run before had them
     overrides: dict[str, Any] = {
         "strategy": strategy, "rounds": rounds, "min_updates": min_updates,
         "round_timeout": round_timeout,
@@ -186,6 +211,7 @@ def simulate(
         connect(chain) if isinstance(chain, str) else chain
     )
     st = open_store(store) if isinstance(store, str) else store
+    check_reachable(st, "the store simulate was given")
     chain_url = chain if isinstance(chain, str) else str(getattr(ch.backend, "_endpoint", ch.url))
     if engine == "ray":
         from .ray import check_shared
@@ -238,7 +264,8 @@ def simulate(
     ]
     agg = committee[0]
     nodes = [
-        LearnerNode(learner, contract.with_account(acct), st, name=f"learner-{i}", stop=stop)
+        LearnerNode(learner, contract.with_account(acct), st, name=f"learner-{i}", stop=stop,
+                    verify=cfg.verify, verify_rate=cfg.verify_rate)
         for i, (learner, acct) in enumerate(zip(learners, learner_accounts, strict=False))
     ]  # none here in pool mode: the pool makes them
     errors: list[BaseException] = []
@@ -249,7 +276,8 @@ def simulate(
         def make_node(i: int) -> LearnerNode:
             return LearnerNode(make_learner(i, num_learners), bind(learner_accounts[i]), st,
                                name=f"learner-{i}",
-                               stop=stop, shared=shared, poll_interval=cfg.poll_interval)
+                               stop=stop, shared=shared, poll_interval=cfg.poll_interval,
+                               verify=cfg.verify, verify_rate=cfg.verify_rate)
 
         pool = LearnerPool(make_node, num_learners, watcher, workers=workers,
                            selected=_sampled(contract, watcher, learner_accounts))
@@ -302,7 +330,7 @@ def simulate(
         raise FedChainError(f"simulation failed: {type(first).__name__}: {first}") from first
 
     history = agg.history
-    result = SimulationResult(history, agg.results, contract, st, nodes)
+    result = SimulationResult(history, agg.results, contract, st, nodes, engine=engine)
     if results_dir is not None:
         result.results_path, result.plot_path = write_results(
             results_dir, history, contract, store_url=st.url, plan=agg.plan,

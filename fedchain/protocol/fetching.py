@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -167,11 +168,14 @@ def fetch_updates(
     copy: bool = False,
     in_flight: int = DEFAULT_IN_FLIGHT,
     exclude_duplicates: bool = False,
+    timeout: float | None = None,
 ) -> Iterator[Outcome]:
     """Each submission's outcome in ascending learner order, fetched `in_flight` at a time.
 
     Each model is fetched through `fedchain.model.fetch` with `max_bytes` (the plan's limit),
-    checked against `reference`, and must arrive by `deadline` (one for all of them); any
+    checked against `reference`, and must arrive within `timeout` seconds of its own start
+    (`rules.update_timeout`: a slow update costs its own time only) and by `deadline` (one for
+    all of them), whichever comes first; any
     failure is yielded as a Rejected value, never raised. At most `in_flight` models (>= 1)
     are held or being fetched at once, counting the last one yielded until the next one is
     asked for. `exclude_duplicates` rejects exact duplicates (see the module's docstring).
@@ -180,7 +184,7 @@ def fetch_updates(
     if isinstance(in_flight, bool) or not isinstance(in_flight, int) or in_flight < 1:
         raise ConfigError(f"in_flight must be a whole number >= 1, not {in_flight!r}")
     return _outcomes(store, submissions, max_bytes, reference, deadline, copy, in_flight,
-                     exclude_duplicates)
+                     exclude_duplicates, timeout)
 
 
 def _outcomes(
@@ -192,20 +196,23 @@ def _outcomes(
     copy: bool,
     in_flight: int,
     exclude_duplicates: bool,
+    timeout: float | None = None,
 ) -> Iterator[Outcome]:
     ordered = sorted(submissions, key=lambda s: learner_key(s.learner))
     duplicates = _Duplicates(ordered) if exclude_duplicates else None
 
     def fetch(s: UpdateSubmitted, stop: threading.Event) -> _Result:
         canonical: CID | None = None
+        own = None if timeout is None else time.monotonic() + timeout
+        ends = own if deadline is None else deadline if own is None else min(own, deadline)
         try:
             cid = s.model_cid.require()
             if duplicates is None:
                 weights = fetch_model(store, cid, max_bytes=max_bytes, reference=reference,
-                                      deadline=deadline, copy=copy, stop=stop)
+                                      deadline=ends, copy=copy, stop=stop)
             else:
                 weights, canonical = fetch_update(
-                    store, cid, max_bytes=max_bytes, reference=reference, deadline=deadline,
+                    store, cid, max_bytes=max_bytes, reference=reference, deadline=ends,
                     copy=copy, stop=stop)  # fmt: skip
         except (StorageError, InvalidModel) as exc:
             return Rejected.because(s, exc), None

@@ -28,6 +28,7 @@ from ..eth.events import (
     Event,
     Finished,
     GenesisSet,
+    GenesisVoted,
     GlobalModelPublished,
     LearnerAdded,
     LearnerRemoved,
@@ -106,6 +107,10 @@ class Ledger:
         #: Whether each learner ever registered is active now.
         self.active: dict[str, bool] = {}
         self.committee: CommitteeChanged | None = None
+        #: Committee changes after the genesis, with the round open when each happened.
+        self.committee_changes: list[tuple[int, CommitteeChanged]] = []
+        #: The committee members' genesis votes (their digests differ where they dissent).
+        self.genesis_votes: list[GenesisVoted] = []
         self.finished_after: int | None = None
         #: The round open after the events read so far (1 before the genesis).
         self.open_round = 1
@@ -169,6 +174,10 @@ class Ledger:
             self.genesis = e
         elif isinstance(e, CommitteeChanged):
             self.committee = e
+            if self.genesis is not None:
+                self.committee_changes.append((self.open_round, e))
+        elif isinstance(e, GenesisVoted):
+            self.genesis_votes.append(e)
         elif isinstance(e, Finished):
             self.finished_after = e.last_round
 

@@ -45,6 +45,10 @@ REMOVED = "the owner removed this learner"
 #: Why a timed-out round carried over.
 NO_QUORUM = "the round closed without a quorum by its vote deadline"
 
+#: Why a round carried over, as SPEC.md § "The round" names the cases (RoundOutcome.carried_over).
+TIMED_OUT, BELOW_MIN_UPDATES, AGGREGATION_FAILED, TOO_FEW_VALID = (
+    "timed-out", "below-min-updates", "aggregation-failed", "too-few-valid")
+
 Fetch = Callable[[Sequence[UpdateSubmitted]], Iterable[Outcome]]
 
 
@@ -59,6 +63,12 @@ class RoundOutcome:
     included: tuple[UpdateSubmitted, ...]
     excluded: tuple[Rejected, ...]
     carried_over_because: str | None
+    #: The case of carry-over (TIMED_OUT, BELOW_MIN_UPDATES, AGGREGATION_FAILED,
+    #: TOO_FEW_VALID); None: the round aggregated.
+    carried_over: str | None = None
+    #: The CID the round republishes as it is (a timed-out round: closeRound keeps the
+    #: previous model's recorded CID); None: the CID of the model's canonical encoding.
+    kept_cid: CID | None = None
     #: Whether the server state is published with the model (a stateful strategy that
     #: aggregated): the state CID is then part of the outcome.
     publishes_state: bool = False
@@ -75,7 +85,7 @@ class RoundOutcome:
 
     @cached_property
     def model_cid(self) -> CID:
-        return cid_of(self.model_bytes)
+        return self.kept_cid if self.kept_cid is not None else cid_of(self.model_bytes)
 
     @cached_property
     def state_bytes(self) -> bytes | None:
@@ -106,27 +116,30 @@ def run_round(
                if s.learner in record.removed]
     usable = record.usable
 
-    def carried(why: str, rejected: Sequence[Rejected] = (),
+    def carried(case: str, why: str, rejected: Sequence[Rejected] = (),
                 left: Sequence[UpdateSubmitted] = ()) -> RoundOutcome:
         out = [*removed, *rejected, *(Rejected.because_of(s, why) for s in left)]
-        return RoundOutcome(record.round, previous, state, (), tuple(out), why)
+        return RoundOutcome(record.round, previous, state, (), tuple(out), why, case)
 
     if record.timed_out:
-        return carried(NO_QUORUM, left=usable)
+        # Closed by closeRound: the recorded previous CID, nothing judged.
+        return RoundOutcome(record.round, previous, state, (),
+                            tuple(Rejected.because_of(s, NO_QUORUM) for s in record.submissions),
+                            NO_QUORUM, TIMED_OUT, kept_cid=record.previous_model.cid)
     why = too_few_submissions(len(usable), plan.min_updates)
     if why is not None:
-        return carried(why, left=usable)
+        return carried(BELOW_MIN_UPDATES, why, left=usable)
     updates = RoundUpdates(fetch(usable), raise_errors=raise_errors)
     try:
         new, new_state = strategy.aggregate(previous, updates, state)
     except (AggregationError, InvalidModel) as exc:
         why = f"the plan's strategy refused the round ({type(exc).__name__}: {exc})"
         rejected = {id(r.submission) for r in updates.rejected}
-        return carried(why, updates.rejected,
+        return carried(AGGREGATION_FAILED, why, updates.rejected,
                        [s for s in usable if id(s) not in rejected])
     why = too_few_included(len(updates.included), plan.min_updates)
     if why is not None:
-        return carried(why, updates.rejected, updates.included)
+        return carried(TOO_FEW_VALID, why, updates.rejected, updates.included)
     return RoundOutcome(record.round, new, new_state, tuple(updates.included),
                         (*removed, *updates.rejected), None,
                         publishes_state=strategy.stateful and new_state is not None)

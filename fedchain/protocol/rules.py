@@ -28,6 +28,7 @@ from eth_utils import keccak, to_checksum_address
 
 from ..errors import AggregationError, InvalidCID
 from ..storage.cid import CID
+from ..storage.fetch import DEFAULT_DEADLINES
 
 #: selectPpm that selects everyone (the contract's ALL).
 ALL_PPM = 1_000_000
@@ -160,6 +161,45 @@ def plan_min_updates(learners: int, fraction: float = 1.0, buffer_size: int = 0)
     worth arrived)."""
     quorum = default_min_updates(sample_size(fraction_to_ppm(fraction), learners))
     return min(quorum, buffer_size) if buffer_size else quorum
+
+
+# --- fetching ----------------------------------------------------------------------
+
+
+#: Bytes an update's file may hold beyond its tensors (its safetensors header).
+HEADER_ALLOWANCE = 64 * 1024
+
+
+def update_timeout(model_bytes: int) -> float:
+    """Seconds each update of a round may take to fetch, from its own start: the documented
+    max(30 s, size / 1 MiB/s) for the size every valid update has (the global model's tensors
+    and a header), capped at an hour. Sized from the model, not from what a node declares, so
+    an update that trickles in costs its own deadline only and every other update keeps its
+    own; every party fetches with it, so an update too slow for the committee is too slow for
+    the learners and the audit alike."""
+    return DEFAULT_DEADLINES.seconds(model_bytes + HEADER_ALLOWANCE)
+
+
+# --- deadlines of a committee ------------------------------------------------------
+
+
+#: The shortest update and vote windows a committee's plan gets by default (seconds).
+MIN_COMMITTEE_WINDOW = 60
+
+
+def committee_windows(round_timeout: float, update_window: int = 0,
+                      vote_window: int = 0) -> tuple[int, int]:
+    """(update_window, vote_window) of a plan run by a committee of more than one member.
+
+    Without deadlines the first vote closes a round's submissions, so one member voting
+    "nothing included" as each round opens would freeze learning; with them, the contract
+    refuses votes before the update deadline unless every learner is in, and anyone may close
+    a round past its vote deadline. Windows the configuration names are kept; missing ones
+    are sized from the aggregator's round timeout: the update window the round timeout, the
+    vote window half of it, each at least MIN_COMMITTEE_WINDOW seconds."""
+    updates = update_window or max(MIN_COMMITTEE_WINDOW, math.ceil(round_timeout))
+    votes = vote_window or max(MIN_COMMITTEE_WINDOW, math.ceil(round_timeout / 2))
+    return min(updates, 2**24 - 1), min(votes, 2**24 - 1)
 
 
 # --- carry-over ----------------------------------------------------------------------

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from urllib.parse import unquote, urlparse
 
-from ..errors import ConfigError
+from ..errors import ConfigError, StorageError, StoreUnavailable
 from .cid import CID
 from .fetch import DEFAULT_MAX_BYTES, DeadlinePolicy
 from .store import ContentStore
@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "ContentStore",
     "DeadlinePolicy",
+    "check_reachable",
     "cid_of",
     "open_store",
 ]
@@ -57,3 +58,25 @@ def open_store(url: str) -> ContentStore:
         f"store URL {shown!r} not understood: use 'embedded', 'file:///abs/dir' "
         "or an IPFS node's RPC API, e.g. 'http://127.0.0.1:5001'"
     )
+
+
+def check_reachable(store: ContentStore, source: str = "") -> None:
+    """Fails fast when `store` is an IPFS node that does not answer (a dead or mistyped URL),
+    with StoreUnavailable naming the URL and what to check, instead of the long loops
+    retrying it for minutes. Other stores (directories) are always there."""
+    from .kubo import KuboStore
+
+    if not isinstance(store, KuboStore):
+        return
+    probe = KuboStore(store._secret_url, retries=1, connect_timeout=3.0, timeout=10.0)
+    try:
+        probe.version()
+    except StorageError as exc:
+        where = f" ({source})" if source else ""
+        raise StoreUnavailable(
+            f"no IPFS node answers at {store.url}{where}: {exc}. Is the node running "
+            "(`fedchain devnet` starts one at http://127.0.0.1:5001)? Check the URL's host and "
+            "port: an IPFS node's RPC API is usually port 5001, not the gateway's 8080",
+            url=store.url) from None
+    finally:
+        probe.close()
