@@ -25,6 +25,7 @@ contract FedChain {
     struct Member {
         uint16 epoch;
         uint8 index; // 1-based; its bit in a vote tally is index - 1
+        uint40 voted; // 1 + the round of its last vote on a result in this epoch (0: none)
     }
 
     /// @notice The run's parameters, fixed at genesis (the plan records the same values).
@@ -35,8 +36,9 @@ contract FedChain {
     /// in which committed updates are revealed. Needs an update window.
     /// @param voteWindow Seconds for votes after the updates' (and reveals') deadline; once
     /// past, anyone may close the round with the previous model carried over. 0: no deadline.
-    /// @param selectPpm Client sampling: each learner takes part in a round with this
-    /// probability in parts per million, drawn from the round's seed. 0 (or 1e6): everyone.
+    /// @param selectPpm Client sampling: the share of learners in a round, in parts per
+    /// million: each round selects exactly ceil(selectPpm * n / 1e6) of the n learner indices
+    /// handed out when it opened, by a permutation drawn from its seed. 0 (or 1e6): everyone.
     /// @param bufferSize Asynchronous (FedBuff) rounds: votes may close a round once this many
     /// updates arrived, before the update deadline. 0: every active learner's update.
     /// @param maxStaleness Asynchronous rounds: an update trained for round r is accepted up to
@@ -65,7 +67,7 @@ contract FedChain {
         uint8 maxStaleness;
         uint8 quorum;
         bool finished;
-        bool frozen; // a vote was cast in the open round: its submissions are final
+        uint8 marks; // FROZEN | CURRENT | VOTED | SEATED
     }
 
     /// @dev A CID packed as: a = length byte followed by the first 31 bytes, b = the next 32.
@@ -85,12 +87,31 @@ contract FedChain {
     /// @notice The digest a vote to finish the federation carries.
     bytes32 public constant FINISH = keccak256("fedchain.finish");
 
-    /// @notice The account that manages learners and the committee.
+    /// @dev State.marks: a vote was cast in the open round, so its submissions are final;
+    uint8 private constant FROZEN = 1;
+    /// which of the two model slots holds the latest global model (the other: the one before);
+    uint8 private constant CURRENT = 2;
+    /// the latest closed round closed on a vote of the committee (not a timeout, not a void);
+    uint8 private constant VOTED = 4;
+    /// the committee changed since the latest closed round closed.
+    uint8 private constant SEATED = 8;
+
+    /// @dev The tally round under which members approve owner changes (no real round).
+    uint256 private constant CHANGES = type(uint256).max;
+
+    /// @notice The account that manages learners and the committee (zero: renounced).
     address public owner;
     uint32 private _learnerCount;
     uint32 private _learnerSlots;
+    /// @notice Seconds of block time between the owner announcing a change of the learners or
+    /// the committee after genesis (announceChange) and making it; 0: changes take effect at
+    /// once. A committee quorum may approve a change sooner (approveChange). Fixed at
+    /// deployment (in the owner's slot: the check costs no extra read).
+    uint32 public ownerDelay;
     State private _state;
-    PackedCid private _latest;
+    /// @dev The latest global model and the one before it (see CURRENT), so that voidRound
+    /// can restore it.
+    PackedCid[2] private _models;
     bytes32 private _seed;
     bytes private _plan;
     /// @notice The account an ownership transfer in progress goes to; zero when none is.
@@ -104,9 +125,13 @@ contract FedChain {
     /// @dev round => word => bits of the learners that submitted / reported in that round.
     mapping(uint256 => mapping(uint256 => uint256)) private _submitted;
     mapping(uint256 => mapping(uint256 => uint256)) private _reported;
+    mapping(uint256 => mapping(uint256 => uint256)) private _disputed;
     mapping(uint256 => mapping(address => bytes32)) private _commitments;
     /// @dev keccak(round, epoch, digest) => bits of the members that voted for digest.
     mapping(bytes32 => uint256) private _tally;
+    /// @dev keccak256 of an owner call's calldata => when it may run (1: approved by the
+    /// committee; 0: not announced).
+    mapping(bytes32 => uint256) private _changes;
 
     error NotOwner(address caller);
     error NotAggregator(address caller);
@@ -147,6 +172,18 @@ contract FedChain {
     error AlreadyReported(uint256 round, address learner);
     /// @notice Only the pending owner (see transferOwnership) may accept the ownership.
     error NotPendingOwner(address caller);
+    /// @notice Only the latest closed round can be voided.
+    error NotLatestRound(uint256 given, uint256 latest);
+    /// @notice The round did not close on a committee vote (a timeout, or voided already).
+    error NotVoidable(uint256 round);
+    /// @notice Voiding a round needs disputes from more than half of the active learners.
+    error TooFewDisputes(uint256 round, uint256 disputes, uint256 needed);
+    /// @notice `digest` is not the result the round closed on.
+    error NotTheResult(uint256 round, bytes32 digest);
+    /// @notice After genesis this change of the owner's runs only once announced and
+    /// `ownerDelay` seconds have passed (executableAt; 0: not announced) or the committee
+    /// approved it.
+    error ChangeNotReady(bytes32 change, uint256 executableAt);
 
     event LearnerAdded(address indexed learner, uint256 index);
     event LearnerRemoved(address indexed learner);
@@ -163,7 +200,9 @@ contract FedChain {
         uint256 bufferSize,
         uint256 maxStaleness
     );
-    /// @notice Round `round` opened with sampling seed `seed` (only when sampling is on).
+    /// @notice Round `round` opened with sampling seed `seed` (only when sampling is on). The
+    /// seed's low 64 bits are the sample: bits 32..63 the learner indices n it permutes (those
+    /// handed out when the round opened), bits 0..31 how many it selects, ceil(selectPpm*n/1e6).
     event RoundSeeded(uint256 indexed round, bytes32 seed);
     /// @param staleness How many rounds before `round` the update was trained for (0: for it).
     event UpdateSubmitted(
@@ -193,6 +232,12 @@ contract FedChain {
     event RoundTimedOut(uint256 indexed round, address closer);
     /// @notice A learner re-derived `round`'s global model and got `computedCid` instead.
     event Disputed(uint256 indexed round, address indexed learner, bytes computedCid);
+    /// @notice More than half of the active learners (`disputes` of them) disputed `round`,
+    /// so its result is void: the global model is `restoredCid` again, the one before it, and
+    /// the members that voted for the result (`evicted`) lost their seats. The round open at
+    /// the time closes carried over on the restored model (its updates were trained on the
+    /// void one) and, unless the federation has finished, the next round opens on it.
+    event RoundVoided(uint256 indexed round, bytes restoredCid, uint256 disputes, address[] evicted);
     event EvaluationReported(
         uint256 indexed round, address indexed learner, uint256 numExamples, bytes metrics
     );
@@ -201,23 +246,47 @@ contract FedChain {
     event OwnershipTransferStarted(address indexed previousOwner, address indexed newOwner);
     /// @notice `newOwner` accepted the ownership and is now the owner.
     event OwnershipTransferred(address indexed previousOwner, address indexed newOwner);
+    /// @notice The owner announced a change (keccak256 of the call's calldata), which it may
+    /// make from `executableAt` (block time) on.
+    event ChangeAnnounced(bytes32 indexed change, uint256 executableAt);
+    /// @notice A committee quorum approved the owner's `change`: the owner may make it now.
+    event ChangeApproved(bytes32 indexed change);
+    /// @notice The owner withdrew an announced or approved `change`.
+    event ChangeCancelled(bytes32 indexed change);
 
     modifier onlyOwner() {
         if (msg.sender != owner) revert NotOwner(msg.sender);
         _;
     }
 
+    /// @dev The owner's changes of the learners and the committee: at once before genesis (or
+    /// without a delay), afterwards only once announced and matured, or approved.
+    modifier ownerChange() {
+        if (msg.sender != owner) revert NotOwner(msg.sender);
+        if (ownerDelay != 0 && _state.round != 0) {
+            bytes32 change = keccak256(msg.data);
+            uint256 at = _changes[change];
+            if (at == 0 || block.timestamp < at) revert ChangeNotReady(change, at);
+            delete _changes[change];
+        }
+        _;
+    }
+
     /// @notice Deploys a federation; the deployer becomes the owner.
     /// @param committee The aggregators (at most 255); `quorum` of them must agree on a round.
-    constructor(address[] memory committee, uint256 quorum) {
+    /// @param delay ownerDelay: seconds between announcing an owner change after genesis and
+    /// making it (0: none).
+    constructor(address[] memory committee, uint256 quorum, uint256 delay) {
+        if (delay > type(uint32).max) revert InvalidParams("ownerDelay above 2**32-1");
         owner = msg.sender;
+        ownerDelay = uint32(delay);
         _setCommittee(committee, quorum);
     }
 
     // ---------------------------------------------------------------- membership
 
     /// @notice Owner only: registers learners. Emits LearnerAdded for each.
-    function addLearners(address[] calldata learners) external onlyOwner {
+    function addLearners(address[] calldata learners) external ownerChange {
         uint32 count = _learnerCount;
         uint32 slots = _learnerSlots;
         for (uint256 i = 0; i < learners.length; ++i) {
@@ -239,7 +308,7 @@ contract FedChain {
 
     /// @notice Owner only: deregisters a learner. Its past submissions stay on record; an
     /// update it submitted in the open round can no longer be included.
-    function removeLearner(address learner) external onlyOwner {
+    function removeLearner(address learner) external ownerChange {
         Learner memory l = _learners[learner];
         if (!l.active) revert UnknownLearner(learner);
         _learners[learner].active = false;
@@ -253,12 +322,12 @@ contract FedChain {
 
     /// @notice Owner only: replaces the committee of aggregators. Votes cast before the change
     /// no longer count. `quorum` must be a majority of `members`.
-    function setCommittee(address[] calldata members, uint256 quorum) external onlyOwner {
+    function setCommittee(address[] calldata members, uint256 quorum) external ownerChange {
         _setCommittee(members, quorum);
     }
 
     /// @notice Owner only: makes `next` the only aggregator (a committee of one).
-    function setAggregator(address next) external onlyOwner {
+    function setAggregator(address next) external ownerChange {
         address[] memory members = new address[](1);
         members[0] = next;
         _setCommittee(members, 1);
@@ -284,9 +353,10 @@ contract FedChain {
         return _learnerSlots;
     }
 
-    /// @notice The committee's first member (the aggregator, for a committee of one).
+    /// @notice The committee's first member (the aggregator, for a committee of one; the zero
+    /// address while there is no committee, after a voidRound evicted every member).
     function aggregator() external view returns (address) {
-        return _committee[0];
+        return _committee.length == 0 ? address(0) : _committee[0];
     }
 
     /// @notice The committee of aggregators and its quorum.
@@ -308,6 +378,45 @@ contract FedChain {
     function transferOwnership(address newOwner) external onlyOwner {
         pendingOwner = newOwner;
         emit OwnershipTransferStarted(msg.sender, newOwner);
+    }
+
+    /// @notice Owner only: gives the ownership up for good. The learners and the committee can
+    /// then change only through voidRound. Emits OwnershipTransferred to the zero address.
+    function renounceOwnership() external onlyOwner {
+        delete pendingOwner;
+        emit OwnershipTransferred(msg.sender, address(0));
+        owner = address(0);
+    }
+
+    /// @notice Owner only: announces a change of the learners or the committee, the keccak256
+    /// of the call's calldata (e.g. removeLearner(x)); the owner may make it `ownerDelay`
+    /// seconds of block time later. Emits ChangeAnnounced.
+    function announceChange(bytes32 change) external onlyOwner {
+        uint256 at = block.timestamp + ownerDelay;
+        _changes[change] = at;
+        emit ChangeAnnounced(change, at);
+    }
+
+    /// @notice Owner only: withdraws an announced or approved change. Emits ChangeCancelled.
+    function cancelChange(bytes32 change) external onlyOwner {
+        delete _changes[change];
+        emit ChangeCancelled(change);
+    }
+
+    /// @notice Committee only: approves the owner's `change` (see announceChange); with a
+    /// quorum of approvals the owner may make it at once. Emits ChangeApproved then.
+    function approveChange(bytes32 change) external {
+        State memory s = _state;
+        uint256 member = _member(s);
+        if (!_vote(s, CHANGES, change, member, false)) return;
+        _changes[change] = 1;
+        emit ChangeApproved(change);
+    }
+
+    /// @notice When the owner may make `change`: 0 not announced, 1 approved by the
+    /// committee, else a block timestamp.
+    function changeReadyAt(bytes32 change) external view returns (uint256) {
+        return _changes[change];
     }
 
     /// @notice The pending owner only: takes over the ownership offered by transferOwnership.
@@ -337,8 +446,11 @@ contract FedChain {
         _checkParams(p);
         bytes32 digest = keccak256(abi.encode(modelCid, planCid, p));
         emit GenesisVoted(msg.sender, digest);
-        if (!_vote(s, 0, digest, member)) return;
-        _latest = _pack(modelCid);
+        if (!_vote(s, 0, digest, member, true)) return;
+        PackedCid memory genesis = _pack(modelCid);
+        _models[0] = genesis;
+        _models[1] = genesis; // the slot's first write is paid here, not by a round
+        s.marks = 0;
         _plan = planCid;
         s.round = 1;
         s.lastRound = p.rounds;
@@ -375,7 +487,7 @@ contract FedChain {
         if (round > open || open - round > s.maxStaleness) revert WrongRound(round, open);
         _checkCid(modelCid);
         _checkExamples(numExamples);
-        if (s.selectPpm != 0 && !_selected(s, index)) revert NotSelected(open, msg.sender);
+        if (s.selectPpm != 0 && !_selected(_seed, index)) revert NotSelected(open, msg.sender);
         if (!_testAndSet(_submitted[open], index)) revert AlreadySubmitted(open, msg.sender);
         emit UpdateSubmitted(open, msg.sender, modelCid, numExamples, open - round);
     }
@@ -388,7 +500,7 @@ contract FedChain {
         _checkAccepting(s);
         if (s.revealWindow == 0) revert CommitRevealOff();
         if (round != s.round) revert WrongRound(round, s.round);
-        if (s.selectPpm != 0 && !_selected(s, index)) revert NotSelected(round, msg.sender);
+        if (s.selectPpm != 0 && !_selected(_seed, index)) revert NotSelected(round, msg.sender);
         if (commitment == 0 || _commitments[round][msg.sender] != 0) {
             revert AlreadySubmitted(round, msg.sender);
         }
@@ -407,7 +519,7 @@ contract FedChain {
         if (s.finished) revert FederationFinished();
         if (s.revealWindow == 0) revert CommitRevealOff();
         if (round != s.round) revert WrongRound(round, s.round);
-        if (s.frozen) revert SubmissionsClosed(round);
+        if (s.marks & FROZEN != 0) revert SubmissionsClosed(round);
         uint256 opens = uint256(s.openedAt) + s.updateWindow;
         if (block.timestamp <= opens) revert RevealNotOpen(round, opens);
         if (block.timestamp > opens + s.revealWindow) {
@@ -451,8 +563,10 @@ contract FedChain {
         uint256 updateEnd = _updateEnd(s);
         if (s.updateWindow != 0 && block.timestamp <= updateEnd) {
             // Before the deadline a vote would cut the round short: only once every active
-            // learner (or, asynchronously, the buffer) is in.
-            uint256 needed = s.bufferSize != 0 ? s.bufferSize : _learnerCount;
+            // learner (with sampling, the whole sample; asynchronously, the buffer) is in.
+            uint256 needed = s.bufferSize != 0
+                ? s.bufferSize
+                : (s.selectPpm != 0 ? uint32(uint256(_seed)) : _learnerCount);
             if (arrived < needed) revert VotingNotOpen(round, updateEnd);
         }
         if (s.voteWindow != 0 && block.timestamp > updateEnd + s.voteWindow) {
@@ -460,11 +574,13 @@ contract FedChain {
         }
         bytes32 digest = keccak256(abi.encode(modelCid, stateCid, included));
         emit Voted(round, msg.sender, digest, modelCid, stateCid, included);
-        if (!_vote(s, round, digest, member)) {
-            if (!s.frozen) _state.frozen = true;
+        if (!_vote(s, round, digest, member, true)) {
+            if (s.marks & FROZEN == 0) _state.marks = s.marks | FROZEN;
             return;
         }
-        _latest = _pack(modelCid);
+        uint8 next = (s.marks & CURRENT) ^ CURRENT;
+        _models[next >> 1] = _pack(modelCid);
+        s.marks = next | VOTED;
         emit GlobalModelPublished(round, modelCid, stateCid, included);
         _close(s);
     }
@@ -477,17 +593,63 @@ contract FedChain {
         uint256 deadline = s.voteWindow == 0 ? 0 : _updateEnd(s) + s.voteWindow;
         if (deadline == 0 || block.timestamp <= deadline) revert RoundNotExpired(round, deadline);
         emit RoundTimedOut(round, msg.sender);
-        emit GlobalModelPublished(round, _unpack(_latest), "", new uint256[](0));
+        emit GlobalModelPublished(round, _unpack(_models[(s.marks & CURRENT) >> 1]), "",
+            new uint256[](0));
+        s.marks &= CURRENT;
         _close(s);
     }
 
     /// @notice Learners only: records that this learner re-derived `round`'s global model from
-    /// the chain and the store and got `computedCid`, not the published one.
+    /// the chain and the store and got `computedCid`, not the published one. Counted once per
+    /// learner and round (see disputeCount; a second dispute is recorded, not counted).
     function dispute(uint256 round, bytes calldata computedCid) external {
-        _learnerIndex();
+        uint256 index = _learnerIndex();
         if (round == 0 || round >= _state.round) revert NoGlobalModel(round);
         _checkCid(computedCid);
+        _testAndSet(_disputed[round], index);
         emit Disputed(round, msg.sender, computedCid);
+    }
+
+    /// @notice Anyone, once more than half of the active learners disputed the latest closed
+    /// round: voids its result. The global model becomes the one before it again; the members
+    /// that voted for the result lose their seats (a new committee epoch of the others, its
+    /// quorum a majority of them; none left: no committee until the owner names one, and
+    /// rounds close only past their vote deadlines); the open round closes carried over on
+    /// the restored model and the next one opens (after the last round: the federation ends
+    /// on the restored model). Emits RoundVoided.
+    /// @param digest The result the round closed on, keccak256(abi.encode(modelCid, stateCid,
+    /// included)) of its GlobalModelPublished event (see votes).
+    function voidRound(uint256 round, bytes32 digest) external {
+        State memory s = _state;
+        if (s.round == 0) revert NotStarted();
+        if (round == 0 || round + 1 != s.round) revert NotLatestRound(round, s.round - 1);
+        if (s.marks & VOTED == 0) revert NotVoidable(round);
+        uint256 disputes = _disputeCount(round);
+        uint256 learners = _learnerCount;
+        if (2 * disputes <= learners) revert TooFewDisputes(round, disputes, learners / 2 + 1);
+        address[] memory evicted;
+        if (s.marks & SEATED == 0) {
+            // The committee that closed the round is still seated: its voters lose their seats.
+            uint256 voters = 1; // a committee of one: its only member
+            if (s.quorum != 1) {
+                voters = _tally[keccak256(abi.encode(round, s.epoch, digest))];
+                if (_popcount(voters) < s.quorum) revert NotTheResult(round, digest);
+            }
+            evicted = _evict(voters);
+            s.epoch = _state.epoch;
+            s.quorum = _state.quorum;
+        }
+        uint8 restored = (s.marks & CURRENT) ^ CURRENT; // the slot of the model before it
+        s.marks = restored | SEATED; // no longer voidable; nobody left to evict
+        bytes memory model = _unpack(_models[restored >> 1]);
+        emit RoundVoided(round, model, disputes, evicted);
+        if (s.finished) {
+            _state = s;
+            return;
+        }
+        emit GlobalModelPublished(s.round, model, "", new uint256[](0));
+        s.marks = restored;
+        _close(s);
     }
 
     /// @notice Learners only, once per round: reports the evaluation of `round`'s global model.
@@ -513,7 +675,7 @@ contract FedChain {
         if (s.round == 0) revert NotStarted();
         if (s.finished) revert FederationFinished();
         emit Voted(s.round, msg.sender, FINISH, "", "", new uint256[](0));
-        if (!_vote(s, s.round, FINISH, member)) return;
+        if (!_vote(s, s.round, FINISH, member, false)) return;
         _state.finished = true;
         unchecked {
             emit Finished(s.round - 1); // s.round >= 1 here
@@ -551,7 +713,7 @@ contract FedChain {
         uint256 u = s.updateWindow == 0 ? 0 : uint256(s.openedAt) + s.updateWindow;
         uint256 r = s.revealWindow == 0 ? u : u + s.revealWindow;
         uint256 v = s.voteWindow == 0 ? 0 : _updateEnd(s) + s.voteWindow;
-        return (s.round, s.openedAt, u, r, v, s.frozen);
+        return (s.round, s.openedAt, u, r, v, s.marks & FROZEN != 0);
     }
 
     /// @notice The parameters fixed at genesis.
@@ -575,7 +737,7 @@ contract FedChain {
     /// genesis). Earlier rounds' models are in the GenesisSet/GlobalModelPublished events.
     function latestGlobal() external view returns (uint256 round, bytes memory modelCid) {
         uint256 open = _state.round;
-        return (open == 0 ? 0 : open - 1, _unpack(_latest));
+        return (open == 0 ? 0 : open - 1, _unpack(_models[(_state.marks & CURRENT) >> 1]));
     }
 
     /// @notice The open round's sampling seed (zero when sampling is off).
@@ -585,9 +747,19 @@ contract FedChain {
 
     /// @notice Whether `learner` is selected for the open round (always, without sampling).
     function isSelected(address learner) external view returns (bool) {
-        State memory s = _state;
         uint256 index = _learners[learner].index;
-        return index != 0 && (s.selectPpm == 0 || _selected(s, index));
+        return index != 0 && (_state.selectPpm == 0 || _selected(_seed, index));
+    }
+
+    /// @notice Learner `index`'s place in the permutation a round's `seed` draws: it is
+    /// selected iff the place is below the seed's sample size (the low 32 bits). Constant gas:
+    /// four Feistel rounds over keccak256 on the smallest 4**h >= n, walking the cycle until
+    /// the value falls below n (on average fewer than 4 walks). An index outside 1..n (the
+    /// seed's bits 32..63) has no place: type(uint256).max.
+    function samplePosition(bytes32 seed, uint256 index) external pure returns (uint256) {
+        uint256 n = uint32(uint256(seed) >> 32);
+        if (index == 0 || index > n) return type(uint256).max;
+        return _permute(seed, index - 1, n);
     }
 
     /// @notice Bitmap of the learners that submitted in `round` (one word per 256 indices).
@@ -606,8 +778,9 @@ contract FedChain {
         }
     }
 
-    /// @notice How many current committee members voted `digest` in `round` (0: genesis)
-    /// while the round is open (a vote reaching the quorum closes it and is not stored).
+    /// @notice How many current committee members voted `digest` in `round` (0: genesis); a
+    /// round's result keeps its tally after the close (voidRound reads it) while the
+    /// committee is unchanged. A committee of one keeps no tally.
     function votes(uint256 round, bytes32 digest) external view returns (uint256) {
         return _popcount(_tally[keccak256(abi.encode(round, _state.epoch, digest))]);
     }
@@ -620,6 +793,17 @@ contract FedChain {
     /// @notice `learner`'s commitment in `round` (commit-reveal mode; zero: none).
     function commitment(uint256 round, address learner) external view returns (bytes32) {
         return _commitments[round][learner];
+    }
+
+    /// @notice How many of the active learners disputed `round` (voidRound needs more than
+    /// half of learnerCount).
+    function disputeCount(uint256 round) external view returns (uint256) {
+        return _disputeCount(round);
+    }
+
+    /// @notice Whether `learner` disputed `round`.
+    function hasDisputed(uint256 round, address learner) external view returns (bool) {
+        return _isSet(_disputed[round], _learners[learner].index);
     }
 
     /// @notice Whether `learner` reported an evaluation of `round`'s global model.
@@ -639,12 +823,47 @@ contract FedChain {
             address who = members[i];
             if (who == address(0)) revert ZeroAddress();
             if (_members[who].epoch == epoch) revert DuplicateMember(who);
-            _members[who] = Member(epoch, uint8(i + 1));
+            _members[who] = Member(epoch, uint8(i + 1), 0);
         }
         _committee = members;
         _state.epoch = epoch;
         _state.quorum = uint8(quorum);
+        _state.marks |= SEATED;
         emit CommitteeChanged(epoch, members, quorum);
+    }
+
+    /// @dev Seats a new committee epoch without the members whose bits are set in `voters`,
+    /// its quorum a majority of the rest (none left: an empty committee, quorum 0, which no
+    /// vote can reach until the owner names one); returns the members removed.
+    function _evict(uint256 voters) private returns (address[] memory evicted) {
+        address[] memory members = _committee;
+        uint256 n = members.length;
+        uint256 gone = _popcount(voters);
+        address[] memory kept = new address[](n - gone);
+        evicted = new address[](gone);
+        uint256 k;
+        uint256 e;
+        for (uint256 i = 0; i < n; ++i) {
+            if (voters & (1 << i) != 0) evicted[e++] = members[i];
+            else kept[k++] = members[i];
+        }
+        if (k != 0) {
+            _setCommittee(kept, k / 2 + 1);
+            return evicted;
+        }
+        uint16 epoch = _state.epoch + 1;
+        delete _committee;
+        _state.epoch = epoch;
+        _state.quorum = 0;
+        emit CommitteeChanged(epoch, kept, 0);
+    }
+
+    function _disputeCount(uint256 round) private view returns (uint256 count) {
+        mapping(uint256 => uint256) storage disputed = _disputed[round];
+        uint256 words = _words();
+        for (uint256 w = 0; w < words; ++w) {
+            count += _popcount(disputed[w] & _active[w]);
+        }
     }
 
     /// @dev The sender's committee index; reverts with NotAggregator unless it is a member.
@@ -655,19 +874,25 @@ contract FedChain {
     }
 
     /// @dev Records `member`'s vote for `digest`; true when it completes the quorum (the
-    /// closing vote is not stored). A committee of one decides alone.
-    function _vote(State memory s, uint256 round, bytes32 digest, uint256 member)
+    /// closing vote is not stored). A committee of one decides alone. With `once` (a vote on
+    /// the genesis or a round's result) a member votes once per round: a second vote, for
+    /// another digest too, reverts with AlreadyVoted, so nobody can vote for two results.
+    function _vote(State memory s, uint256 round, bytes32 digest, uint256 member, bool once)
         private
         returns (bool)
     {
         if (s.quorum == 1) return true;
+        Member storage m = _members[msg.sender];
+        uint40 mark = once ? uint40(round + 1) : 0; // once: round is a round (< 2**32)
+        if (once && m.voted == mark) revert AlreadyVoted(round, msg.sender);
         bytes32 key = keccak256(abi.encode(round, s.epoch, digest));
         uint256 bits = _tally[key];
         uint256 bit = 1 << (member - 1);
         if (bits & bit != 0) revert AlreadyVoted(round, msg.sender);
         bits |= bit;
+        _tally[key] = bits; // the closing vote's too: voidRound finds the result's voters
         if (_popcount(bits) >= s.quorum) return true;
-        _tally[key] = bits;
+        if (once) m.voted = mark;
         return false;
     }
 
@@ -687,10 +912,16 @@ contract FedChain {
     function _open(State memory s, uint256 round) private {
         s.round = uint32(round);
         s.openedAt = uint32(block.timestamp);
-        s.frozen = false;
+        s.marks &= ~FROZEN;
         _state = s;
         if (s.selectPpm != 0) {
-            bytes32 seed = keccak256(abi.encode(blockhash(block.number - 1), block.prevrandao, round));
+            // The sample is fixed when the round opens: the indices handed out by then, and
+            // ceil(selectPpm * n / 1e6) of them; both ride in the seed's low 64 bits.
+            uint256 n = _learnerSlots;
+            uint256 k = (uint256(s.selectPpm) * n + ALL - 1) / ALL;
+            uint256 random =
+                uint256(keccak256(abi.encode(blockhash(block.number - 1), block.prevrandao, round)));
+            bytes32 seed = bytes32(((random >> 64) << 64) | (n << 32) | k);
             _seed = seed;
             emit RoundSeeded(round, seed);
         }
@@ -732,7 +963,7 @@ contract FedChain {
     function _checkAccepting(State memory s) private view {
         if (s.round == 0) revert NotStarted();
         if (s.finished) revert FederationFinished();
-        if (s.frozen) revert SubmissionsClosed(s.round);
+        if (s.marks & FROZEN != 0) revert SubmissionsClosed(s.round);
         if (s.updateWindow != 0 && block.timestamp > uint256(s.openedAt) + s.updateWindow) {
             revert UpdateDeadlinePassed(s.round, uint256(s.openedAt) + s.updateWindow);
         }
@@ -744,8 +975,39 @@ contract FedChain {
         return uint256(s.openedAt) + s.updateWindow + s.revealWindow;
     }
 
-    function _selected(State memory s, uint256 index) private view returns (bool) {
-        return uint256(keccak256(abi.encode(_seed, index))) % ALL < s.selectPpm;
+    /// @dev Whether learner `index` is in the sample of `seed` (see samplePosition).
+    function _selected(bytes32 seed, uint256 index) private pure returns (bool) {
+        uint256 n = uint32(uint256(seed) >> 32);
+        if (index == 0 || index > n) return false;
+        uint256 k = uint32(uint256(seed));
+        return k >= n || _permute(seed, index - 1, n) < k;
+    }
+
+    /// @dev A pseudorandom permutation of 0..n-1 keyed by `seed` (1 <= n <= 2**32): a
+    /// balanced Feistel network of four rounds on 2h bits, 4**h the smallest power of four
+    /// >= n, round i's function keccak256(seed, i << 32 | right half) mod 2**h; values >= n
+    /// walk the cycle on. fedchain.protocol.rules.sample_position mirrors it.
+    function _permute(bytes32 seed, uint256 x, uint256 n) private pure returns (uint256) {
+        uint256 h = 1;
+        while (1 << (2 * h) < n) ++h;
+        uint256 mask = (1 << h) - 1;
+        assembly ("memory-safe") {
+            mstore(0, seed)
+            for {} 1 {} {
+                let l := shr(h, x)
+                let r := and(x, mask)
+                for { let i := 0 } lt(i, 4) { i := add(i, 1) } {
+                    mstore(32, or(shl(32, i), r))
+                    let f := and(keccak256(0, 64), mask)
+                    let t := r
+                    r := xor(l, f)
+                    l := t
+                }
+                x := or(shl(h, l), r)
+                if lt(x, n) { break }
+            }
+        }
+        return x;
     }
 
     function _words() private view returns (uint256) {

@@ -292,7 +292,7 @@ class VoteDeadlinePassed(ContractRevert):
 
 
 class AlreadyVoted(ContractRevert):
-    """This member already voted for this in this round"""
+    """This member already voted in this round (for this, or for another result)"""
 
     params = ("round", "member")
 
@@ -345,6 +345,37 @@ class NotPendingOwner(ContractRevert):
     """Only the pending owner may accept the ownership"""
 
     params = ("caller",)
+
+
+class NotLatestRound(ContractRevert):
+    """Only the latest closed round can be voided"""
+
+    params = ("given", "latest")
+
+
+class NotVoidable(ContractRevert):
+    """The round did not close on a committee vote (a timeout, or voided already)"""
+
+    params = ("round",)
+
+
+class TooFewDisputes(ContractRevert):
+    """Voiding a round needs disputes from more than half of the active learners"""
+
+    params = ("round", "disputes", "needed")
+
+
+class NotTheResult(ContractRevert):
+    """This digest is not the result the round closed on"""
+
+    params = ("round", "digest")
+
+
+class ChangeNotReady(ContractRevert):
+    """After genesis this owner change needs an announcement ownerDelay seconds old, or the
+    committee's approval"""
+
+    params = ("change", "executableAt")
 
 
 # --- data ----------------------------------------------------------------------------

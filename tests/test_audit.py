@@ -338,7 +338,8 @@ def test_a_submission_the_rounds_seed_did_not_select_fails_the_audit():
     from fedchain.eth.events import ChainCid, UpdateSubmitted
     from fedchain.protocol.rules import is_selected
 
-    seed, ppm = bytes(range(32)), 300_000
+    # A seed as the contract draws it: its low 64 bits are the sample, 6 of 20 indices.
+    seed, ppm = bytes(range(24)) + ((20 << 32) | 6).to_bytes(8, "big"), 300_000
     learners = {f"0x{i:040x}": i for i in range(1, 21)}
     picked = [a for a, i in learners.items() if is_selected(seed, i, ppm)]
     skipped = [a for a, i in learners.items() if not is_selected(seed, i, ppm)]

@@ -81,6 +81,10 @@ def _deploy_arguments(p: argparse.ArgumentParser) -> None:
                    "aggregator --id 0` … `--id N-1` (dev accounts 1, 99, 98, …)")
     g.add_argument("--quorum", type=positive_int, metavar="Q",
                    help="votes that close a round: a majority of the committee (default)")
+    g.add_argument("--owner-delay", type=count, metavar="SECONDS", default=0,
+                   help="after genesis, the owner's changes of the learners and the committee "
+                   "take effect only this long after being announced (or once a committee "
+                   "quorum approves them); default 0: at once")
     g.add_argument("--fresh", action="store_true",
                    help="deploy a new federation even if one is recorded for this chain")
     add_account_options(p, "dev account 0, the owner")

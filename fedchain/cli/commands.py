@@ -53,10 +53,17 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def _check_deploy_options(args: argparse.Namespace) -> None:
     from eth_utils import is_address
 
-    for option, address in [*(("--learner", a) for a in args.learner or []),
-                            ("--aggregator", args.aggregator)]:
-        if address is not None and not is_address(address):
-            raise ConfigError(f"{option} {address!r} is not an address: 0x and 40 hex digits")
+    # --learner and --aggregator are repeatable: each collects a list of addresses.
+    for option, addresses in (("--learner", args.learner), ("--aggregator", args.aggregator)):
+        for address in addresses or []:
+            if not is_address(address):
+                raise ConfigError(f"{option} {address!r} is not an address: 0x and 40 hex "
+                                  "digits")
+    if args.aggregator and args.aggregators and args.aggregators != len(
+            {a.lower() for a in args.aggregator}):
+        raise ConfigError(f"--aggregators {args.aggregators} disagrees with the "
+                          f"{len(args.aggregator)} --aggregator address(es): give one or the "
+                          "other")
     if args.dev_learners:
         check_dev_index(FIRST_LEARNER_INDEX + args.dev_learners - 1,
                         f"--dev-learners {args.dev_learners}: the last learner")
@@ -73,6 +80,8 @@ def _learner_addresses(args: argparse.Namespace, chain: Any) -> list[str]:
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
+    from eth_utils import to_checksum_address
+
     from ..eth.contract import FedChain
     from ..eth.deploy import deploy, record_path
 
@@ -85,7 +94,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     quorum = args.quorum or job.quorum
     committee: list[str]
     if args.aggregator:
-        committee = list(dict.fromkeys(args.aggregator))
+        committee = list(dict.fromkeys(to_checksum_address(a) for a in args.aggregator))
     elif chain.is_dev_chain and uses_dev_account(args) and args.dev_account is None:
         committee = [chain.account(aggregator_index(k)).address for k in range(size)]
         if size > 1:
@@ -106,7 +115,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                   "deployment was recorded): deploying anew")
     contract, record, new = deploy(
         chain, account, aggregator=committee, quorum=quorum, learners=learners,
-        fresh=args.fresh, directory=directory,
+        owner_delay=args.owner_delay, fresh=args.fresh, directory=directory,
     )
     if new:
         print(f"deployed FedChain at {contract.address} on chain {chain.chain_id}")
@@ -121,7 +130,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
                   f"committee is {', '.join(members)} (--fresh deploys a new federation)")
         _register_missing(contract, learners)
     members, quorum = contract.committee()
-    print(f"  owner      {contract.owner()}")
+    delay = contract.owner_delay()
+    print(f"  owner      {contract.owner()}" + (
+        f" (changes after genesis: announced {delay} s ahead, or approved by the committee)"
+        if delay else ""))
     if len(members) == 1:
         print(f"  aggregator {members[0]}")
     else:

@@ -26,7 +26,7 @@ from ..errors import (
     VotingNotOpen,
 )
 from ..protocol.params import RoundParams
-from ..protocol.rules import learner_key
+from ..protocol.rules import learner_key, vote_digest
 from ..storage.cid import CidLike, cid_bytes
 from .artifact import load_artifact
 from .bitmap import from_bits, to_bits
@@ -136,6 +136,20 @@ class FedChainReader:
     def owner(self) -> str:
         return str(self._view("owner"))
 
+    def owner_delay(self) -> int:
+        """Seconds between announcing an owner change after genesis and making it (0: none)."""
+        return int(self._view("ownerDelay"))
+
+    def change_hash(self, function: str, *args: Any) -> bytes:
+        """The change `function(*args)` is announced and approved as: keccak256 of its
+        calldata, e.g. change_hash("removeLearner", address)."""
+        return bytes(keccak(hexstr=self._encode(function, _normalized(args))))
+
+    def change_ready_at(self, change: bytes) -> int:
+        """When the owner may make `change`: 0 not announced, 1 approved by the committee,
+        else a block timestamp."""
+        return int(self._view("changeReadyAt", change))
+
     def pending_owner(self) -> str | None:
         """The account an ownership transfer in progress goes to, None when none is."""
         pending = str(self._view("pendingOwner"))
@@ -236,6 +250,13 @@ class FedChainReader:
         """Whether `learner` is sampled for the open round (always, without sampling)."""
         return bool(self._view("isSelected", to_checksum_address(learner)))
 
+    def sample_position(self, seed: bytes, index: int) -> int | None:
+        """Learner `index`'s place in the permutation a round's `seed` draws, as the contract
+        computes it (selected iff below the seed's sample size); None outside 1..n.
+        `fedchain.protocol.rules.sample_position` is the same rule without a chain."""
+        place = int(self._view("samplePosition", bytes(seed), index))
+        return None if place == 2**256 - 1 else place
+
     def submitted_bits(self, round: int) -> list[int]:
         return [int(w) for w in self._view("submittedBits", round)]
 
@@ -254,6 +275,29 @@ class FedChainReader:
 
     def has_reported(self, round: int, learner: str) -> bool:
         return bool(self._view("hasReported", round, to_checksum_address(learner)))
+
+    def dispute_count(self, round: int) -> int:
+        """How many active learners disputed `round` (each counted once)."""
+        return int(self._view("disputeCount", round))
+
+    def has_disputed(self, round: int, learner: str) -> bool:
+        return bool(self._view("hasDisputed", round, to_checksum_address(learner)))
+
+    def voidable(self, round: int) -> bool:
+        """Whether `round` is the latest closed round and more than half of the active
+        learners disputed it (what voidRound checks first; it also needs `round` to have
+        closed on a committee vote, not voided already)."""
+        latest, _ = self.latest_global()
+        return (round >= 1 and round == latest
+                and 2 * self.dispute_count(round) > self.learner_count())
+
+    def result_digest(self, round: int) -> bytes | None:
+        """The digest of the result `round` closed on (what its quorum voted for), from its
+        GlobalModelPublished event; None while it is open."""
+        published = self.published(round)
+        if published is None:
+            return None
+        return vote_digest(published.model_cid.raw, published.state_cid.raw, published.bits)
 
     # -- events ------------------------------------------------------------------------
 
@@ -348,15 +392,18 @@ class FedChain(FedChainReader):
         account: LocalAccount,
         aggregator: str | Sequence[str] | None = None,
         quorum: int | None = None,
+        owner_delay: int = 0,
     ) -> tuple[FedChain, Receipt]:
         """Deploys a new FedChain; `account` becomes the owner. `aggregator` is one account or
-        a committee (`quorum` of them must agree; default: a majority)."""
+        a committee (`quorum` of them must agree; default: a majority). After genesis, the
+        owner's changes of the learners and the committee need an announcement `owner_delay`
+        seconds old (or the committee's approval); 0: they take effect at once."""
         artifact = load_artifact()
         members = [aggregator or account.address] if isinstance(aggregator, str | None) else list(
             aggregator)
         quorum = quorum if quorum is not None else len(members) // 2 + 1
-        args = abi_encode(["address[]", "uint256"],
-                          [[to_checksum_address(m) for m in members], quorum])
+        args = abi_encode(["address[]", "uint256", "uint256"],
+                          [[to_checksum_address(m) for m in members], quorum, owner_delay])
         data = artifact["bytecode"] + args.hex()
         errors = error_table(artifact["abi"])
         receipt = chain.transact(account, {"data": data},
@@ -453,6 +500,25 @@ class FedChain(FedChainReader):
         """The pending owner only: takes over the ownership offered by transfer_ownership."""
         return self._transact("acceptOwnership")
 
+    def renounce_ownership(self) -> Receipt:
+        """Owner only: gives the ownership up for good (learners and committee then change
+        only through void_round)."""
+        return self._transact("renounceOwnership")
+
+    def announce_change(self, function: str, *args: Any) -> Receipt:
+        """Owner only: announces `function(*args)` (e.g. "removeLearner", address), which it
+        may then call `owner_delay` seconds of block time later."""
+        return self._transact("announceChange", self.change_hash(function, *args))
+
+    def cancel_change(self, function: str, *args: Any) -> Receipt:
+        """Owner only: withdraws an announced or approved `function(*args)`."""
+        return self._transact("cancelChange", self.change_hash(function, *args))
+
+    def approve_change(self, function: str, *args: Any) -> Receipt:
+        """A committee member's approval of the owner's `function(*args)`: with a quorum of
+        them the owner may make it at once."""
+        return self._transact("approveChange", self.change_hash(function, *args))
+
     def set_genesis(self, model_cid: CidLike, plan_cid: CidLike,
                     params: RoundParams | int) -> Receipt:
         """A committee member's vote for the genesis model, plan and round parameters (an int:
@@ -503,12 +569,32 @@ class FedChain(FedChainReader):
         """A learner's record that it re-derived `round`'s model as `computed_cid`."""
         return self._transact("dispute", round, cid_bytes(computed_cid))
 
+    def void_round(self, round: int, digest: bytes | None = None) -> Receipt:
+        """Anyone, once more than half of the active learners disputed the latest closed
+        `round`: voids its result (model restored, its voters evicted; see RoundVoided).
+        `digest`: the result the round closed on (default: read from its event)."""
+        if digest is None:
+            digest = self.result_digest(round) or bytes(32)
+        return self._transact("voidRound", round, digest)
+
     def report_evaluation(self, round: int, num_examples: int, metrics: bytes | str) -> Receipt:
         raw = metrics.encode() if isinstance(metrics, str) else metrics
         return self._transact("reportEvaluation", round, num_examples, raw)
 
     def finish(self) -> Receipt:
         return self._transact("finish")
+
+
+def _normalized(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """`args` as the binding's own transactions pass them (addresses checksummed, sequences
+    as lists), so that a change's hash is the hash of the call made later."""
+    def norm(v: Any) -> Any:
+        if isinstance(v, str) and v.startswith("0x") and len(v) == 42:
+            return to_checksum_address(v)
+        if isinstance(v, list | tuple):
+            return [norm(x) for x in v]
+        return v
+    return tuple(norm(a) for a in args)
 
 
 def require_signer(contract: FedChainReader, who: str) -> FedChain:

@@ -38,6 +38,8 @@ class Migration:
     #: The committee of aggregators (the first is `aggregator`) and its quorum (None: majority).
     committee: list[str] = field(default_factory=list)
     quorum: int | None = None
+    #: Seconds between announcing an owner change after genesis and making it (0: none).
+    owner_delay: int = 0
     record: dict[str, Any] = field(default_factory=dict)
     contract: FedChain | None = None
     log: list[str] = field(default_factory=list)
@@ -85,6 +87,7 @@ def deploy(
     aggregator: str | list[str] | None = None,
     quorum: int | None = None,
     learners: list[str] | None = None,
+    owner_delay: int = 0,
     fresh: bool = False,
     directory: Path = DEFAULT_DIR,
 ) -> tuple[FedChain, dict[str, Any], bool]:
@@ -98,7 +101,8 @@ def deploy(
             pass  # the chain was reset since (a dev chain restarted): deploy anew
     committee = [aggregator] if isinstance(aggregator, str) else list(aggregator or [])
     committee = committee or [account.address]
-    ctx = Migration(chain, account, committee[0], list(learners or []), committee, quorum)
+    ctx = Migration(chain, account, committee[0], list(learners or []), committee, quorum,
+                    owner_delay)
     for name, migrate in _steps():
         migrate(ctx)
         ctx.log.append(name)
@@ -113,6 +117,7 @@ def deploy(
         "aggregator": ctx.aggregator,
         "committee": ctx.committee,
         "quorum": ctx.contract.committee()[1],
+        "ownerDelay": owner_delay,
         "learners": ctx.learners,
         "artifactHash": artifact["sourceHash"],
         "compiler": artifact["compiler"]["version"],

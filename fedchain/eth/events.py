@@ -189,6 +189,19 @@ class Disputed(Event):
 
 
 @dataclass(frozen=True)
+class RoundVoided(Event):
+    """More than half of the active learners (`disputes`) disputed `round`: its result is void,
+    the global model is `restored_cid` again (the one before it), and the committee members
+    that voted for the result (`evicted`) lost their seats. The round open at the time closes
+    carried over on the restored model, in the same transaction."""
+
+    round: int
+    restored_cid: ChainCid
+    disputes: int
+    evicted: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class EvaluationReported(Event):
     round: int
     learner: str
@@ -217,18 +230,42 @@ class OwnershipTransferred(Event):
     new_owner: str
 
 
+@dataclass(frozen=True)
+class ChangeAnnounced(Event):
+    """The owner announced `change` (keccak256 of a call's calldata), which it may make from
+    `executable_at` (block time) on."""
+
+    change: bytes
+    executable_at: int
+
+
+@dataclass(frozen=True)
+class ChangeApproved(Event):
+    """A committee quorum approved the owner's `change`: it may be made at once."""
+
+    change: bytes
+
+
+@dataclass(frozen=True)
+class ChangeCancelled(Event):
+    """The owner withdrew `change`."""
+
+    change: bytes
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
         LearnerAdded, LearnerRemoved, CommitteeChanged, GenesisVoted, GenesisSet, RoundSeeded,
         UpdateSubmitted, UpdateCommitted, Voted, GlobalModelPublished, RoundTimedOut, Disputed,
-        EvaluationReported, Finished, OwnershipTransferStarted, OwnershipTransferred,
+        RoundVoided, EvaluationReported, Finished, OwnershipTransferStarted,
+        OwnershipTransferred, ChangeAnnounced, ChangeApproved, ChangeCancelled,
     )
 }
 
 
 #: Event fields that hold a CID.
-CID_FIELDS = frozenset({"model_cid", "plan_cid", "state_cid", "computed_cid"})
+CID_FIELDS = frozenset({"model_cid", "plan_cid", "state_cid", "computed_cid", "restored_cid"})
 #: Event fields that hold a bitmap over learner indices (kept as `bits`; mapped to addresses).
 BITMAP_FIELDS = frozenset({"included"})
 

@@ -99,8 +99,9 @@ class ProtocolFields:
     update_window: int = _field(0, _SECONDS, optional=True, chain="update_window")
     reveal_window: int = _field(0, _SECONDS, optional=True, chain="reveal_window")
     vote_window: int = _field(0, _SECONDS, optional=True, chain="vote_window")
-    #: Client sampling: each learner takes part in a round with this probability, drawn from
-    #: the round's on-chain seed (1: everyone).
+    #: Client sampling: the share of learners in each round (1: everyone). A round selects
+    #: exactly ⌈fraction · n⌉ of the n learner indices handed out when it opened, drawn from
+    #: its on-chain seed (`rules.is_selected`); the default quorum is two thirds of that.
     fraction: float = _field(1.0, _FRACTION, optional=True, chain="select_ppm")
     #: Asynchronous (FedBuff) rounds: a round may close once buffer_size updates arrived;
     #: updates trained up to max_staleness rounds earlier are accepted (0: synchronous).
@@ -263,8 +264,10 @@ class RoundParams:
     """The contract's `Params` tuple, fixed at genesis: the plan's fields the contract
     enforces (declared with `chain=` above), in the ABI's order.
 
-    Windows are seconds (0: no deadline); `select_ppm` is the sampling probability in parts
-    per million (0: everyone); `buffer_size` and `max_staleness` drive asynchronous rounds.
+    Windows are seconds (0: no deadline); `select_ppm` is the share of learners a round
+    samples, in parts per million (0: everyone; each round selects exactly
+    `rules.sample_size(select_ppm, n)` of its n learners); `buffer_size` and `max_staleness`
+    drive asynchronous rounds.
     """
 
     rounds: int

@@ -3,8 +3,10 @@ carries its model over. Every party (the aggregator, a learner checking the comm
 audit) decides these with the same functions, and the contract mirrors the first three.
 
 - order: updates are aggregated in ascending `learner_key` (lower-case hex address);
-- sampling: `is_selected`, the contract's rule keccak256(abi.encode(seed, index)) mod 1e6 <
-  selectPpm, and `fraction_to_ppm` for a plan's fraction;
+- sampling: `is_selected`, the contract's exact-count rule (a round selects
+  `sample_size(selectPpm, n)` = ⌈selectPpm·n/1e6⌉ of its n learner indices: those whose
+  `sample_position` in the permutation its seed draws is below that), `sample_of` (n and the
+  size, which the seed carries) and `fraction_to_ppm` for a plan's fraction;
 - commit-reveal: `commitment`; committee votes: `vote_digest`;
 - asynchronous rounds: `staleness_weight`;
 - free-riding: `find_duplicates`, exact duplicates by CID multihash in chain order;
@@ -48,13 +50,68 @@ def fraction_to_ppm(fraction: float) -> int:
     return 0 if ppm >= ALL_PPM else max(1, ppm)
 
 
+def sample_size(select_ppm: int, learners: int) -> int:
+    """How many of `learners` indices a round with sampling `select_ppm` selects, exactly:
+    ⌈select_ppm · learners / 1e6⌉ (the contract's integer arithmetic; 0: everyone)."""
+    if select_ppm == 0 or select_ppm >= ALL_PPM:
+        return learners
+    return (select_ppm * learners + ALL_PPM - 1) // ALL_PPM
+
+
+def sample_of(seed: bytes) -> tuple[int, int]:
+    """(n, k) of a round's seed: the learner indices 1..n its permutation ranges over (those
+    handed out when the round opened) and how many of them it selects. The contract packs
+    both into the seed's low 64 bits (n in bits 32..63, k in bits 0..31)."""
+    word = int.from_bytes(seed, "big")
+    return (word >> 32) & 0xFFFFFFFF, word & 0xFFFFFFFF
+
+
+def _feistel_half_bits(n: int) -> int:
+    """h of the permutation over n values: 4**h is the smallest power of four ≥ n (h ≥ 1)."""
+    h = 1
+    while 1 << (2 * h) < n:
+        h += 1
+    return h
+
+
+def sample_position(seed: bytes, index: int) -> int | None:
+    """Learner `index`'s place in the permutation of 0..n−1 that a round's `seed` draws (the
+    contract's `samplePosition`), None outside 1..n. The learner is selected iff the place
+    is below the seed's sample size.
+
+    The permutation: a balanced Feistel network of 4 rounds on 2h bits (4**h the smallest
+    power of four ≥ n), round i's function keccak256(seed ‖ uint256(i·2**32 + right)) mod 2**h,
+    and cycle-walking: a value ≥ n is permuted again until it falls below n."""
+    n, _ = sample_of(seed)
+    if not 1 <= index <= n:
+        return None
+    seed = bytes(seed)
+    h = _feistel_half_bits(n)
+    mask = (1 << h) - 1
+    x = index - 1
+    while True:
+        left, right = x >> h, x & mask
+        for i in range(4):
+            f = int.from_bytes(keccak(seed + ((i << 32) | right).to_bytes(32, "big")), "big")
+            left, right = right, left ^ (f & mask)
+        x = (left << h) | right
+        if x < n:
+            return x
+
+
 def is_selected(seed: bytes, index: int, select_ppm: int) -> bool:
     """Whether learner `index` takes part in the round with sampling `seed` (the contract's
-    rule: keccak256(abi.encode(seed, index)) mod 1e6 < selectPpm)."""
+    rule: exactly the sample size k of the seed's n indices are selected, those whose
+    `sample_position` is below k; everyone when `select_ppm` is 0, sampling off)."""
     if select_ppm == 0 or select_ppm >= ALL_PPM:
         return True
-    digest = keccak(abi_encode(["bytes32", "uint256"], [seed, index]))
-    return int.from_bytes(digest, "big") % ALL_PPM < select_ppm
+    n, k = sample_of(seed)
+    if not 1 <= index <= n:
+        return False
+    if k >= n:
+        return True
+    position = sample_position(seed, index)
+    return position is not None and position < k
 
 
 # --- commitments and votes -----------------------------------------------------------
@@ -99,9 +156,10 @@ def default_min_updates(learners: int) -> int:
 
 def plan_min_updates(learners: int, fraction: float = 1.0, buffer_size: int = 0) -> int:
     """The default quorum of a plan for `learners` registered at genesis: two thirds of the
-    learners a round samples, at most `buffer_size` in asynchronous rounds (which close once
-    the buffer's worth arrived)."""
-    quorum = default_min_updates(math.ceil(fraction * learners) if fraction < 1.0 else learners)
+    learners a round samples (exactly `sample_size` of them: 4 of the 5 that fraction 0.5 of
+    10 selects), at most `buffer_size` in asynchronous rounds (which close once the buffer's
+    worth arrived)."""
+    quorum = default_min_updates(sample_size(fraction_to_ppm(fraction), learners))
     return min(quorum, buffer_size) if buffer_size else quorum
 
 
