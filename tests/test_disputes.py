@@ -12,14 +12,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
+import numpy as np
 import pytest
 from fedmodels import LinearLearner, initial_weights
 from fixtures.chains import dev
 
-from fedchain.aggregation.strategy import FedAvg, FedAvgM
+from fedchain.aggregation.strategy import FedAvg, FedAvgM, Strategy
 from fedchain.audit import audit_federation
 from fedchain.cli import devnet
 from fedchain.eth.chain import Chain, connect
@@ -231,3 +232,58 @@ def test_the_audit_shows_a_genesis_dissent_and_a_committee_swapped_mid_round(
     assert [c.learner for c in dissent] == [members[2].address]
     (swap,) = [c for c in report.all_checks() if c.what == "committee"]
     assert swap.round == 1 and members[0].address in swap.detail
+
+
+@dataclass(frozen=True)
+class _Doubled(Strategy):
+    """The plan's strategy with its result doubled: what a colluding majority publishes."""
+
+    honest: Strategy
+    name: ClassVar[str] = "Doubled"
+
+    def _aggregate(self, previous: Any, updates: Any, state: Any) -> Any:
+        new, state = self.honest.aggregate(previous, updates, state)
+        return {k: np.array(v * 2, dtype=v.dtype) for k, v in new.items()}, state
+
+
+class Tampering(Aggregator):
+    """Publishes every model doubled (after voting for the plan's genesis honestly)."""
+
+    def start(self) -> Any:
+        plan = super().start()
+        assert self.strategy is not None
+        self.strategy = _Doubled(self.strategy)
+        return plan
+
+
+def test_learners_void_a_round_a_colluding_majority_tampered_and_learning_resumes(
+        anvil_chain: Chain, store) -> None:
+    contract, members, learners = _deploy(anvil_chain)
+    config = RunConfig(strategy=FedAvg(), rounds=3, min_updates=1, train=TRAIN,
+                       round_timeout=PATIENCE, poll_interval=0.05)
+    colluders = [Tampering(contract.with_account(m), store, config,
+                           initial_weights=initial_weights()) for m in members[:2]]
+    _in_threads([a.start for a in colluders])
+    nodes = [LearnerNode(LinearLearner(i), contract.with_account(a), store, poll_interval=0.05)
+             for i, a in enumerate(learners)]
+    for n in nodes:
+        n.step()
+    _in_threads([lambda a=a: a.run_round(1) for a in colluders])
+    genesis, tampered = contract.global_model(0), contract.global_model(1)
+
+    for n in nodes:
+        n.step()  # each disputes round 1; the one that makes it a majority voids it
+
+    (voided,) = list(contract.events("RoundVoided"))
+    assert voided.round == 1 and voided.restored_cid.raw == genesis
+    assert sorted(voided.evicted) == sorted(m.address for m in members[:2])
+    assert contract.committee()[0] == [members[2].address]
+    assert contract.current_round() == 3 and contract.global_model(2) == genesis != tampered
+    for n in nodes:
+        n.step()  # round 3: round 2 (closed by the void) re-derives; train on the restored model
+    assert all(contract.has_submitted(3, n.address) for n in nodes)
+    assert all(n.verified.get(2) is True for n in nodes)
+    report = audit_federation(contract, store)
+    statuses = {r.round: r.status for r in report.rounds}
+    assert statuses[1] == "failed" and statuses[2] == "ok"
+    assert any(c.what == "void" for c in report.rounds[0].checks)

@@ -118,7 +118,8 @@ def read_federation(
                        record.published, evaluations=[Evaluation.of(e) for e in
                                                       record.evaluations],
                        votes=record.votes, timed_out=record.timed_out,
-                       disputes=record.disputes, removed=sorted(record.removed))
+                       disputes=record.disputes, removed=sorted(record.removed),
+                       voided=record.voided, restored=record.restored)
         if record.seed is not None:
             seeds[record.round] = record.seed
         report.rounds.append(r)
@@ -219,6 +220,13 @@ def _chain_checks(r: RoundAudit) -> None:
     for d in r.disputes:
         r.checks.append(Check(NOTE, "dispute", f"re-derived the global model as "
                               f"{d.computed_cid}", r.round, d.learner))
+    if r.voided is not None:
+        evicted = ", ".join(r.voided.evicted) or "none (the committee had changed)"
+        r.checks.append(Check(NOTE, "void", f"{r.voided.disputes} learners disputed it: voided, "
+                              f"{r.voided.restored_cid} restored; evicted: {evicted}", r.round))
+    if r.restored is not None:
+        r.checks.append(Check(NOTE, "void", f"closed by the void of round {r.round - 1}, on "
+                              f"the restored model {r.restored}", r.round))
     submitted = {s.learner: s for s in r.submissions}
     for learner in r.included:
         if learner in submitted:

@@ -12,10 +12,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..eth.events import (
+    ChainCid,
     Disputed,
     EvaluationReported,
     GenesisSet,
     GlobalModelPublished,
+    RoundVoided,
     UpdateSubmitted,
     Voted,
 )
@@ -136,6 +138,10 @@ class RoundAudit:
     disputes: list[Disputed] = field(default_factory=list)
     #: Learners removed by the owner before the round closed (their updates are excluded).
     removed: list[str] = field(default_factory=list)
+    #: The learners voided this round's result (RoundVoided), or None.
+    voided: RoundVoided | None = None
+    #: This round was closed by the void of the round before it, on this restored model.
+    restored: ChainCid | None = None
 
     @property
     def included(self) -> list[str]:

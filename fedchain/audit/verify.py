@@ -102,6 +102,8 @@ class _Walk:
     stateful: bool = False
     #: The first round whose server-optimizer state could not be recomputed.
     state_lost: int | None = None
+    #: (previous model, state) the last round checked started from: what a void restores.
+    prior: tuple[Weights | None, Weights | None] = (None, None)
 
 
 def verify(report: AuditReport, store: ContentStore, plan: Plan | None = None) -> None:
@@ -145,7 +147,8 @@ Add = Callable[..., None]
 def _record(r: RoundAudit, walk: _Walk) -> RoundRecord:
     """The round as the protocol's rule reads it (its previous model is `walk.previous`)."""
     return RoundRecord(r.round, ChainCid(b""), submissions=[s.event for s in r.submissions],
-                       removed=set(r.removed), published=r.published, timed_out=r.timed_out)
+                       removed=set(r.removed), published=r.published, timed_out=r.timed_out,
+                       restored=r.restored)
 
 
 def _fetcher(store: ContentStore, walk: _Walk) -> Fetch:
@@ -256,6 +259,11 @@ def _check_round(r: RoundAudit, store: ContentStore, walk: _Walk) -> RoundOutcom
 
     if r.round > walk.plan.rounds:
         add(NOTE, "round", f"beyond the plan's {walk.plan.rounds} rounds")
+    if r.restored is not None:
+        # The round before was voided: this one starts from what that one started from.
+        walk.previous, walk.state = walk.prior
+        walk.state_lost = None
+    walk.prior = (walk.previous, walk.state)
     new: Weights | None = None
     new_state: Weights | None = None
     outcome: RoundOutcome | None = None

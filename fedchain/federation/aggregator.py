@@ -35,6 +35,7 @@ from ..eth.reverts import (
     AlreadyVoted,
     FederationFinished,
     GenesisAlreadySet,
+    NotAggregator,
     RoundNotExpired,
     SubmissionsChanged,
     VoteDeadlinePassed,
@@ -484,6 +485,10 @@ class Aggregator:
         if published.state_cid.raw:
             state = fetch_model(self.store, published.state_cid.require(),
                                 max_bytes=self._plan().max_model_bytes)
+        elif self.strategy is not None and self.strategy.stateful and any(
+                True for _ in self.contract.events("RoundVoided", round=round - 1)):
+            # The learners voided the round before: its server state is void too.
+            state = self._restore_state(round)
         return new, state
 
     # -- the loop ----------------------------------------------------------------------
@@ -498,7 +503,13 @@ class Aggregator:
             round = self._ride_out(c.current_round)
             if round > self._plan().rounds:
                 break
-            result = self._ride_out(partial(self._run_if_open, round))
+            try:
+                result = self._ride_out(partial(self._run_if_open, round))
+            except NotAggregator:
+                log.warning("this account is no longer on the committee (the learners voided "
+                            "a round it voted for, or the owner changed the committee): "
+                            "stopping")
+                return self.history
             if result is None:
                 continue  # an earlier attempt published it (its receipt was lost)
             value = None

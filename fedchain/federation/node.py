@@ -35,7 +35,9 @@ from ..eth.reverts import (
     AlreadySubmitted,
     FederationFinished,
     NoGlobalModel,
+    NotLatestRound,
     NotSelected,
+    NotVoidable,
     RevealDeadlinePassed,
     RevealNotOpen,
     RoundNotExpired,
@@ -392,7 +394,25 @@ class LearnerNode:
         except FedChainError as exc:
             log.warning("%s: could not record the dispute of round %d: %s", self.name,
                         round, exc)
+        self._void_if_disputed(round)
         return False
+
+    def _void_if_disputed(self, round: int) -> None:
+        """The learners have the last word: once more than half of them disputed `round`
+        (the latest closed one), anyone voids it: the model before it is restored, the
+        members who voted for it lose their seats, and learning resumes."""
+        try:
+            if not self.contract.voidable(round):
+                return
+            self.contract.void_round(round)
+        except (NotLatestRound, NotVoidable):
+            return  # another learner voided it first, or it cannot be voided
+        except FedChainError as exc:
+            log.warning("%s: could not void round %d: %s", self.name, round, exc)
+            return
+        log.warning("%s: more than half of the learners disputed round %d: voided it, the "
+                    "model before it restored and its voters evicted from the committee",
+                    self.name, round)
 
     def _rederive(self, round: int) -> tuple[list[str], CID, GlobalModelPublished] | None:
         """Round `round` re-run under the plan from the chain and the store, compared whole

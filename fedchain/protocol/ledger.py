@@ -34,6 +34,7 @@ from ..eth.events import (
     LearnerRemoved,
     RoundSeeded,
     RoundTimedOut,
+    RoundVoided,
     UpdateSubmitted,
     Voted,
 )
@@ -56,6 +57,10 @@ class _RoundEvents:
     seed: bytes | None = None
     #: The round passed its vote deadline without a quorum and was closed, carried over.
     timed_out: bool = False
+    #: The learners voided the round's result (more than half disputed it): RoundVoided.
+    voided: RoundVoided | None = None
+    #: The round was closed by the void of the round before it, on this restored model.
+    restored: ChainCid | None = None
 
 
 @dataclass
@@ -158,6 +163,14 @@ class Ledger:
             self._at(e.round).seed = e.seed
         elif isinstance(e, RoundTimedOut):
             self._at(e.round).timed_out = True
+        elif isinstance(e, RoundVoided):
+            # The model before the voided round is in force again, and so is its server
+            # state; the round open at the time closes on it (its GlobalModelPublished next).
+            voided = self._at(e.round)
+            voided.voided = e
+            self._state = self.state_after(e.round - 1)
+            voided.state_after = self._state
+            self._at(e.round + 1).restored = e.restored_cid
         elif isinstance(e, Disputed):
             self._at(e.round).disputes.append(e)
         elif isinstance(e, EvaluationReported):
@@ -209,12 +222,14 @@ class Ledger:
             yield self.record(r, refresh=False)
 
     def global_model(self, round: int) -> ChainCid:
-        """`round`'s published global model (the genesis model for 0); an empty CID while
-        unpublished."""
+        """`round`'s global model in force: the published one (the genesis model for 0; the
+        restored one for a voided round); an empty CID while unpublished."""
         with self._lock:
             if round == 0:
                 return self.genesis.model_cid if self.genesis is not None else ChainCid(b"")
             r = self._rounds.get(round)
+            if r is not None and r.voided is not None:
+                return r.voided.restored_cid  # its result void: the model before it again
             return r.published.model_cid if r is not None and r.published else ChainCid(b"")
 
     def state_after(self, round: int) -> ChainCid | None:

@@ -46,8 +46,10 @@ REMOVED = "the owner removed this learner"
 NO_QUORUM = "the round closed without a quorum by its vote deadline"
 
 #: Why a round carried over, as SPEC.md § "The round" names the cases (RoundOutcome.carried_over).
-TIMED_OUT, BELOW_MIN_UPDATES, AGGREGATION_FAILED, TOO_FEW_VALID = (
-    "timed-out", "below-min-updates", "aggregation-failed", "too-few-valid")
+TIMED_OUT, BELOW_MIN_UPDATES, AGGREGATION_FAILED, TOO_FEW_VALID, VOIDED = (
+    "timed-out", "below-min-updates", "aggregation-failed", "too-few-valid", "voided")
+#: Why a round closed by the void of the round before it carried over.
+VOID = "closed by the learners' void of the round before it: the model before that restored"
 
 Fetch = Callable[[Sequence[UpdateSubmitted]], Iterable[Outcome]]
 
@@ -121,6 +123,12 @@ def run_round(
         out = [*removed, *rejected, *(Rejected.because_of(s, why) for s in left)]
         return RoundOutcome(record.round, previous, state, (), tuple(out), why, case)
 
+    if record.restored is not None:
+        # voidRound closed it on the restored model (`previous` is that model, the ledger's
+        # model in force after a voided round), nothing judged.
+        return RoundOutcome(record.round, previous, state, (),
+                            tuple(Rejected.because_of(s, VOID) for s in record.submissions),
+                            VOID, VOIDED, kept_cid=record.restored.cid)
     if record.timed_out:
         # Closed by closeRound: the recorded previous CID, nothing judged.
         return RoundOutcome(record.round, previous, state, (),
