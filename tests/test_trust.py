@@ -5,14 +5,15 @@ round, commit-reveal runs end to end, a removed learner's update is excluded."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Any, ClassVar
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
+from cheats import Tampering
 from fedmodels import LinearLearner, initial_weights
 
-from fedchain.aggregation.strategy import FedAvg, FedAvgM, Strategy
+from fedchain.aggregation.strategy import FedAvg, FedAvgM
 from fedchain.audit import audit_federation
 from fedchain.audit.report import OK
 from fedchain.errors import ConfigError
@@ -28,26 +29,6 @@ from fedchain.storage import open_store
 from fedchain.storage.cid import to_cid
 
 TRAIN = {"lr": 0.1, "steps": 5}
-
-
-@dataclass(frozen=True)
-class Doubling(Strategy):
-    """The plan's strategy, its result doubled: what a cheating aggregator publishes."""
-
-    honest: Strategy
-    name: ClassVar[str] = "Doubling"
-
-    def _aggregate(self, previous: Weights, updates: Any, state: Weights | None) -> Any:
-        new, state = self.honest.aggregate(previous, updates, state)
-        return {k: np.array(v * 2, dtype=v.dtype) for k, v in new.items()}, state
-
-
-class Tampering(Aggregator):
-    def start(self) -> Any:
-        plan = super().start()
-        assert self.strategy is not None
-        self.strategy = Doubling(self.strategy)
-        return plan
 
 
 def _learners(i: int, n: int) -> LinearLearner:
@@ -86,12 +67,13 @@ def test_learners_dispute_a_tampered_model_and_do_not_train_on_it(fed, store):
     for n in nodes:
         n.step()
     # Each learner re-derived round 1, found another model, said so on chain, did not train.
+    # A majority of them disputed it (and so voided it: the model before it is back).
     disputes = [e for e in aggregator.events("Disputed") if isinstance(e, Disputed)]
-    assert sorted(d.learner for d in disputes) == sorted(n.address for n in nodes)
-    assert {d.round for d in disputes} == {1}
+    assert {d.round for d in disputes} == {1} and 2 * len(disputes) > len(nodes)
     assert all(d.computed_cid != tampered for d in disputes)
     assert not any(aggregator.has_submitted(2, n.address) for n in nodes)
-    assert all(n.verified == {1: False} and n.disputed == [1] for n in nodes)
+    assert all(n.verified.get(1) is not True for n in nodes)
+    assert [e.round for e in aggregator.events("RoundVoided")] == [1]
     # The audit agrees with the learners: round 1 fails, and the disputes stand.
     report = audit_federation(aggregator, store)
     assert any(c.what == "global model" and c.round == 1 for c in report.failures())
@@ -111,7 +93,8 @@ def test_a_plan_with_verify_off_does_not_switch_off_a_learners_own_check(fed, st
     agg.run_round(1)
     for n in nodes:
         n.step()
-    assert all(n.verified == {1: False} and n.disputed == [1] for n in nodes)
+    assert all(n.verified.get(1) is not True for n in nodes)
+    assert 2 * sum(n.disputed == [1] for n in nodes) > len(nodes)
     assert not any(aggregator.has_submitted(2, n.address) for n in nodes)
 
 
