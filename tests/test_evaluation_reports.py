@@ -48,14 +48,8 @@ REFUSED = [
 MEAN = (0.5 * 40 + 0.25 * 60) / 100
 
 
-@pytest.fixture(scope="module")
-def federation(tmp_path_factory):
-    """One published round of a FedChain with 9 learners, then honest and absurd reports (the
-    last learner tries those the contract refuses)."""
-    chain = connect("embedded", fresh=True)
-    store = open_store(f"file://{tmp_path_factory.mktemp('reports') / 'store'}")
-    accounts = [chain.account(2 + i) for i in range(len(HONEST) + len(ABSURD) + 1)]
-    chain.fund([chain.account(1).address, *(a.address for a in accounts)])
+def _one_round_published(chain, store, accounts):
+    """(contract, learner bindings): a one-round FedChain of `accounts`, round 1 published."""
     contract, _ = FedChain.deploy(chain, chain.account(0), chain.account(1).address)
     contract.add_learners([a.address for a in accounts])
     learners = [contract.with_account(a) for a in accounts]
@@ -66,6 +60,18 @@ def federation(tmp_path_factory):
     agg.start()
     LearnerNode(LinearLearner(0), learners[0], store, evaluate=False).step()
     agg.run()
+    return contract, learners
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory):
+    """One published round of a FedChain with 9 learners, then honest and absurd reports (the
+    last learner tries those the contract refuses)."""
+    chain = connect("embedded", fresh=True)
+    store = open_store(f"file://{tmp_path_factory.mktemp('reports') / 'store'}")
+    accounts = [chain.account(2 + i) for i in range(len(HONEST) + len(ABSURD) + 1)]
+    chain.fund([chain.account(1).address, *(a.address for a in accounts)])
+    contract, learners = _one_round_published(chain, store, accounts)
     for c, (n, metrics) in zip(learners, HONEST, strict=False):
         c.report_evaluation(1, n, metrics)
     for c, (round, n, metrics, _) in zip(learners[2:], ABSURD, strict=False):
@@ -192,16 +198,7 @@ def test_the_audit_lists_a_report_counted_for_fewer_examples_than_it_claims(tmp_
     chain = connect("embedded", fresh=True)
     store = open_store(f"file://{tmp_path / 'store'}")
     accounts = [chain.account(2 + i) for i in range(3)]
-    contract, _ = FedChain.deploy(chain, chain.account(0), chain.account(1).address)
-    contract.add_learners([a.address for a in accounts])
-    learners = [contract.with_account(a) for a in accounts]
-    config = RunConfig(strategy=FedAvg(), rounds=1, min_updates=1, round_timeout=0.3,
-                       poll_interval=0.05, evaluation_timeout=0.1)
-    agg = Aggregator(contract.with_account(chain.account(1)), store, config,
-                     initial_weights=initial_weights())
-    agg.start()
-    LearnerNode(LinearLearner(0), learners[0], store, evaluate=False).step()
-    agg.run()
+    contract, learners = _one_round_published(chain, store, accounts)
     for c, n in zip(learners, (100, 100, MAX_EXAMPLES), strict=True):
         c.report_evaluation(1, n, b'{"loss":1.0}')
 

@@ -19,8 +19,8 @@ from ..eth.contract import FedChainReader
 from ..eth.events import EvaluationReported
 from ..federation.history import (
     REPORT_EXAMPLES_CAP,
+    report_problem,
     report_weights,
-    usable_reports,
     weighted_metrics,
 )
 from ..protocol.ledger import Ledger
@@ -168,8 +168,9 @@ def _selection_checks(r: RoundAudit, seeds: dict[int, bytes], indices: dict[str,
 
 
 def _capped_reports(r: RoundAudit, reports: list[EvaluationReported]) -> None:
-    """A note for each evaluation report that claims more examples than it counts for."""
-    usable = usable_reports(reports)
+    """A note for each evaluation report that claims more examples than it counts for (the
+    reports left out are the round's `ignored` evaluations, logged once by weighted_metrics)."""
+    usable = [e for e in reports if report_problem(e.round, e.num_examples, e.metrics) is None]
     for report, weight in zip(usable, report_weights(usable), strict=True):
         if weight < report.num_examples:
             r.checks.append(Check(NOTE, "evaluation", f"claims {report.num_examples:,} "
