@@ -222,6 +222,9 @@ contract FedChain {
         bytes stateCid,
         uint256[] included
     );
+    /// @notice A committee member could not fetch the submissions in `learners` (a bitmap over
+    /// learner indices) of `round` within their deadlines (see reportUnavailable).
+    event UnavailableReported(uint256 indexed round, address indexed member, uint256[] learners);
     /// @notice `round` closed on this model. `stateCid` is the server-optimizer state after
     /// the round (empty: none, or unchanged). `included` is a bitmap over learner indices.
     event GlobalModelPublished(
@@ -583,6 +586,26 @@ contract FedChain {
         s.marks = next | VOTED;
         emit GlobalModelPublished(round, modelCid, stateCid, included);
         _close(s);
+    }
+
+    /// @notice Committee only: records that this member could not fetch the open round's
+    /// submissions in `learners` (a bitmap over learner indices, each one submitted in the
+    /// round) within their fetch deadlines (SPEC.md §7.4), before it votes without them. The
+    /// evidence that excuses a left-out update: a submission every member whose vote closed
+    /// the round reported unavailable is treated as unavailable by the learners' and the
+    /// audit's re-derivation. May be sent more than once; the reports of a round add up.
+    function reportUnavailable(uint256 round, uint256[] calldata learners) external {
+        State memory s = _state;
+        _member(s);
+        _checkOpen(s, round);
+        uint256 words = _words();
+        if (learners.length != words) revert BitmapLength(learners.length, words);
+        mapping(uint256 => uint256) storage submitted = _submitted[round];
+        for (uint256 w = 0; w < words; ++w) {
+            uint256 bad = learners[w] & ~submitted[w];
+            if (bad != 0) revert NotIncludable(round, w, bad);
+        }
+        emit UnavailableReported(round, msg.sender, learners);
     }
 
     /// @notice Anyone, once the open round's vote deadline has passed without a quorum:

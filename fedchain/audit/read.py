@@ -119,7 +119,8 @@ def read_federation(
                                                       record.evaluations],
                        votes=record.votes, timed_out=record.timed_out,
                        disputes=record.disputes, removed=sorted(record.removed),
-                       voided=record.voided, restored=record.restored)
+                       voided=record.voided, restored=record.restored,
+                       unavailable={m: set(ls) for m, ls in record.unavailable.items()})
         if record.seed is not None:
             seeds[record.round] = record.seed
         report.rounds.append(r)

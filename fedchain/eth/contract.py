@@ -39,6 +39,7 @@ from .events import (
     GlobalModelPublished,
     LearnerAdded,
     LearnerRemoved,
+    UnavailableReported,
     UpdateSubmitted,
     Voted,
 )
@@ -308,6 +309,9 @@ class FedChainReader:
         if isinstance(event, Voted | GlobalModelPublished) and event.bits:
             learners = sorted(self.addresses(from_bits(event.bits)), key=learner_key)
             event = replace(event, included=tuple(learners))
+        elif isinstance(event, UnavailableReported) and event.bits:
+            learners = sorted(self.addresses(from_bits(event.bits)), key=learner_key)
+            event = replace(event, learners=tuple(learners))
         return event
 
     def addresses(self, indices: Iterable[int]) -> list[str]:
@@ -560,6 +564,14 @@ class FedChain(FedChainReader):
         state = cid_bytes(state_cid) if state_cid is not None else b""
         return self._transact("publishGlobal", round, cid_bytes(model_cid), state, bits,
                               seen_bits)
+
+    def report_unavailable(self, round: int, learners: Iterable[str],
+                           *, seen: Sequence[int] | None = None) -> Receipt:
+        """A committee member's record that it could not fetch these learners' submissions of
+        the open `round` within their deadlines (UnavailableReported): the evidence that
+        excuses leaving them out (SPEC.md §7.4)."""
+        bits, _ = self.bitmaps(round, learners, seen)
+        return self._transact("reportUnavailable", round, bits)
 
     def close_round(self, round: int) -> Receipt:
         """Anyone, past the vote deadline without a quorum: closes `round`, carried over."""

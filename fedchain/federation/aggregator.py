@@ -45,7 +45,7 @@ from ..eth.reverts import (
 from ..eth.watcher import ChainWatcher
 from ..model.codec import ModelSpec, Weights, encode, spec
 from ..model.fetch import fetch_model
-from ..protocol.fetching import Outcome, fetch_updates
+from ..protocol.fetching import Outcome, Rejected, fetch_updates
 from ..protocol.ledger import Ledger, RoundRecord
 from ..protocol.params import Plan
 from ..protocol.round import run_round
@@ -411,6 +411,7 @@ class Aggregator:
             state_cid = self.store.put(outcome.state_bytes)
         new, state = outcome.model, outcome.state
         learners = list(outcome.learners)
+        self._report_unavailable(round, [r for r in rejected if r.unavailable], seen)
         published = self._vote(round, cid, learners, state_cid, seen)
         if published.model_cid.cid != cid or set(published.included) != set(learners):
             self.outvoted.append((round, str(cid), published.model_cid.text))
@@ -435,6 +436,22 @@ class Aggregator:
                 log.info("[ROUND %d] centralized evaluation: loss=%.4f %s", round, loss, shown)
         self.history.add_round(result)
         return result
+
+    def _report_unavailable(self, round: int, unavailable: list[Rejected],
+                            seen: list[int]) -> None:
+        """Records on chain, before the vote, the submissions this member could not fetch
+        within their deadlines (UnavailableReported): the evidence that excuses leaving them
+        out when a slow node serves them later (SPEC.md §7.4)."""
+        if not unavailable:
+            return
+        learners = [r.learner for r in unavailable]
+        try:
+            self.contract.report_unavailable(round, learners, seen=seen)
+        except (WrongRound, FederationFinished) as exc:
+            log.info("[ROUND %d] unavailable updates not reported: %s", round, exc)
+            return
+        log.warning("[ROUND %d] reported %d update(s) unavailable within their deadlines: %s",
+                    round, len(learners), ", ".join(learners))
 
     def _vote(self, round: int, cid: CID, learners: list[str], state_cid: CID | None,
               seen: list[int]) -> GlobalModelPublished:

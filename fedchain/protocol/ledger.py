@@ -35,9 +35,11 @@ from ..eth.events import (
     RoundSeeded,
     RoundTimedOut,
     RoundVoided,
+    UnavailableReported,
     UpdateSubmitted,
     Voted,
 )
+from .rules import vote_digest
 
 
 @dataclass(kw_only=True)
@@ -49,6 +51,9 @@ class _RoundEvents:
     removed: set[str] = field(default_factory=set)
     #: The committee's votes, in chain order (evidence, agreeing or not).
     votes: list[Voted] = field(default_factory=list)
+    #: The learners whose submissions each member reported unavailable (UnavailableReported,
+    #: every report of the round added up), by member.
+    unavailable: dict[str, set[str]] = field(default_factory=dict)
     #: The event that closed the round (None while it is open).
     published: GlobalModelPublished | None = None
     disputes: list[Disputed] = field(default_factory=list)
@@ -81,6 +86,26 @@ class RoundRecord(_RoundEvents):
     def included(self) -> tuple[str, ...]:
         """The learners whose updates the published model includes (empty while open)."""
         return () if self.published is None else self.published.included
+
+    @property
+    def closing_voters(self) -> tuple[str, ...]:
+        """The members whose votes closed the round: those that voted for the result it was
+        published with (empty while it is open, or when it timed out or was restored)."""
+        if self.published is None or self.timed_out or self.restored is not None:
+            return ()
+        p = self.published
+        digest = vote_digest(p.model_cid.raw, p.state_cid.raw, p.bits)
+        return tuple(dict.fromkeys(v.member for v in self.votes if v.digest == digest))
+
+    @property
+    def excused(self) -> frozenset[str]:
+        """The learners whose submissions every member whose vote closed the round reported
+        unavailable (SPEC.md §7.4): re-derivations treat them as unavailable, unfetched."""
+        voters = self.closing_voters
+        if not voters:
+            return frozenset()
+        sets = [self.unavailable.get(m, set()) for m in voters]
+        return frozenset(set.intersection(*sets))
 
     @property
     def usable(self) -> list[UpdateSubmitted]:
@@ -152,6 +177,8 @@ class Ledger:
             self._at(e.round).submissions.append(e)
         elif isinstance(e, Voted):
             self._at(e.round).votes.append(e)
+        elif isinstance(e, UnavailableReported):
+            self._at(e.round).unavailable.setdefault(e.member, set()).update(e.learners)
         elif isinstance(e, GlobalModelPublished):
             r = self._at(e.round)
             r.published = e
