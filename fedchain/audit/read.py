@@ -25,6 +25,7 @@ from ..federation.history import (
 )
 from ..protocol.ledger import Ledger
 from ..protocol.rules import ALL_PPM, is_selected
+from ..storage.cid import CID
 from .report import FAILED, NOTE, AuditReport, Check, Evaluation, RoundAudit, Submission
 
 RECEIPT = "eth_getTransactionReceipt"
@@ -126,6 +127,7 @@ def read_federation(
         report.rounds.append(r)
         r.loss, r.metrics = weighted_metrics(record.evaluations)
         _capped_reports(r, record.evaluations)
+    _copy_checks(report)
     ppm = report.genesis.select_ppm if report.genesis is not None else 0
     for r in report.rounds:
         r.abandoned = r.published is None and report.finished_after is not None
@@ -166,6 +168,42 @@ def _selection_checks(r: RoundAudit, seeds: dict[int, bytes], indices: dict[str,
         if seed is None or index == 0 or not is_selected(seed, index, ppm):
             r.checks.append(Check(FAILED, "selection", "submitted without being selected by "
                                   "the round's seed", r.round, s.learner))
+
+
+def _copy_checks(report: AuditReport) -> None:
+    """A note for each submission that is a copy (the same CID, multihash compared) of
+    another learner's submission in the same or an earlier round, or of a global model the
+    chain published before it: free-riding in the open. The round's rule judges copies only
+    within a round and only with exclude_duplicates (SPEC.md §7.4); a copy from an earlier
+    round is a stale update like any other, which the default strategy's clip and examples
+    cap bound, so the audit shows it rather than fails it."""
+    first: dict[bytes, tuple[str, int]] = {}  # content -> (first learner, its round)
+    models: dict[bytes, int] = {}  # content -> the round that published it as global model
+    if report.genesis is not None:
+        models[_content(report.genesis.model_cid.raw, report.genesis.model_cid.cid)] = 0
+    for r in report.rounds:
+        for s in r.submissions:
+            cid = s.event.model_cid
+            key = _content(cid.raw, cid.cid)
+            if key in models:
+                which = "the genesis model" if models[key] == 0 else \
+                    f"round {models[key]}'s global model"
+                r.checks.append(Check(NOTE, "copied update", f"{cid.text} is {which}, "
+                                      "submitted unchanged", r.round, s.learner))
+            elif key in first and first[key][0] != s.learner:
+                learner, round = first[key]
+                where = "in this round" if round == r.round else f"in round {round}"
+                r.checks.append(Check(NOTE, "copied update", f"{cid.text} is the update "
+                                      f"{learner} submitted {where}", r.round, s.learner))
+            first.setdefault(key, (s.learner, r.round))
+        if r.published is not None:
+            p = r.published.model_cid
+            models.setdefault(_content(p.raw, p.cid), r.round)
+
+
+def _content(raw: bytes, cid: CID | None) -> bytes:
+    """What a CID names, whatever its version and codec: its multihash (its bytes if none)."""
+    return raw if cid is None else bytes(cid.multihash)
 
 
 def _capped_reports(r: RoundAudit, reports: list[EvaluationReported]) -> None:

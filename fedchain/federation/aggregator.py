@@ -49,7 +49,7 @@ from ..protocol.fetching import Outcome, Rejected, fetch_updates
 from ..protocol.ledger import Ledger, RoundRecord
 from ..protocol.params import Plan
 from ..protocol.round import run_round
-from ..protocol.rules import is_selected, update_timeout
+from ..protocol.rules import duplicates_without_commit_reveal, is_selected, update_timeout
 from ..storage import ContentStore
 from ..storage.cid import CID
 from .config import RunConfig
@@ -174,6 +174,11 @@ class Aggregator:
                 f"{len(members)} runs it: without them one member's early vote freezes a "
                 "round's submissions; this member refuses to serve it (deploy again with a "
                 "plan that sets update_window and vote_window)")
+        why = duplicates_without_commit_reveal(self.plan.exclude_duplicates,
+                                               self.plan.reveal_window)
+        if why is not None:
+            raise ConfigError(f"the plan on chain is unsafe: {why}; this member refuses to "
+                              "serve it")
         learners = c.learner_count()
         if self.plan.min_updates > learners:
             log.warning("min_updates is %d but only %d learners are registered: rounds will "

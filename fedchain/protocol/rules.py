@@ -295,3 +295,17 @@ def find_duplicates(
         else:
             duplicates.append(Duplicate(s, original))
     return kept, duplicates
+
+
+def duplicates_without_commit_reveal(exclude_duplicates: bool, reveal_window: int) -> str | None:
+    """Why a plan that excludes duplicates must run commit-reveal rounds (None: it does, or
+    it does not exclude them). Without commit-reveal a submission's CID is public while it is
+    pending: a copier who sends the same CID with a higher tip is mined first, keeps the
+    update, and the honest learner is left out as the duplicate. With it, a CID is public only
+    once the commitments are closed, and a commitment binds its learner."""
+    if not exclude_duplicates or reveal_window:
+        return None
+    return ("exclude_duplicates needs commit-reveal rounds (reveal_window > 0, with an "
+            "update_window): without it a copier who sees a pending submission sends the same "
+            "CID with a higher tip, is mined first, and the honest learner is left out as the "
+            "duplicate")
