@@ -206,8 +206,8 @@ class Aggregator:
         reference: ModelSpec | None = None
         for r in range(1, through + 1):
             record = ledger.record(r, refresh=False)
-            if record.published is None or not record.included:
-                continue  # carried over: the state is unchanged
+            if record.published is None or not record.included or record.voided is not None:
+                continue  # carried over, or its result voided: the state is unchanged
             # The committee's published round binds: re-run it over the updates it included.
             record.submissions = [s for s in record.usable if s.learner in record.included]
             previous = fetch_model(self.store, ledger.global_model(r - 1).require(),
