@@ -299,8 +299,8 @@ PLAN: dict[str, Run | Skip | InSession] = {
     "make bench                                 # the benchmarks":
         Skip("every benchmark, hours of CPU; each prints its figures for the README's tables "
              "(bench/*.py), and is run on its own when they are measured"),
-    "make docs-check                            # every CID and gas figure the READMEs quote, "
-    "recomputed": Skip("this very check: it would run itself"),
+    "make docs-check                            # every README command run, every quoted CID "
+    "and gas figure recomputed": Skip("this very check: it would run itself"),
     "fedchain simulate --job examples/cnn/fedchain.toml --run-config run.rounds=5 "
     "train.lr=0.01 \\\n    --run-config strategy.name=FedYogi protocol.vote_window=60":
         Run(timeout=900),
