@@ -29,6 +29,7 @@ import numpy as np
 from examples.mlp import task
 from fedchain.aggregation.strategy import Strategy
 from fedchain.audit import audit_federation
+from fedchain.eth.events import Voted
 from fedchain.federation.aggregator import Aggregator
 from fedchain.federation.simulation import simulate
 from fedchain.model.codec import Weights
@@ -67,7 +68,8 @@ class HonestAggregator(Aggregator):
         member = self.contract.committee()[0][self.tamperer]
         deadline = time.monotonic() + 60
         while (time.monotonic() < deadline and not self.stop_event.is_set() and not any(
-                v.member == member for v in self.contract.events("Voted", round=round))):
+                isinstance(v, Voted) and v.member == member
+                for v in self.contract.events("Voted", round=round))):
             self.stop_event.wait(0.05)
         return super()._vote(round, *args, **kwargs)
 
@@ -90,10 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"committee {quorum} of {len(members)}: " + ", ".join(members))
     print(f"{'round':>5}  {'published':<60} votes (member: model)")
     for r in result.rounds:
-        votes = sorted(contract.events("Voted", round=r.round),
-                       key=lambda v: members.index(v.member))  # type: ignore[attr-defined]
-        shown = "; ".join(f"{v.member[:8]}: {v.model_cid.text[-8:]}"  # type: ignore[attr-defined]
-                          for v in votes)
+        votes = sorted((v for v in contract.events("Voted", round=r.round)
+                        if isinstance(v, Voted)), key=lambda v: members.index(v.member))
+        shown = "; ".join(f"{v.member[:8]}: {v.model_cid.text[-8:]}" for v in votes)
         print(f"{r.round:>5}  {r.global_cid:<60} {shown}")
     accuracy = result.history.metrics_centralized.get("accuracy", [])
     if accuracy:
