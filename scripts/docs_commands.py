@@ -516,6 +516,9 @@ def run_one(scratch: Scratch, command: Command, plan: Run, logs: Path) -> Outcom
     proc = scratch.popen(command.text, log)
     try:
         status = proc.wait(plan.timeout)
+    except KeyboardInterrupt:
+        _stop(proc, signal.SIGTERM, 10)  # its own session: Ctrl-C here does not reach it
+        raise
     except subprocess.TimeoutExpired:
         _stop(proc, signal.SIGTERM, 10)
         return Outcome(command.text, False, time.monotonic() - started,
