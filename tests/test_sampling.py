@@ -127,10 +127,11 @@ def test_each_round_selects_exactly_half_of_ten_and_only_they_submit(chain: Chai
     contract, agg, accounts = _deploy(chain, 10)
     ppm = fraction_to_ppm(0.5)
     agg.set_genesis(cid("genesis"), cid("plan"), RoundParams(10, select_ppm=ppm))
-    seen = set()
+    seen, seeds = set(), []
     for r in range(1, 5):
-        seed = contract.round_seed()
+        seed = contract.round_seed()  # known before anyone submits (and draws it)
         assert sample_of(seed) == (10, 5)
+        seeds.append(seed)
         chosen = [a for i, a in enumerate(accounts, 1) if is_selected(seed, i, ppm)]
         assert [contract.is_selected(a.address) for a in accounts] == [
             a in chosen for a in accounts]
@@ -143,7 +144,9 @@ def test_each_round_selects_exactly_half_of_ten_and_only_they_submit(chain: Chai
             contract.with_account(outsider).submit_update(r, cid("out"), 10)
         agg.publish_global(r, cid(f"g{r}"), [a.address for a in chosen])
     seeded = [e for e in contract.events("RoundSeeded") if isinstance(e, ev.RoundSeeded)]
-    assert [e.round for e in seeded] == [1, 2, 3, 4, 5] and len(seen) == 4
+    # Each round's first submission draws its seed; round 5 had none yet.
+    assert [e.round for e in seeded] == [1, 2, 3, 4] and len(seen) == 4
+    assert [e.seed for e in seeded] == list(seeds)
 
 
 def test_a_sample_is_fixed_when_its_round_opens(chain: Chain) -> None:
