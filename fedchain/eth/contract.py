@@ -254,29 +254,34 @@ class FedChainReader:
         return None
 
     def round_seed(self) -> bytes:
-        """The open round's sampling seed (zero without sampling): see `round_seed_until`."""
-        return self.round_seed_until()[0]
+        """The open round's sampling seed (zero without sampling): see `open_round_seed`."""
+        return self.open_round_seed()[1]
 
-    def round_seed_until(self) -> tuple[bytes, int | None]:
-        """The open round's sampling seed (zero without sampling), and the last head block
-        for which it holds: None once drawn (final).
+    def seed_block(self) -> int:
+        """The block the open round opened in while its sampling seed is not drawn yet; 0
+        once drawn, or without sampling."""
+        return int(self._view("seedBlock"))
+
+    def open_round_seed(self) -> tuple[int, bytes, int | None]:
+        """(the open round, its sampling seed (zero without sampling), the last head block
+        for which that seed holds: None once drawn, final).
 
         The round's first submission (or `seedRound`) draws the seed, in a block after the one
         the round opened in, from that block's hash (`RoundSeeded`); until then it is computed
         here the same way, for a transaction in the block after the head, from the hash of
         the opening block as the node serves it (past 256 blocks, of the anchor block the
         contract would use: `rules.seed_anchor`), so who is selected is known before anyone
-        submits."""
+        submits — even in the opening block, where the contract's views cannot know it."""
         opened = int(self._view("seedBlock"))
         word = bytes(self._view("roundSeed"))
-        if opened == 0:
-            return word, None
         round = self.current_round()
+        if opened == 0:
+            return round, word, None
         head = self.chain.block_number()
         anchor = seed_anchor(opened, max(head + 1, opened + 1))
         n, k = sample_of(word)
         block_hash = bytes(self.chain.call(lambda: self.chain.w3.eth.get_block(anchor)["hash"]))
-        return (draw_seed(block_hash, self.address, round, n, k),
+        return (round, draw_seed(block_hash, self.address, round, n, k),
                 anchor + BLOCKHASH_REACH - 1)
 
     def is_selected(self, learner: str) -> bool:
