@@ -223,6 +223,28 @@ def test_the_seed_is_known_before_anyone_submits_and_not_in_the_opening_block(
     assert contract.seed_block() == 0 and contract.round_seed() == seed
 
 
+def test_the_audit_reads_a_round_nobody_drew_the_seed_of_from_its_opening_block(
+    chain: Chain,
+) -> None:
+    from fedchain.audit import read_federation
+
+    contract, agg, accounts = _deploy(chain, 6)
+    ppm = fraction_to_ppm(0.5)
+    opening = agg.set_genesis(cid("genesis"), cid("plan"), RoundParams(10, select_ppm=ppm))
+    undrawn = contract.round_seed()
+    agg.publish_global(1, cid("g1"), [])  # round 1 closes with no submission: no seed drawn
+    drawn = contract.round_seed()
+    learner = next(a for i, a in enumerate(accounts, 1) if is_selected(drawn, i, ppm))
+    contract.with_account(learner).submit_update(2, cid("u2"), 10)
+    report = read_federation(contract, gas=False)
+    notes = {c.round: (c.status, c.detail) for c in report.all_checks() if c.what == "selection"}
+    assert notes == {
+        1: ("note", "3 of 6 learners selected by the seed its opening block's hash gives (no "
+                    f"submission drew it) 0x{undrawn.hex()[:16]}…"),
+        2: ("note", f"3 of 6 learners selected by the round's seed 0x{drawn.hex()[:16]}…"),
+    }
+
+
 @pytest.fixture(scope="module")
 def own_anvil() -> Iterator[Chain]:
     """An Anvil node of this module's own: its tests switch automine off and mine hundreds
