@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import random
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,10 +28,11 @@ from web3.types import RPCEndpoint
 
 from fedchain.aggregation.strategy import FedAvg
 from fedchain.cli import devnet
-from fedchain.errors import NotSelected, SeedNotReady, VotingNotOpen
+from fedchain.errors import FedChainError, NotSelected, SeedNotReady, VotingNotOpen
 from fedchain.eth import events as ev
 from fedchain.eth.chain import Chain, connect
 from fedchain.eth.contract import FedChain, RoundParams
+from fedchain.federation.aggregator import Aggregator
 from fedchain.federation.config import RunConfig
 from fedchain.federation.simulation import simulate
 from fedchain.protocol.rules import (
@@ -230,7 +233,7 @@ def test_the_audit_reads_a_round_nobody_drew_the_seed_of_from_its_opening_block(
 
     contract, agg, accounts = _deploy(chain, 6)
     ppm = fraction_to_ppm(0.5)
-    opening = agg.set_genesis(cid("genesis"), cid("plan"), RoundParams(10, select_ppm=ppm))
+    agg.set_genesis(cid("genesis"), cid("plan"), RoundParams(10, select_ppm=ppm))
     undrawn = contract.round_seed()
     agg.publish_global(1, cid("g1"), [])  # round 1 closes with no submission: no seed drawn
     drawn = contract.round_seed()
@@ -409,6 +412,51 @@ def test_past_256_blocks_the_seed_comes_from_the_anchor_block_fedchain_predicts(
     # The federation whose seed was drawn in time keeps it, however late its submissions.
     assert kept.round_seed() == kept_seed and kept.seed_block() == 0
     assert kept_opening.block_number < head - 256
+
+
+@pytest.mark.anvil
+def test_a_member_draws_the_seed_itself_when_nobody_submits_for_128_blocks(
+    own_anvil: Chain, tmp_path: Path,
+) -> None:
+    # Learners computed who is selected from the opening block's hash; if nobody drew the
+    # seed within 256 blocks the contract could no longer reach that hash, so the member
+    # waiting for updates draws it (seedRound) once 128 blocks passed.
+    chain = own_anvil
+    contract, _, _ = _deploy(chain, 6)
+    config = RunConfig(strategy=FedAvg(), rounds=3, min_updates=1, fraction=0.5,
+                       round_timeout=300.0, poll_interval=0.05, verify="off")
+    agg = Aggregator(contract.with_account(dev(chain, 1)), LocalStore(tmp_path / "store"),
+                     config, initial_weights=initial_weights())
+    agg.start()
+    opened = contract.seed_block()
+    assert opened == chain.block_number()
+    predicted = contract.round_seed()
+    failures: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            agg.wait_for_updates(1)
+        except FedChainError:  # stopped below
+            pass
+        except BaseException as exc:
+            failures.append(exc)
+
+    waiting = threading.Thread(target=wait, daemon=True)
+    waiting.start()
+    try:
+        _rpc(chain, "anvil_mine", hex(130))
+        deadline = time.monotonic() + 60
+        while contract.seed_block() != 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        agg.stop_event.set()
+        waiting.join(30)
+    assert not failures, failures
+    [seeded] = contract.events("RoundSeeded")
+    assert isinstance(seeded, ev.RoundSeeded) and seeded.seed == predicted
+    assert opened + 128 <= seeded.block <= opened + 256
+    _rpc(chain, "anvil_mine", hex(300))  # however late the first submission now comes
+    assert contract.round_seed() == predicted
 
 
 # --- a federation ----------------------------------------------------------------------------

@@ -310,7 +310,7 @@ class Aggregator:
         deadline = time.monotonic() + self.config.round_timeout
         seed_block = c.seed_block() if plan.fraction < 1.0 else 0
         while True:
-            if seed_block and c.chain.block_number() >= seed_block + SEED_NUDGE_BLOCKS:
+            if seed_block and self._head() >= seed_block + SEED_NUDGE_BLOCKS:
                 seed_block = self._draw_seed(round)
             if self.watcher is not None and not chain_deadline:
                 # The chain's bitmap is read once the watcher has seen enough submissions.
@@ -334,6 +334,12 @@ class Aggregator:
             if self._idle():
                 raise FedChainError("aggregator stopped")
         return self._updates_in(round, seen), seen
+
+    def _head(self) -> int:
+        """The chain's head block (the watcher's, where there is one: no request)."""
+        if self.watcher is not None:
+            return self.watcher.snapshot().block
+        return self.contract.chain.block_number()
 
     def _draw_seed(self, round: int) -> int:
         """Draws the round's sampling seed on chain if no submission did yet (`seedRound`),
