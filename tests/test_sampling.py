@@ -28,7 +28,7 @@ from web3.types import RPCEndpoint
 
 from fedchain.aggregation.strategy import FedAvg
 from fedchain.cli import devnet
-from fedchain.errors import FedChainError, NotSelected, SeedNotReady, VotingNotOpen
+from fedchain.errors import ChainError, FedChainError, NotSelected, SeedNotReady, VotingNotOpen
 from fedchain.eth import events as ev
 from fedchain.eth.chain import Chain, connect
 from fedchain.eth.contract import FedChain, RoundParams
@@ -107,6 +107,17 @@ def test_the_sample_changes_with_the_seed_and_spreads_over_the_learners() -> Non
     # seeds draw many different samples of the 252 possible.
     assert all(abs(picked[i] - seeds // 2) < 120 for i in range(1, n + 1)), picked
     assert len(samples) > 200
+
+
+def test_the_seed_anchor_is_the_opening_block_then_one_per_256_blocks() -> None:
+    assert [seed_anchor(100, b) for b in (101, 356, 357, 612, 613)] == [100, 100, 356, 356, 612]
+    with pytest.raises(ChainError, match="after its opening block 100"):
+        seed_anchor(100, 100)  # in the opening block the seed cannot be known
+    # The seed is keccak256(abi.encode(blockhash, contract, round)) with n and k in its low bits.
+    seed = draw_seed(b"\x11" * 32, "0x" + "22" * 20, 3, 10, 5)
+    assert sample_of(seed) == (10, 5) and pending_seed_block(seed) is None
+    word = ((1234 << 64) | (10 << 32) | 5).to_bytes(32, "big")  # roundSeed() in block 1234
+    assert pending_seed_block(word) == 1234 and sample_of(word) == (10, 5)
 
 
 # --- the contract ----------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from typing import Any
 from eth_abi import encode as abi_encode
 from eth_utils import keccak, to_checksum_address
 
-from ..errors import AggregationError, InvalidCID
+from ..errors import AggregationError, ChainError, InvalidCID
 from ..storage.cid import CID
 from ..storage.fetch import DEFAULT_DEADLINES
 
@@ -78,7 +78,7 @@ def seed_anchor(open_block: int, block: int) -> int:
     later, else the latest block open_block + 256·j before `block` (the contract's rule,
     open_block + 256·⌊(block − 1 − open_block)/256⌋; BLOCKHASH reaches 256 blocks back)."""
     if block <= open_block:
-        raise ValueError(f"a round's seed is drawn after its opening block {open_block}, "
+        raise ChainError(f"a round's seed is drawn after its opening block {open_block}, "
                          f"not in block {block}")
     return open_block + (block - 1 - open_block) // BLOCKHASH_REACH * BLOCKHASH_REACH
 
