@@ -23,10 +23,12 @@ from typing import TypeVar
 from ..aggregation.strategy import strategy_from_plan
 from ..errors import (
     ConfigError,
+    ContractRevert,
     FedChainError,
     InvalidModel,
     StorageError,
     StoreUnavailable,
+    TransactionFailed,
 )
 from ..eth.bitmap import from_bits
 from ..eth.contract import FedChain, RoundParams, require_signer
@@ -354,6 +356,8 @@ class Aggregator:
                      round, SEED_NUDGE_BLOCKS)
         except (WrongRound, FederationFinished):
             pass  # the round closed meanwhile
+        except (ContractRevert, TransactionFailed) as exc:  # not worth failing the round over
+            log.warning("[ROUND %d] could not draw the sampling seed: %s", round, exc)
         return 0
 
     def _updates_in(self, round: int, seen: list[int]) -> list[UpdateSubmitted]:
