@@ -23,10 +23,12 @@ from typing import TypeVar
 from ..aggregation.strategy import strategy_from_plan
 from ..errors import (
     ConfigError,
+    ContractRevert,
     FedChainError,
     InvalidModel,
     StorageError,
     StoreUnavailable,
+    TransactionFailed,
 )
 from ..eth.bitmap import from_bits
 from ..eth.contract import FedChain, RoundParams, require_signer
@@ -65,6 +67,11 @@ EvaluateFn = Callable[[int, Weights], tuple[float, Mapping[str, float]] | None]
 #: Updates a committee member fetches (or holds) at once: while a slow one runs out its own
 #: deadline, the next ones are fetched.
 FETCH_IN_FLIGHT = 4
+
+#: Blocks after a sampled round opened with no submission yet, after which a committee member
+#: draws its seed itself (seedRound): the contract reaches the opening block's hash, which the
+#: learners computed who is selected from, for 256 blocks only (SPEC §3.5).
+SEED_NUDGE_BLOCKS = 128
 
 #: How often a party still waiting on the chain says so again, in seconds.
 WAIT_WARNING_INTERVAL = 60.0
@@ -303,7 +310,10 @@ class Aggregator:
         expected = self.expected_learners(round)
         needed = plan.buffer_size or max(1, len(expected))
         deadline = time.monotonic() + self.config.round_timeout
+        seed_block = c.seed_block() if plan.fraction < 1.0 else 0
         while True:
+            if seed_block and self._head() >= seed_block + SEED_NUDGE_BLOCKS:
+                seed_block = self._draw_seed(round)
             if self.watcher is not None and not chain_deadline:
                 # The chain's bitmap is read once the watcher has seen enough submissions.
                 known = self.watcher.updates(round)
@@ -326,6 +336,29 @@ class Aggregator:
             if self._idle():
                 raise FedChainError("aggregator stopped")
         return self._updates_in(round, seen), seen
+
+    def _head(self) -> int:
+        """The chain's head block (the watcher's, where there is one: no request)."""
+        if self.watcher is not None:
+            return self.watcher.snapshot().block
+        return self.contract.chain.block_number()
+
+    def _draw_seed(self, round: int) -> int:
+        """Draws the round's sampling seed on chain if no submission did yet (`seedRound`),
+        so that it stays the one the learners computed from the opening block's hash: past
+        256 blocks the contract could no longer reach that hash. Returns 0 (done)."""
+        c = self.contract
+        if c.seed_block() == 0:
+            return 0
+        try:
+            c.seed_round(round)
+            log.info("[ROUND %d] no submission for %d blocks: drew the sampling seed",
+                     round, SEED_NUDGE_BLOCKS)
+        except (WrongRound, FederationFinished):
+            pass  # the round closed meanwhile
+        except (ContractRevert, TransactionFailed) as exc:  # not worth failing the round over
+            log.warning("[ROUND %d] could not draw the sampling seed: %s", round, exc)
+        return 0
 
     def _updates_in(self, round: int, seen: list[int]) -> list[UpdateSubmitted]:
         """The UpdateSubmitted events of the learners set in `seen`, in chain order."""

@@ -58,8 +58,14 @@ class _RoundEvents:
     published: GlobalModelPublished | None = None
     disputes: list[Disputed] = field(default_factory=list)
     evaluations: list[EvaluationReported] = field(default_factory=list)
-    #: The round's sampling seed (only when sampling is on).
+    #: The round's sampling seed (only when sampling is on), as its RoundSeeded event gave it:
+    #: none before a submission (or seedRound) drew it, in a block after `opened_block`.
     seed: bytes | None = None
+    #: The block the round opened in (the GenesisSet or previous GlobalModelPublished event's),
+    #: whose hash the seed is drawn from, and the learner indices handed out by then (the n
+    #: the seed's permutation ranges over); None when the ledger did not see it open.
+    opened_block: int | None = None
+    slots: int | None = None
     #: The round passed its vote deadline without a quorum and was closed, carried over.
     timed_out: bool = False
     #: The learners voided the round's result (more than half disputed it): RoundVoided.
@@ -145,6 +151,9 @@ class Ledger:
         #: The round open after the events read so far (1 before the genesis).
         self.open_round = 1
         self._state: ChainCid | None = None
+        #: round -> (the block it opened in, learner indices handed out by then).
+        self._opened: dict[int, tuple[int, int]] = {}
+        self._slots = 0
         self.keep_txs = keep_txs
         #: Every transaction that emitted an event, in chain order (with keep_txs).
         self.txs: list[str] = []
@@ -186,6 +195,7 @@ class Ledger:
                 self._state = e.state_cid
             r.state_after = self._state
             self.open_round = e.round + 1
+            self._opened[e.round + 1] = (e.block, self._slots)
         elif isinstance(e, RoundSeeded):
             self._at(e.round).seed = e.seed
         elif isinstance(e, RoundTimedOut):
@@ -204,6 +214,7 @@ class Ledger:
             self._at(e.round).evaluations.append(e)
         elif isinstance(e, LearnerAdded):
             self.indices[e.learner] = e.index
+            self._slots = max(self._slots, e.index)
             self.active[e.learner] = True
             self._rounds.get(self.open_round, _Round()).removed.discard(e.learner)
         elif isinstance(e, LearnerRemoved):
@@ -212,6 +223,7 @@ class Ledger:
                 self._at(self.open_round).removed.add(e.learner)
         elif isinstance(e, GenesisSet):
             self.genesis = e
+            self._opened[1] = (e.block, self._slots)
         elif isinstance(e, CommitteeChanged):
             self.committee = e
             if self.genesis is not None:
@@ -240,6 +252,8 @@ class Ledger:
             r = self._rounds.get(round, _Round())
             # Copies of the lists: a record is the caller's to change.
             events = {f.name: copy(getattr(r, f.name)) for f in fields(_RoundEvents)}
+            if round in self._opened:
+                events["opened_block"], events["slots"] = self._opened[round]
             return RoundRecord(round, self.global_model(round - 1), self.state_after(round - 1),
                                self.genesis.plan_cid, **events)
 
