@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import AggregationError
+from ..errors import AggregationError, FedChainError
 from ..model.codec import Weights
 from .rules import (
     _BLOCK,
@@ -158,7 +158,11 @@ class _Spill(_Reader):
     buffer: nothing of the file is mapped into the process)."""
 
     def __init__(self, previous: Weights, directory: str | Path | None) -> None:
-        self._file = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 - closed by __exit__
+        try:
+            self._file = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 - see __exit__
+        except OSError as exc:
+            raise _spill_failed(exc, directory) from None
+        self._directory = directory
         self._offsets: dict[str, int] = {}
         size = 0
         for name, ref in previous.items():
@@ -179,10 +183,13 @@ class _Spill(_Reader):
 
     def write(self, weights: Weights) -> None:
         """Appends an update (checked against the previous model: same layers, dtypes)."""
-        for name in self._offsets:
-            array = np.ascontiguousarray(weights[name])
-            if array.size:
-                self._file.write(array.reshape(-1).view(np.uint8).data)
+        try:
+            for name in self._offsets:
+                array = np.ascontiguousarray(weights[name])
+                if array.size:
+                    self._file.write(array.reshape(-1).view(np.uint8).data)
+        except OSError as exc:  # a full disk: this node's failure, not the round's
+            raise _spill_failed(exc, self._directory) from None
         self.count += 1
 
     def layer(self, name: str) -> None:
@@ -198,9 +205,18 @@ class _Spill(_Reader):
         while done < want:
             got = os.preadv(fd, [view[done:]], position + done)
             if got <= 0:
-                raise AggregationError(f"the spill file ended {want - done} bytes early")
+                raise FedChainError(f"the round's spill file ended {want - done} bytes early "
+                                    "(was the temporary directory cleaned while it was read?)")
             done += got
         return self._buffer[:want].view(self._dtype)
+
+
+def _spill_failed(exc: OSError, directory: str | Path | None) -> FedChainError:
+    """Not an AggregationError: a node that cannot spill must not carry the round over (the
+    others would aggregate it); it fails to compute the round instead."""
+    where = directory or tempfile.gettempdir()
+    return FedChainError(f"cannot write the round's updates to a spill file in {where} (set "
+                         f"TMPDIR to a disk with room for the round's updates): {exc}")
 
 
 # --- the sweep -------------------------------------------------------------------------------
@@ -247,6 +263,11 @@ def _sweep(
     return result
 
 
+#: How many updates' squared differences are halving-summed at once (fewer, larger ufunc calls
+#: for the many small levels of the halving sum; ~_GROUP × 0.5 MiB of scratch).
+_GROUP = 4
+
+
 class _Work:
     """Scratch blocks, reused by every block of every layer."""
 
@@ -257,6 +278,8 @@ class _Work:
         self.acc = np.empty(_BLOCK, np.float64)
         self.acc32 = np.empty(_BLOCK, np.float32)
         self.t32 = np.empty(_BLOCK, np.float32)
+        #: squared differences of a few updates' blocks, halving-summed together
+        self.squares = np.empty((_GROUP, _BLOCK), np.float64)
 
 
 def _difference(x: np.ndarray, p64: np.ndarray, d: np.ndarray) -> None:
@@ -288,17 +311,21 @@ def _delta_block(
     """One block of a floating layer, §8.5 step 4: a = Σ (F64(x_k) ⊖ F64(p)) ⊗ σ_k over the
     updates with σ_k ≠ 0, then cast_D((a ⊘ W) ⊕ F64(p)); norms (step 1) on the way."""
     m = stop - start
-    p64, d, q, acc = work.p64[:m], work.d[:m], work.q[:m], work.acc[:m]
+    p64, d, acc = work.p64[:m], work.d[:m], work.acc[:m]
     np.copyto(p64, p, casting="unsafe")
     acc.fill(0.0)
     total = float(sum(weights))
+    group = work.squares.shape[0]
     for k, (weight, factor) in enumerate(zip(weights, factors, strict=True)):
         scale = float(weight) * factor
-        if scale == 0.0 and squares is None:
-            continue
-        _difference(reader.block(k, start, stop), p64, d)
         if squares is not None:
-            _add_square_sums(squares, k, d, q)
+            _difference(reader.block(k, start, stop), p64, d)
+            row = k % group
+            np.multiply(d, d, out=work.squares[row, :m])
+            if row == group - 1 or k == len(weights) - 1:
+                _halving_sums(work.squares[: row + 1, :m], squares[k - row : k + 1])
+        elif scale != 0.0:
+            _difference(reader.block(k, start, stop), p64, d)
         if scale != 0.0:
             if scale != 1.0:
                 np.multiply(d, scale, out=d)
@@ -306,6 +333,18 @@ def _delta_block(
     np.divide(acc, total, out=acc)
     np.add(acc, p64, out=acc)
     np.copyto(target, acc, casting="unsafe")
+
+
+def _halving_sums(rows: np.ndarray, into: np.ndarray) -> None:
+    """into[i] ⊕= halving_sum(rows[i]) for each row (`rules.fixed_sum`'s order, all rows at
+    once); `rows` is overwritten."""
+    n = rows.shape[1]
+    while n > 1:
+        half = (n + 1) // 2
+        np.add(rows[:, : n - half], rows[:, half:n], out=rows[:, : n - half])
+        n = half
+    if rows.shape[1]:
+        into += rows[:, 0]
 
 
 def _norm_block(
