@@ -13,7 +13,8 @@ Byzantine bounds (FedAvg and the FedOpt family): `clip` bounds each update's dif
 the previous model to `clip` × the round's median difference norm, and `examples_cap` bounds
 what one num_examples claim counts for, to `examples_cap` × the round's median claim (see
 `rules.bounded_mean`; they stream in two passes, `streaming.two_pass_mean`). Both default to
-None (plain FedAvg, whose plan is unchanged); `ROBUST_FEDAVG` is the recommended configuration for federations that trust no single learner.
+None (plain FedAvg, whose plan is unchanged); `ROBUST_FEDAVG` is the recommended configuration
+for federations that trust no single learner.
 """
 
 from __future__ import annotations
