@@ -62,8 +62,9 @@ def one_update(i: int, n: int, rogue: float | None = None,
                for k, v in PREVIOUS.items()}
     weights["double"][:2] = PREVIOUS["double"][:2]  # Δ = 0 there (−0 − −0 = +0)
     if rogue is not None and i == n - 1:
-        weights = {k: (v * rogue).astype(v.dtype) if v.dtype.kind == "f" else v
-                   for k, v in weights.items()}
+        with np.errstate(over="ignore"):  # a float16 layer × 1e6 is infinite: its norm too
+            weights = {k: (v * rogue).astype(v.dtype) if v.dtype.kind == "f" else v
+                       for k, v in weights.items()}
     return Update(LEARNERS[i], claims[i] if claims else 50 + 7 * i, weights)
 
 
