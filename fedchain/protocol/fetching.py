@@ -257,7 +257,8 @@ def _outcomes(
         for s in ordered:
             found = duplicates.same_cid(s) if duplicates is not None else None
             jobs.append(_known((found, None)) if found is not None else _bind(fetch_ahead, s))
-        results = iter(_Prefetcher(jobs, in_flight, heavy=lambda r: isinstance(r, _Parked)))
+        results = iter(_Prefetcher(jobs, in_flight, heavy=lambda r: isinstance(r, _Parked),
+                                   discard=_discard))
     try:
         for result in results:
             outcome, canonical = unparked(result) if isinstance(result, _Parked) else result
@@ -270,6 +271,12 @@ def _outcomes(
         close = getattr(results, "close", None)
         if close is not None:
             close()
+
+
+def _discard(result: _Result | _Parked) -> None:
+    """Deletes the temporary file of a model fetched ahead that nobody will take."""
+    if isinstance(result, _Parked) and not isinstance(result.content, bytearray):
+        result.content.close()
 
 
 @dataclass
@@ -366,9 +373,11 @@ class _Prefetcher(Generic[T]):
         limit: int,
         *,
         heavy: Callable[[T], bool],
+        discard: Callable[[T], None] = lambda result: None,
     ) -> None:
         self._jobs = jobs
         self._heavy = heavy
+        self._discard = discard  # what to do with a result nobody will take
         self._free = limit
         self._next = 0  # the next job to start
         self._done: dict[int, tuple[bool, T | BaseException]] = {}
@@ -395,9 +404,12 @@ class _Prefetcher(Generic[T]):
             except BaseException as exc:  # handed to the consumer, who raises it
                 result = (False, exc)
             with self._cond:
-                if not self.stop.is_set():
+                kept = not self.stop.is_set()
+                if kept:
                     self._done[index] = result
                     self._cond.notify_all()
+            if not kept and result[0]:
+                self._discard(result[1])  # type: ignore[arg-type]
             del result
 
     def __iter__(self) -> Iterator[T]:
@@ -431,8 +443,11 @@ class _Prefetcher(Generic[T]):
         """Abandon the jobs still running or waiting; wait (a while) for the threads to end."""
         self.stop.set()
         with self._cond:
+            dropped = [value for ok, value in self._done.values() if ok]
             self._done.clear()
             self._cond.notify_all()
+        for value in dropped:
+            self._discard(value)  # type: ignore[arg-type]
         for thread in self._threads:
             if thread.is_alive():
                 thread.join(CLOSE_GRACE)
