@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 from fedchain.aggregation.rules import (
-    bounded_mean,
     capped_counts,
     clip_factors,
     examples_cap_value,
@@ -38,6 +37,7 @@ from fedchain.aggregation.strategy import (
     Update,
     strategy_from_plan,
 )
+from fedchain.aggregation.streaming import bounded_mean
 from fedchain.errors import AggregationError, ConfigError
 from fedchain.model.codec import encode
 from fedchain.protocol.rules import Submission, find_duplicates

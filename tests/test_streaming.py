@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import spec_reference as ref
 
-from fedchain.aggregation.rules import MedianBounds, Scales, UpdateStats, bounded_mean
+from fedchain.aggregation.rules import MedianBounds, Scales, UpdateStats
 from fedchain.aggregation.strategy import ROBUST_FEDAVG, FedAvg, Update
-from fedchain.aggregation.streaming import BoundRule, two_pass_mean
+from fedchain.aggregation.streaming import BoundRule, bounded_mean, two_pass_mean
 from fedchain.errors import AggregationError, FedChainError
 
 LEARNERS = [f"0x{i:02x}{'cd' * 19}" for i in range(1, 30)]

@@ -7,12 +7,12 @@ accumulation dtype (no BLAS, no threads, no fused multiply-add), so it does not 
 the machine.
 
 dtypes: floating layers are summed in the `accumulator` dtype ("float32" or "float64", never
-narrower than the layer) and divided once at the end (the bounded mean, `bounded_mean`, always
-sums differences from the previous global model in float64). Integer layers (e.g. BatchNorm's
-`num_batches_tracked`) are aggregated in float64 and rounded half to even back to their
-dtype (exact below 2**53); bool layers are treated as 0/1 integers, so they become a
-(weighted) majority vote in which a tie gives False. Results have the names, order, shapes
-and dtypes of the previous global model.
+narrower than the layer) and divided once at the end (the bounded mean,
+`streaming.bounded_mean`, always sums differences from the previous global model in
+float64). Integer layers (e.g. BatchNorm's `num_batches_tracked`) are aggregated in float64
+and rounded half to even back to their dtype (exact below 2**53); bool layers are treated as
+0/1 integers, so they become a (weighted) majority vote in which a tie gives False. Results
+have the names, order, shapes and dtypes of the previous global model.
 """
 
 from __future__ import annotations
@@ -406,7 +406,7 @@ def clip_factors(norms: Sequence[float], clip: float) -> tuple[float, list[float
     """(bound B = clip × lower median of the norms, each update's factor min(1, B / norm)).
 
     An infinite norm beyond a finite bound gets factor 0 (its update adds nothing); NaN norms
-    must be refused before (see `bounded_mean`).
+    must be refused before (see `MedianBounds.scales`).
     """
     bound = clip * float(lower_median(list(norms)))
     return bound, [1.0 if norm <= bound else bound / norm for norm in norms]
@@ -467,7 +467,7 @@ class BoundRule(ABC):
 class MedianBounds(BoundRule):
     """FedAvg's Byzantine bounds (SPEC §8.4–8.5) as a `BoundRule`: claims capped at
     `examples_cap` × their lower median, differences clipped at `clip` × the lower median of
-    the round's norms (see `bounded_mean`)."""
+    the round's norms (see `streaming.bounded_mean`)."""
 
     clip: float | None = None
     examples_cap: float | None = None
@@ -519,39 +519,3 @@ class MedianBounds(BoundRule):
                           len(clipped), len(stats), bound, self.clip,
                           ", ".join(f"{_short(a)} norm {n:.4g} × {f:.4g}"
                                     for a, n, f in clipped))
-
-
-def bounded_mean(
-    previous: Weights,
-    updates: Iterable[Update],
-    *,
-    clip: float | None = None,
-    examples_cap: float | None = None,
-    scaling: str = "num_examples",
-    accumulator: str = "float32",
-) -> Weights | None:
-    """FedAvg's weighted mean with Byzantine bounds; None when there are no updates.
-
-    - `examples_cap` = k: each num_examples counts for at most max(1, ⌊k × m⌋), m the lower
-      median of the round's claims (scaling "num_examples" only). One learner claiming 2**40
-      examples then weighs as much as k typical learners, not all of them.
-    - `clip` = c (Sun et al., 2019, "Can you really backdoor federated learning?", with an
-      adaptive bound): each difference Δᵢ = updateᵢ − previous is scaled by min(1, B / ‖Δᵢ‖),
-      B = c × the lower median of the round's ‖Δⱼ‖ (float64, `update_norm`), and the scaled
-      differences are averaged in float64 (SPEC §8.5): no finite update, even
-      all 3e38, can overflow the sum, and one update moves the model by at most B × its
-      weight share.
-
-    With neither, this is `stream_mean`. With either, both bounds need the whole round's
-    medians before the first update is folded in: `streaming.two_pass_mean` computes the
-    claims and norms in a first pass and folds in a second, re-reading a one-shot iterable
-    (a round being fetched) from a spill file, so the round is never held in memory.
-    """
-    if clip is None and examples_cap is None:
-        return stream_mean(previous, updates, scaling, accumulator)
-    if scaling not in SCALINGS or accumulator not in ACCUMULATORS:
-        raise ConfigError(f"scaling {scaling!r} / accumulator {accumulator!r} is not known")
-    from .streaming import two_pass_mean  # the engine builds on this module
-
-    rule = MedianBounds(clip, examples_cap, scaling, accumulator)
-    return two_pass_mean(previous, updates, rule)

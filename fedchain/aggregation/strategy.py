@@ -12,7 +12,7 @@ aggregator carries the previous model over instead of publishing it.
 Byzantine bounds (FedAvg and the FedOpt family): `clip` bounds each update's difference from
 the previous model to `clip` × the round's median difference norm, and `examples_cap` bounds
 what one num_examples claim counts for, to `examples_cap` × the round's median claim (see
-`rules.bounded_mean`; they stream in two passes, `streaming.two_pass_mean`). Both default to
+`streaming.bounded_mean`; they stream in two passes). Both default to
 None (plain FedAvg, whose plan is unchanged); `ROBUST_FEDAVG` is the recommended configuration
 for federations that trust no single learner.
 """
@@ -36,13 +36,13 @@ from .rules import (
     Update,
     aggregate_median,
     aggregate_trimmed_mean,
-    bounded_mean,
     capped_counts,
     collect_updates,
     krum_select,
     learner_key,
     require_finite,
 )
+from .streaming import bounded_mean
 
 __all__ = [
     "ROBUST_FEDAVG",
@@ -161,7 +161,7 @@ class Strategy(ABC):
 @dataclass(frozen=True)
 class FedAvg(Strategy):
     """Weighted mean of the updates, by num_examples or uniform; streams the updates (with
-    `clip` or `examples_cap`, in two passes: see `rules.bounded_mean`)."""
+    `clip` or `examples_cap`, in two passes: see `streaming.bounded_mean`)."""
 
     name: ClassVar[str] = "FedAvg"
     _optional: ClassVar[tuple[str, ...]] = ("clip", "examples_cap")

@@ -41,21 +41,32 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import AggregationError, FedChainError
+from ..errors import AggregationError, ConfigError, FedChainError
 from ..model.codec import Weights
 from .rules import (
     _BLOCK,
+    ACCUMULATORS,
+    SCALINGS,
     BoundRule,
+    MedianBounds,
     Scales,
     Update,
     UpdateStats,
     _sum_dtype,
     check_update,
     fixed_sum,
+    stream_mean,
     update_norm,
 )
 
-__all__ = ["BoundRule", "Scales", "UpdateStats", "two_pass_mean"]
+__all__ = [
+    "BoundRule",
+    "MedianBounds",
+    "Scales",
+    "UpdateStats",
+    "bounded_mean",
+    "two_pass_mean",
+]
 
 
 def two_pass_mean(
@@ -73,6 +84,41 @@ def two_pass_mean(
         if isinstance(updates, Sequence):
             return _held(previous, updates, rule)
         return _streamed(previous, updates, rule, spill_dir)
+
+
+def bounded_mean(
+    previous: Weights,
+    updates: Iterable[Update],
+    *,
+    clip: float | None = None,
+    examples_cap: float | None = None,
+    scaling: str = "num_examples",
+    accumulator: str = "float32",
+) -> Weights | None:
+    """FedAvg's weighted mean with Byzantine bounds; None when there are no updates.
+
+    - `examples_cap` = k: each num_examples counts for at most max(1, ⌊k × m⌋), m the lower
+      median of the round's claims (scaling "num_examples" only). One learner claiming 2**40
+      examples then weighs as much as k typical learners, not all of them.
+    - `clip` = c (Sun et al., 2019, "Can you really backdoor federated learning?", with an
+      adaptive bound): each difference Δᵢ = updateᵢ − previous is scaled by min(1, B / ‖Δᵢ‖),
+      B = c × the lower median of the round's ‖Δⱼ‖ (float64, `rules.update_norm`), and the scaled
+      differences are averaged in float64 (SPEC §8.5): no finite update, even
+      all 3e38, can overflow the sum, and one update moves the model by at most B × its
+      weight share.
+
+    With neither, this is `rules.stream_mean`. With either, both bounds need the whole round's
+    medians before the first update is folded in: `two_pass_mean` computes the claims and
+    norms in a first pass (`rules.MedianBounds` turns them into weights and clip factors) and
+    folds in a second, re-reading a one-shot iterable (a round being fetched) from a spill
+    file, so the round is never held in memory.
+    """
+    if clip is None and examples_cap is None:
+        return stream_mean(previous, updates, scaling, accumulator)
+    if scaling not in SCALINGS or accumulator not in ACCUMULATORS:
+        raise ConfigError(f"scaling {scaling!r} / accumulator {accumulator!r} is not known")
+    rule = MedianBounds(clip, examples_cap, scaling, accumulator)
+    return two_pass_mean(previous, updates, rule)
 
 
 # --- the two ways ----------------------------------------------------------------------------
