@@ -227,6 +227,30 @@ def test_a_rule_of_the_same_family_streams_too() -> None:
     np.testing.assert_allclose(held["big"], expected.astype(np.float32), rtol=1e-6, atol=1e-7)
 
 
+def test_a_rule_that_refuses_a_still_round_is_not_presumed() -> None:
+    """The held sweep asks the rule what it gives if no update moved; a rule may refuse that
+    (here: factors relative to the smallest norm). Then the norms come first, as streamed."""
+
+    class RelativeToSmallest(BoundRule):
+        needs_norms = True
+
+        def scales(self, stats: Sequence[UpdateStats]) -> Scales:
+            norms = [float(s.norm or 0.0) for s in stats]
+            if min(norms) == 0.0:
+                raise AggregationError("an update did not move")
+            bound = 3.0 * min(norms)
+            return Scales(tuple(s.num_examples for s in stats),
+                          tuple(1.0 if v <= bound else bound / v for v in norms))
+
+    updates = round_of(4, rogue=5.0)
+    held = two_pass_mean(PREVIOUS, updates, RelativeToSmallest())
+    streamed = two_pass_mean(PREVIOUS, iter(updates), RelativeToSmallest())
+    assert_bits(streamed, held)  # type: ignore[arg-type]
+    unclipped = two_pass_mean(PREVIOUS, updates, MedianBounds(clip=1e6))
+    assert held is not None and unclipped is not None
+    assert not np.array_equal(held["big"], unclipped["big"])  # the rogue was clipped
+
+
 def test_a_nan_norm_is_refused_either_way() -> None:
     updates = round_of(3)
     bad = {k: v.copy() for k, v in updates[1].weights.items()}

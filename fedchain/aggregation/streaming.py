@@ -136,7 +136,14 @@ def _held(previous: Weights, updates: Sequence[Update], rule: BoundRule) -> Weig
         scales = rule.scales(claimed)
         rule.report(claimed, scales)
         return _sweep(previous, reader, scales, rule.accumulator, None)
-    presumed = rule.scales([replace(s, norm=0.0) for s in claimed])
+    try:
+        presumed = rule.scales([replace(s, norm=0.0) for s in claimed])
+    except Exception:  # noqa: BLE001 - only an optimisation: a rule may refuse a still round
+        stats = [replace(s, norm=update_norm(previous, u.weights))
+                 for s, u in zip(claimed, updates, strict=True)]
+        scales = rule.scales(stats)
+        rule.report(stats, scales)
+        return _sweep(previous, reader, scales, rule.accumulator, None)
     squares = np.zeros(len(updates))
     result = _sweep(previous, reader, presumed, rule.accumulator, squares)
     stats = [replace(s, norm=math.sqrt(q)) for s, q in zip(claimed, squares, strict=True)]
