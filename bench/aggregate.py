@@ -48,7 +48,10 @@ from typing import Any
 
 import numpy as np
 
-from fedchain.aggregation.strategy import ROBUST_FEDAVG, FedAvg, Strategy, Update
+# This tree's fedchain, not the one the virtualenv installs (the workers run this file too).
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from fedchain.aggregation.strategy import ROBUST_FEDAVG, FedAvg, Strategy, Update  # noqa: E402
 
 Weights = dict[str, np.ndarray]
 Run = Callable[[], Weights | list[np.ndarray] | None]

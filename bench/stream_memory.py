@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # this tree's fedchain (the aggregator children get PYTHONPATH)
 STRATEGIES = ("default", "plain")
 
 
