@@ -35,7 +35,6 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # this tree's fedchain (the aggregator children get PYTHONPATH)
 STRATEGIES = ("default", "plain")
 
 
@@ -155,11 +154,12 @@ def main() -> None:
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--strategy", choices=STRATEGIES, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
+    if args.child:  # fedchain from the tree in PYTHONPATH (see measure)
         setup = json.loads(args.child.read_text())
         print(json.dumps(aggregate(setup, args.strategy, args.in_flight[0])))
         return
 
+    sys.path.insert(0, str(ROOT))  # this tree's fedchain, not the virtualenv's
     from fedchain.federation.aggregator import FETCH_IN_FLIGHT
 
     in_flights = args.in_flight or [FETCH_IN_FLIGHT]
