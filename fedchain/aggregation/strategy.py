@@ -12,8 +12,9 @@ aggregator carries the previous model over instead of publishing it.
 Byzantine bounds (FedAvg and the FedOpt family): `clip` bounds each update's difference from
 the previous model to `clip` × the round's median difference norm, and `examples_cap` bounds
 what one num_examples claim counts for, to `examples_cap` × the round's median claim (see
-`rules.bounded_mean`). Both default to None (plain FedAvg, whose plan is unchanged);
-`ROBUST_FEDAVG` is the recommended configuration for federations that trust no single learner.
+`streaming.bounded_mean`; they stream in two passes). Both default to
+None (plain FedAvg, whose plan is unchanged); `ROBUST_FEDAVG` is the recommended configuration
+for federations that trust no single learner.
 """
 
 from __future__ import annotations
@@ -35,13 +36,13 @@ from .rules import (
     Update,
     aggregate_median,
     aggregate_trimmed_mean,
-    bounded_mean,
     capped_counts,
     collect_updates,
     krum_select,
     learner_key,
     require_finite,
 )
+from .streaming import bounded_mean
 
 __all__ = [
     "ROBUST_FEDAVG",
@@ -119,8 +120,8 @@ class Strategy(ABC):
 
     @property
     def streams(self) -> bool:
-        """Whether `aggregate` folds updates in one at a time (memory: one model and the sum)
-        rather than holding the whole round (memory: N models)."""
+        """Whether `aggregate` folds updates in one at a time (memory: about two models and
+        the sum, whatever N) rather than holding the whole round (memory: N models)."""
         return False
 
     def to_plan(self) -> dict[str, Any]:
@@ -159,8 +160,8 @@ class Strategy(ABC):
 
 @dataclass(frozen=True)
 class FedAvg(Strategy):
-    """Weighted mean of the updates, by num_examples or uniform; streams the updates unless
-    `clip` or `examples_cap` bound them (then the round is held: see `rules.bounded_mean`)."""
+    """Weighted mean of the updates, by num_examples or uniform; streams the updates (with
+    `clip` or `examples_cap`, in two passes: see `streaming.bounded_mean`)."""
 
     name: ClassVar[str] = "FedAvg"
     _optional: ClassVar[tuple[str, ...]] = ("clip", "examples_cap")
@@ -181,8 +182,10 @@ class FedAvg(Strategy):
 
     @property
     def streams(self) -> bool:
-        """Without bounds; clip and examples_cap need the round's medians first."""
-        return self.clip is None and self.examples_cap is None
+        """Always: the bounds need the round's medians first, so a bounded mean streams the
+        round twice (statistics, then the fold; `streaming.two_pass_mean`), re-reading the
+        updates from a spill file instead of holding them."""
+        return True
 
     def _mean(self, previous: Weights, updates: Iterable[Update]) -> Weights | None:
         return bounded_mean(previous, updates, clip=self.clip, examples_cap=self.examples_cap,
