@@ -1,8 +1,8 @@
 """Utility of sample-level differential privacy: the CNN example's final accuracy at ε ∈ {1, 3,
 8} (δ = 1e-5) against the non-private run, 3 learners, 10 rounds.
 
-    .venv/bin/python bench/dp.py                 # ε 1, 3, 8 and non-private (~10 min on 2 cores)
-    .venv/bin/python bench/dp.py --epsilons 8    # one target only
+    .venv/bin/python bench/dp.py                 # ε 1, 3, 8 and non-private, 3 runs each (~7 min)
+    .venv/bin/python bench/dp.py --epsilons 8 --repeats 1
 
 Each row is a whole `fedchain.simulate` run (embedded chain and store, a thread per learner)
 on the digits data, the same genesis model and partitions (each learner's 80 %: 383–384
@@ -19,8 +19,9 @@ records; the held-out test set, 359 images, is the aggregator's):
 Reported per row: σ, the largest ε any learner reached as `fedchain privacy` recomputes it
 from the chain (and whether every learner's claim matched), the global model's centralized
 accuracy after the last round (and the best of any round), and the gap to the non-private
-run. One run per row: DP-SGD's noise is fresh every run (from os.urandom), so the figures
-move by a point or two between runs.
+run: the mean of `--repeats` runs (3) and their range. DP-SGD's noise is fresh every run
+(from os.urandom), and at ε = 8 one run's final accuracy differs from another's by up to ten
+points.
 """
 
 from __future__ import annotations
@@ -70,10 +71,20 @@ def run(job_file: Path, rounds: int, out: Path, **options: Any) -> dict[str, Any
             "updates": [len(r.included) for r in result.rounds], "seconds": seconds}
 
 
+def _row(target: float, sigma: float, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    final = [r["accuracy"] for r in runs]
+    return {"target": target, "sigma": sigma, "accuracy": sum(final) / len(final),
+            "low": min(final), "high": max(final),
+            "best": sum(r["best"] for r in runs) / len(runs),
+            "epsilon": max(r["epsilon"] for r in runs),
+            "claims_hold": all(r["claims_hold"] for r in runs), "runs": runs}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 3.0, 8.0])
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per row (default 3)")
     parser.add_argument("--delta", type=float, default=1e-5)
     parser.add_argument("--output", type=Path, default=ROOT / "runs" / "bench-dp")
     args = parser.parse_args()
@@ -84,23 +95,24 @@ def main() -> None:
     records = 383  # the smallest learner's training records (3 learners, local_test 0.2)
     q = sampling_rate(int(opts["dp_batch"]), records)
     steps = args.rounds * steps_for(dp_job.train, q)
-    rows = []
-    baseline = run(ROOT / "examples" / "cnn" / "fedchain.toml", args.rounds,
-                   args.output / "non-private")
-    rows.append({"target": math.inf, "sigma": 0.0, **baseline})
-    print(f"ε = ∞ (non-private): accuracy {baseline['accuracy']:.4f} "
-          f"({baseline['seconds']:.0f}s)", flush=True)
+    plain = ROOT / "examples" / "cnn" / "fedchain.toml"
+    runs = [run(plain, args.rounds, args.output / f"non-private-{i}")
+            for i in range(args.repeats)]
+    baseline = _row(math.inf, 0.0, runs)
+    rows = [baseline]
+    print(f"ε = ∞ (non-private): accuracy {[round(r['accuracy'], 4) for r in runs]}", flush=True)
     for target in args.epsilons:
         sigma = noise_for_epsilon(target, q, steps, args.delta)
-        row = run(ROOT / "examples" / "cnn" / "fedchain-dp.toml", args.rounds,
-                  args.output / f"eps-{target:g}", dp_noise=sigma, dp_budget=target,
-                  dp_delta=args.delta)
-        rows.append({"target": target, "sigma": sigma, **row})
-        print(f"ε = {target:g}: σ {sigma}, accuracy {row['accuracy']:.4f} "
-              f"({row['seconds']:.0f}s)", flush=True)
+        runs = [run(ROOT / "examples" / "cnn" / "fedchain-dp.toml", args.rounds,
+                    args.output / f"eps-{target:g}-{i}", dp_noise=sigma, dp_budget=target,
+                    dp_delta=args.delta) for i in range(args.repeats)]
+        rows.append(_row(target, sigma, runs))
+        print(f"ε = {target:g}: σ {sigma}, accuracy {[round(r['accuracy'], 4) for r in runs]}",
+              flush=True)
 
     print(f"\nCNN example, digits, 3 learners, {args.rounds} rounds, δ = {args.delta:g}; DP-SGD "
-          f"q = {q:.3f}, {steps // args.rounds} steps a round, {steps} in all\n")
+          f"q = {q:.3f}, {steps // args.rounds} steps a round, {steps} in all; mean of "
+          f"{args.repeats} runs (range)\n")
     print("| ε (target) | σ | ε reached (recomputed from chain) | final accuracy | best round "
           "| vs non-private |")
     print("|---|---|---|---|---|---|")
@@ -108,16 +120,21 @@ def main() -> None:
         eps = "∞" if math.isinf(r["epsilon"]) else f"{r['epsilon']:.3f}"
         held = "" if r["claims_hold"] else " (a claim did not match!)"
         gap = 100 * (r["accuracy"] - baseline["accuracy"])
-        print(f"| {'∞ (non-private)' if math.isinf(r['target']) else f'{r[\"target\"]:g}'} "
-              f"| {r['sigma'] or '-'} | {eps}{held} | {100 * r['accuracy']:.1f} % "
-              f"| {100 * r['best']:.1f} % | {gap:+.1f} points |")
+        name = "∞ (non-private)" if math.isinf(r["target"]) else f"{r['target']:g}"
+        print(f"| {name} | {r['sigma'] or '-'} | {eps}{held} | {100 * r['accuracy']:.1f} % "
+              f"({100 * r['low']:.1f}–{100 * r['high']:.1f}) | {100 * r['best']:.1f} % "
+              f"| {gap:+.1f} points |")
+
+    def finite(x: float) -> float | None:
+        return None if math.isinf(x) else x
+
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"rounds": args.rounds, "delta": args.delta, "q": q,
-                                   "steps": steps, "rows": [
-                                       {**r, "target": None if math.isinf(r["target"])
-                                        else r["target"], "epsilon": None if
-                                        math.isinf(r["epsilon"]) else r["epsilon"]}
-                                       for r in rows]}, indent=1) + "\n")
+    RESULTS.write_text(json.dumps({
+        "rounds": args.rounds, "delta": args.delta, "q": q, "steps": steps,
+        "repeats": args.repeats,
+        "rows": [{**r, "target": finite(r["target"]), "epsilon": finite(r["epsilon"]),
+                  "runs": [{**x, "epsilon": finite(x["epsilon"])} for x in r["runs"]]}
+                 for r in rows]}, indent=1) + "\n")
     print(f"\nresults: {RESULTS.relative_to(ROOT)}")
 
 

@@ -11,12 +11,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from rich.console import Console
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from fedchain.aggregation.strategy import FedAvg
 from fedchain.audit import read_federation
 from fedchain.audit.privacy import privacy_ledger
+from fedchain.audit.render import print_report, write_html
 from fedchain.cli import main as cli_main
 from fedchain.errors import ConfigError, PrivacyBudgetExceeded
 from fedchain.federation.learner import TorchLearner
@@ -83,7 +85,8 @@ def test_fractional_orders_match_a_numerical_integral(q: float, sigma: float,
 
     def density(z: float) -> float:
         ratio = (1 - q) + q * math.exp((2 * z - 1) / (2 * sigma ** 2))
-        return math.exp(-z * z / (2 * sigma ** 2)) / (sigma * math.sqrt(2 * math.pi)) * ratio ** alpha
+        gauss = math.exp(-z * z / (2 * sigma ** 2)) / (sigma * math.sqrt(2 * math.pi))
+        return gauss * ratio ** alpha
 
     value, _ = integrate.quad(density, -60 * sigma, 60 * sigma, limit=500, points=[0, 0.5, 1])
     assert _log_a_fractional(q, sigma, alpha) == pytest.approx(math.log(value), rel=1e-6)
@@ -300,6 +303,31 @@ def test_a_learner_past_its_budget_stops_and_the_ledger_matches_its_reports(tmp_
     assert report.exit_status() == 1
     # The privacy keys are no metric of the model: the distributed metrics leave them out.
     assert not any(k.startswith("dp_") for k in result.history.metrics_distributed)
+    # The audit's terminal and HTML reports show the ledger.
+    console = Console(record=True, width=200)
+    print_report(report, console)
+    shown = console.export_text()
+    assert "differential privacy" in shown and "claims epsilon" in shown
+    html = write_html(report, tmp_path / "audit.html").read_text()
+    assert "differential privacy" in html and liar.address in html
+
+
+def test_the_dp_job_file_makes_dp_learners_within_its_budget() -> None:
+    from examples.cnn import task
+    from fedchain.cli.job import Job
+    from fedchain.privacy.dpsgd import sampling_rate, steps_for
+
+    job = Job.load(Path(__file__).parents[1] / "examples" / "cnn" / "fedchain-dp.toml")
+    try:
+        learner = task.make_learner(0, job.learners or 3, **job.learner_options)
+    finally:
+        task.SETTINGS.reset()
+    assert learner.dp is not None and learner.privacy is not None
+    q = sampling_rate(learner.dp.batch_size, learner.num_train)
+    steps = (job.rounds or 10) * steps_for(job.train, q)
+    # The job's σ keeps all its rounds within the learner's budget: it never has to stop.
+    assert epsilon(learner.dp.noise_multiplier, q, steps, learner.dp.delta) <= \
+        learner.dp.epsilon_budget == 8.0
 
 
 def test_the_ledger_flags_a_learner_past_its_budget_and_broken_totals() -> None:

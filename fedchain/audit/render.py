@@ -82,7 +82,7 @@ def privacy_rows(report: AuditReport) -> list[list[str]]:
         last = p.entries[-1] if p.entries else None
         took = sum(e.submitted for e in p.entries) + len(p.unreported)
         rows.append([
-            p.learner, str(took), _eps(last.sigma) if last else "-",
+            p.learner, str(took), f"{last.sigma:g}" if last else "-",
             f"{last.q:.4g}" if last else "-", str(last.total_steps) if last else "-",
             f"{last.delta:g}" if last else "-", _eps(last.claimed) if last else "-",
             _eps(p.epsilon), "-" if p.budget is None else f"{p.budget:g}",
