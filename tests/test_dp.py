@@ -22,7 +22,7 @@ from fedchain.audit.render import print_report, write_html
 from fedchain.cli import main as cli_main
 from fedchain.errors import ConfigError, PrivacyBudgetExceeded
 from fedchain.federation.learner import TorchLearner
-from fedchain.federation.node import metrics_json
+from fedchain.federation.node import LearnerNode, metrics_json
 from fedchain.federation.simulation import simulate
 from fedchain.privacy.accountant import (
     ORDERS,
@@ -303,6 +303,12 @@ def test_a_learner_past_its_budget_stops_and_the_ledger_matches_its_reports(tmp_
     assert report.exit_status() == 1
     # The privacy keys are no metric of the model: the distributed metrics leave them out.
     assert not any(k.startswith("dp_") for k in result.history.metrics_distributed)
+    # A learner started again takes its spent steps back from its reports on chain.
+    fresh = _make_learner(2, 3)
+    again = LearnerNode(fresh, honest.contract, result.store)
+    assert again.restore_privacy() == 9
+    assert fresh.privacy.epsilon() == pytest.approx(honest.learner.privacy.epsilon())
+    assert fresh.privacy.report(4)["dp_total_steps"] == 9
     # The audit's terminal and HTML reports show the ledger.
     console = Console(record=True, width=200)
     print_report(report, console)

@@ -46,8 +46,10 @@ from ..eth.reverts import (
     UpdateDeadlinePassed,
     WrongRound,
 )
+from ..jsonsafe import loads
 from ..model.codec import ModelSpec, Weights, encode, spec
 from ..model.fetch import fetch_model
+from ..privacy.dpsgd import PrivacyLedger
 from ..protocol.fetching import Outcome, fetch_updates
 from ..protocol.ledger import Ledger
 from ..protocol.params import VERIFY_MODES, Plan
@@ -261,6 +263,7 @@ class LearnerNode:
         #: The round in which the learner refused to train, its privacy budget spent (it
         #: trains no more, and goes on evaluating and reporting), or None.
         self.budget_spent: int | None = None
+        self._privacy_restored = False
 
     @property
     def handled_round(self) -> int:
@@ -506,6 +509,38 @@ class LearnerNode:
         except (RoundNotExpired, WrongRound, FederationFinished):
             pass  # someone else closed it first
 
+    def restore_privacy(self) -> int:
+        """A learner with differential privacy started again (an empty ledger, while the chain
+        holds its earlier reports): its ledger takes back the DP-SGD steps its latest report
+        counts (`dp_total_steps`), so its budget and later reports go on from there. Returns
+        the steps restored (0: nothing to restore). Training whose report never landed
+        before the restart is not on chain, and not counted."""
+        self._privacy_restored = True
+        privacy = getattr(self.learner, "privacy", None)
+        if not isinstance(privacy, PrivacyLedger) or privacy.steps:
+            return 0
+        ledger = self.shared.ledger(self.contract) if self.shared else self._own_ledger()
+        ledger.refresh()
+        spent, last = 0, 0
+        for record in ledger.records():
+            for e in record.evaluations:
+                if e.learner.lower() != self.address.lower():
+                    continue
+                try:
+                    body = loads(e.metrics)
+                except (ValueError, RecursionError):
+                    continue
+                total = body.get("dp_total_steps") if isinstance(body, dict) else None
+                if (isinstance(total, int | float) and not isinstance(total, bool)
+                        and float(total).is_integer() and total >= spent):
+                    spent, last = int(total), record.round
+        if spent:
+            privacy.record(0, spent)
+            log.warning("%s: restored its privacy ledger from its reports on chain: %d DP-SGD "
+                        "steps by round %d, epsilon %.4g", self.name, spent, last,
+                        privacy.epsilon())
+        return spent
+
     # -- steps -------------------------------------------------------------------------
 
     def _learner_failed(self, round: int, what: str, exc: Exception) -> None:
@@ -607,6 +642,8 @@ class LearnerNode:
         plan = self._usable_plan()
         if plan is None:
             return True  # try again at the next step
+        if not self._privacy_restored:
+            self.restore_privacy()
         last_published = round - 1
         evaluate = (
             self.evaluate_models
