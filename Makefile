@@ -51,6 +51,7 @@ bench: setup
 	$(PY) bench/pipeline.py
 	$(PY) bench/fedbuff.py
 	$(PY) bench/scale.py
+	$(PY) bench/dp.py
 
 # Every CID and gas figure the READMEs quote, recomputed (all rounds of every example), and
 # every command the READMEs show run as written, in a scratch copy of the checkout

@@ -183,6 +183,15 @@ class Shard:
     def __len__(self) -> int:
         return len(self.x)
 
+    @property
+    def dataset(self) -> Any:
+        """The shard as a torch TensorDataset of (input, label) records (what DP-SGD samples
+        from: `fedchain.privacy.dpsgd`)."""
+        import torch
+        from torch.utils.data import TensorDataset
+
+        return TensorDataset(torch.from_numpy(self.x), torch.from_numpy(self.y))
+
     def loader(self, batch_size: int, round: int = 0, shuffle: bool = True) -> DataLoader[Any]:
         """Batches of this shard, shuffled the same way every time for a given round."""
         return to_torch_loader(

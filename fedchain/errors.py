@@ -6,6 +6,7 @@
     ├── DataError              a data set is missing, malformed or refused
     ├── AggregationError       updates cannot be aggregated
     ├── PrivacyError           secure aggregation: a share, ciphertext or mask is refused
+    │   └── PrivacyBudgetExceeded  a DP learner's next round would pass its ε budget
     ├── StorageError           content stores                              (.url)
     │   ├── InvalidCID
     │   ├── ContentNotFound
@@ -405,3 +406,8 @@ class AggregationError(FedChainError):
 class PrivacyError(FedChainError):
     """Secure aggregation refused its input: a tampered share or ciphertext, a secret that does
     not match its commitment, too few shares, a sum that could wrap, a value out of range."""
+
+
+class PrivacyBudgetExceeded(PrivacyError):
+    """A learner with differential privacy refuses to train: the next round's DP-SGD steps
+    would take its ε past its own budget (its DPConfig's epsilon_budget at delta)."""

@@ -6,7 +6,9 @@ Digits upsampled to 32×32×3 by default; CIFAR-10 with `data = "cifar10"` and a
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,11 +27,27 @@ from examples.common import (
 from fedchain.federation.learner import TorchLearner, takes_config
 from fedchain.model.codec import Weights
 from fedchain.model.torch import from_state_dict, to_state_dict
+from fedchain.privacy.dpsgd import DPConfig
 from fedchain.progress import progress
 
 log = logging.getLogger("examples.cnn")
 
-SETTINGS = Settings(Options, datasets=("digits", "cifar10"), output_dir="runs/cnn")
+
+@dataclass(frozen=True)
+class CNNOptions(Options):
+    """The examples' options, and sample-level differential privacy (fedchain-dp.toml):
+    `dp_noise` > 0 trains with DP-SGD (noise multiplier σ), each record's gradient clipped to
+    `dp_clip`, `dp_batch` records sampled per step in expectation; the learner stops training
+    before its ε at `dp_delta` would pass `dp_budget`."""
+
+    dp_noise: float = 0.0  # 0: no differential privacy
+    dp_clip: float = 1.0
+    dp_batch: int = 128
+    dp_delta: float = 1e-5
+    dp_budget: float = math.inf
+
+
+SETTINGS = Settings(CNNOptions, datasets=("digits", "cifar10"), output_dir="runs/cnn")
 configure = SETTINGS.configure
 
 
@@ -128,7 +146,15 @@ def make_learner(learner_id: int, num_learners: int, **options: Any) -> TorchLea
         len(test_shard),
         "local test examples of its own" if opts.local_test else "held-out test examples",
     )
-    return TorchLearner(_model(opts.seed), train, test, train_shard, test_shard)
+    dp = None
+    if opts.dp_noise:
+        dp = DPConfig(noise_multiplier=opts.dp_noise, max_grad_norm=opts.dp_clip,
+                      delta=opts.dp_delta, epsilon_budget=opts.dp_budget,
+                      batch_size=opts.dp_batch)
+        log.info("learner %d: DP-SGD, noise multiplier %g, clip %g, %d records a step in "
+                 "expectation, budget epsilon %g at delta %g", learner_id, opts.dp_noise,
+                 opts.dp_clip, opts.dp_batch, opts.dp_budget, opts.dp_delta)
+    return TorchLearner(_model(opts.seed), train, test, train_shard, test_shard, dp=dp)
 
 
 _explained: set[float] = set()

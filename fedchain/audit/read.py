@@ -26,6 +26,7 @@ from ..federation.history import (
 from ..protocol.ledger import Ledger
 from ..protocol.rules import ALL_PPM, draw_seed, is_selected, sample_size
 from ..storage.cid import CID
+from .privacy import privacy_ledger
 from .report import FAILED, NOTE, AuditReport, Check, Evaluation, RoundAudit, Submission
 
 RECEIPT = "eth_getTransactionReceipt"
@@ -143,6 +144,7 @@ def read_federation(
         _chain_checks(r)
         if 0 < ppm < ALL_PPM:
             _selection_checks(r, seeds, ledger.indices, ppm, r.round in undrawn)
+    _privacy_checks(report)
     report.seconds["events"] = time.monotonic() - started
     if gas:
         started = time.monotonic()
@@ -156,6 +158,24 @@ def read_federation(
         report.gas_total = sum(used.values())
         report.seconds["gas"] = time.monotonic() - started
     return report
+
+
+def _privacy_checks(report: AuditReport) -> None:
+    """The ε ledger (`audit.privacy`): every learner's privacy reports recomputed; a claim
+    that does not match, a learner past its budget or an inconsistent ledger fails."""
+    report.privacy = privacy_ledger(
+        (r.round, [(e.learner, e.metrics) for e in r.evaluations],
+         [s.learner for s in r.submissions]) for r in report.rounds)
+    for ledger in report.privacy:
+        for round, problem in ledger.malformed:
+            report.checks.append(Check(FAILED, "privacy", f"privacy report unreadable: {problem}",
+                                       round, ledger.learner))
+        for e in ledger.entries:
+            for problem in e.problems:
+                report.checks.append(Check(FAILED, "privacy", problem, e.round, ledger.learner))
+        for round in ledger.unreported:
+            report.checks.append(Check(NOTE, "privacy", "submitted an update but published no "
+                                       "privacy report for this round", round, ledger.learner))
 
 
 def _selection_checks(r: RoundAudit, seeds: dict[int, bytes], indices: dict[str, int],

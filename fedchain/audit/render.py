@@ -70,6 +70,44 @@ def _columns(report: AuditReport) -> list[str]:
             "verify"]  # fmt: skip
 
 
+def _eps(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def privacy_rows(report: AuditReport) -> list[list[str]]:
+    """The ε ledger's summary as text cells: one row per learner that reported differential
+    privacy, its latest report recomputed."""
+    rows = []
+    for p in report.privacy:
+        last = p.entries[-1] if p.entries else None
+        took = sum(e.submitted for e in p.entries) + len(p.unreported)
+        rows.append([
+            p.learner, str(took), f"{last.sigma:g}" if last else "-",
+            f"{last.q:.4g}" if last else "-", str(last.total_steps) if last else "-",
+            f"{last.delta:g}" if last else "-", _eps(last.claimed) if last else "-",
+            _eps(p.epsilon), "-" if p.budget is None else f"{p.budget:g}",
+            SYMBOLS[OK] if p.ok else SYMBOLS[FAILED],
+        ])  # fmt: skip
+    return rows
+
+
+PRIVACY_COLUMNS = ["learner", "rounds trained", "σ", "q", "steps", "δ", "claimed ε",
+                   "recomputed ε", "budget", "ok"]
+
+
+def print_privacy(report: AuditReport, console: Console) -> None:
+    """The ε ledger's summary table (nothing when no learner reported differential privacy)."""
+    if not report.privacy:
+        return
+    table = Table(title="differential privacy: each learner's ε, recomputed from its reports")
+    for i, name in enumerate(PRIVACY_COLUMNS):
+        table.add_column(name, justify="left" if i == 0 else "right")
+    for p, row in zip(report.privacy, privacy_rows(report), strict=True):
+        style = _STYLES[OK] if p.ok else _STYLES[FAILED]
+        table.add_row(*row[:-1], f"[{style}]{row[-1]}[/]")
+    console.print(table)
+
+
 def _state(report: AuditReport) -> str:
     if report.genesis_cid is None:
         return "waiting for genesis"
@@ -104,6 +142,7 @@ def print_report(report: AuditReport, console: Console) -> None:
     for r, row in zip(report.rounds, round_rows(report), strict=True):
         table.add_row(*row[:-1], f"[{_STYLES[r.status]}]{row[-1]}[/]")
     console.print(table)
+    print_privacy(report, console)
     for c in report.all_checks():
         if c.status == OK:
             continue
@@ -267,6 +306,13 @@ def write_html(report: AuditReport, path: str | Path) -> Path:
             "<h2>federation checks</h2>",
             _table(["status", "check", "learner", "detail"], _check_rows(report.checks)),
         ]
+    if report.privacy:
+        ledger = privacy_rows(report)
+        for p, row in zip(report.privacy, ledger, strict=True):
+            row[0] = _code(row[0])
+            row[-1] = _status(OK if p.ok else FAILED, row[-1])
+        parts += ["<h2>differential privacy (ε recomputed from each learner's reports)</h2>",
+                  _table(PRIVACY_COLUMNS, ledger)]
     rows = round_rows(report)
     for r, row in zip(report.rounds, rows, strict=True):
         row[3] = f'<code title="{e(r.global_cid or "")}">{e(row[3])}</code>'

@@ -23,6 +23,7 @@ from ..eth.events import (
 )
 from ..federation.history import report_problem
 from ..jsonsafe import loads
+from .privacy import LearnerPrivacy
 
 OK, FAILED, UNFETCHABLE, UNVERIFIABLE, NOTE = "ok", "failed", "unfetchable", "unverifiable", "note"
 
@@ -240,6 +241,8 @@ class AuditReport:
     gas_total: int | None = None
     verified: bool = False
     seconds: dict[str, float] = field(default_factory=dict)
+    #: The ε ledger of every learner that reported differential privacy (`audit.privacy`).
+    privacy: list[LearnerPrivacy] = field(default_factory=list)
 
     @property
     def genesis_cid(self) -> str | None:
@@ -302,6 +305,7 @@ class AuditReport:
             "verified": self.verified,
             "seconds": self.seconds,
             "open_round": self.open_round,
+            "privacy": [p.to_dict() for p in self.privacy],
             "summary": {
                 "failed": len(self.failures()),
                 "unfetchable": len(self.unfetchable()),

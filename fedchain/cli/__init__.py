@@ -1,4 +1,5 @@
-"""The `fedchain` command: compile, deploy, aggregator, learner, simulate, status, devnet, audit.
+"""The `fedchain` command: compile, deploy, aggregator, learner, simulate, status, devnet, audit,
+privacy.
 
 `main(argv)` runs it; `run_script(command)` runs one subcommand as a script of its own
 (scripts/deploy.py, server.py, client.py), under the script's name.
@@ -185,6 +186,15 @@ def _audit_arguments(p: argparse.ArgumentParser) -> None:
                    help="parallel receipt requests (default 8)")
 
 
+def _privacy_arguments(p: argparse.ArgumentParser) -> None:
+    add_job_option(p)
+    add_chain_options(p)
+    p.add_argument("--json", metavar="FILE", type=writable_file,
+                   help="write every learner's ledger as JSON")
+    p.add_argument("--from-block", type=count, metavar="N",
+                   help="first block to scan (default: the contract's deployment block)")
+
+
 #: name: (help, arguments, function)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[..., int]]] = {
     "compile": ("compile contracts/FedChain.sol into the artifact", _compile_arguments,
@@ -203,6 +213,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
                _devnet_arguments, commands.cmd_devnet),
     "audit": ("round history from the chain, optionally re-verified", _audit_arguments,
               commands.cmd_audit),
+    "privacy": ("each learner's differential privacy (epsilon) after each round, recomputed "
+                "from the chain", _privacy_arguments, commands.cmd_privacy),
 }
 
 EPILOG = (f"deploy, aggregator, learner, status and audit run in processes of their own and "

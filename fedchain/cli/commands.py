@@ -506,3 +506,61 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 def _source_of(job: Job, key: str) -> str:
     return job.given.get(key, "the default")
+
+
+# --- privacy -------------------------------------------------------------------------------
+
+
+def cmd_privacy(args: argparse.Namespace) -> int:
+    """Runs `fedchain privacy`: each learner's ε after each round it reported, recomputed from
+    the chain alone; 0 if every claim matches and no learner is past its budget, else 1."""
+    from rich.table import Table
+
+    from ..audit import read_federation
+    from ..audit.render import print_privacy
+    from ..federation.history import strict_json
+
+    job = job_from(args)
+    chain = connect_chain(job, "privacy")
+    contract = fedchain_of(job, chain)
+    report = read_federation(contract, gas=False, from_block=args.from_block)
+    console = make_console()
+    console.print(f"[bold]FedChain {report.contract}[/] on chain {report.chain_id}: "
+                  f"{len(report.rounds)} rounds", highlight=False)
+    if not report.privacy:
+        console.print("no learner reported differential privacy (dp_… keys in its evaluation "
+                      "reports): every update is as revealing as its training made it")
+    for p in report.privacy:
+        table = Table(title=f"{p.learner}: ε(δ) after each round, recomputed from its reports")
+        for i, name in enumerate(["round", "update", "σ", "q", "steps", "total steps", "δ",
+                                  "claimed ε", "recomputed ε", "budget", "check"]):
+            table.add_column(name, justify="left" if i in (1, 10) else "right")
+        for e in p.entries:
+            verdict = "[bold red]✗ " + "; ".join(e.problems) + "[/]" if e.problems else (
+                "[green]✓[/]" + ("  [dim]" + "; ".join(e.notes) + "[/]" if e.notes else ""))
+            table.add_row(str(e.round), "✓" if e.submitted else "-", f"{e.sigma:g}",
+                          f"{e.q:.4g}", str(e.steps), str(e.total_steps), f"{e.delta:g}",
+                          f"{e.claimed:.4f}", "-" if e.recomputed is None else
+                          f"{e.recomputed:.4f}", "-" if e.budget is None else f"{e.budget:g}",
+                          verdict)
+        console.print(table)
+        for round, problem in p.malformed:
+            console.print(f"[bold red]  round {round}: privacy report unreadable: {problem}[/]",
+                          highlight=False)
+        for round in p.unreported:
+            console.print(f"[dim]  round {round}: an update without a privacy report (its "
+                          "steps count in a later report's total)[/]", highlight=False)
+    if report.privacy:
+        print_privacy(report, console)
+    if args.json:
+        body = {"contract": report.contract, "chain_id": report.chain_id,
+                "learners": [p.to_dict() for p in report.privacy]}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(strict_json(body), indent=2, allow_nan=False) + "\n")
+        console.print(f"JSON: {args.json}")
+    failed = [p.learner for p in report.privacy if not p.ok]
+    if failed:
+        console.print(f"[bold red]{len(failed)} learner(s) with a privacy claim that does not "
+                      f"hold: {', '.join(failed)}[/]", highlight=False)
+        return 1
+    return 0

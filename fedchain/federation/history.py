@@ -3,6 +3,8 @@
 Learners' evaluation reports come from the chain, where any learner can write anything:
 `report_problem` is the rule that leaves a report out of the distributed metrics (History,
 results.json, the audit), and every value a History holds is finite, so its JSON is strict.
+A report's `dp_…` keys are the learner's privacy account (`privacy.dpsgd`), not metrics of the
+model: the distributed metrics leave them out (`fedchain privacy` reads them).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from ..aggregation.rules import capped_counts
 from ..eth.events import EvaluationReported
 from ..jsonsafe import loads
+from ..privacy.dpsgd import PREFIX as PRIVACY_PREFIX
 from ..protocol.fetching import Rejected
 
 __all__ = [
@@ -237,6 +240,8 @@ def weighted_metrics(
     for r, weight in zip(usable, report_weights(usable), strict=True):
         rounds.add(r.round)
         for k, v in loads(r.metrics).items():
+            if k.startswith(PRIVACY_PREFIX):
+                continue  # a learner's own privacy account, not a metric of the model
             sums[k] += float(v) * weight
             weights[k] += weight
     means: dict[str, float] = {}
@@ -260,7 +265,8 @@ def aggregate_reports(
     usable = usable_reports(reports)
     if not usable:
         return None, {}
-    pairs = [(weight, {k: float(v) for k, v in loads(r.metrics).items()})
+    pairs = [(weight, {k: float(v) for k, v in loads(r.metrics).items()
+                       if not k.startswith(PRIVACY_PREFIX)})
              for r, weight in zip(usable, report_weights(usable), strict=True)]
     result: dict[str, float] = {}
     for k, v in how(pairs).items():

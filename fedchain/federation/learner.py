@@ -12,6 +12,7 @@ from typing import Any, ClassVar, TypeVar
 from ..errors import ConfigError
 from ..model.codec import Weights
 from ..model.torch import from_state_dict, to_state_dict
+from ..privacy.dpsgd import DPConfig, PrivacyLedger, SecureRandom, dp_sgd, steps_for
 
 Metrics = dict[str, float]
 #: The config keys a learner's train or evaluate reads, each with its type (int, float, str or
@@ -64,6 +65,12 @@ class Learner(ABC):
 
     @abstractmethod
     def evaluate(self, weights: Weights, config: Mapping[str, Any]) -> EvalResult: ...
+
+    def privacy_report(self, round: int) -> Mapping[str, float] | None:
+        """The learner's privacy account after `round` (its differential privacy parameters
+        and ε, `privacy.dpsgd.PrivacyLedger.report`), published with its evaluation report of
+        that round; None (the default) for a learner without differential privacy."""
+        return None
 
 
 def takes_config(*, train: ConfigKeys | None = None,
@@ -152,12 +159,20 @@ class TorchLearner(Learner):
     module's `state_dict` by name, buffers (BatchNorm statistics, counters) included.
     `train_keys` / `eval_keys` declare the config keys the functions read (see Learner): a
     config with others, or a value of another type, is refused with ConfigError naming it.
+
+    With `dp=DPConfig(...)` the learner trains with DP-SGD instead of `train_fn` (which may be
+    None): Poisson-sampled batches, per-record gradients clipped and noised
+    (`fedchain.privacy.dpsgd`), the train config's `lr`, `momentum` and `epochs`; it keeps
+    its privacy ledger, reports it with each evaluation (`privacy_report`), and raises
+    PrivacyBudgetExceeded instead of training a round that would pass its ε budget.
+    `train_data` is then a torch Dataset (or a DataLoader over one) of (input, target)
+    records.
     """
 
     def __init__(
         self,
         model: Any,
-        train_fn: TrainFn,
+        train_fn: TrainFn | None,
         eval_fn: EvalFn,
         train_data: Any,
         test_data: Any,
@@ -166,6 +181,7 @@ class TorchLearner(Learner):
         *,
         train_keys: ConfigKeys | None = None,
         eval_keys: ConfigKeys | None = None,
+        dp: DPConfig | None = None,
     ) -> None:
         if train_keys is not None:
             self.train_keys = dict(train_keys)  # type: ignore[misc]
@@ -178,6 +194,15 @@ class TorchLearner(Learner):
         self.test_data = test_data
         self.num_train = num_train_examples or _num_examples(train_data)
         self.num_test = num_test_examples or _num_examples(test_data)
+        if dp is not None and not isinstance(dp, DPConfig):
+            raise ConfigError(f"dp must be a DPConfig, not {type(dp).__name__}")
+        if dp is None and train_fn is None:
+            raise ConfigError("a TorchLearner needs a train function (or dp=DPConfig(...), "
+                              "which trains with DP-SGD)")
+        self.dp = dp
+        #: The learner's privacy account (None without dp).
+        self.privacy = PrivacyLedger(dp, _num_examples(train_data)) if dp else None
+        self._rng = SecureRandom() if dp else None
 
     def get_weights(self) -> Weights:
         return from_state_dict(self.model.state_dict())
@@ -191,9 +216,12 @@ class TorchLearner(Learner):
         computed: `train_fn`'s loss.backward() then yields the gradient of
         loss + μ/2·‖w − w_global‖², whatever optimizer it steps (its reported loss is its own)."""
         _check(self.train_keys, config, "the train config")
+        if self.privacy is not None:
+            return self._train_private(weights, config)
         self.set_weights(weights)
         self.model.train()
         hooks = _proximal_hooks(self.model, config.get("proximal_mu"))
+        assert self.train_fn is not None  # checked in __init__
         try:
             metrics = self.train_fn(self.model, self.train_data, config) or {}
         finally:
@@ -201,6 +229,25 @@ class TorchLearner(Learner):
                 hook.remove()
         floats = {k: float(v) for k, v in metrics.items()}
         return TrainResult(self.get_weights(), self.num_train, floats)
+
+    def _train_private(self, weights: Weights, config: Mapping[str, Any]) -> TrainResult:
+        """DP-SGD for the round's steps, after checking they fit the budget."""
+        assert self.privacy is not None and self.dp is not None and self._rng is not None
+        round = int(config.get("round", 0))
+        steps = steps_for(config, self.privacy.q)
+        self.privacy.check(round, steps)  # raises PrivacyBudgetExceeded
+        self.set_weights(weights)
+        self.model.train()
+        mu = config.get("proximal_mu")
+        mu = float(mu) if isinstance(mu, int | float) and not isinstance(mu, bool) else 0.0
+        metrics = dp_sgd(self.model, self.train_data, self.dp, self.privacy.q, steps, config,
+                         self._rng, proximal_mu=max(mu, 0.0))
+        self.privacy.record(round, steps)
+        metrics["epsilon"] = self.privacy.epsilon()
+        return TrainResult(self.get_weights(), self.num_train, metrics)
+
+    def privacy_report(self, round: int) -> Mapping[str, float] | None:
+        return None if self.privacy is None else self.privacy.report(round)
 
     def evaluate(self, weights: Weights, config: Mapping[str, Any]) -> EvalResult:
         import torch

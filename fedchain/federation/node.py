@@ -26,6 +26,7 @@ from ..errors import (
     FedChainError,
     InvalidCID,
     InvalidModel,
+    PrivacyBudgetExceeded,
     StorageError,
 )
 from ..eth.contract import FedChain, FedChainReader, require_signer
@@ -45,8 +46,10 @@ from ..eth.reverts import (
     UpdateDeadlinePassed,
     WrongRound,
 )
+from ..jsonsafe import loads
 from ..model.codec import ModelSpec, Weights, encode, spec
 from ..model.fetch import fetch_model
+from ..privacy.dpsgd import PrivacyLedger
 from ..protocol.fetching import Outcome, fetch_updates
 from ..protocol.ledger import Ledger
 from ..protocol.params import VERIFY_MODES, Plan
@@ -94,13 +97,20 @@ class Unusable(Enum):
     REFUSED = "refused as invalid: the round is skipped"
 
 
-def metrics_json(loss: float, metrics: Mapping[str, float]) -> bytes:
+def metrics_json(loss: float, metrics: Mapping[str, float],
+                 privacy: Mapping[str, float] | None = None) -> bytes:
     """The compact, key-sorted JSON reported on chain, cut to the contract's 1 KiB limit.
 
-    When the metrics do not fit, the loss is kept and as many metrics as fit, in key order.
+    The loss and metrics are rounded to 6 decimals; the learner's privacy report (`privacy`,
+    keys `dp_…`: see `privacy.dpsgd.REPORT_KEYS`) is written exactly (anyone recomputes ε
+    from it) and always kept. When the metrics do not fit, the loss is kept and as many
+    metrics as fit, in key order.
     """
-    body = {"loss": round(float(loss), 6)}
+    body: dict[str, float] = {"loss": round(float(loss), 6)}
+    body.update({k: float(v) for k, v in (privacy or {}).items()})
     for k, v in sorted(metrics.items()):
+        if k in body:
+            continue
         candidate = {**body, k: round(float(v), 6)}
         if len(_compact(candidate)) > MAX_METRICS_BYTES:
             log.warning("evaluation metric %r and later ones dropped: the report is limited "
@@ -250,6 +260,10 @@ class LearnerNode:
         self._ledger: Ledger | None = None
         #: Failures of the learner's own code (train, evaluate), in order.
         self.failures: list[LearnerFailure] = []
+        #: The round in which the learner refused to train, its privacy budget spent (it
+        #: trains no more, and goes on evaluating and reporting), or None.
+        self.budget_spent: int | None = None
+        self._privacy_restored = False
 
     @property
     def handled_round(self) -> int:
@@ -495,6 +509,38 @@ class LearnerNode:
         except (RoundNotExpired, WrongRound, FederationFinished):
             pass  # someone else closed it first
 
+    def restore_privacy(self) -> int:
+        """A learner with differential privacy started again (an empty ledger, while the chain
+        holds its earlier reports): its ledger takes back the DP-SGD steps its latest report
+        counts (`dp_total_steps`), so its budget and later reports go on from there. Returns
+        the steps restored (0: nothing to restore). Training whose report never landed
+        before the restart is not on chain, and not counted."""
+        self._privacy_restored = True
+        privacy = getattr(self.learner, "privacy", None)
+        if not isinstance(privacy, PrivacyLedger) or privacy.steps:
+            return 0
+        ledger = self.shared.ledger(self.contract) if self.shared else self._own_ledger()
+        ledger.refresh()
+        spent, last = 0, 0
+        for record in ledger.records():
+            for e in record.evaluations:
+                if e.learner.lower() != self.address.lower():
+                    continue
+                try:
+                    body = loads(e.metrics)
+                except (ValueError, RecursionError):
+                    continue
+                total = body.get("dp_total_steps") if isinstance(body, dict) else None
+                if (isinstance(total, int | float) and not isinstance(total, bool)
+                        and float(total).is_integer() and total >= spent):
+                    spent, last = int(total), record.round
+        if spent:
+            privacy.record(0, spent)
+            log.warning("%s: restored its privacy ledger from its reports on chain: %d DP-SGD "
+                        "steps by round %d, epsilon %.4g", self.name, spent, last,
+                        privacy.epsilon())
+        return spent
+
     # -- steps -------------------------------------------------------------------------
 
     def _learner_failed(self, round: int, what: str, exc: Exception) -> None:
@@ -514,6 +560,11 @@ class LearnerNode:
             result = self.learner.train(weights, self.plan().train_config(round))
             if self._spec is not None:
                 self._spec.check(spec(result.weights))
+        except PrivacyBudgetExceeded as exc:
+            self.budget_spent = round
+            log.warning("[ROUND %d] %s refuses to train: %s; it goes on evaluating, and the "
+                        "federation goes on without its updates", round, self.name, exc)
+            return False
         except Exception as exc:  # the learner's own code: its failure ends only its round
             self._learner_failed(round, "train", exc)
             return False
@@ -548,12 +599,13 @@ class LearnerNode:
             weights = self.global_weights(round)
         try:
             result = self.learner.evaluate(weights, self.plan().eval_config(round))
+            privacy = self.learner.privacy_report(round)
         except Exception as exc:  # the learner's own code: its failure ends only this report
             self._learner_failed(round, "evaluate", exc)
             return
         try:
             self.contract.report_evaluation(
-                round, result.num_examples, metrics_json(result.loss, result.metrics)
+                round, result.num_examples, metrics_json(result.loss, result.metrics, privacy)
             )
         except AlreadyReported:
             return
@@ -590,6 +642,8 @@ class LearnerNode:
         plan = self._usable_plan()
         if plan is None:
             return True  # try again at the next step
+        if not self._privacy_restored:
+            self.restore_privacy()
         last_published = round - 1
         evaluate = (
             self.evaluate_models
@@ -597,7 +651,7 @@ class LearnerNode:
             and not c.has_reported(last_published, self.address)
         )
         # Past the plan's last round only finish() is due: training would be wasted.
-        train = (not finished and round <= plan.rounds
+        train = (not finished and round <= plan.rounds and self.budget_spent is None
                  and not c.has_submitted(round, self.address)
                  and not (plan.reveal_window and c.commitment(round, self.address) != bytes(32))
                  and (plan.fraction >= 1.0 or c.is_selected(self.address)))
