@@ -426,15 +426,22 @@ def _fold_delta(
 
 
 def clipped_mean(
-    previous: Weights, updates: Sequence[Update], weights: Sequence[int], factors: Sequence[float]
+    previous: Weights,
+    updates: Sequence[Update],
+    weights: Sequence[int],
+    factors: Sequence[float],
+    floating_total: float | None = None,
 ) -> Weights:
     """previous + Σ wᵢ·cᵢ·Δᵢ / Σ wᵢ for floating layers (Δᵢ = updateᵢ − previous, float64).
 
     Integer and bool layers are the plain weighted mean Σ wᵢ·xᵢ / Σ wᵢ, rounded as FedAvg does.
     The sum is in float64 whatever the layer's dtype, so bounded differences cannot overflow;
     an update with factor 0 is not folded in at all (its Δ may be infinite).
+    `floating_total`, if given, replaces Σ wᵢ as the floating layers' divisor (`align`); 0
+    leaves them as they were in `previous`.
     """
     total = float(sum(int(w) for w in weights))
+    divisor = total if floating_total is None else floating_total
     floating = {n: np.zeros(r.size, np.float64) for n, r in previous.items() if r.dtype.kind == "f"}
     other_layers = {n: r for n, r in previous.items() if n not in floating}
     others: Weights | None = None
@@ -458,11 +465,72 @@ def clipped_mean(
                 mean[name] = rest_mean[name]
                 continue
             acc = floating.pop(name)
-            np.divide(acc, total, out=acc)
+            if divisor == 0.0:  # every update weighs 0 (align): the layer stays as it was
+                mean[name] = ref.copy()
+                continue
+            np.divide(acc, divisor, out=acc)
             np.add(acc, np.ravel(ref), out=acc)
             mean[name] = acc.astype(ref.dtype).reshape(ref.shape)
             del acc
     return mean
+
+
+def _delta_blocks(
+    previous: Weights, weights: Mapping[str, np.ndarray], scratch: np.ndarray
+) -> Iterable[tuple[str, int, np.ndarray]]:
+    """(layer, start, Δ block in float64) over the floating layers, in previous's order."""
+    for name, ref in previous.items():
+        if ref.dtype.kind != "f":
+            continue
+        flat, base = np.ravel(weights[name]), np.ravel(ref)
+        for start in range(0, flat.size, _BLOCK):
+            stop = min(start + _BLOCK, flat.size)
+            part = scratch[: stop - start]
+            np.subtract(flat[start:stop], base[start:stop], out=part, dtype=np.float64)
+            yield name, start, part
+
+
+def alignment_factors(
+    previous: Weights, updates: Sequence[Update], norms: Sequence[float]
+) -> list[float]:
+    """Each update's γ = max(0, cos(Δᵢ, r)), at most 1, where r = Σ Δⱼ / ‖Δⱼ‖ over the updates
+    with a finite, non-zero norm (the round's direction, each update counting once).
+
+    γ is 0 for a zero or infinite norm, for r = 0, and for a non-finite quotient. Float64,
+    bit-reproducible: r elementwise in update order; its norm and each Δᵢ·r by blocks, each
+    block by `fixed_sum`, the blocks added in order (as `update_norm`).
+    """
+    r = {n: np.zeros(ref.size, np.float64) for n, ref in previous.items() if ref.dtype.kind == "f"}
+    scratch = np.empty(_BLOCK, np.float64)
+    usable = [0.0 < norm < math.inf for norm in norms]
+    with np.errstate(over="ignore", invalid="ignore"):
+        for update, norm, ok in zip(updates, norms, usable, strict=True):
+            if not ok:
+                continue
+            for name, start, part in _delta_blocks(previous, update.weights, scratch):
+                np.divide(part, norm, out=part)
+                block = r[name][start : start + part.size]
+                np.add(block, part, out=block)
+        total = 0.0
+        for acc in r.values():
+            for start in range(0, acc.size, _BLOCK):
+                part = scratch[: min(_BLOCK, acc.size - start)]
+                np.multiply(acc[start : start + part.size], acc[start : start + part.size],
+                            out=part)
+                total += fixed_sum(part)
+        rho = math.sqrt(total)
+        gammas: list[float] = []
+        for update, norm, ok in zip(updates, norms, usable, strict=True):
+            if not ok or not 0.0 < rho < math.inf:
+                gammas.append(0.0)
+                continue
+            dot = 0.0
+            for name, start, part in _delta_blocks(previous, update.weights, scratch):
+                np.multiply(part, r[name][start : start + part.size], out=part)
+                dot += fixed_sum(part)
+            q = dot / (norm * rho) if norm * rho < math.inf else 0.0
+            gammas.append(1.0 if q >= 1.0 else q if q > 0.0 else 0.0)
+    return gammas
 
 
 def bounded_mean(
@@ -471,6 +539,7 @@ def bounded_mean(
     *,
     clip: float | None = None,
     examples_cap: float | None = None,
+    align: bool = False,
     scaling: str = "num_examples",
     accumulator: str = "float32",
 ) -> Weights | None:
@@ -484,13 +553,17 @@ def bounded_mean(
       B = c × the lower median of the round's ‖Δⱼ‖ (float64, `update_norm`), and the scaled
       differences are averaged in float64 (`clipped_mean`): no finite update, even all 3e38,
       can overflow the sum, and one update moves the model by at most B × its weight share.
+    - `align`: each update's weight is multiplied by its γ (`alignment_factors`: the cosine of
+      its Δ with the sum of the round's unit Δs, 0 if negative), and the floating layers are
+      divided by Σ wᵢγᵢ instead of Σ wᵢ: an update pulling against the round's direction (a
+      sign flip, a scaled-up negative) adds nothing, one across it little.
 
-    With neither, this is `stream_mean` (one update in memory at a time). With either, the
+    With none of them, this is `stream_mean` (one update in memory at a time). With either, the
     round's updates are held in memory (N models, like FedMedian and Krum): both bounds need a
     median over the whole round before the first update is folded in, and `updates` may be a
     one-shot generator that fetches them.
     """
-    if clip is None and examples_cap is None:
+    if clip is None and examples_cap is None and not align:
         return stream_mean(previous, updates, scaling, accumulator)
     if scaling not in SCALINGS or accumulator not in ACCUMULATORS:
         raise ConfigError(f"scaling {scaling!r} / accumulator {accumulator!r} is not known")
@@ -510,7 +583,7 @@ def bounded_mean(
             u if c == u.num_examples else replace(u, num_examples=c)
             for u, c in zip(collected, counts, strict=True)
         ]
-    if clip is None:
+    if clip is None and not align:
         return stream_mean(previous, collected, scaling, accumulator)
     norms = [update_norm(previous, u.weights) for u in collected]
     for update, norm in zip(collected, norms, strict=True):
@@ -518,17 +591,33 @@ def bounded_mean(
             raise AggregationError(
                 f"update from {update.learner} has non-finite values: its norm is NaN"
             )
-    bound, factors = clip_factors(norms, clip)
+    weights = [u.num_examples if scaling == "num_examples" else 1 for u in collected]
+    if clip is None:
+        factors = [1.0] * len(collected)
+    else:
+        bound, factors = clip_factors(norms, clip)
     clipped = [(u.learner, norm, factor)
                for u, norm, factor in zip(collected, norms, factors, strict=True)
                if factor != 1.0]
-    if clipped:
+    if clip is not None and clipped:
         # One line for the round, once per process (at DEBUG for every party after the first).
         _say_once(("clipped", bound, tuple(clipped)),
                   "%d of %d updates clipped to bound %.4g (%g × the median change): %s",
                   len(clipped), len(collected), bound, clip,
                   ", ".join(f"{_short(a)} norm {n:.4g} × {f:.4g}" for a, n, f in clipped))
-    weights = [u.num_examples if scaling == "num_examples" else 1 for u in collected]
-    return clipped_mean(previous, collected, weights, factors)
+    if not align:
+        return clipped_mean(previous, collected, weights, factors)
+    gammas = alignment_factors(previous, collected, norms)
+    against = [(u.learner, g) for u, g in zip(collected, gammas, strict=True) if g == 0.0]
+    if against:
+        _say_once(("aligned", tuple(against)),
+                  "%d of %d updates weigh 0 (align: against or across the round's direction, "
+                  "or no change): %s", len(against), len(collected),
+                  ", ".join(_short(a) for a, _ in against))
+    divisor = 0.0
+    for w, g in zip(weights, gammas, strict=True):
+        divisor += float(w) * g  # in order, one rounding each (not sum(): it compensates)
+    return clipped_mean(previous, collected, weights,
+                        [f * g for f, g in zip(factors, gammas, strict=True)], divisor)
 
 

@@ -163,7 +163,7 @@ class FedAvg(Strategy):
     `clip` or `examples_cap` bound them (then the round is held: see `rules.bounded_mean`)."""
 
     name: ClassVar[str] = "FedAvg"
-    _optional: ClassVar[tuple[str, ...]] = ("clip", "examples_cap")
+    _optional: ClassVar[tuple[str, ...]] = ("clip", "examples_cap", "align")
     scaling: str = "num_examples"
     accumulator: str = "float32"
     #: Bound each update's difference from the previous model to clip × the round's median
@@ -172,21 +172,29 @@ class FedAvg(Strategy):
     #: Count each num_examples as at most examples_cap × the round's median claim (None: as
     #: claimed). Only with scaling "num_examples".
     examples_cap: float | None = None
+    #: Weight each update by the cosine of its difference with the sum of the round's unit
+    #: differences, 0 if negative (None or False: off). See `rules.alignment_factors`.
+    align: bool | None = None
 
     def __post_init__(self) -> None:
         _choice("scaling", self.scaling, SCALINGS)
         _choice("accumulator", self.accumulator, ACCUMULATORS)
         _bound(self, "clip")
         _examples_cap(self, self.scaling)
+        if self.align is not None and not isinstance(self.align, bool):
+            raise ConfigError(f"align must be true or false, got {self.align!r}")
+        if self.align is False:  # off: the plan of a strategy without it
+            object.__setattr__(self, "align", None)
 
     @property
     def streams(self) -> bool:
-        """Without bounds; clip and examples_cap need the round's medians first."""
-        return self.clip is None and self.examples_cap is None
+        """Without bounds; clip, examples_cap and align need the whole round first."""
+        return self.clip is None and self.examples_cap is None and not self.align
 
     def _mean(self, previous: Weights, updates: Iterable[Update]) -> Weights | None:
         return bounded_mean(previous, updates, clip=self.clip, examples_cap=self.examples_cap,
-                            scaling=self.scaling, accumulator=self.accumulator)
+                            align=bool(self.align), scaling=self.scaling,
+                            accumulator=self.accumulator)
 
     def _aggregate(
         self, previous: Weights, updates: Iterable[Update], state: Weights | None
@@ -509,12 +517,12 @@ class FedProx(FedAvg):
         _number("proximal_mu", self.proximal_mu, 0.0, 1e6)
 
 
-#: The recommended strategy for a federation that trusts no single learner (templates,
-#: `simulate` and `make demo` default to it): FedAvg whose updates are clipped to twice the
-#: round's median difference norm and whose num_examples claims count for at most twice the
-#: round's median claim. See bench/robustness.py for how it and the alternatives fare
-#: against one rogue learner of five.
-ROBUST_FEDAVG = FedAvg(clip=2.0, examples_cap=2.0)
+#: The recommended strategy for a federation that trusts no single learner (templates and
+#: `simulate` default to it): FedAvg whose updates are clipped to twice the round's median
+#: difference norm, whose num_examples claims count for at most twice the round's median
+#: claim, and whose updates weigh by their alignment with the round's direction (`align`).
+#: See bench/robustness.py for how it and the alternatives fare against the attack suite.
+ROBUST_FEDAVG = FedAvg(clip=2.0, examples_cap=2.0, align=True)
 
 _STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls for cls in (FedAvg, FedMedian, FedTrimmedAvg, Krum, FedAvgM, FedAdam,
