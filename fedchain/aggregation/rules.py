@@ -611,7 +611,7 @@ def bounded_mean(
     against = [(u.learner, g) for u, g in zip(collected, gammas, strict=True) if g == 0.0]
     if against:
         _say_once(("aligned", tuple(against)),
-                  "%d of %d updates weigh 0 (align: against or across the round's direction, "
+                  "%d of %d updates weigh 0 (align: against the round's direction, "
                   "or no change): %s", len(against), len(collected),
                   ", ".join(_short(a) for a, _ in against))
     divisor = 0.0
