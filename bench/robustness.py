@@ -15,14 +15,16 @@ or replaces columns. Every cell reports the final centralized accuracy on the he
 set (360 digits: one image is 0.28 points) beside the same strategy's honest run (attack
 `none`: every learner honest), and for the backdoor the attack success rate (triggered test
 digits of other classes classified as the target). Rounds: 8 for the MLP (3 local epochs of
-Adam, the example's [train]), 5 for the CNN (1 local epoch of SGD, lr 0.02, momentum 0.9, the
-example's batch 16): both honest runs have reached their plateau's neighbourhood, and the
-whole table runs in about 25 minutes on one core.
+Adam, the example's [train]), 10 for the CNN (1 local epoch of SGD, lr 0.02, momentum 0.9,
+the example's batch 16): both honest runs are near their plateaus. The whole table takes
+about 35 minutes on one core of a busy 2-core machine (the CNN three quarters of it).
 
 The targets for the default (issue 19): within 1 point of the honest run in every cell with
 1 rogue of 5, within 3 points with 3 of 10 (2 of 10 is held to 3 points as well), and its
 honest runs at most 0.5 points below plain FedAvg's. "copy" is listed, not held to them
-(duplicate exclusion, not the strategy, answers it). Written: a markdown table (--markdown,
+(duplicate exclusion, not the strategy, answers it). The row "absent" (the rogues send
+nothing) is what a perfect defence reaches, the rogues' data being lost either way: the
+verdict also counts the cells within the targets of that run. Written: a markdown table (--markdown,
 default bench/results/robustness.md) and the cells as JSON (--json, default
 bench/results/robustness.json).
 
@@ -86,7 +88,8 @@ Each cell is a whole `fedchain.simulate` run (embedded chain and store, 5 learne
 `examples.mlp.task`, learner 4 rogue). The columns:
 
     defaults              what `simulate` runs when told nothing: ROBUST_FEDAVG (FedAvg,
-                          clip=2, examples_cap=2) and the default quorum, min_updates=4 of 5
+                          clip=2, examples_cap=2, align) and the default quorum,
+                          min_updates=4 of 5
     FedAvg                plain FedAvg, the same quorum
     FedAvg, all required  plain FedAvg with min_updates=5: fedchain's defaults before
     FedMedian, FedTrimmedAvg(0.2), Krum(f=1)   robust rules, the same quorum
@@ -581,18 +584,21 @@ def suite_verdicts(cells: list[attacks.Cell], label: str = "default") -> list[st
     """Where column `label` misses the targets (TARGET_POINTS, HONEST_POINTS)."""
     found = Cells(cells)
     lines = []
-    misses = checked = 0
+    misses = checked = fair_misses = fair_checked = 0
     for c in cells:
-        if c.strategy != label or c.attack in ("none",) + NOT_HELD:
+        if c.strategy != label or c.attack in ("none", "absent") + NOT_HELD:
             continue
-        honest = found.get(c.model, c.partition, c.learners, 0, label, "none")
+        absent = found.get(c.model, c.partition, c.learners, c.rogues, label, "absent")
         target = TARGET_POINTS.get((c.learners, c.rogues))
+        if absent is not None and target is not None:
+            fair_checked += 1
+            fair_misses += -_points(c, absent) > target
+        honest = found.get(c.model, c.partition, c.learners, 0, label, "none")
         if honest is None or target is None:
             continue
         checked += 1
         if -_points(c, honest) > target:
             misses += 1
-            absent = found.get(c.model, c.partition, c.learners, c.rogues, label, "absent")
             fair = ("" if absent is None else
                     f"; {_points(c, absent):+.1f} against the rogues-absent run "
                     f"{absent.accuracy:.3f}")
@@ -611,9 +617,11 @@ def suite_verdicts(cells: list[attacks.Cell], label: str = "default") -> list[st
             lines.append(f"  MISS {c.model} {c.partition} {c.learners} honest learners: "
                          f"{c.accuracy:.3f} vs plain FedAvg {plain.accuracy:.3f}")
     lines.insert(0, f"{label}: {checked - misses} of {checked} cells meet the targets "
-                    f"(1 of 5: within {TARGET_POINTS[5, 1]:g} point; 2 and 3 of 10: within "
-                    f"{TARGET_POINTS[10, 3]:g}; honest runs within {HONEST_POINTS} of plain "
-                    "FedAvg's; copy not held)")
+                    f"(1 of 5: within {TARGET_POINTS[5, 1]:g} point of the honest run; 2 and 3 "
+                    f"of 10: within {TARGET_POINTS[10, 3]:g}; honest runs within "
+                    f"{HONEST_POINTS} of plain FedAvg's; copy not held); against the "
+                    f"rogues-absent run instead of the honest one, {fair_checked - fair_misses} "
+                    f"of {fair_checked} attacked cells do")
     return lines
 
 
