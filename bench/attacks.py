@@ -48,14 +48,14 @@ import math
 import statistics
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from examples.common import Shard
 from fedchain.aggregation.rules import Update
-from fedchain.aggregation.strategy import FedAvg, Strategy
+from fedchain.aggregation.strategy import Strategy
 from fedchain.errors import AggregationError, InvalidModel
 from fedchain.model import codec
 
@@ -330,9 +330,3 @@ def round4(x: float) -> float:
 SETUPS = tuple(Setup(m, p, n, f) for m in MODELS for p in ("iid", "dirichlet")
                for n, f in ((5, 1), (10, 2), (10, 3)))
 
-
-def plain() -> Strategy:
-    return FedAvg()
-
-
-__all__ = ["ATTACKS", "MODELS", "SETUPS", "Cell", "Setup", "run_cell", "replace"]
