@@ -52,13 +52,20 @@ bench: setup
 	$(PY) bench/fedbuff.py
 	$(PY) bench/scale.py
 
-# Every CID and gas figure the READMEs quote, recomputed (all rounds of every example). The
-# CIDs of models torch makes (genesis, updates, global models) are quoted as torch computes
-# them with its AVX2 kernels on x86-64: DOCS_KERNELS selects those on CPUs with wider ones
-# too (AVX-512, AMX). `make docs-check DOCS_KERNELS=` runs the CPU's own.
+# Every CID and gas figure the READMEs quote, recomputed (all rounds of every example), and
+# every command the READMEs show run as written, in a scratch copy of the checkout
+# (scripts/docs_commands.py; the walkthroughs' terminals as background processes, on the
+# dev chain's ports 8545 and 5001, which must be free). The CIDs of models torch makes
+# (genesis, updates, global models) are quoted as torch computes them with its AVX2 kernels
+# on x86-64: DOCS_KERNELS selects those on CPUs with wider ones too (AVX-512, AMX).
+# `make docs-check DOCS_KERNELS=` runs the CPU's own; `DOCS_COMMANDS=--long` also runs the
+# long commands (make test, the DCGAN's 10 rounds, 1,000 learners: an hour or more).
 DOCS_KERNELS ?= ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_CBWR=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2
+DOCS_COMMANDS ?=
 docs-check: setup
-	env $(DOCS_KERNELS) $(PY) scripts/docs_numbers.py --check
+	env $(DOCS_KERNELS) $(PY) scripts/docs_numbers.py --check; numbers=$$?; \
+	env $(DOCS_KERNELS) $(PY) scripts/docs_commands.py $(DOCS_COMMANDS); commands=$$?; \
+	test $$numbers -eq 0 && test $$commands -eq 0
 
 clean:
 	rm -rf .venv node_modules build dist *.egg-info .pytest_cache

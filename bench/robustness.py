@@ -255,7 +255,7 @@ def hostile_encoding(enabled: bool) -> Iterator[None]:
 
 
 class BoundCounter(logging.Handler):
-    """Counts the updates `rules.bounded_mean` clipped or capped, the rogue's and the others'."""
+    """Counts the updates the bounded mean clipped or capped, the rogue's and the others'."""
 
     def __init__(self, rogue: str) -> None:
         super().__init__(logging.INFO)

@@ -112,6 +112,9 @@ contract FedChain {
     /// @dev The latest global model and the one before it (see CURRENT), so that voidRound
     /// can restore it.
     PackedCid[2] private _models;
+    /// @dev The open round's sampling seed once drawn; until then (pending) the word
+    /// (openBlock << 64) | (n << 32) | k, its bits 128..255 zero (a drawn seed has them zero
+    /// with probability 2**-128, out of reach like a keccak collision). See _drawSeed.
     bytes32 private _seed;
     bytes private _plan;
     /// @notice The account an ownership transfer in progress goes to; zero when none is.
@@ -150,6 +153,9 @@ contract FedChain {
     error SubmissionsClosed(uint256 round);
     error UpdateDeadlinePassed(uint256 round, uint256 deadline);
     error NotSelected(uint256 round, address learner);
+    /// @notice Round `round` opened in this very block: its sampling seed is the hash of this
+    /// block, known only once it is sealed. Submit (or commit) in a later block.
+    error SeedNotReady(uint256 round);
     error CommitRequired();
     error CommitRevealOff();
     error NoCommitment(uint256 round, address learner);
@@ -200,9 +206,11 @@ contract FedChain {
         uint256 bufferSize,
         uint256 maxStaleness
     );
-    /// @notice Round `round` opened with sampling seed `seed` (only when sampling is on). The
-    /// seed's low 64 bits are the sample: bits 32..63 the learner indices n it permutes (those
-    /// handed out when the round opened), bits 0..31 how many it selects, ceil(selectPpm*n/1e6).
+    /// @notice Round `round`'s sampling seed `seed` was drawn (only when sampling is on): by
+    /// the round's first transaction that needs it, in a block after the one the round opened
+    /// in (see roundSeed). The seed's low 64 bits are the sample: bits 32..63 the learner
+    /// indices n it permutes (those handed out when the round opened), bits 0..31 how many it
+    /// selects, ceil(selectPpm*n/1e6).
     event RoundSeeded(uint256 indexed round, bytes32 seed);
     /// @param staleness How many rounds before `round` the update was trained for (0: for it).
     event UpdateSubmitted(
@@ -222,6 +230,9 @@ contract FedChain {
         bytes stateCid,
         uint256[] included
     );
+    /// @notice A committee member could not fetch the submissions in `learners` (a bitmap over
+    /// learner indices) of `round` within their deadlines (see reportUnavailable).
+    event UnavailableReported(uint256 indexed round, address indexed member, uint256[] learners);
     /// @notice `round` closed on this model. `stateCid` is the server-optimizer state after
     /// the round (empty: none, or unchanged). `included` is a bitmap over learner indices.
     event GlobalModelPublished(
@@ -487,7 +498,9 @@ contract FedChain {
         if (round > open || open - round > s.maxStaleness) revert WrongRound(round, open);
         _checkCid(modelCid);
         _checkExamples(numExamples);
-        if (s.selectPpm != 0 && !_selected(_seed, index)) revert NotSelected(open, msg.sender);
+        if (s.selectPpm != 0 && !_selected(_seedNow(open), index)) {
+            revert NotSelected(open, msg.sender);
+        }
         if (!_testAndSet(_submitted[open], index)) revert AlreadySubmitted(open, msg.sender);
         emit UpdateSubmitted(open, msg.sender, modelCid, numExamples, open - round);
     }
@@ -500,7 +513,9 @@ contract FedChain {
         _checkAccepting(s);
         if (s.revealWindow == 0) revert CommitRevealOff();
         if (round != s.round) revert WrongRound(round, s.round);
-        if (s.selectPpm != 0 && !_selected(_seed, index)) revert NotSelected(round, msg.sender);
+        if (s.selectPpm != 0 && !_selected(_seedNow(round), index)) {
+            revert NotSelected(round, msg.sender);
+        }
         if (commitment == 0 || _commitments[round][msg.sender] != 0) {
             revert AlreadySubmitted(round, msg.sender);
         }
@@ -534,6 +549,19 @@ contract FedChain {
         _checkExamples(numExamples);
         if (!_testAndSet(_submitted[round], index)) revert AlreadySubmitted(round, msg.sender);
         emit UpdateSubmitted(round, msg.sender, modelCid, numExamples, 0);
+    }
+
+    /// @notice Anyone, with sampling on, in a block after the open round's opening: draws its
+    /// seed now if still pending (as its first submission would; see roundSeed). The seed
+    /// then stays the one drawn from the opening block's hash even if the first submission
+    /// comes more than 256 blocks later (past them blockhash no longer reaches that block).
+    /// Does nothing once drawn.
+    function seedRound(uint256 round) external {
+        State memory s = _state;
+        if (s.round == 0) revert NotStarted();
+        if (s.finished) revert FederationFinished();
+        if (round != s.round) revert WrongRound(round, s.round);
+        if (s.selectPpm != 0) _seedNow(round);
     }
 
     /// @notice Committee only: a vote for the open round's global model. When `quorum` members
@@ -583,6 +611,26 @@ contract FedChain {
         s.marks = next | VOTED;
         emit GlobalModelPublished(round, modelCid, stateCid, included);
         _close(s);
+    }
+
+    /// @notice Committee only: records that this member could not fetch the open round's
+    /// submissions in `learners` (a bitmap over learner indices, each one submitted in the
+    /// round) within their fetch deadlines (SPEC.md §7.4), before it votes without them. The
+    /// evidence that excuses a left-out update: a submission every member whose vote closed
+    /// the round reported unavailable is treated as unavailable by the learners' and the
+    /// audit's re-derivation. May be sent more than once; the reports of a round add up.
+    function reportUnavailable(uint256 round, uint256[] calldata learners) external {
+        State memory s = _state;
+        _member(s);
+        _checkOpen(s, round);
+        uint256 words = _words();
+        if (learners.length != words) revert BitmapLength(learners.length, words);
+        mapping(uint256 => uint256) storage submitted = _submitted[round];
+        for (uint256 w = 0; w < words; ++w) {
+            uint256 bad = learners[w] & ~submitted[w];
+            if (bad != 0) revert NotIncludable(round, w, bad);
+        }
+        emit UnavailableReported(round, msg.sender, learners);
     }
 
     /// @notice Anyone, once the open round's vote deadline has passed without a quorum:
@@ -740,15 +788,36 @@ contract FedChain {
         return (open == 0 ? 0 : open - 1, _unpack(_models[(_state.marks & CURRENT) >> 1]));
     }
 
-    /// @notice The open round's sampling seed (zero when sampling is off).
+    /// @notice The open round's sampling seed (zero when sampling is off): the one drawn (see
+    /// RoundSeeded), or else the one a transaction in the call's block would draw,
+    /// keccak256(abi.encode(blockhash(anchor), address(this), round)) with its low 64 bits
+    /// replaced by the sample, anchor the block the round opened in (or, past 256 blocks,
+    /// the latest block openBlock + 256*j before the call's). Called in the opening block
+    /// itself, where the seed cannot be known yet, it returns the pending word: bits
+    /// 128..255 zero, bits 64..127 the opening block, bits 0..63 the sample.
     function roundSeed() external view returns (bytes32) {
-        return _state.selectPpm == 0 ? bytes32(0) : _seed;
+        if (_state.selectPpm == 0) return 0;
+        bytes32 stored = _seed;
+        bytes32 seed = _drawSeed(stored, _state.round);
+        return seed == 0 ? stored : seed;
     }
 
-    /// @notice Whether `learner` is selected for the open round (always, without sampling).
+    /// @notice The block the open round opened in while its seed is not drawn yet (the seed
+    /// then comes from that block's hash, see roundSeed); 0 once drawn, or without sampling.
+    function seedBlock() external view returns (uint256) {
+        uint256 stored = uint256(_seed);
+        return _state.selectPpm == 0 || stored >> 128 != 0 ? 0 : stored >> 64;
+    }
+
+    /// @notice Whether `learner` is selected for the open round (always, without sampling),
+    /// by roundSeed; reverts SeedNotReady when called in the round's opening block.
     function isSelected(address learner) external view returns (bool) {
         uint256 index = _learners[learner].index;
-        return index != 0 && (_state.selectPpm == 0 || _selected(_seed, index));
+        if (index == 0) return false;
+        if (_state.selectPpm == 0) return true;
+        bytes32 seed = _drawSeed(_seed, _state.round);
+        if (seed == 0) revert SeedNotReady(_state.round);
+        return _selected(seed, index);
     }
 
     /// @notice Learner `index`'s place in the permutation a round's `seed` draws: it is
@@ -916,15 +985,40 @@ contract FedChain {
         _state = s;
         if (s.selectPpm != 0) {
             // The sample is fixed when the round opens: the indices handed out by then, and
-            // ceil(selectPpm * n / 1e6) of them; both ride in the seed's low 64 bits.
+            // ceil(selectPpm * n / 1e6) of them; both ride in the seed's low 64 bits. Its
+            // randomness is this block's hash, which nobody sending this transaction can know:
+            // the seed stays pending (this block's number kept) until a later block draws it.
             uint256 n = _learnerSlots;
             uint256 k = (uint256(s.selectPpm) * n + ALL - 1) / ALL;
-            uint256 random =
-                uint256(keccak256(abi.encode(blockhash(block.number - 1), block.prevrandao, round)));
-            bytes32 seed = bytes32(((random >> 64) << 64) | (n << 32) | k);
+            _seed = bytes32((block.number << 64) | (n << 32) | k);
+        }
+    }
+
+    /// @dev The open round's seed for a transaction of this block: drawn now (stored, and
+    /// RoundSeeded emitted) if it was pending; SeedNotReady in the round's opening block.
+    function _seedNow(uint256 round) private returns (bytes32 seed) {
+        seed = _seed;
+        if (uint256(seed) >> 128 == 0) {
+            seed = _drawSeed(seed, round);
+            if (seed == 0) revert SeedNotReady(round);
             _seed = seed;
             emit RoundSeeded(round, seed);
         }
+    }
+
+    /// @dev The seed `stored` stands for in this block: itself once drawn; if pending,
+    /// keccak256(abi.encode(blockhash(anchor), address(this), round)) with the pending low
+    /// 64 bits (the sample), anchor = openBlock + 256 * floor((block.number - 1 - openBlock)
+    /// / 256): the opening block up to 256 blocks after it, then the latest multiple of 256
+    /// blocks after it (blockhash reaches back 256 blocks only). 0 in the opening block.
+    function _drawSeed(bytes32 stored, uint256 round) private view returns (bytes32) {
+        uint256 w = uint256(stored);
+        if (w >> 128 != 0) return stored;
+        uint256 opened = w >> 64;
+        if (block.number <= opened) return 0;
+        uint256 anchor = opened + ((block.number - 1 - opened) & ~uint256(255));
+        uint256 x = uint256(keccak256(abi.encode(blockhash(anchor), address(this), round)));
+        return bytes32(((x >> 64) << 64) | uint64(w));
     }
 
     /// @dev Checks a vote's bitmaps against the chain; returns how many active learners

@@ -199,7 +199,8 @@ def shards(
 ) -> tuple[Shard, Shard]:
     """A learner's training shard (IID or Dirichlet) and its test shard.
 
-    The test shard is the learner's IID slice of the held-out test set, or, with
+    The test shard is the learner's IID slice of the held-out test set (shared with other
+    learners when there are more learners than test examples), or, with
     options.local_test > 0, that share of the learner's own partition (Flower's quickstarts
     split each partition into train and test this way); the held-out test set then stays
     the aggregator's alone.
@@ -216,8 +217,11 @@ def shards(
         train = Shard(xs[learner_id], ys[learner_id], seed)
     if options.local_test > 0:
         return split_local(train, options.local_test)
-    xs, ys = iid_partition(ds.x_test, ds.y_test, num_learners, options.seed)
-    return train, Shard(xs[learner_id], ys[learner_id], seed)
+    # More learners than held-out examples (1,000 learners on digits' 359): slices are shared,
+    # learner i evaluating on slice i mod the number of slices.
+    slices = min(num_learners, len(ds.y_test))
+    xs, ys = iid_partition(ds.x_test, ds.y_test, slices, options.seed)
+    return train, Shard(xs[learner_id % slices], ys[learner_id % slices], seed)
 
 
 def split_local(shard: Shard, test_share: float) -> tuple[Shard, Shard]:

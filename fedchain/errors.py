@@ -229,6 +229,13 @@ class NotSelected(ContractRevert):
     params = ("round", "learner")
 
 
+class SeedNotReady(ContractRevert):
+    """The round opened in this very block: its sampling seed is this block's hash, known
+    once the block is sealed; submit in a later block"""
+
+    params = ("round",)
+
+
 class CommitRequired(ContractRevert):
     """The federation runs in commit-reveal mode: commit, then reveal"""
 

@@ -193,6 +193,8 @@ class Vector:
     state: bytes | None = None
     removed: list[str] = field(default_factory=list)
     timed_out: bool = False
+    #: Learners every member whose vote closed the round reported unavailable (§7.1).
+    excused: list[str] = field(default_factory=list)
 
 
 def _round(description: str, strategy: Strategy, seed: int, learners: list[tuple[str, int]],
@@ -489,6 +491,11 @@ def vectors() -> dict[str, Vector]:
         "removing a learner leaves fewer usable submissions than min_updates: carried over",
         FedAvg(), 25, [(A[0], 10), (A[1], 20), (A[2], 30)], removed=[A[2]], min_updates=3)
 
+    v["excused"] = _round(
+        "every member whose vote closed the round reported a valid update unavailable: it is "
+        "rejected as unavailable, unfetched, and the others are aggregated", FedAvg(), 28,
+        [(A[0], 10), (A[1], 20), (A[2], 30)], excused=[A[1]], min_updates=2)
+
     v["timed_out"] = _round(
         "no quorum by the vote deadline: closeRound carried the previous model over",
         FedAvg(), 26, [(A[0], 10), (A[1], 20)], timed_out=True)
@@ -538,7 +545,7 @@ def outcome(vector: Vector, store: LocalStore) -> dict[str, Any]:
                              exclude_duplicates=vector.exclude_duplicates, copy=False)
 
     o = run_round(plan, strategy_from_plan(plan.strategy), record, fetch, previous, state,
-                  raise_errors=(StoreUnavailable,))
+                  raise_errors=(StoreUnavailable,), excused=vector.excused)
     if o.carried_over is None or o.carried_over != TIMED_OUT:
         store.put(o.model_bytes)
     rejected = [{"learner": r.learner, "reason": "removed" if r.reason == REMOVED else _reason(r)}
@@ -566,6 +573,7 @@ def vector_json(vector: Vector, expected: dict[str, Any]) -> dict[str, Any]:
                         for s in vector.submissions],
         "removed": list(vector.removed),
         "timed_out": vector.timed_out,
+        "excused": list(vector.excused),
         "expected": expected,
     }
 

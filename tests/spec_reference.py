@@ -977,6 +977,7 @@ def run_round(
     removed: Iterable[str] = (),
     timed_out: bool = False,
     previous_cid: str | None = None,
+    excused: Iterable[str] = (),
 ) -> Outcome:
     """The outcome of a round (§7.3)."""
     name, _ = strategy_params(strategy)
@@ -994,6 +995,11 @@ def run_round(
 
     if len(usable) < min_updates:
         return carried("below-min-updates")
+    # Reported unavailable by every closing voter: unavailable, unfetched, set aside before
+    # the others are judged (they take no part in finding duplicates).
+    out = {key(a) for a in excused}
+    rejected += [(s.learner, "unavailable") for s in usable if key(s.learner) in out]
+    usable = [s for s in usable if key(s.learner) not in out]
     chain_pos = {id(s): i for i, s in enumerate(usable)}
     first_of: dict[bytes, Submission] = {}  # multihash -> first submission (chain order)
     for s in usable:

@@ -95,6 +95,9 @@ RELEASED_ABI = {
     "event OwnershipTransferStarted(address,address)",
     "event OwnershipTransferred(address,address)",
     "transferOwnership(address)", "acceptOwnership()", "pendingOwner()",
+    # The sampling seed, drawn from the round's opening block in a later block (issue 18).
+    "seedRound(uint256)", "seedBlock()", "samplePosition(bytes32,uint256)",
+    "event RoundSeeded(uint256,bytes32)",
 }
 
 

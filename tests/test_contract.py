@@ -400,6 +400,36 @@ def test_a_vote_must_account_for_every_submission_of_the_round(federation: Feder
     assert published.included == (addr(a),)
 
 
+def test_a_member_reports_only_the_open_rounds_submissions_unavailable(
+    federation: Federation,
+) -> None:
+    fed, agg = federation, federation.aggregator
+    a, b = fed.learners[0], fed.learners[1]
+    start(fed)
+    a.submit_update(1, cid_v1_raw("a"), 10)
+    bit_b = 1 << (agg.learner_index(addr(b)) - 1)
+    with unchanged(fed):
+        # Only a committee member, only the open round, only what was submitted in it.
+        with pytest.raises(NotAggregator):
+            fed.stranger.report_unavailable(1, [addr(a)])
+        with pytest.raises(NotAggregator):
+            a.report_unavailable(1, [addr(a)])
+        reverts(WrongRound, {"given": 2, "open": 1},
+                lambda: agg.report_unavailable(2, [addr(a)]))
+        reverts(NotIncludable, {"round": 1, "word": 0, "bits": bit_b},
+                lambda: agg.report_unavailable(1, [addr(b)]))
+        reverts(BitmapLength, {"given": 2, "expected": 1},
+                lambda: agg._transact("reportUnavailable", 1, [0, 0]))
+    agg.report_unavailable(1, [addr(a)])
+    [report] = agg.events("UnavailableReported", from_block=fed.block)
+    assert isinstance(report, ev.UnavailableReported)
+    assert (report.round, report.member, report.learners) == (1, addr(agg), (addr(a),))
+    # The report leaves the round as it was: the vote still accounts for the submission.
+    agg.publish_global(1, cid_v1_raw("g"), [])
+    with pytest.raises(WrongRound):
+        agg.report_unavailable(1, [addr(a)])
+
+
 def test_empty_or_overlong_cids_and_updates_without_examples_revert(
     federation: Federation,
 ) -> None:

@@ -63,3 +63,56 @@ def test_a_stale_quote_is_reported_with_its_line(tmp_path):
     assert docs_numbers.expected(run, genesis.what) != genesis.value
     assert docs_numbers.expected(run, plan.what) == plan.value
     assert not docs_numbers.same_everywhere(genesis) and docs_numbers.same_everywhere(plan)
+
+
+# --- the READMEs' commands (scripts/docs_commands.py; `make docs-check` runs them) -------
+
+import docs_commands  # noqa: E402
+
+
+def test_every_readme_command_is_run_by_the_docs_check_or_excused_with_a_reason():
+    """Each command the READMEs show has a plan in docs_commands.PLAN (run alone, in a
+    walkthrough session, or not run, with why), every plan is for a command still shown, and
+    no command hides in a block that is not a shell block."""
+    commands = docs_commands.extract(ROOT)
+    assert docs_commands.coverage(commands) == []
+    assert docs_commands.hidden_commands(ROOT) == []
+    texts = {c.text for c in commands}
+    # the walkthroughs, the committee example, the comparison and the main README's demo
+    assert {"fedchain devnet", "python -m examples.committee.run",
+            "python examples/cnn/compare.py", "fedchain learner --id 2 --job "
+            "examples/cnn/fedchain-devnet.toml"} <= texts
+    for text, plan in docs_commands.PLAN.items():
+        if isinstance(plan, docs_commands.Skip):
+            assert len(plan.reason) > 20, text
+
+
+def test_the_extractor_finds_commands_continuations_and_quoted_output(tmp_path):
+    (tmp_path / "README.md").write_text(
+        "intro\n\n```bash\n# a comment\nfedchain deploy --dev-learners 3   # terminal 2\n"
+        "#   deployed FedChain at 0x5FbD\nfedchain simulate --job j.toml \\\n"
+        "    --rounds 2\n```\n\n```console\n$ python run.py\nround 1: 0.5\n…\n"
+        "$ fedchain status\n```\n\n```text\n$ fedchain audit --verify\n```\n\n"
+        "```python\nimport fedchain\n```\n")
+    commands = docs_commands.extract(tmp_path)
+    assert [(c.line, c.text, c.output) for c in commands] == [
+        (5, "fedchain deploy --dev-learners 3   # terminal 2", ("deployed FedChain at 0x5FbD",)),
+        (7, "fedchain simulate --job j.toml \\\n    --rounds 2", ()),
+        (12, "python run.py", ("round 1: 0.5", "…")),
+        (15, "fedchain status", ()),
+    ]
+    # a command in a text block would never run: reported
+    assert docs_commands.hidden_commands(tmp_path) == [
+        "README.md:19: $ fedchain audit --verify"]
+    # a command changed in a README: unknown to the plan, and the plan's old one unshown
+    problems = docs_commands.coverage(commands)
+    assert any(p.startswith("README.md:7: not in") and "--rounds 2" in p for p in problems)
+    assert any("no README shows" in p and "python -m examples.committee.run" in p
+               for p in problems)
+
+
+def test_quoted_output_must_be_printed_in_order():
+    output = "a\nb\nround 1: x\nc\nround 2: y\n"
+    assert docs_commands.missing_lines(["a", "…", "round 1: x", "round 2: y"], output) == []
+    assert docs_commands.missing_lines(["round 2: y", "round 1: x"], output) == ["round 1: x"]
+    assert docs_commands.missing_lines(["round 3: z"], output) == ["round 3: z"]

@@ -139,6 +139,19 @@ def test_shards_are_the_same_on_every_call() -> None:
         assert np.array_equal(train_a.x, train_b.x) and np.array_equal(test_a.y, test_b.y)
 
 
+def test_more_learners_than_test_examples_share_the_test_slices() -> None:
+    """1,000 learners on digits (the README's Scale command): 1,438 training examples give
+    each learner its own, the 359 held-out ones are shared, learner i on slice i mod 359."""
+    opts = mlp.SETTINGS.resolve()
+    ds = mlp.load_dataset("digits", "", 8, 1, 0, 0)
+    parts = {i: shards(ds, i, 1000, opts) for i in (0, 358, 359, 999)}
+    assert all(len(train) >= 1 and len(test) == 1 for train, test in parts.values())
+    assert np.array_equal(parts[0][1].x, parts[359][1].x)
+    assert not np.array_equal(parts[0][0].x, parts[359][0].x)
+    # up to 359 learners, each has a slice of its own, as before
+    assert not np.array_equal(shards(ds, 0, 359, opts)[1].x, shards(ds, 1, 359, opts)[1].x)
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [

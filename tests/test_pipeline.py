@@ -9,6 +9,7 @@ import math
 import random
 import threading
 import time
+import tracemalloc
 import weakref
 from collections.abc import Iterator
 
@@ -201,6 +202,35 @@ def test_never_more_than_in_flight_models_are_held_or_fetched(tmp_path, in_fligh
         # ...and no further
         assert len(store.started) == allowed
         del outcome
+    assert prefetch_threads() == []
+
+
+def test_models_fetched_ahead_wait_on_disk_not_in_memory(tmp_path):
+    """Four in flight: while one model is folded in, three are fetched ahead, into temporary
+    files. tracemalloc (which sees bytearrays and numpy's buffers) finds about one model in
+    memory once they have arrived, not four."""
+    store = ObservedStore(tmp_path / "store")
+    size = 4 * 1_000_000
+    events = [submission(i, store.put(encode({"w": np.full(size // 4, i, np.float32)})), 10)
+              for i in range(6)]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        seen = []
+        for i, outcome in enumerate(fetch_updates(store, events, max_bytes=2 * size,
+                                                  in_flight=4)):
+            assert isinstance(outcome, Fetched) and outcome.weights["w"][0] == i
+            ahead = min(len(events), i + 4)
+            assert wait_for(lambda a=ahead: len(store.closed) >= a)
+            # the ones fetched ahead are done: only this one stays in memory
+            assert wait_for(lambda: tracemalloc.get_traced_memory()[0] - base < 1.5 * size), \
+                f"{(tracemalloc.get_traced_memory()[0] - base) / size:.2f} models in memory"
+            seen.append(i)
+            del outcome
+    finally:
+        tracemalloc.stop()
+    assert seen == list(range(6))
     assert prefetch_threads() == []
 
 

@@ -146,8 +146,13 @@ def test_a_sampled_pool_makes_and_runs_only_the_learners_the_contract_selects(
                  min_updates=1, evaluation_timeout=2.0)
     contract = result.contract
 
-    seeds = {e.round: e.seed for e in contract.events("RoundSeeded") if isinstance(e, RoundSeeded)}
+    seeded = [e for e in contract.events("RoundSeeded") if isinstance(e, RoundSeeded)]
+    seeds = {e.round: e.seed for e in seeded}
     assert sorted(seeds) == list(range(1, rounds + 1))
+    # Each round's first submission drew its seed (from the round's opening block's hash): the
+    # pool knew whom to make before any RoundSeeded event said.
+    assert {e.round: e.block for e in seeded} == {
+        r: min(u.block for u in contract.updates(r)) for r in seeds}
     ppm = contract.params().select_ppm
     assert ppm == fraction_to_ppm(fraction)
     index = {e.learner: e.index for e in contract.events("LearnerAdded")

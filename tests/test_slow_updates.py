@@ -1,7 +1,8 @@
 """A slow-drip update costs its own deadline only: a committee of three, ten learners, one of
 whose updates a node serves a byte now and then. Every honest update is included, the round
-closes within the update's own deadline (plus slack for a loaded machine), and the audit
-passes: the update was unavailable within its deadline to the committee and to the audit.
+closes within the update's own deadline (plus slack for a loaded machine), the members report
+the update unavailable on chain, and the audit passes even once the node serves it at once:
+the reports excuse leaving it out.
 
 The dripping node is simulated by a LocalStore subclass (DripStore), named as such: the store
 API, the fetch deadlines and the committee are the real ones."""
@@ -12,10 +13,14 @@ import threading
 import time
 from collections.abc import Iterator
 
+import pytest
 from fedmodels import LinearLearner
 
 from fedchain.aggregation.strategy import FedAvg
 from fedchain.audit import audit_federation
+from fedchain.cli import devnet
+from fedchain.eth.chain import Chain, connect
+from fedchain.eth.events import UnavailableReported
 from fedchain.federation.config import RunConfig
 from fedchain.federation.simulation import simulate
 from fedchain.model.codec import spec
@@ -58,10 +63,24 @@ class DripStore(LocalStore):
         return drip()
 
 
-def test_a_slow_drip_update_costs_only_itself(tmp_path):
+@pytest.fixture(params=["embedded", pytest.param("anvil", marks=pytest.mark.anvil)])
+def chain(request: pytest.FixtureRequest) -> Iterator[str | Chain]:
+    """The embedded chain, or an Anvil node of this test's own (the session's node has had
+    its clock moved ahead by other tests, which would hold the committee's deadlines back)."""
+    if request.param == "embedded":
+        yield "embedded"
+        return
+    node = devnet.start_anvil()
+    try:
+        yield connect(node.url)
+    finally:
+        node.stop()
+
+
+def test_a_slow_drip_update_costs_only_itself(tmp_path, chain):
     store = DripStore(tmp_path / "store")
     config = RunConfig(strategy=FedAvg(), rounds=1, min_updates=5, round_timeout=120.0)
-    result = simulate(lambda i, n: LinearLearner(i), 10, config=config, store=store,
+    result = simulate(lambda i, n: LinearLearner(i), 10, config=config, store=store, chain=chain,
                       train_config=TRAIN, aggregators=3, quorum=2,
                       engine="threads")  # a thread per learner: DripStore knows learner 0's
 
@@ -76,7 +95,19 @@ def test_a_slow_drip_update_costs_only_itself(tmp_path):
     genesis = spec(LinearLearner(0).get_weights())
     assert round1.seconds < update_timeout(genesis.nbytes) + SLACK
 
+    # Each member that voted for the result recorded on chain, before the round closed, that
+    # the update did not arrive within its deadline.
+    voters = {v.member for v in contract.events("Voted")
+              if v.digest == contract.result_digest(1)}
+    reports = [e for e in contract.events("UnavailableReported")
+               if isinstance(e, UnavailableReported)]
+    assert len(voters) >= 2 and voters <= {e.member for e in reports}
+    assert all(e.round == 1 and e.learners == (dripping,) for e in reports)
+
+    # The attack's second half: the node now serves the update at once, so an audit could
+    # fetch it and blame the committee for leaving a valid update out. The reports excuse it.
+    store.slow.clear()
     report = audit_federation(contract, store)
     assert report.exit_status() == 0, report.failures()
     (left_out,) = [c for c in report.rounds[0].checks if c.what == "left-out update"]
-    assert left_out.learner == dripping and "unavailable" in left_out.detail
+    assert left_out.learner == dripping and "reported unavailable" in left_out.detail

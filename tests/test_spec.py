@@ -62,7 +62,7 @@ def _reference_outcome(vector_dir: Path) -> dict[str, Any]:
         (vector_dir / v["state"]).read_bytes() if v["state"] else None,
         v["strategy"], subs, min_updates=v["min_updates"],
         exclude_duplicates=v["exclude_duplicates"], max_model_bytes=v["max_model_bytes"],
-        removed=v["removed"], timed_out=v["timed_out"])
+        removed=v["removed"], timed_out=v["timed_out"], excused=v.get("excused", []))
     return _outcome(o.model_cid, o.state_cid, o.included, o.carried_over, o.rejected)
 
 
@@ -116,7 +116,7 @@ def test_the_vectors_cover_the_spec():
     assert {e["carried_over"] for e in expected} == {
         None, "timed-out", "below-min-updates", "aggregation-failed", "too-few-valid"}
     assert {r["reason"] for e in expected for r in e["rejected"]} == {
-        "removed", "duplicate", "too-large", "invalid"}
+        "removed", "duplicate", "too-large", "invalid", "unavailable"}
     assert any(v["state"] and v["expected"]["state_cid"] for v in loaded)  # state in and out
     assert any(not v["state"] and v["expected"]["state_cid"] for v in loaded)  # state created
     assert any(s["staleness"] for v in loaded for s in v["submissions"])

@@ -2,9 +2,14 @@
 
 Centralized training gets the same total epochs: after "round" r it has trained r × epochs
 epochs on the whole training set (the union of the learners' shards), from the same initial
-weights, with the same optimizer settings. Writes a Markdown table, compare.json and a plot.
+weights, with the same optimizer settings. Prints a Markdown table and a summary, and writes
+compare.json and a plot to --out (default runs/cnn-compare, untracked).
 
-    python examples/cnn/compare.py --rounds 10 --learners 3 --out examples/cnn/docs
+    python examples/cnn/compare.py                  # → runs/cnn-compare/
+    python examples/cnn/compare.py --docs           # → examples/cnn/docs/, the README's figures
+
+The README quotes what `make docs-check` computes (torch's AVX2 kernels); only --docs writes
+into examples/cnn/docs, whose files are tracked.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from fedchain.federation.simulation import simulate  # noqa: E402
 from fedchain.model.torch import to_state_dict  # noqa: E402
 
 JOB = Path(__file__).with_name("fedchain.toml")
+#: Where --docs writes: the figures examples/cnn/README.md shows (tracked files).
+DOCS = Path(__file__).with_name("docs")
 
 
 def federated(
@@ -85,6 +92,23 @@ def table(rows: dict[str, list[float]]) -> str:
     return "\n".join(lines)
 
 
+def summary(rows: dict[str, list[float]], last: int = 3) -> list[str]:
+    """How the runs compare: round 1, the final round, and the mean of the last rounds."""
+    names = list(rows)
+    rounds = len(rows[names[0]])
+    last = min(last, rounds)
+
+    def line(what: str, values: dict[str, float]) -> str:
+        return f"{what}: " + ", ".join(f"{n} {100 * v:.1f}" for n, v in values.items())
+
+    return [
+        line("round 1", {n: rows[n][0] for n in names}),
+        line(f"round {rounds}", {n: rows[n][-1] for n in names}),
+        line(f"mean of rounds {rounds - last + 1}-{rounds}",
+             {n: sum(rows[n][-last:]) / last for n in names}),
+    ]
+
+
 def plot(rows: dict[str, list[float]], path: Path, title: str) -> None:
     """Accuracy per round of every run in one PNG."""
     import matplotlib
@@ -115,8 +139,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=job.train.get("lr", 0.001))
     p.add_argument("--momentum", type=float, default=job.train.get("momentum", 0.9))
     p.add_argument("--batch-size", type=int, default=job.train.get("batch_size", 32))
-    p.add_argument("--out", type=Path, default=Path("runs/cnn-compare"))
+    p.add_argument("--out", type=Path, default=Path("runs/cnn-compare"),
+                   help="where compare.json and accuracy.png go (default runs/cnn-compare)")
+    p.add_argument("--docs", action="store_true",
+                   help=f"write them to {DOCS.relative_to(DOCS.parents[2])} instead, the "
+                        "README's figures (tracked files)")
     args = p.parse_args(argv)
+    if args.docs:
+        args.out = DOCS
+    elif args.out.resolve() == DOCS.resolve():
+        p.error(f"--out {args.out} holds the README's tracked figures: pass --docs to "
+                "regenerate them")
     train = {
         "epochs": args.epochs,
         "lr": args.lr,
@@ -145,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     plot(rows, args.out / "accuracy.png", "CNN on digits")
     print(settings)
     print(table(rows))
+    print("\n".join(summary(rows)))
     print(
         f"({time.monotonic() - started:.0f}s; wrote {args.out / 'compare.json'} and "
         f"{args.out / 'accuracy.png'})"

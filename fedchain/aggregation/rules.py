@@ -7,12 +7,12 @@ accumulation dtype (no BLAS, no threads, no fused multiply-add), so it does not 
 the machine.
 
 dtypes: floating layers are summed in the `accumulator` dtype ("float32" or "float64", never
-narrower than the layer) and divided once at the end (the bounded mean, `bounded_mean`, always
-sums differences from the previous global model in float64). Integer layers (e.g. BatchNorm's
-`num_batches_tracked`) are aggregated in float64 and rounded half to even back to their
-dtype (exact below 2**53); bool layers are treated as 0/1 integers, so they become a
-(weighted) majority vote in which a tie gives False. Results have the names, order, shapes
-and dtypes of the previous global model.
+narrower than the layer) and divided once at the end (the bounded mean,
+`streaming.bounded_mean`, always sums differences from the previous global model in
+float64). Integer layers (e.g. BatchNorm's `num_batches_tracked`) are aggregated in float64
+and rounded half to even back to their dtype (exact below 2**53); bool layers are treated as
+0/1 integers, so they become a (weighted) majority vote in which a tie gives False. Results
+have the names, order, shapes and dtypes of the previous global model.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -405,10 +406,126 @@ def clip_factors(norms: Sequence[float], clip: float) -> tuple[float, list[float
     """(bound B = clip × lower median of the norms, each update's factor min(1, B / norm)).
 
     An infinite norm beyond a finite bound gets factor 0 (its update adds nothing); NaN norms
-    must be refused before (see `bounded_mean`).
+    must be refused before (see `MedianBounds.scales`).
     """
     bound = clip * float(lower_median(list(norms)))
     return bound, [1.0 if norm <= bound else bound / norm for norm in norms]
+
+
+@dataclass(frozen=True)
+class UpdateStats:
+    """Pass 1's scalars for one update."""
+
+    learner: str
+    #: The update's weight as claimed (its staleness-discounted num_examples, §7.2).
+    num_examples: int
+    #: ‖update − previous‖₂ over the floating layers (§8.5 step 1); None unless the rule
+    #: asks for norms.
+    norm: float | None = None
+
+
+@dataclass(frozen=True)
+class Scales:
+    """Step 2's result: how much each update counts in the fold."""
+
+    #: W_k: each update's weight in the mean (capped, or 1 for uniform scaling); the mean
+    #: divides by their sum.
+    weights: tuple[int, ...]
+    #: φ_k: the factor of each update's difference from the previous model, for the float64
+    #: Δ mean of §8.5 (σ_k = W_k ⊗ φ_k); None: §8.3's weighted mean of the updates themselves,
+    #: in the accumulator dtype.
+    factors: tuple[float, ...] | None = None
+
+    def same_as(self, other: Scales) -> bool:
+        """Bit-identical scales (so the same fold): −0.0 and 0.0 differ, as do NaNs' bits."""
+        if self.weights != other.weights or (self.factors is None) != (other.factors is None):
+            return False
+        if self.factors is None or other.factors is None:
+            return True
+        return np.array(self.factors).tobytes() == np.array(other.factors).tobytes()
+
+
+class BoundRule(ABC):
+    """A bounded mean: which statistics pass 1 computes, and the scales they give."""
+
+    #: Whether `scales` needs each update's norm (pass 1 then reads the updates' floats).
+    needs_norms: bool = False
+    #: The sum dtype of §8.3's mean ("float32" or "float64"), when `scales` gives no factors.
+    accumulator: str = "float32"
+
+    @abstractmethod
+    def scales(self, stats: Sequence[UpdateStats]) -> Scales:
+        """The scales of the round's updates (at least one) from their statistics; pure (it
+        is also asked what it would give if no update had moved). AggregationError when the
+        round cannot be aggregated (e.g. a NaN norm)."""
+
+    def report(self, stats: Sequence[UpdateStats], scales: Scales) -> None:  # noqa: B027
+        """Says what the bounds did to the round (called once, with the real scales)."""
+
+
+@dataclass(frozen=True)
+class MedianBounds(BoundRule):
+    """FedAvg's Byzantine bounds (SPEC §8.4–8.5) as a `BoundRule`: claims capped at
+    `examples_cap` × their lower median, differences clipped at `clip` × the lower median of
+    the round's norms (see `streaming.bounded_mean`)."""
+
+    clip: float | None = None
+    examples_cap: float | None = None
+    scaling: str = "num_examples"
+    accumulator: str = "float32"
+
+    @property
+    def needs_norms(self) -> bool:  # type: ignore[override]
+        return self.clip is not None
+
+    def weights(self, stats: Sequence[UpdateStats]) -> list[int]:
+        """W_k: the claims, capped (§8.4), or 1 each for uniform scaling."""
+        if self.scaling != "num_examples":
+            return [1] * len(stats)
+        claims = [int(s.num_examples) for s in stats]
+        if self.examples_cap is None:
+            return claims
+        return capped_counts(claims, self.examples_cap)
+
+    def scales(self, stats: Sequence[UpdateStats]) -> Scales:
+        weights = tuple(self.weights(stats))
+        if self.clip is None:
+            return Scales(weights)
+        norms = [float(s.norm) if s.norm is not None else math.nan for s in stats]
+        for s, norm in zip(stats, norms, strict=True):
+            if math.isnan(norm):
+                raise AggregationError(
+                    f"update from {s.learner} has non-finite values: its norm is NaN"
+                )
+        return Scales(weights, tuple(clip_factors(norms, self.clip)[1]))
+
+    def report(self, stats: Sequence[UpdateStats], scales: Scales) -> None:
+        # One line for the round, once per process (at DEBUG for every party after the first).
+        if self.examples_cap is not None and self.scaling == "num_examples":
+            capped = [(s.learner, s.num_examples, w)
+                      for s, w in zip(stats, scales.weights, strict=True) if w != s.num_examples]
+            if capped:
+                _say_once(("capped", self.examples_cap, tuple(capped)),
+                          "num_examples capped (examples_cap %g) for %d of %d updates: %s",
+                          self.examples_cap, len(capped), len(stats),
+                          ", ".join(f"{_short(a)} {n} → {c}" for a, n, c in capped))
+        if self.clip is not None and scales.factors is not None:
+            bound = self.clip * float(lower_median([s.norm for s in stats]))
+            clipped = [(s.learner, s.norm, f)
+                       for s, f in zip(stats, scales.factors, strict=True) if f != 1.0]
+            if clipped:
+                _say_once(("clipped", bound, tuple(clipped)),
+                          "%d of %d updates clipped to bound %.4g (%g × the median change): %s",
+                          len(clipped), len(stats), bound, self.clip,
+                          ", ".join(f"{_short(a)} norm {n:.4g} × {f:.4g}"
+                                    for a, n, f in clipped))
+
+
+# --- align (SPEC §8.15): weights by agreement with the round's direction, held in memory -------
+#
+# Unlike clip and examples_cap (one scalar per update from pass 1's statistics: see
+# `streaming.bounded_mean`), align needs a model-sized direction r and each update's cosine
+# with it before the fold: this path holds the round's updates (N models).
 
 
 def _fold_delta(
@@ -425,7 +542,7 @@ def _fold_delta(
         np.add(acc[start:stop], part, out=acc[start:stop])
 
 
-def clipped_mean(
+def _aligned_fold(
     previous: Weights,
     updates: Sequence[Update],
     weights: Sequence[int],
@@ -533,80 +650,39 @@ def alignment_factors(
     return gammas
 
 
-def bounded_mean(
+def aligned_mean(
     previous: Weights,
     updates: Iterable[Update],
     *,
     clip: float | None = None,
     examples_cap: float | None = None,
-    align: bool = False,
     scaling: str = "num_examples",
-    accumulator: str = "float32",
 ) -> Weights | None:
-    """FedAvg's weighted mean with Byzantine bounds; None when there are no updates.
+    """FedAvg's mean with `align` (SPEC §8.15), after `examples_cap` (§8.4) and with `clip`'s
+    factors (§8.5 steps 1–2) if set; None when there are no updates.
 
-    - `examples_cap` = k: each num_examples counts for at most max(1, ⌊k × m⌋), m the lower
-      median of the round's claims (scaling "num_examples" only). One learner claiming 2**40
-      examples then weighs as much as k typical learners, not all of them.
-    - `clip` = c (Sun et al., 2019, "Can you really backdoor federated learning?", with an
-      adaptive bound): each difference Δᵢ = updateᵢ − previous is scaled by min(1, B / ‖Δᵢ‖),
-      B = c × the lower median of the round's ‖Δⱼ‖ (float64, `update_norm`), and the scaled
-      differences are averaged in float64 (`clipped_mean`): no finite update, even all 3e38,
-      can overflow the sum, and one update moves the model by at most B × its weight share.
-    - `align`: each update's weight is multiplied by its γ (`alignment_factors`: the cosine of
-      its Δ with the sum of the round's unit Δs, 0 if negative), and the floating layers are
-      divided by Σ wᵢγᵢ instead of Σ wᵢ: an update pulling against the round's direction (a
-      sign flip, a scaled-up negative) adds nothing, one across it little.
-
-    With none of them, this is `stream_mean` (one update in memory at a time). With either, the
-    round's updates are held in memory (N models, like FedMedian and Krum): both bounds need a
-    median over the whole round before the first update is folded in, and `updates` may be a
-    one-shot generator that fetches them.
+    Each update's weight is multiplied by its γ (`alignment_factors`: the cosine of its Δ with
+    the sum of the round's unit Δs, 0 if negative), and the floating layers are divided by
+    Σ wᵢγᵢ instead of Σ wᵢ: an update pulling against the round's direction (a sign flip, a
+    scaled-up negative) adds nothing, one of no change neither adds nor dilutes.
     """
-    if clip is None and examples_cap is None and not align:
-        return stream_mean(previous, updates, scaling, accumulator)
-    if scaling not in SCALINGS or accumulator not in ACCUMULATORS:
-        raise ConfigError(f"scaling {scaling!r} / accumulator {accumulator!r} is not known")
+    if scaling not in SCALINGS:
+        raise ConfigError(f"scaling {scaling!r} is not known")
     collected = collect_updates(previous, updates)
     if not collected:
         return None
-    if examples_cap is not None and scaling == "num_examples":
-        counts = capped_counts([u.num_examples for u in collected], examples_cap)
-        capped = [(u.learner, u.num_examples, c)
-                  for u, c in zip(collected, counts, strict=True) if c != u.num_examples]
-        if capped:
-            _say_once(("capped", examples_cap, tuple(capped)),
-                      "num_examples capped (examples_cap %g) for %d of %d updates: %s",
-                      examples_cap, len(capped), len(collected),
-                      ", ".join(f"{_short(a)} {n} → {c}" for a, n, c in capped))
-        collected = [
-            u if c == u.num_examples else replace(u, num_examples=c)
-            for u, c in zip(collected, counts, strict=True)
-        ]
-    if clip is None and not align:
-        return stream_mean(previous, collected, scaling, accumulator)
+    rule = MedianBounds(clip=clip, examples_cap=examples_cap, scaling=scaling)
+    weights = rule.weights([UpdateStats(u.learner, u.num_examples) for u in collected])
     norms = [update_norm(previous, u.weights) for u in collected]
+    stats = [UpdateStats(u.learner, u.num_examples, n) for u, n in zip(collected, norms,
+                                                                       strict=True)]
     for update, norm in zip(collected, norms, strict=True):
         if math.isnan(norm):
             raise AggregationError(
                 f"update from {update.learner} has non-finite values: its norm is NaN"
             )
-    weights = [u.num_examples if scaling == "num_examples" else 1 for u in collected]
-    if clip is None:
-        factors = [1.0] * len(collected)
-    else:
-        bound, factors = clip_factors(norms, clip)
-    clipped = [(u.learner, norm, factor)
-               for u, norm, factor in zip(collected, norms, factors, strict=True)
-               if factor != 1.0]
-    if clip is not None and clipped:
-        # One line for the round, once per process (at DEBUG for every party after the first).
-        _say_once(("clipped", bound, tuple(clipped)),
-                  "%d of %d updates clipped to bound %.4g (%g × the median change): %s",
-                  len(clipped), len(collected), bound, clip,
-                  ", ".join(f"{_short(a)} norm {n:.4g} × {f:.4g}" for a, n, f in clipped))
-    if not align:
-        return clipped_mean(previous, collected, weights, factors)
+    factors = [1.0] * len(collected) if clip is None else clip_factors(norms, clip)[1]
+    rule.report(stats, Scales(tuple(weights), tuple(factors)))
     gammas = alignment_factors(previous, collected, norms)
     against = [(u.learner, g) for u, g in zip(collected, gammas, strict=True) if g == 0.0]
     if against:
@@ -617,7 +693,5 @@ def bounded_mean(
     divisor = 0.0
     for w, g in zip(weights, gammas, strict=True):
         divisor += float(w) * g  # in order, one rounding each (not sum(): it compensates)
-    return clipped_mean(previous, collected, weights,
-                        [f * g for f, g in zip(factors, gammas, strict=True)], divisor)
-
-
+    return _aligned_fold(previous, collected, weights,
+                         [f * g for f, g in zip(factors, gammas, strict=True)], divisor)

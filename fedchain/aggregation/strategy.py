@@ -12,8 +12,9 @@ aggregator carries the previous model over instead of publishing it.
 Byzantine bounds (FedAvg and the FedOpt family): `clip` bounds each update's difference from
 the previous model to `clip` × the round's median difference norm, and `examples_cap` bounds
 what one num_examples claim counts for, to `examples_cap` × the round's median claim (see
-`rules.bounded_mean`). Both default to None (plain FedAvg, whose plan is unchanged);
-`ROBUST_FEDAVG` is the recommended configuration for federations that trust no single learner.
+`streaming.bounded_mean`; they stream in two passes). Both default to
+None (plain FedAvg, whose plan is unchanged); `ROBUST_FEDAVG` is the recommended configuration
+for federations that trust no single learner.
 """
 
 from __future__ import annotations
@@ -35,13 +36,14 @@ from .rules import (
     Update,
     aggregate_median,
     aggregate_trimmed_mean,
-    bounded_mean,
+    aligned_mean,
     capped_counts,
     collect_updates,
     krum_select,
     learner_key,
     require_finite,
 )
+from .streaming import bounded_mean
 
 __all__ = [
     "ROBUST_FEDAVG",
@@ -119,8 +121,8 @@ class Strategy(ABC):
 
     @property
     def streams(self) -> bool:
-        """Whether `aggregate` folds updates in one at a time (memory: one model and the sum)
-        rather than holding the whole round (memory: N models)."""
+        """Whether `aggregate` folds updates in one at a time (memory: about two models and
+        the sum, whatever N) rather than holding the whole round (memory: N models)."""
         return False
 
     def to_plan(self) -> dict[str, Any]:
@@ -159,8 +161,8 @@ class Strategy(ABC):
 
 @dataclass(frozen=True)
 class FedAvg(Strategy):
-    """Weighted mean of the updates, by num_examples or uniform; streams the updates unless
-    `clip` or `examples_cap` bound them (then the round is held: see `rules.bounded_mean`)."""
+    """Weighted mean of the updates, by num_examples or uniform; streams the updates (with
+    `clip` or `examples_cap`, in two passes: see `streaming.bounded_mean`)."""
 
     name: ClassVar[str] = "FedAvg"
     _optional: ClassVar[tuple[str, ...]] = ("clip", "examples_cap", "align")
@@ -188,13 +190,18 @@ class FedAvg(Strategy):
 
     @property
     def streams(self) -> bool:
-        """Without bounds; clip, examples_cap and align need the whole round first."""
-        return self.clip is None and self.examples_cap is None and not self.align
+        """Without `align`, always: the bounds need the round's medians first, so a bounded
+        mean streams the round twice (statistics, then the fold; `streaming.two_pass_mean`),
+        re-reading the updates from a spill file instead of holding them. `align` holds the
+        round (`rules.aligned_mean`)."""
+        return not self.align
 
     def _mean(self, previous: Weights, updates: Iterable[Update]) -> Weights | None:
+        if self.align:
+            return aligned_mean(previous, updates, clip=self.clip,
+                                examples_cap=self.examples_cap, scaling=self.scaling)
         return bounded_mean(previous, updates, clip=self.clip, examples_cap=self.examples_cap,
-                            align=bool(self.align), scaling=self.scaling,
-                            accumulator=self.accumulator)
+                            scaling=self.scaling, accumulator=self.accumulator)
 
     def _aggregate(
         self, previous: Weights, updates: Iterable[Update], state: Weights | None

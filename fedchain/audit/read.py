@@ -24,7 +24,8 @@ from ..federation.history import (
     weighted_metrics,
 )
 from ..protocol.ledger import Ledger
-from ..protocol.rules import ALL_PPM, is_selected
+from ..protocol.rules import ALL_PPM, draw_seed, is_selected, sample_size
+from ..storage.cid import CID
 from .report import FAILED, NOTE, AuditReport, Check, Evaluation, RoundAudit, Submission
 
 RECEIPT = "eth_getTransactionReceipt"
@@ -113,24 +114,35 @@ def read_federation(
     report.learners = [a for a, on in ledger.active.items() if on]
     _governance_checks(report, ledger)
     seeds: dict[int, bytes] = {}
+    undrawn: set[int] = set()  # rounds whose seed no transaction drew: computed here
+    ppm = report.genesis.select_ppm if report.genesis is not None else 0
     for record in ledger.records():
         r = RoundAudit(record.round, [Submission(e) for e in record.submissions],
                        record.published, evaluations=[Evaluation.of(e) for e in
                                                       record.evaluations],
                        votes=record.votes, timed_out=record.timed_out,
                        disputes=record.disputes, removed=sorted(record.removed),
-                       voided=record.voided, restored=record.restored)
+                       voided=record.voided, restored=record.restored,
+                       unavailable={m: set(ls) for m, ls in record.unavailable.items()})
         if record.seed is not None:
             seeds[record.round] = record.seed
+        elif 0 < ppm < ALL_PPM and not record.submissions and record.opened_block is not None:
+            # No submission drew it: the seed its opening block's hash gives (SPEC §3.5).
+            block_hash = bytes(chain.call(partial(chain.w3.eth.get_block,
+                                                  record.opened_block))["hash"])
+            n = record.slots or 0
+            seeds[record.round] = draw_seed(block_hash, contract.address, record.round, n,
+                                            sample_size(ppm, n) if n else 0)
+            undrawn.add(record.round)
         report.rounds.append(r)
         r.loss, r.metrics = weighted_metrics(record.evaluations)
         _capped_reports(r, record.evaluations)
-    ppm = report.genesis.select_ppm if report.genesis is not None else 0
+    _copy_checks(report)
     for r in report.rounds:
         r.abandoned = r.published is None and report.finished_after is not None
         _chain_checks(r)
         if 0 < ppm < ALL_PPM:
-            _selection_checks(r, seeds, ledger.indices, ppm)
+            _selection_checks(r, seeds, ledger.indices, ppm, r.round in undrawn)
     report.seconds["events"] = time.monotonic() - started
     if gas:
         started = time.monotonic()
@@ -147,10 +159,11 @@ def read_federation(
 
 
 def _selection_checks(r: RoundAudit, seeds: dict[int, bytes], indices: dict[str, int],
-                      ppm: int) -> None:
-    """Client sampling, re-derived: the learners each round's seed selects (keccak256(seed,
-    index) mod 1e6 < ppm), and every submission from one of them (a submission's round is the
-    round it was submitted in, a stale one included)."""
+                      ppm: int, undrawn: bool = False) -> None:
+    """Client sampling, re-derived: the learners each round's seed selects (the permutation
+    its seed draws, SPEC §3.8), and every submission from one of them (a submission's round is
+    the round it was submitted in, a stale one included). `undrawn`: no transaction drew the
+    round's seed (no submission), which was computed from its opening block's hash."""
     seed = seeds.get(r.round)
     if seed is None:
         r.checks.append(Check(FAILED, "selection", "no sampling seed on chain for this round",
@@ -158,13 +171,51 @@ def _selection_checks(r: RoundAudit, seeds: dict[int, bytes], indices: dict[str,
     else:
         chosen = [a for a, i in indices.items() if is_selected(seed, i, ppm)]
         # A note, not OK: an OK check marks the round verified, which only --verify does.
+        how = ("the seed its opening block's hash gives (no submission drew it)" if undrawn
+               else "the round's seed")
         r.checks.append(Check(NOTE, "selection", f"{len(chosen)} of {len(indices)} learners "
-                              f"selected by the round's seed 0x{seed.hex()[:16]}…", r.round))
+                              f"selected by {how} 0x{seed.hex()[:16]}…", r.round))
     for s in r.submissions:
         index = indices.get(s.learner, 0)
         if seed is None or index == 0 or not is_selected(seed, index, ppm):
             r.checks.append(Check(FAILED, "selection", "submitted without being selected by "
                                   "the round's seed", r.round, s.learner))
+
+
+def _copy_checks(report: AuditReport) -> None:
+    """A note for each submission that is a copy (the same CID, multihash compared) of
+    another learner's submission in the same or an earlier round, or of a global model the
+    chain published before it: free-riding in the open. The round's rule judges copies only
+    within a round and only with exclude_duplicates (SPEC.md §7.4); a copy from an earlier
+    round is a stale update like any other, which the default strategy's clip and examples
+    cap bound, so the audit shows it rather than fails it."""
+    first: dict[bytes, tuple[str, int]] = {}  # content -> (first learner, its round)
+    models: dict[bytes, int] = {}  # content -> the round that published it as global model
+    if report.genesis is not None:
+        models[_content(report.genesis.model_cid.raw, report.genesis.model_cid.cid)] = 0
+    for r in report.rounds:
+        for s in r.submissions:
+            cid = s.event.model_cid
+            key = _content(cid.raw, cid.cid)
+            if key in models:
+                which = "the genesis model" if models[key] == 0 else \
+                    f"round {models[key]}'s global model"
+                r.checks.append(Check(NOTE, "copied update", f"{cid.text} is {which}, "
+                                      "submitted unchanged", r.round, s.learner))
+            elif key in first and first[key][0] != s.learner:
+                learner, round = first[key]
+                where = "in this round" if round == r.round else f"in round {round}"
+                r.checks.append(Check(NOTE, "copied update", f"{cid.text} is the update "
+                                      f"{learner} submitted {where}", r.round, s.learner))
+            first.setdefault(key, (s.learner, r.round))
+        if r.published is not None:
+            p = r.published.model_cid
+            models.setdefault(_content(p.raw, p.cid), r.round)
+
+
+def _content(raw: bytes, cid: CID | None) -> bytes:
+    """What a CID names, whatever its version and codec: its multihash (its bytes if none)."""
+    return raw if cid is None else bytes(cid.multihash)
 
 
 def _capped_reports(r: RoundAudit, reports: list[EvaluationReported]) -> None:

@@ -132,6 +132,8 @@ class RoundAudit:
     abandoned: bool = False
     #: The committee's votes on this round, in chain order (evidence, agreeing or not).
     votes: list[Voted] = field(default_factory=list)
+    #: The learners whose submissions each member reported unavailable (UnavailableReported).
+    unavailable: dict[str, set[str]] = field(default_factory=dict)
     #: The round passed its vote deadline without a quorum and was closed, carried over.
     timed_out: bool = False
     #: Learners' records that re-deriving the round's model gave another CID.

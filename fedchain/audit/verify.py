@@ -24,7 +24,7 @@ from ..model.fetch import fetch_chunks, fetch_model
 from ..protocol.fetching import UNAVAILABLE, Outcome, fetch_updates
 from ..protocol.ledger import RoundRecord
 from ..protocol.params import Plan, fetch_plan
-from ..protocol.round import REMOVED, Fetch, RoundOutcome, run_published, run_round
+from ..protocol.round import REMOVED, REPORTED, Fetch, RoundOutcome, run_published, run_round
 from ..protocol.rules import update_timeout
 from ..storage import ContentStore, cid_of
 from .report import (
@@ -148,7 +148,8 @@ def _record(r: RoundAudit, walk: _Walk) -> RoundRecord:
     """The round as the protocol's rule reads it (its previous model is `walk.previous`)."""
     return RoundRecord(r.round, ChainCid(b""), submissions=[s.event for s in r.submissions],
                        removed=set(r.removed), published=r.published, timed_out=r.timed_out,
-                       restored=r.restored)
+                       restored=r.restored, votes=list(r.votes),
+                       unavailable={m: set(ls) for m, ls in r.unavailable.items()})
 
 
 def _fetcher(store: ContentStore, walk: _Walk) -> Fetch:
@@ -181,6 +182,11 @@ def _check_outcome(r: RoundAudit, outcome: RoundOutcome, min_updates: int, add: 
             add(NOTE, "left-out update", f"excluded: {REMOVED}", x.learner)
         elif x.reason == why:
             add(NOTE, "left-out update", f"{x.cid} left out: {why}: carried over", x.learner)
+        elif x.reason == REPORTED:
+            # Not fetched: the members whose votes closed the round all recorded on chain,
+            # before the round closed, that it was not served to them within its deadline.
+            add(NOTE, "left-out update", f"{x.cid}: {REPORTED}; not judged by this audit",
+                x.learner)
         elif x.unavailable:
             # Left out, and not served within its deadline to this audit either: what the
             # committee did is what the rule gives (an update unavailable to all is excused).

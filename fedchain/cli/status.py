@@ -21,6 +21,7 @@ from ..eth.accounts import (
 )
 from ..eth.contract import FedChainReader, RoundInfo
 from ..eth.events import ChainCid, Disputed, GenesisVoted, LearnerAdded, Voted
+from ..protocol.rules import is_selected
 
 #: Rounds back from the open one whose disputes are listed.
 DISPUTE_ROUNDS = 5
@@ -150,8 +151,12 @@ def read_status(contract: FedChainReader) -> Status:
     if not finished:
         for u in contract.updates(round):
             status.submitted[u.learner] = (u.model_cid.text, u.num_examples)
-        status.expected = ([a for a in status.learners if contract.is_selected(a)]
-                           if status.sampling else list(status.learners))
+        if status.sampling:  # the seed once (computed from the opening block if not drawn)
+            seed = contract.round_seed()
+            status.expected = [a for a in status.learners
+                               if is_selected(seed, status.indices.get(a, 0), params.select_ppm)]
+        else:
+            status.expected = list(status.learners)
         status.votes = [e for e in contract.events("Voted", round=round)
                         if isinstance(e, Voted)]
     status.disputes = [e for e in contract.events("Disputed")

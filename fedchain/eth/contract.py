@@ -22,11 +22,20 @@ from ..errors import (
     DeploymentNotFound,
     RevealNotOpen,
     RoundNotExpired,
+    SeedNotReady,
     TransactionFailed,
     VotingNotOpen,
 )
 from ..protocol.params import RoundParams
-from ..protocol.rules import learner_key, vote_digest
+from ..protocol.rules import (
+    BLOCKHASH_REACH,
+    draw_seed,
+    is_selected,
+    learner_key,
+    sample_of,
+    seed_anchor,
+    vote_digest,
+)
 from ..storage.cid import CidLike, cid_bytes
 from .artifact import load_artifact
 from .bitmap import from_bits, to_bits
@@ -39,10 +48,11 @@ from .events import (
     GlobalModelPublished,
     LearnerAdded,
     LearnerRemoved,
+    UnavailableReported,
     UpdateSubmitted,
     Voted,
 )
-from .gas import LEARNER_BATCH, headroom, time_gated_limit
+from .gas import FLAT_GAS, LEARNER_BATCH, headroom, time_gated_limit
 from .reverts import decode_revert, error_table
 
 ZERO_ADDRESS = "0x" + "00" * 20
@@ -244,11 +254,46 @@ class FedChainReader:
         return None
 
     def round_seed(self) -> bytes:
-        return bytes(self._view("roundSeed"))
+        """The open round's sampling seed (zero without sampling): see `open_round_seed`."""
+        return self.open_round_seed()[1]
+
+    def seed_block(self) -> int:
+        """The block the open round opened in while its sampling seed is not drawn yet; 0
+        once drawn, or without sampling."""
+        return int(self._view("seedBlock"))
+
+    def open_round_seed(self) -> tuple[int, bytes, int | None]:
+        """(the open round, its sampling seed (zero without sampling), the last head block
+        for which that seed holds: None once drawn, final).
+
+        The round's first submission (or `seedRound`) draws the seed, in a block after the one
+        the round opened in, from that block's hash (`RoundSeeded`); until then it is computed
+        here the same way, for a transaction in the block after the head, from the hash of
+        the opening block as the node serves it (past 256 blocks, of the anchor block the
+        contract would use: `rules.seed_anchor`), so who is selected is known before anyone
+        submits — even in the opening block, where the contract's views cannot know it."""
+        opened = int(self._view("seedBlock"))
+        word = bytes(self._view("roundSeed"))
+        round = self.current_round()
+        if opened == 0:
+            return round, word, None
+        head = self.chain.block_number()
+        anchor = seed_anchor(opened, max(head + 1, opened + 1))
+        n, k = sample_of(word)
+        block_hash = bytes(self.chain.call(lambda: self.chain.w3.eth.get_block(anchor)["hash"]))
+        return (round, draw_seed(block_hash, self.address, round, n, k),
+                anchor + BLOCKHASH_REACH - 1)
 
     def is_selected(self, learner: str) -> bool:
-        """Whether `learner` is sampled for the open round (always, without sampling)."""
-        return bool(self._view("isSelected", to_checksum_address(learner)))
+        """Whether `learner` is sampled for the open round (always, without sampling), by
+        `round_seed` (which knows the seed before it is drawn on chain)."""
+        index = self.learner_index(learner)
+        if index == 0:
+            return False
+        select_ppm = self.params().select_ppm
+        if select_ppm == 0:
+            return True
+        return is_selected(self.round_seed(), index, select_ppm)
 
     def sample_position(self, seed: bytes, index: int) -> int | None:
         """Learner `index`'s place in the permutation a round's `seed` draws, as the contract
@@ -308,6 +353,9 @@ class FedChainReader:
         if isinstance(event, Voted | GlobalModelPublished) and event.bits:
             learners = sorted(self.addresses(from_bits(event.bits)), key=learner_key)
             event = replace(event, included=tuple(learners))
+        elif isinstance(event, UnavailableReported) and event.bits:
+            learners = sorted(self.addresses(from_bits(event.bits)), key=learner_key)
+            event = replace(event, learners=tuple(learners))
         return event
 
     def addresses(self, indices: Iterable[int]) -> list[str]:
@@ -460,6 +508,14 @@ class FedChain(FedChainReader):
                 raise
             return self.chain.transact(self.account, {**tx, "gas": limit},
                                        decode_revert=self.decode_revert)
+        except SeedNotReady as exc:
+            # Estimated in the round's opening block (a node that estimates at its latest
+            # block): the transaction lands in a later one, where the seed is known.
+            limit = FLAT_GAS.get(name)
+            if limit is None or exc.tx_hash is not None:
+                raise
+            return self.chain.transact(self.account, {**tx, "gas": limit},
+                                       decode_revert=self.decode_revert)
 
     def _deadline_passed(self, exc: Exception) -> bool:
         """Whether the next block will be stamped past the deadline a time-gated revert names
@@ -530,6 +586,12 @@ class FedChain(FedChainReader):
     def submit_update(self, round: int, model_cid: CidLike, num_examples: int) -> Receipt:
         return self._transact("submitUpdate", round, cid_bytes(model_cid), num_examples)
 
+    def seed_round(self, round: int) -> Receipt:
+        """Draws open `round`'s sampling seed now if still pending (anyone may; see the
+        contract's seedRound): the seed then stays the one its opening block's hash gives,
+        however late the first submission comes."""
+        return self._transact("seedRound", round)
+
     def commit_update(self, round: int, commitment: bytes) -> Receipt:
         """Commit-reveal mode: commits to `bitmap.commitment(...)` of the update to reveal."""
         return self._transact("commitUpdate", round, commitment)
@@ -560,6 +622,14 @@ class FedChain(FedChainReader):
         state = cid_bytes(state_cid) if state_cid is not None else b""
         return self._transact("publishGlobal", round, cid_bytes(model_cid), state, bits,
                               seen_bits)
+
+    def report_unavailable(self, round: int, learners: Iterable[str],
+                           *, seen: Sequence[int] | None = None) -> Receipt:
+        """A committee member's record that it could not fetch these learners' submissions of
+        the open `round` within their deadlines (UnavailableReported): the evidence that
+        excuses leaving them out (SPEC.md §7.4)."""
+        bits, _ = self.bitmaps(round, learners, seen)
+        return self._transact("reportUnavailable", round, bits)
 
     def close_round(self, round: int) -> Receipt:
         """Anyone, past the vote deadline without a quorum: closes `round`, carried over."""

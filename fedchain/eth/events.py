@@ -160,6 +160,19 @@ class Voted(Event):
 
 
 @dataclass(frozen=True)
+class UnavailableReported(Event):
+    """A committee member could not fetch these learners' submissions of `round` within their
+    deadlines (SPEC.md §7.4): its evidence for leaving them out. `learners` are addresses (the
+    chain records a bitmap over learner indices); `bits` the raw words."""
+
+    round: int
+    member: str
+    learners: tuple[str, ...]
+    #: The bitmap the chain records as `learners`.
+    bits: tuple[int, ...] = field(default=(), metadata={"abi": "learners"})
+
+
+@dataclass(frozen=True)
 class GlobalModelPublished(Event):
     """`round` closed on this model (a quorum of votes, or a timeout: carried over)."""
 
@@ -257,9 +270,10 @@ EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls
     for cls in (
         LearnerAdded, LearnerRemoved, CommitteeChanged, GenesisVoted, GenesisSet, RoundSeeded,
-        UpdateSubmitted, UpdateCommitted, Voted, GlobalModelPublished, RoundTimedOut, Disputed,
-        RoundVoided, EvaluationReported, Finished, OwnershipTransferStarted,
-        OwnershipTransferred, ChangeAnnounced, ChangeApproved, ChangeCancelled,
+        UpdateSubmitted, UpdateCommitted, Voted, UnavailableReported, GlobalModelPublished,
+        RoundTimedOut, Disputed, RoundVoided, EvaluationReported, Finished,
+        OwnershipTransferStarted, OwnershipTransferred, ChangeAnnounced, ChangeApproved,
+        ChangeCancelled,
     )
 }
 
@@ -267,7 +281,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
 #: Event fields that hold a CID.
 CID_FIELDS = frozenset({"model_cid", "plan_cid", "state_cid", "computed_cid", "restored_cid"})
 #: Event fields that hold a bitmap over learner indices (kept as `bits`; mapped to addresses).
-BITMAP_FIELDS = frozenset({"included"})
+BITMAP_FIELDS = frozenset({"included", "learners"})
 
 
 def _snake(name: str) -> str:

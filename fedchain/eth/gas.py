@@ -62,7 +62,7 @@ GAS_HEADROOM: Mapping[str, int] = MappingProxyType({
 #: 1 KiB of metrics; commitUpdate 52,110; revealUpdate 58,020), with a wide margin.
 FLAT_GAS: Mapping[str, int] = MappingProxyType({
     "submitUpdate": 120_000, "reportEvaluation": 150_000,
-    "commitUpdate": 120_000, "revealUpdate": 150_000,
+    "commitUpdate": 120_000, "revealUpdate": 150_000, "seedRound": 80_000,
 })
 
 #: Gas limits of the calls that are valid only once a deadline has passed: a dev node that

@@ -146,6 +146,8 @@ class ChainWatcher:
         self._submitted: set[tuple[int, str]] = set()
         self._reported: set[tuple[int, str]] = set()
         self._seeds: dict[int, bytes] = {}
+        #: round -> (the seed the contract will draw, the last head block it holds for).
+        self._predicted: dict[int, tuple[bytes, int | None]] = {}
         self._updates: dict[int, list[UpdateSubmitted]] = {}
         self._learners: dict[str, int] = {}  # learner -> index, from LearnerAdded
         self._params: RoundParams | None = None
@@ -470,9 +472,28 @@ class ChainWatcher:
         return params
 
     def seed(self, round: int) -> bytes | None:
-        """Round `round`'s sampling seed, None if not seen (or no sampling)."""
+        """Round `round`'s sampling seed: the one its RoundSeeded event gave; before any is
+        seen, for the open round, the one the contract will draw (computed from the hash of
+        the round's opening block, `FedChainReader.open_round_seed`, asked once per 256
+        blocks); None for another round or without sampling."""
         with self._cond:
-            return self._seeds.get(round)
+            seed = self._seeds.get(round)
+            snap = self._snapshot
+            predicted = self._predicted.get(round)
+        if seed is not None:
+            return seed
+        if "round" not in snap.views or round != snap.round:
+            return None
+        if predicted is not None and (predicted[1] is None or snap.block <= predicted[1]):
+            return predicted[0]
+        if self.params().select_ppm == 0:
+            return None
+        open_round, seed, until = self.contract.open_round_seed()
+        if open_round != round:
+            return None
+        with self._cond:
+            self._predicted[round] = (seed, until)
+        return seed
 
     def submitted(self, round: int, learner: str) -> bool | None:
         """Whether `learner` submitted in `round` as far as the watcher saw; None when the

@@ -23,10 +23,12 @@ from typing import TypeVar
 from ..aggregation.strategy import strategy_from_plan
 from ..errors import (
     ConfigError,
+    ContractRevert,
     FedChainError,
     InvalidModel,
     StorageError,
     StoreUnavailable,
+    TransactionFailed,
 )
 from ..eth.bitmap import from_bits
 from ..eth.contract import FedChain, RoundParams, require_signer
@@ -45,11 +47,11 @@ from ..eth.reverts import (
 from ..eth.watcher import ChainWatcher
 from ..model.codec import ModelSpec, Weights, encode, spec
 from ..model.fetch import fetch_model
-from ..protocol.fetching import Outcome, fetch_updates
+from ..protocol.fetching import Outcome, Rejected, fetch_updates
 from ..protocol.ledger import Ledger, RoundRecord
 from ..protocol.params import Plan
 from ..protocol.round import run_round
-from ..protocol.rules import is_selected, update_timeout
+from ..protocol.rules import duplicates_without_commit_reveal, is_selected, update_timeout
 from ..storage import ContentStore
 from ..storage.cid import CID
 from .config import RunConfig
@@ -65,6 +67,11 @@ EvaluateFn = Callable[[int, Weights], tuple[float, Mapping[str, float]] | None]
 #: Updates a committee member fetches (or holds) at once: while a slow one runs out its own
 #: deadline, the next ones are fetched.
 FETCH_IN_FLIGHT = 4
+
+#: Blocks after a sampled round opened with no submission yet, after which a committee member
+#: draws its seed itself (seedRound): the contract reaches the opening block's hash, which the
+#: learners computed who is selected from, for 256 blocks only (SPEC §3.5).
+SEED_NUDGE_BLOCKS = 128
 
 #: How often a party still waiting on the chain says so again, in seconds.
 WAIT_WARNING_INTERVAL = 60.0
@@ -174,6 +181,11 @@ class Aggregator:
                 f"{len(members)} runs it: without them one member's early vote freezes a "
                 "round's submissions; this member refuses to serve it (deploy again with a "
                 "plan that sets update_window and vote_window)")
+        why = duplicates_without_commit_reveal(self.plan.exclude_duplicates,
+                                               self.plan.reveal_window)
+        if why is not None:
+            raise ConfigError(f"the plan on chain is unsafe: {why}; this member refuses to "
+                              "serve it")
         learners = c.learner_count()
         if self.plan.min_updates > learners:
             log.warning("min_updates is %d but only %d learners are registered: rounds will "
@@ -201,8 +213,8 @@ class Aggregator:
         reference: ModelSpec | None = None
         for r in range(1, through + 1):
             record = ledger.record(r, refresh=False)
-            if record.published is None or not record.included:
-                continue  # carried over: the state is unchanged
+            if record.published is None or not record.included or record.voided is not None:
+                continue  # carried over, or its result voided: the state is unchanged
             # The committee's published round binds: re-run it over the updates it included.
             record.submissions = [s for s in record.usable if s.learner in record.included]
             previous = fetch_model(self.store, ledger.global_model(r - 1).require(),
@@ -298,7 +310,10 @@ class Aggregator:
         expected = self.expected_learners(round)
         needed = plan.buffer_size or max(1, len(expected))
         deadline = time.monotonic() + self.config.round_timeout
+        seed_block = c.seed_block() if plan.fraction < 1.0 else 0
         while True:
+            if seed_block and self._head() >= seed_block + SEED_NUDGE_BLOCKS:
+                seed_block = self._draw_seed(round)
             if self.watcher is not None and not chain_deadline:
                 # The chain's bitmap is read once the watcher has seen enough submissions.
                 known = self.watcher.updates(round)
@@ -321,6 +336,29 @@ class Aggregator:
             if self._idle():
                 raise FedChainError("aggregator stopped")
         return self._updates_in(round, seen), seen
+
+    def _head(self) -> int:
+        """The chain's head block (the watcher's, where there is one: no request)."""
+        if self.watcher is not None:
+            return self.watcher.snapshot().block
+        return self.contract.chain.block_number()
+
+    def _draw_seed(self, round: int) -> int:
+        """Draws the round's sampling seed on chain if no submission did yet (`seedRound`),
+        so that it stays the one the learners computed from the opening block's hash: past
+        256 blocks the contract could no longer reach that hash. Returns 0 (done)."""
+        c = self.contract
+        if c.seed_block() == 0:
+            return 0
+        try:
+            c.seed_round(round)
+            log.info("[ROUND %d] no submission for %d blocks: drew the sampling seed",
+                     round, SEED_NUDGE_BLOCKS)
+        except (WrongRound, FederationFinished):
+            pass  # the round closed meanwhile
+        except (ContractRevert, TransactionFailed) as exc:  # not worth failing the round over
+            log.warning("[ROUND %d] could not draw the sampling seed: %s", round, exc)
+        return 0
 
     def _updates_in(self, round: int, seen: list[int]) -> list[UpdateSubmitted]:
         """The UpdateSubmitted events of the learners set in `seen`, in chain order."""
@@ -411,6 +449,7 @@ class Aggregator:
             state_cid = self.store.put(outcome.state_bytes)
         new, state = outcome.model, outcome.state
         learners = list(outcome.learners)
+        self._report_unavailable(round, [r for r in rejected if r.unavailable], seen)
         published = self._vote(round, cid, learners, state_cid, seen)
         if published.model_cid.cid != cid or set(published.included) != set(learners):
             self.outvoted.append((round, str(cid), published.model_cid.text))
@@ -435,6 +474,22 @@ class Aggregator:
                 log.info("[ROUND %d] centralized evaluation: loss=%.4f %s", round, loss, shown)
         self.history.add_round(result)
         return result
+
+    def _report_unavailable(self, round: int, unavailable: list[Rejected],
+                            seen: list[int]) -> None:
+        """Records on chain, before the vote, the submissions this member could not fetch
+        within their deadlines (UnavailableReported): the evidence that excuses leaving them
+        out when a slow node serves them later (SPEC.md §7.4)."""
+        if not unavailable:
+            return
+        learners = [r.learner for r in unavailable]
+        try:
+            self.contract.report_unavailable(round, learners, seen=seen)
+        except (WrongRound, FederationFinished) as exc:
+            log.info("[ROUND %d] unavailable updates not reported: %s", round, exc)
+            return
+        log.warning("[ROUND %d] reported %d update(s) unavailable within their deadlines: %s",
+                    round, len(learners), ", ".join(learners))
 
     def _vote(self, round: int, cid: CID, learners: list[str], state_cid: CID | None,
               seen: list[int]) -> GlobalModelPublished:

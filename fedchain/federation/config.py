@@ -16,7 +16,11 @@ from ..aggregation.strategy import Strategy
 from ..errors import ConfigError
 from ..model.codec import DEFAULT_MAX_BYTES
 from ..protocol.params import MAX_MODEL_BYTES, Plan, ProtocolFields
-from ..protocol.rules import committee_windows, plan_min_updates
+from ..protocol.rules import (
+    committee_windows,
+    duplicates_without_commit_reveal,
+    plan_min_updates,
+)
 
 
 @dataclass
@@ -101,6 +105,9 @@ class RunConfig(ProtocolFields):
                 f"max_model_bytes must be an integer in 1..{MAX_MODEL_BYTES}, "
                 f"got {self.max_model_bytes!r}"
             )
+        why = duplicates_without_commit_reveal(self.exclude_duplicates, self.reveal_window)
+        if why is not None:
+            raise ConfigError(why)
         for name in ("round_timeout", "fetch_timeout", "poll_interval", "evaluation_timeout",
                      "max_outage"):
             value = getattr(self, name)

@@ -90,23 +90,24 @@ def simulation_account(i: int) -> LocalAccount:
 def _sampled(contract: FedChain, watcher: ChainWatcher,
              accounts: list[LocalAccount]) -> Callable[[int, Snapshot], bool] | None:
     """The pool's `selected`: whether learner i is sampled in the snapshot's round (from the
-    round's seed the watcher read); True while the seed is unknown (the learner checks)."""
+    round's seed as the watcher knows it, drawn or predicted from the round's opening block);
+    True while the seed is unknown (the learner checks)."""
     params: list[RoundParams] = []
-    chosen: dict[int, frozenset[int]] = {}  # round -> learners sampled (worked out once)
+    chosen: dict[tuple[int, bytes], frozenset[int]] = {}  # (round, seed) -> learners sampled
 
     def selected(i: int, snap: Snapshot) -> bool:
-        if snap.round not in chosen:
-            seed = watcher.seed(snap.round)
-            if seed is None:
-                return True
+        seed = watcher.seed(snap.round)
+        if seed is None:
+            return True
+        if (snap.round, seed) not in chosen:
             if not params:
                 params.append(contract.params())
             # Learners were registered in this order: learner i holds index i + 1.
             chosen.clear()
-            chosen[snap.round] = frozenset(
+            chosen[snap.round, seed] = frozenset(
                 k for k in range(len(accounts))
                 if is_selected(seed, k + 1, params[0].select_ppm))
-        return i in chosen[snap.round]
+        return i in chosen[snap.round, seed]
 
     return selected
 

@@ -27,15 +27,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
-from ..errors import FetchTimeout
+from ..errors import FetchTimeout, StoreUnavailable
 from ..progress import transfer
 from ..storage import ContentStore
 from ..storage.cid import CID
@@ -51,7 +53,9 @@ __all__ = [
     "fetch_bytes",
     "fetch_chunks",
     "fetch_model",
+    "fetch_parked",
     "fetch_update",
+    "unpark",
 ]
 
 
@@ -110,6 +114,72 @@ def fetch_buffer(
             if close is not None:
                 close()
     return buffer
+
+
+def fetch_parked(
+    store: ContentStore,
+    cid: CID | str,
+    *,
+    max_bytes: int,
+    deadline: float | None = None,
+    stop: threading.Event | None = None,
+) -> BinaryIO | bytearray:
+    """The content of `cid`, as `fetch_buffer` fetches it, but written to an unnamed temporary
+    file as it arrives: a model fetched ahead of its use waits on disk (the page cache), not in
+    the process's memory; `unpark` reads it back. Where no temporary file can be written (a
+    full disk), the content is fetched into memory instead, as `fetch_buffer` does."""
+    try:
+        parked: BinaryIO = tempfile.TemporaryFile()  # noqa: SIM115 - the caller's to close
+    except OSError:
+        return fetch_buffer(store, cid, max_bytes=max_bytes, deadline=deadline, stop=stop)
+    chunks = fetch_chunks(store, cid, max_bytes=max_bytes, deadline=deadline)
+    shown = transfer(chunks, f"download {str(cid)[:16]}…")
+    size = 0
+    disk_failed = False
+    try:
+        for chunk in shown:
+            if stop is not None and stop.is_set():
+                raise FetchCancelled(f"fetch of {cid} cancelled after {size} bytes")
+            parked.write(chunk)
+            size += len(chunk)
+        parked.flush()
+    except OSError:  # the disk, not the store: fetch it again, into memory
+        parked.close()
+        disk_failed = True
+    except BaseException:
+        parked.close()
+        raise
+    finally:
+        for iterator in (shown, chunks):  # ends the store's fetch (and its connection) now
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
+    if disk_failed:
+        return fetch_buffer(store, cid, max_bytes=max_bytes, deadline=deadline, stop=stop)
+    return parked
+
+
+def unpark(parked: BinaryIO | bytearray) -> bytearray:
+    """The bytes `fetch_parked` fetched, in one buffer of exactly their size; closes the file.
+    StoreUnavailable if the temporary file cannot be read back."""
+    if isinstance(parked, bytearray):
+        return parked
+    try:
+        with parked:
+            size = os.fstat(parked.fileno()).st_size
+            buffer = bytearray(size)
+            view = memoryview(buffer)
+            parked.seek(0)
+            done = 0
+            while done < size:
+                got = parked.readinto(view[done:])  # type: ignore[attr-defined]
+                if not got:
+                    raise OSError(f"the file ended {size - done} bytes early")
+                done += got
+            return buffer
+    except OSError as exc:
+        raise StoreUnavailable(f"a fetched model could not be read back from its "
+                               f"temporary file: {exc}") from None
 
 
 def fetch_model(

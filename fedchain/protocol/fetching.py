@@ -6,18 +6,22 @@ update) or `Rejected` (the submission, and why its model could not be used) valu
 included and what was rejected for whoever runs the round: the aggregator, the restart
 replay and the audit all read a round this way.
 
-Pipelined: while the strategy folds one update in, the next ones are fetched (verified,
-decoded, validated) by `in_flight − 1` background threads; at most `in_flight` models are
-held or being fetched at once, the one being folded in included. The default, 2, fetches the
-next model while the current one is folded in: the downloads follow each other without a gap
-and memory holds about one update more than the sequential fetch (`in_flight=1`, in the
-caller's thread, each model fetched only once the previous one was consumed). Larger values
-run several downloads at once, for stores whose throughput grows with parallel requests.
-Outcomes still come in ascending learner order, so aggregation is bit-identical whatever
-`in_flight` is. Each fetch keeps the plan's byte limit and the round's deadline; a model
-fetched ahead waits in memory, not on the network, so its deadline cannot pass while the
-strategy is busy. When the consumer stops early (an exception, a `break`, the iterator
-dropped), the fetches in progress are abandoned and their threads end.
+Pipelined: while the strategy folds one update in, the next ones are fetched (and verified
+against their CIDs) by `in_flight − 1` background threads, each into an unnamed temporary
+file (`model.fetch.fetch_parked`); at its turn a model is read back into one buffer of its
+exact size, decoded and validated. At most `in_flight` models are held or being fetched at
+once, the one being folded in included, and only that one is in memory: the ones fetched
+ahead wait in the page cache, not in the process (where no temporary file can be written,
+in memory). The default, 2, fetches the next model while the current one is folded in: the
+downloads follow each other without a gap (`in_flight=1`: in the caller's thread, into
+memory, each model fetched only once the previous one was consumed). Larger values run
+several downloads at once, for stores whose throughput grows with parallel requests, or
+slow learners' deadlines run out while the next ones are fetched. Outcomes still come in
+ascending learner order, so aggregation is bit-identical whatever `in_flight` is. Each fetch
+keeps the plan's byte limit and the round's deadline; a model fetched ahead waits on disk,
+not on the network, so its deadline cannot pass while the strategy is busy. When the
+consumer stops early (an exception, a `break`, the iterator dropped), the fetches in progress
+are abandoned and their threads end.
 
 Exact duplicates (`exclude_duplicates=True`): a submission whose content another learner
 submitted earlier in the round (chain order: block, then log index) is rejected with
@@ -43,7 +47,7 @@ import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import BinaryIO, Generic, TypeVar
 
 from ..aggregation.rules import Update
 from ..errors import (
@@ -57,8 +61,8 @@ from ..errors import (
     StoreUnavailable,
 )
 from ..eth.events import UpdateSubmitted
-from ..model.codec import ModelSpec, Weights
-from ..model.fetch import fetch_model, fetch_update
+from ..model.codec import ModelSpec, Weights, decode
+from ..model.fetch import canonical_cid, fetch_model, fetch_parked, fetch_update, unpark
 from ..storage import ContentStore
 from ..storage.cid import CID
 from .rules import Submission, find_duplicates, learner_key, staleness_weight
@@ -170,7 +174,8 @@ def fetch_updates(
     exclude_duplicates: bool = False,
     timeout: float | None = None,
 ) -> Iterator[Outcome]:
-    """Each submission's outcome in ascending learner order, fetched `in_flight` at a time.
+    """Each submission's outcome in ascending learner order, fetched `in_flight` at a time
+    (the ones fetched ahead wait in temporary files: see the module's docstring).
 
     Each model is fetched through `fedchain.model.fetch` with `max_bytes` (the plan's limit),
     checked against `reference`, and must arrive within `timeout` seconds of its own start
@@ -218,20 +223,46 @@ def _outcomes(
             return Rejected.because(s, exc), None
         return Fetched(s, weights), canonical
 
-    jobs: list[Callable[[threading.Event], _Result]] = []
-    for s in ordered:
-        found = duplicates.same_cid(s) if duplicates is not None else None
-        if found is not None:
-            jobs.append(_known((found, None)))
-        else:
-            jobs.append(_bind(fetch, s))
-    results: Iterator[_Result]
-    if in_flight == 1 or len(jobs) <= 1:
+    def fetch_ahead(s: UpdateSubmitted, stop: threading.Event) -> _Result | _Parked:
+        """A background fetch: the content, verified, waits in a temporary file; it is decoded
+        and validated (`unparked`) when its turn comes."""
+        own = None if timeout is None else time.monotonic() + timeout
+        ends = own if deadline is None else deadline if own is None else min(own, deadline)
+        try:
+            cid = s.model_cid.require()
+            return _Parked(s, cid, fetch_parked(store, cid, max_bytes=max_bytes, deadline=ends,
+                                                stop=stop))
+        except StorageError as exc:
+            return Rejected.because(s, exc), None
+
+    def unparked(parked: _Parked) -> _Result:
+        s = parked.submission
+        try:
+            view = memoryview(unpark(parked.content)).toreadonly()
+            weights = decode(view, reference, max_bytes, copy=copy)
+            canonical = None if duplicates is None else canonical_cid(weights, view, parked.cid)
+        except (StorageError, InvalidModel) as exc:
+            return Rejected.because(s, exc), None
+        return Fetched(s, weights), canonical
+
+    results: Iterator[_Result | _Parked]
+    jobs: list[Callable[[threading.Event], _Result | _Parked]] = []
+    if in_flight == 1 or len(ordered) <= 1:
+        for s in ordered:
+            found = duplicates.same_cid(s) if duplicates is not None else None
+            jobs.append(_known((found, None)) if found is not None else _bind(fetch, s))
         results = (job(_NEVER) for job in jobs)
     else:
-        results = iter(_Prefetcher(jobs, in_flight, heavy=lambda r: isinstance(r[0], Fetched)))
+        # Fetched ahead of their turn: the models wait on disk, not in memory.
+        for s in ordered:
+            found = duplicates.same_cid(s) if duplicates is not None else None
+            jobs.append(_known((found, None)) if found is not None else _bind(fetch_ahead, s))
+        results = iter(_Prefetcher(jobs, in_flight, heavy=lambda r: isinstance(r, _Parked),
+                                   discard=_discard))
     try:
-        for outcome, canonical in results:
+        for result in results:
+            outcome, canonical = unparked(result) if isinstance(result, _Parked) else result
+            del result
             if duplicates is not None and isinstance(outcome, Fetched) and canonical is not None:
                 outcome = duplicates.same_content(outcome, canonical)
             yield outcome
@@ -242,15 +273,34 @@ def _outcomes(
             close()
 
 
+def _discard(result: _Result | _Parked) -> None:
+    """Deletes the temporary file of a model fetched ahead that nobody will take."""
+    if isinstance(result, _Parked) and not isinstance(result.content, bytearray):
+        result.content.close()
+
+
+@dataclass
+class _Parked:
+    """A model fetched ahead and verified against its CID, waiting in a temporary file (or,
+    where none could be written, in memory) to be decoded at its turn."""
+
+    submission: UpdateSubmitted
+    cid: CID
+    content: BinaryIO | bytearray = field(repr=False)
+
+
 #: (the outcome, the canonical CID of a fetched model's weights).
 _Result = tuple[Outcome, CID | None]
 #: The stop event of fetches that nobody cancels (in_flight=1: they run in the caller).
 _NEVER = threading.Event()
 
 
+R = TypeVar("R")
+
+
 def _bind(
-    fetch: Callable[[UpdateSubmitted, threading.Event], _Result], s: UpdateSubmitted
-) -> Callable[[threading.Event], _Result]:
+    fetch: Callable[[UpdateSubmitted, threading.Event], R], s: UpdateSubmitted
+) -> Callable[[threading.Event], R]:
     return lambda stop: fetch(s, stop)
 
 
@@ -323,9 +373,11 @@ class _Prefetcher(Generic[T]):
         limit: int,
         *,
         heavy: Callable[[T], bool],
+        discard: Callable[[T], None] = lambda result: None,
     ) -> None:
         self._jobs = jobs
         self._heavy = heavy
+        self._discard = discard  # what to do with a result nobody will take
         self._free = limit
         self._next = 0  # the next job to start
         self._done: dict[int, tuple[bool, T | BaseException]] = {}
@@ -352,9 +404,12 @@ class _Prefetcher(Generic[T]):
             except BaseException as exc:  # handed to the consumer, who raises it
                 result = (False, exc)
             with self._cond:
-                if not self.stop.is_set():
+                kept = not self.stop.is_set()
+                if kept:
                     self._done[index] = result
                     self._cond.notify_all()
+            if not kept and result[0]:
+                self._discard(result[1])  # type: ignore[arg-type]
             del result
 
     def __iter__(self) -> Iterator[T]:
@@ -388,8 +443,11 @@ class _Prefetcher(Generic[T]):
         """Abandon the jobs still running or waiting; wait (a while) for the threads to end."""
         self.stop.set()
         with self._cond:
+            dropped = [value for ok, value in self._done.values() if ok]
             self._done.clear()
             self._cond.notify_all()
+        for value in dropped:
+            self._discard(value)  # type: ignore[arg-type]
         for thread in self._threads:
             if thread.is_alive():
                 thread.join(CLOSE_GRACE)

@@ -35,9 +35,11 @@ from ..eth.events import (
     RoundSeeded,
     RoundTimedOut,
     RoundVoided,
+    UnavailableReported,
     UpdateSubmitted,
     Voted,
 )
+from .rules import vote_digest
 
 
 @dataclass(kw_only=True)
@@ -49,12 +51,21 @@ class _RoundEvents:
     removed: set[str] = field(default_factory=set)
     #: The committee's votes, in chain order (evidence, agreeing or not).
     votes: list[Voted] = field(default_factory=list)
+    #: The learners whose submissions each member reported unavailable (UnavailableReported,
+    #: every report of the round added up), by member.
+    unavailable: dict[str, set[str]] = field(default_factory=dict)
     #: The event that closed the round (None while it is open).
     published: GlobalModelPublished | None = None
     disputes: list[Disputed] = field(default_factory=list)
     evaluations: list[EvaluationReported] = field(default_factory=list)
-    #: The round's sampling seed (only when sampling is on).
+    #: The round's sampling seed (only when sampling is on), as its RoundSeeded event gave it:
+    #: none before a submission (or seedRound) drew it, in a block after `opened_block`.
     seed: bytes | None = None
+    #: The block the round opened in (the GenesisSet or previous GlobalModelPublished event's),
+    #: whose hash the seed is drawn from, and the learner indices handed out by then (the n
+    #: the seed's permutation ranges over); None when the ledger did not see it open.
+    opened_block: int | None = None
+    slots: int | None = None
     #: The round passed its vote deadline without a quorum and was closed, carried over.
     timed_out: bool = False
     #: The learners voided the round's result (more than half disputed it): RoundVoided.
@@ -81,6 +92,26 @@ class RoundRecord(_RoundEvents):
     def included(self) -> tuple[str, ...]:
         """The learners whose updates the published model includes (empty while open)."""
         return () if self.published is None else self.published.included
+
+    @property
+    def closing_voters(self) -> tuple[str, ...]:
+        """The members whose votes closed the round: those that voted for the result it was
+        published with (empty while it is open, or when it timed out or was restored)."""
+        if self.published is None or self.timed_out or self.restored is not None:
+            return ()
+        p = self.published
+        digest = vote_digest(p.model_cid.raw, p.state_cid.raw, p.bits)
+        return tuple(dict.fromkeys(v.member for v in self.votes if v.digest == digest))
+
+    @property
+    def excused(self) -> frozenset[str]:
+        """The learners whose submissions every member whose vote closed the round reported
+        unavailable (SPEC.md §7.4): re-derivations treat them as unavailable, unfetched."""
+        voters = self.closing_voters
+        if not voters:
+            return frozenset()
+        sets = [self.unavailable.get(m, set()) for m in voters]
+        return frozenset(set.intersection(*sets))
 
     @property
     def usable(self) -> list[UpdateSubmitted]:
@@ -120,6 +151,9 @@ class Ledger:
         #: The round open after the events read so far (1 before the genesis).
         self.open_round = 1
         self._state: ChainCid | None = None
+        #: round -> (the block it opened in, learner indices handed out by then).
+        self._opened: dict[int, tuple[int, int]] = {}
+        self._slots = 0
         self.keep_txs = keep_txs
         #: Every transaction that emitted an event, in chain order (with keep_txs).
         self.txs: list[str] = []
@@ -152,6 +186,8 @@ class Ledger:
             self._at(e.round).submissions.append(e)
         elif isinstance(e, Voted):
             self._at(e.round).votes.append(e)
+        elif isinstance(e, UnavailableReported):
+            self._at(e.round).unavailable.setdefault(e.member, set()).update(e.learners)
         elif isinstance(e, GlobalModelPublished):
             r = self._at(e.round)
             r.published = e
@@ -159,6 +195,7 @@ class Ledger:
                 self._state = e.state_cid
             r.state_after = self._state
             self.open_round = e.round + 1
+            self._opened[e.round + 1] = (e.block, self._slots)
         elif isinstance(e, RoundSeeded):
             self._at(e.round).seed = e.seed
         elif isinstance(e, RoundTimedOut):
@@ -177,6 +214,7 @@ class Ledger:
             self._at(e.round).evaluations.append(e)
         elif isinstance(e, LearnerAdded):
             self.indices[e.learner] = e.index
+            self._slots = max(self._slots, e.index)
             self.active[e.learner] = True
             self._rounds.get(self.open_round, _Round()).removed.discard(e.learner)
         elif isinstance(e, LearnerRemoved):
@@ -185,6 +223,7 @@ class Ledger:
                 self._at(self.open_round).removed.add(e.learner)
         elif isinstance(e, GenesisSet):
             self.genesis = e
+            self._opened[1] = (e.block, self._slots)
         elif isinstance(e, CommitteeChanged):
             self.committee = e
             if self.genesis is not None:
@@ -213,6 +252,8 @@ class Ledger:
             r = self._rounds.get(round, _Round())
             # Copies of the lists: a record is the caller's to change.
             events = {f.name: copy(getattr(r, f.name)) for f in fields(_RoundEvents)}
+            if round in self._opened:
+                events["opened_block"], events["slots"] = self._opened[round]
             return RoundRecord(round, self.global_model(round - 1), self.state_after(round - 1),
                                self.genesis.plan_cid, **events)
 

@@ -25,12 +25,12 @@ outage; the learner and the audit fetch with no deadline): `fetch(submissions)` 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 from ..aggregation.strategy import Strategy
-from ..errors import AggregationError, InvalidModel
+from ..errors import AggregationError, FetchTimeout, InvalidModel
 from ..eth.events import GlobalModelPublished, UpdateSubmitted
 from ..model.codec import Weights, encode
 from ..storage import cid_of
@@ -42,6 +42,9 @@ from .rules import too_few_included, too_few_submissions
 
 #: Why a removed learner's update is excluded.
 REMOVED = "the owner removed this learner"
+#: Why a submission the closing voters all reported unavailable is left out unfetched.
+REPORTED = ("reported unavailable within its deadline by every member whose vote closed the "
+            "round (UnavailableReported)")
 #: Why a timed-out round carried over.
 NO_QUORUM = "the round closed without a quorum by its vote deadline"
 
@@ -110,10 +113,13 @@ def run_round(
     state: Weights | None = None,
     *,
     raise_errors: tuple[type[Exception], ...] = (),
+    excused: Collection[str] | None = None,
 ) -> RoundOutcome:
     """Round `record.round`'s outcome under `plan`, from the previous global model and server
     state. Errors of the types in `raise_errors` end the fetch by being raised (the aggregator
-    retries a round through a store outage); every other fetch error excludes its update."""
+    retries a round through a store outage); every other fetch error excludes its update.
+    `excused`: the learners whose submissions are unavailable by the closing voters' reports
+    (default `record.excused`; SPEC.md §7.3 step 4)."""
     removed = [Rejected.because_of(s, REMOVED) for s in record.submissions
                if s.learner in record.removed]
     usable = record.usable
@@ -137,7 +143,15 @@ def run_round(
     why = too_few_submissions(len(usable), plan.min_updates)
     if why is not None:
         return carried(BELOW_MIN_UPDATES, why, left=usable)
-    updates = RoundUpdates(fetch(usable), raise_errors=raise_errors)
+    # Submissions every member whose vote closed the round reported unavailable within
+    # their deadlines (UnavailableReported) are unavailable here too, and not fetched: what
+    # a slow-drip node serves later cannot turn the committee's evidence into a fault.
+    excused = record.excused if excused is None else frozenset(excused)
+    reported = [Rejected.because(s, FetchTimeout(REPORTED)) for s in usable
+                if s.learner in excused]
+    fetched = [s for s in usable if s.learner not in excused] if excused else usable
+    updates = RoundUpdates(fetch(fetched), raise_errors=raise_errors)
+    updates.rejected[:0] = reported
     try:
         new, new_state = strategy.aggregate(previous, updates, state)
     except (AggregationError, InvalidModel) as exc:

@@ -6,7 +6,8 @@ audit) decides these with the same functions, and the contract mirrors the first
 - sampling: `is_selected`, the contract's exact-count rule (a round selects
   `sample_size(selectPpm, n)` = ⌈selectPpm·n/1e6⌉ of its n learner indices: those whose
   `sample_position` in the permutation its seed draws is below that), `sample_of` (n and the
-  size, which the seed carries) and `fraction_to_ppm` for a plan's fraction;
+  size, which the seed carries), `seed_anchor` and `draw_seed` (how the contract draws a
+  round's seed from a block hash) and `fraction_to_ppm` for a plan's fraction;
 - commit-reveal: `commitment`; committee votes: `vote_digest`;
 - asynchronous rounds: `staleness_weight`;
 - free-riding: `find_duplicates`, exact duplicates by CID multihash in chain order;
@@ -26,7 +27,7 @@ from typing import Any
 from eth_abi import encode as abi_encode
 from eth_utils import keccak, to_checksum_address
 
-from ..errors import AggregationError, InvalidCID
+from ..errors import AggregationError, ChainError, InvalidCID
 from ..storage.cid import CID
 from ..storage.fetch import DEFAULT_DEADLINES
 
@@ -64,6 +65,39 @@ def sample_of(seed: bytes) -> tuple[int, int]:
     both into the seed's low 64 bits (n in bits 32..63, k in bits 0..31)."""
     word = int.from_bytes(seed, "big")
     return (word >> 32) & 0xFFFFFFFF, word & 0xFFFFFFFF
+
+
+#: How far back the EVM's BLOCKHASH reaches: a round's seed comes from its opening block's hash
+#: if drawn within this many blocks after it, else from a later anchor (`seed_anchor`).
+BLOCKHASH_REACH = 256
+
+
+def seed_anchor(open_block: int, block: int) -> int:
+    """The block whose hash draws the seed of a round that opened in `open_block`, for a
+    transaction in `block` (> open_block): the opening block if `block` is at most 256 blocks
+    later, else the latest block open_block + 256·j before `block` (the contract's rule,
+    open_block + 256·⌊(block − 1 − open_block)/256⌋; BLOCKHASH reaches 256 blocks back)."""
+    if block <= open_block:
+        raise ChainError(f"a round's seed is drawn after its opening block {open_block}, "
+                         f"not in block {block}")
+    return open_block + (block - 1 - open_block) // BLOCKHASH_REACH * BLOCKHASH_REACH
+
+
+def draw_seed(block_hash: bytes, contract: str, round: int, n: int, k: int) -> bytes:
+    """A round's sampling seed as the contract draws it: keccak256(abi.encode(bytes32
+    block_hash, address contract, uint256 round)) with its low 64 bits replaced by n (bits
+    32..63) and k (bits 0..31); `block_hash` is the anchor block's (`seed_anchor`)."""
+    x = int.from_bytes(keccak(abi_encode(["bytes32", "address", "uint256"],
+                                         [bytes(block_hash), to_checksum_address(contract),
+                                          round])), "big")
+    return (((x >> 64) << 64) | (n << 32) | k).to_bytes(32, "big")
+
+
+def pending_seed_block(word: bytes) -> int | None:
+    """The opening block a pending seed word carries (the contract's roundSeed in the round's
+    opening block: bits 128..255 zero, bits 64..127 the block), None for a drawn seed."""
+    w = int.from_bytes(word, "big")
+    return None if w >> 128 else w >> 64
 
 
 def _feistel_half_bits(n: int) -> int:
@@ -295,3 +329,17 @@ def find_duplicates(
         else:
             duplicates.append(Duplicate(s, original))
     return kept, duplicates
+
+
+def duplicates_without_commit_reveal(exclude_duplicates: bool, reveal_window: int) -> str | None:
+    """Why a plan that excludes duplicates must run commit-reveal rounds (None: it does, or
+    it does not exclude them). Without commit-reveal a submission's CID is public while it is
+    pending: a copier who sends the same CID with a higher tip is mined first, keeps the
+    update, and the honest learner is left out as the duplicate. With it, a CID is public only
+    once the commitments are closed, and a commitment binds its learner."""
+    if not exclude_duplicates or reveal_window:
+        return None
+    return ("exclude_duplicates needs commit-reveal rounds (reveal_window > 0, with an "
+            "update_window): without it a copier who sees a pending submission sends the same "
+            "CID with a higher tip, is mined first, and the honest learner is left out as the "
+            "duplicate")
