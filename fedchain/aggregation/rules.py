@@ -435,10 +435,15 @@ class Scales:
     #: Δ mean of §8.5 (σ_k = W_k ⊗ φ_k); None: §8.3's weighted mean of the updates themselves,
     #: in the accumulator dtype.
     factors: tuple[float, ...] | None = None
+    #: The floating layers' divisor instead of Σ W_k (align, SPEC §8.15: V = Σ W_k ⊗ γ_k; 0
+    #: leaves them as they were); None: Σ W_k.
+    divisor: float | None = None
 
     def same_as(self, other: Scales) -> bool:
         """Bit-identical scales (so the same fold): −0.0 and 0.0 differ, as do NaNs' bits."""
         if self.weights != other.weights or (self.factors is None) != (other.factors is None):
+            return False
+        if self.divisor != other.divisor:
             return False
         if self.factors is None or other.factors is None:
             return True
@@ -521,75 +526,10 @@ class MedianBounds(BoundRule):
                                     for a, n, f in clipped))
 
 
-# --- align (SPEC §8.15): weights by agreement with the round's direction, held in memory -------
+# --- align (SPEC §8.15): each update's agreement with the round's direction ----------------
 #
-# Unlike clip and examples_cap (one scalar per update from pass 1's statistics: see
-# `streaming.bounded_mean`), align needs a model-sized direction r and each update's cosine
-# with it before the fold: this path holds the round's updates (N models).
-
-
-def _fold_delta(
-    acc: np.ndarray, weights: np.ndarray, previous: np.ndarray, scale: float, scratch: np.ndarray
-) -> None:
-    """acc += scale × (weights − previous), in float64, block by block, in place."""
-    flat, base = np.ravel(weights), np.ravel(previous)
-    for start in range(0, acc.size, _BLOCK):
-        stop = min(start + _BLOCK, acc.size)
-        part = scratch[: stop - start]
-        np.subtract(flat[start:stop], base[start:stop], out=part, dtype=np.float64)
-        if scale != 1.0:
-            np.multiply(part, scale, out=part)
-        np.add(acc[start:stop], part, out=acc[start:stop])
-
-
-def _aligned_fold(
-    previous: Weights,
-    updates: Sequence[Update],
-    weights: Sequence[int],
-    factors: Sequence[float],
-    floating_total: float | None = None,
-) -> Weights:
-    """previous + Σ wᵢ·cᵢ·Δᵢ / Σ wᵢ for floating layers (Δᵢ = updateᵢ − previous, float64).
-
-    Integer and bool layers are the plain weighted mean Σ wᵢ·xᵢ / Σ wᵢ, rounded as FedAvg does.
-    The sum is in float64 whatever the layer's dtype, so bounded differences cannot overflow;
-    an update with factor 0 is not folded in at all (its Δ may be infinite).
-    `floating_total`, if given, replaces Σ wᵢ as the floating layers' divisor (`align`); 0
-    leaves them as they were in `previous`.
-    """
-    total = float(sum(int(w) for w in weights))
-    divisor = total if floating_total is None else floating_total
-    floating = {n: np.zeros(r.size, np.float64) for n, r in previous.items() if r.dtype.kind == "f"}
-    other_layers = {n: r for n, r in previous.items() if n not in floating}
-    others: Weights | None = None
-    scratch = np.empty(_BLOCK, np.float64)
-    with np.errstate(over="ignore", invalid="ignore"):
-        for update, weight, factor in zip(updates, weights, factors, strict=True):
-            scale = float(weight) * factor
-            if scale != 0.0:
-                for name, acc in floating.items():
-                    _fold_delta(acc, update.weights[name], previous[name], scale, scratch)
-            rest = {n: update.weights[n] for n in other_layers}
-            if others is None:
-                others = _start_sum(rest, int(weight), "float64")
-            else:
-                weighted_sum_into(others, rest, int(weight))
-        assert others is not None  # at least one update
-        rest_mean = _mean_from_sum(others, total, other_layers) if other_layers else {}
-        mean: Weights = {}
-        for name, ref in previous.items():
-            if name not in floating:
-                mean[name] = rest_mean[name]
-                continue
-            acc = floating.pop(name)
-            if divisor == 0.0:  # every update weighs 0 (align): the layer stays as it was
-                mean[name] = ref.copy()
-                continue
-            np.divide(acc, divisor, out=acc)
-            np.add(acc, np.ravel(ref), out=acc)
-            mean[name] = acc.astype(ref.dtype).reshape(ref.shape)
-            del acc
-    return mean
+# `alignment_factors` computes the γ of a held round (tests, tools); FedAvg's `align` computes
+# the same bits block by block over a spilled round (`streaming.aligned_mean`).
 
 
 def _delta_blocks(
@@ -648,50 +588,3 @@ def alignment_factors(
             q = dot / (norm * rho) if norm * rho < math.inf else 0.0
             gammas.append(1.0 if q >= 1.0 else q if q > 0.0 else 0.0)
     return gammas
-
-
-def aligned_mean(
-    previous: Weights,
-    updates: Iterable[Update],
-    *,
-    clip: float | None = None,
-    examples_cap: float | None = None,
-    scaling: str = "num_examples",
-) -> Weights | None:
-    """FedAvg's mean with `align` (SPEC §8.15), after `examples_cap` (§8.4) and with `clip`'s
-    factors (§8.5 steps 1–2) if set; None when there are no updates.
-
-    Each update's weight is multiplied by its γ (`alignment_factors`: the cosine of its Δ with
-    the sum of the round's unit Δs, 0 if negative), and the floating layers are divided by
-    Σ wᵢγᵢ instead of Σ wᵢ: an update pulling against the round's direction (a sign flip, a
-    scaled-up negative) adds nothing, one of no change neither adds nor dilutes.
-    """
-    if scaling not in SCALINGS:
-        raise ConfigError(f"scaling {scaling!r} is not known")
-    collected = collect_updates(previous, updates)
-    if not collected:
-        return None
-    rule = MedianBounds(clip=clip, examples_cap=examples_cap, scaling=scaling)
-    weights = rule.weights([UpdateStats(u.learner, u.num_examples) for u in collected])
-    norms = [update_norm(previous, u.weights) for u in collected]
-    stats = [UpdateStats(u.learner, u.num_examples, n) for u, n in zip(collected, norms,
-                                                                       strict=True)]
-    for update, norm in zip(collected, norms, strict=True):
-        if math.isnan(norm):
-            raise AggregationError(
-                f"update from {update.learner} has non-finite values: its norm is NaN"
-            )
-    factors = [1.0] * len(collected) if clip is None else clip_factors(norms, clip)[1]
-    rule.report(stats, Scales(tuple(weights), tuple(factors)))
-    gammas = alignment_factors(previous, collected, norms)
-    against = [(u.learner, g) for u, g in zip(collected, gammas, strict=True) if g == 0.0]
-    if against:
-        _say_once(("aligned", tuple(against)),
-                  "%d of %d updates weigh 0 (align: against the round's direction, "
-                  "or no change): %s", len(against), len(collected),
-                  ", ".join(_short(a) for a, _ in against))
-    divisor = 0.0
-    for w, g in zip(weights, gammas, strict=True):
-        divisor += float(w) * g  # in order, one rounding each (not sum(): it compensates)
-    return _aligned_fold(previous, collected, weights,
-                         [f * g for f, g in zip(factors, gammas, strict=True)], divisor)

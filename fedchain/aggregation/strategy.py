@@ -12,9 +12,10 @@ aggregator carries the previous model over instead of publishing it.
 Byzantine bounds (FedAvg and the FedOpt family): `clip` bounds each update's difference from
 the previous model to `clip` × the round's median difference norm, and `examples_cap` bounds
 what one num_examples claim counts for, to `examples_cap` × the round's median claim (see
-`streaming.bounded_mean`; they stream in two passes). Both default to
-None (plain FedAvg, whose plan is unchanged); `ROBUST_FEDAVG` is the recommended configuration
-for federations that trust no single learner.
+`streaming.bounded_mean`; they stream in two passes); `align` weighs each update by the cosine
+of its difference with the round's direction, 0 if negative (`streaming.aligned_mean`, three
+passes). All default to None (plain FedAvg, whose plan is unchanged); `ROBUST_FEDAVG` is the
+recommended configuration for federations that trust no single learner.
 """
 
 from __future__ import annotations
@@ -36,14 +37,13 @@ from .rules import (
     Update,
     aggregate_median,
     aggregate_trimmed_mean,
-    aligned_mean,
     capped_counts,
     collect_updates,
     krum_select,
     learner_key,
     require_finite,
 )
-from .streaming import bounded_mean
+from .streaming import aligned_mean, bounded_mean
 
 __all__ = [
     "ROBUST_FEDAVG",
@@ -190,11 +190,11 @@ class FedAvg(Strategy):
 
     @property
     def streams(self) -> bool:
-        """Without `align`, always: the bounds need the round's medians first, so a bounded
-        mean streams the round twice (statistics, then the fold; `streaming.two_pass_mean`),
-        re-reading the updates from a spill file instead of holding them. `align` holds the
-        round (`rules.aligned_mean`)."""
-        return not self.align
+        """Always: the bounds need the round's medians first, so a bounded mean streams the
+        round twice (statistics, then the fold; `streaming.two_pass_mean`), re-reading the
+        updates from a spill file instead of holding them; `align` reads it once more (its
+        direction and cosines, `streaming.aligned_mean`)."""
+        return True
 
     def _mean(self, previous: Weights, updates: Iterable[Update]) -> Weights | None:
         if self.align:
