@@ -69,6 +69,13 @@ def test_an_update_against_the_round_weighs_nothing_and_one_without_change_dilut
     assert default["steps"] == former["steps"]
 
 
+def test_align_gives_the_same_bits_held_and_streamed_from_a_one_shot_iterator():
+    ups = [*(_update(i, 1.0) for i in range(4)), _update(4, -10.0, count=2**40)]
+    held, _ = ROBUST_FEDAVG.aggregate(PREVIOUS, ups)
+    streamed, _ = ROBUST_FEDAVG.aggregate(PREVIOUS, iter(ups))  # spilled, read three times
+    assert all(held[k].tobytes() == streamed[k].tobytes() for k in PREVIOUS)
+
+
 def test_when_every_update_weighs_zero_the_floating_layers_stay():
     # multiples of 1/64: previous ± step is exact, so the two changes are exact opposites
     previous = {"w": (np.arange(40) / 64 - 0.25).astype(np.float32),
