@@ -131,6 +131,35 @@ def moved(rng: np.random.Generator, model: Weights, scale: float = 0.05) -> Weig
     return out
 
 
+def dyadic_model(rng: np.random.Generator) -> Weights:
+    """float32 layers of multiples of 1/64 (a difference of two is exact) and an int64 one."""
+    return {"w": (rng.integers(-64, 64, (4, 3)) / 64).astype(np.float32),
+            "b": (rng.integers(-64, 64, (3,)) / 64).astype(np.float32),
+            "steps": rng.integers(0, 50, (3,)).astype(np.int64)}
+
+
+def directed(scales: dict[int, float]) -> Callable[..., None]:
+    """Updates that share a direction d (each the previous model + d + a little noise), except
+    update k of `scales`, which is the previous model + scales[k] × (d + its noise): against
+    the round for a negative scale, no change for 0, far along for a large one."""
+    def tweak(rng: np.random.Generator, previous: Weights, updates: list[Weights]) -> None:
+        d = {n: _uniform(rng, a.shape, 0.05) for n, a in previous.items() if a.dtype.kind == "f"}
+        for k in range(len(updates)):
+            scale = scales.get(k, 1.0)
+            updates[k] = {n: (a.astype(np.float64) + scale * (d[n] + _uniform(rng, a.shape, 0.01)))
+                          .astype(a.dtype) if n in d else updates[k][n]
+                          for n, a in previous.items()}
+    return tweak
+
+
+def opposite(rng: np.random.Generator, previous: Weights, updates: list[Weights]) -> None:
+    """Two updates: the previous model + d and − d, exactly (multiples of 1/64)."""
+    d = {n: rng.integers(1, 8, a.shape) / 64 for n, a in previous.items() if a.dtype.kind == "f"}
+    for k, sign in enumerate((1.0, -1.0)):
+        updates[k] = {n: (a.astype(np.float64) + sign * d[n]).astype(a.dtype) if n in d
+                      else updates[k][n] for n, a in previous.items()}
+
+
 def raw_file(weights: Weights, metadata: dict[str, str] | None = None) -> bytes:
     """fedchain's layout for weights `codec.encode` refuses (non-finite values), or with
     caller metadata (encode's own)."""
@@ -225,14 +254,41 @@ def vectors() -> dict[str, Vector]:
         FedAvg(examples_cap=2.0), 4, [(A[0], 2**40), (A[1], 100), (A[2], 120), (A[3], 90)])
 
     v["robust_fedavg"] = _round(
-        "ROBUST_FEDAVG (clip 2, examples_cap 2), one rogue of five: far and claiming much",
-        ROBUST_FEDAVG, 5,
+        "FedAvg clip 2, examples_cap 2 (the default before align), one rogue of five: far and "
+        "claiming much",
+        FedAvg(clip=2.0, examples_cap=2.0), 5,
         [(A[4], 100), (A[2], 110), (A[0], 5_000_000), (A[1], 95), (A[3], 105)],
         tweak=outlier(10.0, 2))
 
     v["robust_fedavg_mixed_dtypes"] = _round(
-        "ROBUST_FEDAVG on float32, float16, int64, int8 and bool layers: the clipped mean of "
-        "floating layers, the weighted mean of integer ones", ROBUST_FEDAVG, 6,
+        "FedAvg clip 2, examples_cap 2 (the default before align) on float32, float16, int64, "
+        "int8 and bool layers: the clipped mean of floating layers, the weighted mean of "
+        "integer ones", FedAvg(clip=2.0, examples_cap=2.0), 6,
+        [(A[1], 30), (A[0], 45), (A[2], 60)], model=mixed_model, tweak=outlier(1.0, 1))
+
+    v["fedavg_align"] = _round(
+        "FedAvg align (SPEC §8.15), no clip or cap: an update against the round's direction "
+        "weighs 0, one of no change weighs 0, the others by their cosine with the sum of unit "
+        "differences", FedAvg(align=True), 70,
+        [(A[3], 40), (A[0], 55), (A[4], 60), (A[1], 35), (A[2], 50)],
+        tweak=directed({1: -3.0, 3: 0.0}))
+
+    v["fedavg_align_all_against"] = _round(
+        "FedAvg align on two opposite updates of one norm: the direction is 0, every update "
+        "weighs 0, the previous model is kept (integer layers take the weighted mean)",
+        FedAvg(align=True), 71, [(A[1], 30), (A[0], 50)], model=dyadic_model,
+        tweak=opposite)
+
+    v["robust_fedavg_align"] = _round(
+        "ROBUST_FEDAVG (clip 2, examples_cap 2, align), one rogue of five: far, against the "
+        "others and claiming much", ROBUST_FEDAVG, 72,
+        [(A[4], 100), (A[2], 110), (A[0], 5_000_000), (A[1], 95), (A[3], 105)],
+        tweak=directed({2: -10.0, 4: 3.0}))
+
+    v["robust_fedavg_align_mixed_dtypes"] = _round(
+        "ROBUST_FEDAVG (clip 2, examples_cap 2, align) on float32, float16, int64, int8 and "
+        "bool layers: aligned, clipped mean of floating layers, the weighted mean of integer "
+        "ones", ROBUST_FEDAVG, 73,
         [(A[1], 30), (A[0], 45), (A[2], 60)], model=mixed_model, tweak=outlier(1.0, 1))
 
     def reorder(rng: np.random.Generator, previous: Weights, updates: list[Weights]) -> None:
@@ -531,7 +587,8 @@ def plans() -> dict[str, Any]:
     from fedchain.storage import cid_of
 
     examples = [
-        {"strategy": ROBUST_FEDAVG.to_plan(), "rounds": 3, "min_updates": 2},
+        {"strategy": FedAvg(clip=2.0, examples_cap=2.0).to_plan(), "rounds": 3,
+         "min_updates": 2},
         {"strategy": FedAdam(eta=0.01).to_plan(), "rounds": 10, "min_updates": 2,
          "exclude_duplicates": True, "fraction": 0.5, "update_window": 300,
          "vote_window": 600, "train": {"lr": 0.1, "note": "é", "steps": 5}},
@@ -544,6 +601,7 @@ def plans() -> dict[str, Any]:
          "verify": "off", "fraction": 0.0001, "train": {"big": 1e22, "small": 1.5e-7}},
         {"strategy": FedMedian().to_plan(), "rounds": 1, "software": "other 2.0",
          "train": {"list": [1, 2.5, "x\n\"y\""]}},
+        {"strategy": ROBUST_FEDAVG.to_plan(), "rounds": 3, "min_updates": 2},
     ]
     out = []
     for fields in examples:

@@ -424,21 +424,23 @@ def plan_bytes(fields: Mapping[str, Any]) -> bytes:
 
 _STRATEGY_PARAMS: dict[str, dict[str, Any]] = {
     "FedAvg": {"scaling": "num_examples", "accumulator": "float32", "clip": None,
-               "examples_cap": None},
+               "examples_cap": None, "align": None},
     "FedMedian": {},
     "FedTrimmedAvg": {"beta": 0.2},
     "Krum": {"f": 1, "m": 1, "scaling": "num_examples", "accumulator": "float32",
              "examples_cap": None},
     "FedAvgM": {"scaling": "num_examples", "accumulator": "float32", "clip": None,
-                "examples_cap": None, "server_lr": 1.0, "momentum": 0.9},
+                "examples_cap": None, "align": None, "server_lr": 1.0, "momentum": 0.9},
     "FedAdam": {"scaling": "num_examples", "accumulator": "float32", "clip": None,
-                "examples_cap": None, "eta": 0.1, "beta1": 0.9, "beta2": 0.99, "tau": 1e-9},
+                "examples_cap": None, "align": None, "eta": 0.1, "beta1": 0.9, "beta2": 0.99,
+                "tau": 1e-9},
     "FedAdagrad": {"scaling": "num_examples", "accumulator": "float32", "clip": None,
-                   "examples_cap": None, "eta": 0.1, "beta1": 0.0, "tau": 1e-9},
+                   "examples_cap": None, "align": None, "eta": 0.1, "beta1": 0.0, "tau": 1e-9},
     "FedYogi": {"scaling": "num_examples", "accumulator": "float32", "clip": None,
-                "examples_cap": None, "eta": 0.01, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3},
+                "examples_cap": None, "align": None, "eta": 0.01, "beta1": 0.9, "beta2": 0.99,
+                "tau": 1e-3},
     "FedProx": {"scaling": "num_examples", "accumulator": "float32", "clip": None,
-                "examples_cap": None, "proximal_mu": 0.01},
+                "examples_cap": None, "align": None, "proximal_mu": 0.01},
 }
 
 
@@ -470,6 +472,8 @@ def strategy_params(strategy: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
                     raise Malformed(bound)
         if p.get("examples_cap") is not None and p["scaling"] != "num_examples":
             raise Malformed("examples_cap needs scaling num_examples")
+        if p.get("align") is not None and type(p["align"]) is not bool:
+            raise Malformed("align must be true or false")
     if name == "FedTrimmedAvg":
         _number("beta", p["beta"], 0.0, 0.5)
         if p["beta"] == 0.5:
@@ -661,13 +665,82 @@ def clipped_mean(previous: Weights, updates: Sequence[Update], weights: Sequence
     return out
 
 
+def _delta(previous: Weights, weights: Weights, name: str) -> np.ndarray:
+    return _flat64(weights[name]) - _flat64(previous[name])
+
+
+def aligned_mean(previous: Weights, updates: Sequence[Update], weights: Sequence[int],
+                 clip: float | None) -> Weights:
+    """§8.15."""
+    norms = [update_norm(previous, u.weights) for u in updates]
+    if any(math.isnan(v) for v in norms):
+        raise StrategyFailed("a NaN norm")
+    if clip is None:
+        factors = [1.0] * len(updates)
+    else:
+        bound = float(clip) * float(lower_median(norms))
+        factors = [1.0 if v <= bound else bound / v for v in norms]
+    floating = [name for name, ref in previous.items() if ref.dtype.kind == "f"]
+    usable = [0.0 < v < math.inf for v in norms]
+    with np.errstate(over="ignore", invalid="ignore"):
+        r = {name: np.zeros(previous[name].size, F64) for name in floating}
+        for u, v, ok in zip(updates, norms, usable, strict=True):
+            if ok:
+                for name in floating:
+                    r[name] = r[name] + _delta(previous, u.weights, name) / v
+        t = 0.0
+        for name in floating:
+            for a, b in _blocks(r[name].size):
+                t = t + halving_sum(r[name][a:b] * r[name][a:b])
+        rho = math.sqrt(t)
+        gammas = []
+        for u, v, ok in zip(updates, norms, usable, strict=True):
+            if not ok or rho == 0.0 or rho == math.inf:
+                gammas.append(0.0)
+                continue
+            t = 0.0
+            for name in floating:
+                d = _delta(previous, u.weights, name)
+                for a, b in _blocks(d.size):
+                    t = t + halving_sum(d[a:b] * r[name][a:b])
+            q = 0.0 if v * rho == math.inf else t / (v * rho)
+            gammas.append(1.0 if q >= 1.0 else (q if q > 0.0 else 0.0))
+        divisor = 0.0
+        for w, g in zip(weights, gammas, strict=True):
+            divisor = divisor + float(w) * g
+        total = float(sum(int(w) for w in weights))
+        out: Weights = {}
+        for name, ref in previous.items():
+            p = _flat64(ref)
+            if ref.dtype.kind == "f":
+                if divisor == 0.0:
+                    out[name] = ref.copy()
+                    continue
+                acc = np.zeros(p.size, F64)
+                for u, w, phi, g in zip(updates, weights, factors, gammas, strict=True):
+                    sigma = float(w) * (phi * g)
+                    if sigma != 0.0:
+                        acc = acc + (_flat64(u.weights[name]) - p) * sigma
+                out[name] = cast_to((acc / divisor) + p, ref)
+            else:
+                s = None
+                for u, w in zip(updates, weights, strict=True):
+                    term = _flat64(u.weights[name]) * float(w)
+                    s = term if s is None else s + term
+                assert s is not None
+                out[name] = cast_to(s / total, ref)
+    return out
+
+
 def fedavg_mean(previous: Weights, updates: Sequence[Update], p: Mapping[str, Any]) -> Weights:
-    """FedAvg's mean with its optional bounds (§8.3-8.5)."""
+    """FedAvg's mean with its optional bounds (§8.3-8.5, §8.15)."""
     weights = [u.weight for u in updates]
     if p.get("examples_cap") is not None and p["scaling"] == "num_examples":
         weights = capped(weights, p["examples_cap"])
     if p["scaling"] == "uniform":
         weights = [1] * len(updates)
+    if p.get("align"):
+        return aligned_mean(previous, updates, weights, p.get("clip"))
     if p.get("clip") is not None:
         return clipped_mean(previous, updates, weights, p["clip"])
     return weighted_mean(previous, updates, weights, p["accumulator"])

@@ -171,6 +171,8 @@ def test_clipping_bounds_a_huge_update(strategy: Strategy, attack: float) -> Non
     assert moved(result) <= max(bound, *norms) + 1e-2
     # and beyond the honest updates' mean, the rogue moved it by at most its weight share
     # (w/W) of B + ‖honest mean Δ‖: result − honest = (w/W)(cΔ_rogue − honest mean Δ)
+    if getattr(strategy, "align", None):
+        return  # weights are rescaled by alignment: the share below is tests/test_attacks.py's
     honest_only, _ = strategy.aggregate(PREVIOUS, ups)
     share = 100 / (sum(u.num_examples for u in ups) + 100)
     assert update_norm(honest_only, result) <= share * (bound + moved(honest_only)) + 1e-2
@@ -193,8 +195,9 @@ def test_clip_keeps_honest_rounds_close_to_fedavg_and_other_layers_identical() -
     for name in FLOATING:
         tol = 2e-3 if plain[name].dtype == np.float16 else 1e-6
         np.testing.assert_allclose(loose[name], plain[name], rtol=tol, atol=tol)
-    # the default bound, twice the median norm, leaves similar honest updates alone
-    robust, _ = ROBUST_FEDAVG.aggregate(PREVIOUS, ups)
+    # the default's bounds, twice the median norm and claim, leave similar honest updates
+    # alone (its `align` reweights them by direction: tests/test_attacks.py)
+    robust, _ = FedAvg(clip=2.0, examples_cap=2.0).aggregate(PREVIOUS, ups)
     assert all(robust[n].tobytes() == loose[n].tobytes() for n in PREVIOUS)
 
 
@@ -328,7 +331,8 @@ rounds = {{
 }}
 for attack, ups in rounds.items():
     for label, s in (("robust", ROBUST_FEDAVG), ("clip1", FedAvg(clip=1.0, accumulator="float64")),
-                     ("adam", FedAdam(clip=2.0, examples_cap=2.0))):
+                     ("adam", FedAdam(clip=2.0, examples_cap=2.0)),
+                     ("bounds", FedAvg(clip=2.0, examples_cap=2.0))):
         new, state = s.aggregate(PREVIOUS, ups)
         out[attack + "/" + label] = hashlib.sha256(encode(new)).hexdigest()
         if state is not None:
@@ -360,7 +364,7 @@ def test_bounded_rounds_are_bit_identical_in_two_processes_and_cpu_paths() -> No
         second_env["NPY_DISABLE_CPU_FEATURES"] = " ".join(wide)
     second = _run(second_env)
     assert first == second
-    assert len(first) == 12
+    assert len(first) == 15
 
 
 def raw_digest(weights: dict[str, np.ndarray]) -> str:
@@ -374,6 +378,7 @@ def raw_digest(weights: dict[str, np.ndarray]) -> str:
 
 #: What the machine that wrote this test computed (numpy 2.4, x86-64 with AVX2): another
 #: machine, CPU or numpy version must give the same bits, or audits of past rounds break.
+#: FedAvg(clip=2.0, examples_cap=2.0), the default before `align`:
 GOLDEN = {
     "x1e30": "3a543a99f6aa2174fc7ee32e4d5d4622405933eea53d173356291885e290d5a6",
     "3e38": "1fc18ce4cd608862aa38b1fb2e0483b018f7d3d437c288a781f6e4d712c3f856",
@@ -388,15 +393,26 @@ def test_update_norms_reproduce_the_recorded_bits() -> None:
     assert update_norm(PREVIOUS, scaled(1e30)).hex() == "0x1.e25ec035ca26fp+105"
 
 
+#: The same rounds under ROBUST_FEDAVG (clip 2, examples_cap 2, align).
+GOLDEN_ALIGN = {
+    "x1e30": "4b029308dc58ffb8ac33c4791b9f60bae46add383b6963c0e2584ba787d6227c",
+    "3e38": "48fda1037cf9e41b62c196698c334815ed593080a24d48e4fe91d0fcd5e3586b",
+    "claim": "27c1f8cad9bb20d479c0d696df896f7f23c919d0fe6fc9e14b67289d8d8634b7",
+}
+
+
 @pytest.mark.parametrize("attack", sorted(GOLDEN))
-def test_bounded_rounds_reproduce_the_recorded_bits(attack: str) -> None:
+@pytest.mark.parametrize("label", ["bounds", "default"])
+def test_bounded_rounds_reproduce_the_recorded_bits(attack: str, label: str) -> None:
     rounds = {
         "x1e30": [*honest(4), rogue(scaled(1e30))],
         "3e38": [*honest(4), rogue(filled(3e38))],
         "claim": [*honest(4), rogue(scaled(1.0), 2**40)],
     }
-    result, _ = ROBUST_FEDAVG.aggregate(PREVIOUS, rounds[attack])
-    assert raw_digest(result) == GOLDEN[attack]
+    strategy, golden = ((FedAvg(clip=2.0, examples_cap=2.0), GOLDEN) if label == "bounds"
+                        else (ROBUST_FEDAVG, GOLDEN_ALIGN))
+    result, _ = strategy.aggregate(PREVIOUS, rounds[attack])
+    assert raw_digest(result) == golden[attack]
 
 
 # --- plans ---------------------------------------------------------------------------
@@ -420,16 +436,20 @@ def test_plans_without_bounds_are_unchanged() -> None:
 def test_bounds_are_recorded_in_the_plan(strategy: Strategy) -> None:
     plan = json.loads(json.dumps(strategy.to_plan()))
     assert strategy_from_plan(plan) == strategy
-    one = json.dumps(FedAvg(clip=2, examples_cap=2).to_plan())
+    one = json.dumps(FedAvg(clip=2, examples_cap=2, align=True).to_plan())
     assert one == json.dumps(ROBUST_FEDAVG.to_plan())  # `clip = 2` and `clip = 2.0`: one plan
     assert ROBUST_FEDAVG.to_plan() == {"name": "FedAvg", "params": {
-        "scaling": "num_examples", "accumulator": "float32", "clip": 2.0, "examples_cap": 2.0}}
+        "scaling": "num_examples", "accumulator": "float32", "clip": 2.0, "examples_cap": 2.0,
+        "align": True}}
+    # align off is the plan of a strategy without it (plans and CIDs of existing jobs stay)
+    assert FedAvg(clip=2.0, align=False).to_plan() == FedAvg(clip=2.0).to_plan()
 
 
 @pytest.mark.parametrize(
     "params",
     [{"clip": 0}, {"clip": -1.0}, {"clip": float("nan")}, {"clip": "2"}, {"clip": True},
-     {"examples_cap": float("inf")}, {"examples_cap": 2.0, "scaling": "uniform"}],
+     {"examples_cap": float("inf")}, {"examples_cap": 2.0, "scaling": "uniform"},
+     {"align": 1}, {"align": "true"}],
 )
 def test_bad_bounds_raise_config_error(params: dict) -> None:
     with pytest.raises(ConfigError):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from fedmodels import LinearLearner
 
-from fedchain.aggregation.strategy import ROBUST_FEDAVG, FedProx
+from fedchain.aggregation.strategy import ROBUST_FEDAVG, FedAvg, FedProx
 from fedchain.errors import ConfigError
 from fedchain.federation.config import RunConfig
 from fedchain.federation.learner import TorchLearner
@@ -55,8 +55,12 @@ def test_learners_see_the_plans_per_round_schedule_and_fedprox_mu():
 
 def test_a_plan_without_schedule_keeps_its_cid_and_a_bad_schedule_is_refused():
     plain = Plan(strategy=ROBUST_FEDAVG.to_plan(), rounds=3, min_updates=2)
-    # SPEC §6.2's example plan: the field added later changes no existing plan's CID
+    # SPEC §6.2's example plans: the field added later changes no existing plan's CID
     assert str(cid_of(plain.to_json())) == \
+        "bafkreid2lp75eatgp4asqnzmlhqvbripztfq6t4dtgj4zhlb2ttxshh4be"
+    former = Plan(strategy=FedAvg(clip=2.0, examples_cap=2.0).to_plan(), rounds=3,
+                  min_updates=2)
+    assert str(cid_of(former.to_json())) == \
         "bafkreifirswhm5shclcbhgulihtlczvp6to7n23chj2355yuslq23myufa"
     assert b"train_schedule" not in plain.to_json()
     for bad in ({"lr": {"0": 1}}, {"lr": {"03": 1}}, {"lr": [0.1]}, {"lr": {"x": 1}}):

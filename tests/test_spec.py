@@ -162,9 +162,13 @@ def test_the_spec_examples_are_right():
     assert example[8:8 + 192].decode().rstrip(" ") in text
     assert ref.cid_of(example) in text
     plan = ref.plan_bytes({"strategy": {"name": "FedAvg", "params": {
+        "accumulator": "float32", "align": True, "clip": 2.0, "examples_cap": 2.0,
+        "scaling": "num_examples"}}, "rounds": 3, "min_updates": 2})
+    assert plan.decode() in text and ref.cid_of(plan) in text
+    former = ref.plan_bytes({"strategy": {"name": "FedAvg", "params": {
         "accumulator": "float32", "clip": 2.0, "examples_cap": 2.0, "scaling": "num_examples"}},
         "rounds": 3, "min_updates": 2})
-    assert plan.decode() in text and ref.cid_of(plan) in text
+    assert ref.cid_of(former) in text  # the example's CID without align
 
 
 def test_reference_encodes_as_fedchain_does():

@@ -12,9 +12,10 @@ aggregator carries the previous model over instead of publishing it.
 Byzantine bounds (FedAvg and the FedOpt family): `clip` bounds each update's difference from
 the previous model to `clip` × the round's median difference norm, and `examples_cap` bounds
 what one num_examples claim counts for, to `examples_cap` × the round's median claim (see
-`streaming.bounded_mean`; they stream in two passes). Both default to
-None (plain FedAvg, whose plan is unchanged); `ROBUST_FEDAVG` is the recommended configuration
-for federations that trust no single learner.
+`streaming.bounded_mean`; they stream in two passes); `align` weighs each update by the cosine
+of its difference with the round's direction, 0 if negative (`streaming.aligned_mean`, three
+passes). All default to None (plain FedAvg, whose plan is unchanged); `ROBUST_FEDAVG` is the
+recommended configuration for federations that trust no single learner.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from .rules import (
     learner_key,
     require_finite,
 )
-from .streaming import bounded_mean
+from .streaming import aligned_mean, bounded_mean
 
 __all__ = [
     "ROBUST_FEDAVG",
@@ -164,7 +165,7 @@ class FedAvg(Strategy):
     `clip` or `examples_cap`, in two passes: see `streaming.bounded_mean`)."""
 
     name: ClassVar[str] = "FedAvg"
-    _optional: ClassVar[tuple[str, ...]] = ("clip", "examples_cap")
+    _optional: ClassVar[tuple[str, ...]] = ("clip", "examples_cap", "align")
     scaling: str = "num_examples"
     accumulator: str = "float32"
     #: Bound each update's difference from the previous model to clip × the round's median
@@ -173,21 +174,32 @@ class FedAvg(Strategy):
     #: Count each num_examples as at most examples_cap × the round's median claim (None: as
     #: claimed). Only with scaling "num_examples".
     examples_cap: float | None = None
+    #: Weight each update by the cosine of its difference with the sum of the round's unit
+    #: differences, 0 if negative (None or False: off). See `rules.alignment_factors`.
+    align: bool | None = None
 
     def __post_init__(self) -> None:
         _choice("scaling", self.scaling, SCALINGS)
         _choice("accumulator", self.accumulator, ACCUMULATORS)
         _bound(self, "clip")
         _examples_cap(self, self.scaling)
+        if self.align is not None and not isinstance(self.align, bool):
+            raise ConfigError(f"align must be true or false, got {self.align!r}")
+        if self.align is False:  # off: the plan of a strategy without it
+            object.__setattr__(self, "align", None)
 
     @property
     def streams(self) -> bool:
         """Always: the bounds need the round's medians first, so a bounded mean streams the
         round twice (statistics, then the fold; `streaming.two_pass_mean`), re-reading the
-        updates from a spill file instead of holding them."""
+        updates from a spill file instead of holding them; `align` reads it once more (its
+        direction and cosines, `streaming.aligned_mean`)."""
         return True
 
     def _mean(self, previous: Weights, updates: Iterable[Update]) -> Weights | None:
+        if self.align:
+            return aligned_mean(previous, updates, clip=self.clip,
+                                examples_cap=self.examples_cap, scaling=self.scaling)
         return bounded_mean(previous, updates, clip=self.clip, examples_cap=self.examples_cap,
                             scaling=self.scaling, accumulator=self.accumulator)
 
@@ -512,12 +524,12 @@ class FedProx(FedAvg):
         _number("proximal_mu", self.proximal_mu, 0.0, 1e6)
 
 
-#: The recommended strategy for a federation that trusts no single learner (templates,
-#: `simulate` and `make demo` default to it): FedAvg whose updates are clipped to twice the
-#: round's median difference norm and whose num_examples claims count for at most twice the
-#: round's median claim. See bench/robustness.py for how it and the alternatives fare
-#: against one rogue learner of five.
-ROBUST_FEDAVG = FedAvg(clip=2.0, examples_cap=2.0)
+#: The recommended strategy for a federation that trusts no single learner (templates and
+#: `simulate` default to it): FedAvg whose updates are clipped to twice the round's median
+#: difference norm, whose num_examples claims count for at most twice the round's median
+#: claim, and whose updates weigh by their alignment with the round's direction (`align`).
+#: See bench/robustness.py for how it and the alternatives fare against the attack suite.
+ROBUST_FEDAVG = FedAvg(clip=2.0, examples_cap=2.0, align=True)
 
 _STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls for cls in (FedAvg, FedMedian, FedTrimmedAvg, Krum, FedAvgM, FedAdam,

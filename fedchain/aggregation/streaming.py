@@ -52,8 +52,11 @@ from .rules import (
     Scales,
     Update,
     UpdateStats,
+    _say_once,
+    _short,
     _sum_dtype,
     check_update,
+    clip_factors,
     fixed_sum,
     stream_mean,
     update_norm,
@@ -64,6 +67,7 @@ __all__ = [
     "MedianBounds",
     "Scales",
     "UpdateStats",
+    "aligned_mean",
     "bounded_mean",
     "two_pass_mean",
 ]
@@ -303,7 +307,7 @@ def _sweep(
             if delta:
                 assert scales.factors is not None
                 _delta_block(reader, start, stop, p, target, weights, scales.factors,
-                             squares if norms else None, work)
+                             squares if norms else None, work, scales.divisor)
             else:
                 if norms:
                     assert squares is not None
@@ -360,6 +364,7 @@ def _delta_block(
     factors: Sequence[float],
     squares: np.ndarray | None,
     work: _Work,
+    divisor: float | None = None,
 ) -> None:
     """One block of a floating layer, §8.5 step 4: a = Σ (F64(x_k) ⊖ F64(p)) ⊗ σ_k over the
     updates with σ_k ≠ 0, then cast_D((a ⊘ W) ⊕ F64(p)); norms (step 1) on the way."""
@@ -383,6 +388,11 @@ def _delta_block(
             if scale != 1.0:
                 np.multiply(d, scale, out=d)
             np.add(acc, d, out=acc)
+    if divisor is not None:  # align (§8.15 step 6): V = Σ W_k ⊗ γ_k; 0 keeps the layer
+        if divisor == 0.0:
+            np.copyto(target, p)
+            return
+        total = divisor
     np.divide(acc, total, out=acc)
     np.add(acc, p64, out=acc)
     np.copyto(target, acc, casting="unsafe")
@@ -454,3 +464,120 @@ def _mean_block(
         np.divide(acc, total, out=acc)
         np.rint(acc, out=acc)
         np.copyto(target, acc, casting="unsafe")
+
+
+# --- align (SPEC §8.15) ----------------------------------------------------------------------
+
+
+def aligned_mean(
+    previous: Weights,
+    updates: Iterable[Update],
+    *,
+    clip: float | None = None,
+    examples_cap: float | None = None,
+    scaling: str = "num_examples",
+    spill_dir: str | Path | None = None,
+) -> Weights | None:
+    """FedAvg's mean with `align` (SPEC §8.15), after `examples_cap` (§8.4) and with `clip`'s
+    factors (§8.5 steps 1–2) if set; None when there are no updates.
+
+    Three passes over the round, never holding it (a one-shot iterable is spilled as in
+    `two_pass_mean`): the claims and norms; then, block by block, the round's direction
+    r = Σ Δ_k / ν_k, its norm and each update's Δ_k · r (γ_k, the cosine, 0 if negative);
+    then the fold with σ_k = W_k ⊗ (φ_k ⊗ γ_k), divided by V = Σ W_k ⊗ γ_k.
+    """
+    if scaling not in SCALINGS:
+        raise ConfigError(f"scaling {scaling!r} is not known")
+    rule = MedianBounds(clip, examples_cap, scaling, "float64")
+    with np.errstate(over="ignore", invalid="ignore"):
+        if isinstance(updates, Sequence):
+            last: str | None = None
+            for update in updates:
+                last = check_update(previous, update, last)
+            if not updates:
+                return None
+            stats = [UpdateStats(u.learner, u.num_examples, update_norm(previous, u.weights))
+                     for u in updates]
+            return _aligned(previous, _HeldReader(updates), stats, rule)
+        with _Spill(previous, spill_dir) as spill:
+            stats = []
+            last = None
+            for update in updates:
+                last = check_update(previous, update, last)
+                stats.append(UpdateStats(update.learner, update.num_examples,
+                                         update_norm(previous, update.weights)))
+                spill.write(update.weights)
+                del update  # release it before the next one is pulled (and fetched)
+            if not stats:
+                return None
+            return _aligned(previous, spill, stats, rule)
+
+
+def _aligned(previous: Weights, reader: _Reader, stats: list[UpdateStats],
+             rule: MedianBounds) -> Weights:
+    norms = [float(s.norm) if s.norm is not None else math.nan for s in stats]
+    for s, norm in zip(stats, norms, strict=True):
+        if math.isnan(norm):
+            raise AggregationError(
+                f"update from {s.learner} has non-finite values: its norm is NaN"
+            )
+    weights = rule.weights(stats)
+    factors = [1.0] * len(stats) if rule.clip is None else clip_factors(norms, rule.clip)[1]
+    rule.report(stats, Scales(tuple(weights), tuple(factors)))
+    gammas = _alignment(previous, reader, norms)
+    against = [s.learner for s, g in zip(stats, gammas, strict=True) if g == 0.0]
+    if against:
+        _say_once(("aligned", tuple(against)),
+                  "%d of %d updates weigh 0 (align: against the round's direction, "
+                  "or no change): %s", len(against), len(stats),
+                  ", ".join(_short(a) for a in against))
+    divisor = 0.0
+    for w, g in zip(weights, gammas, strict=True):
+        divisor += float(w) * g  # in order, one rounding each (not sum(): it compensates)
+    scales = Scales(tuple(weights), tuple(f * g for f, g in zip(factors, gammas, strict=True)),
+                    divisor)
+    return _sweep(previous, reader, scales, "float64", None)
+
+
+def _alignment(previous: Weights, reader: _Reader, norms: Sequence[float]) -> list[float]:
+    """γ_k (§8.15 steps 2–4), block by block: r's block from every usable update's block, its
+    squares' halving sum into ρ², each update's Δ·r halving sum into its dot product; the
+    same bits as `rules.alignment_factors` on the held round."""
+    n = reader.count
+    usable = [0.0 < v < math.inf for v in norms]
+    dots = [0.0] * n
+    total = 0.0
+    p64_all, d_all = np.empty(_BLOCK, np.float64), np.empty(_BLOCK, np.float64)
+    r_all = np.empty(_BLOCK, np.float64)
+    for name, ref in previous.items():
+        if ref.dtype.kind != "f":
+            continue
+        reader.layer(name)
+        flat_ref = np.ravel(ref)
+        for start in range(0, ref.size, _BLOCK):
+            stop = min(start + _BLOCK, ref.size)
+            m = stop - start
+            p64, d, r = p64_all[:m], d_all[:m], r_all[:m]
+            np.copyto(p64, flat_ref[start:stop], casting="unsafe")
+            r.fill(0.0)
+            for k in range(n):
+                if usable[k]:
+                    _difference(reader.block(k, start, stop), p64, d)
+                    np.divide(d, norms[k], out=d)
+                    np.add(r, d, out=r)
+            np.multiply(r, r, out=d)
+            total += fixed_sum(d)
+            for k in range(n):
+                if usable[k]:
+                    _difference(reader.block(k, start, stop), p64, d)
+                    np.multiply(d, r, out=d)
+                    dots[k] += fixed_sum(d)
+    rho = math.sqrt(total)
+    gammas = []
+    for k in range(n):
+        if not usable[k] or not 0.0 < rho < math.inf:
+            gammas.append(0.0)
+            continue
+        q = dots[k] / (norms[k] * rho) if norms[k] * rho < math.inf else 0.0
+        gammas.append(1.0 if q >= 1.0 else q if q > 0.0 else 0.0)
+    return gammas

@@ -10,11 +10,11 @@ contract = "0x…"                    # optional: else deployments/<chainId>.jso
 learner = "examples.cnn.task:make_learner"      # (learner_id, num_learners) -> Learner
 evaluate = "examples.cnn.task:evaluate_global"  # optional: (round, weights) -> (loss, metrics)
 
-[strategy]                          # without this section: FedAvg, clip = 2, examples_cap = 2
+[strategy]                          # without this section: the next four lines
 name = "FedAvg"
-scaling = "num_examples"
-clip = 2.0                          # Byzantine bounds; leave both out for plain FedAvg
+clip = 2.0                          # Byzantine bounds; leave the three out for plain FedAvg
 examples_cap = 2.0
+align = true
 
 [run]
 rounds = 3
@@ -69,7 +69,8 @@ DEVNET_CHAIN = "http://127.0.0.1:8545"
 #: The strategy of a job whose file has no [strategy] section: FedAvg with Byzantine bounds.
 DEFAULT_STRATEGY: dict[str, Any] = {
     "name": ROBUST_FEDAVG.name,
-    "params": {"clip": ROBUST_FEDAVG.clip, "examples_cap": ROBUST_FEDAVG.examples_cap},
+    "params": {"clip": ROBUST_FEDAVG.clip, "examples_cap": ROBUST_FEDAVG.examples_cap,
+               "align": ROBUST_FEDAVG.align},
 }
 
 #: A check of one value: None if it is fine, else what it should have been.

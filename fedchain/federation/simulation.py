@@ -165,9 +165,10 @@ def simulate(
     """Deploys a fresh FedChain, registers `num_learners` learners and runs the federation.
 
     `make_learner(i, num_learners)` builds learner i. The run's settings come from `config`,
-    overridden by the keyword arguments given. Defaults that survive one rogue learner of
-    five (see bench/robustness.py): `ROBUST_FEDAVG` (FedAvg with updates clipped to twice the
-    round's median change and num_examples claims capped at twice the median claim), 3
+    overridden by the keyword arguments given. Defaults chosen from the attack suite (see
+    bench/robustness.py): `ROBUST_FEDAVG` (FedAvg with updates clipped to twice the round's
+    median change, num_examples claims capped at twice the median claim, and updates weighed
+    by their alignment with the round's direction), 3
     rounds, and a two-thirds quorum of the learners (`config.default_min_updates`). Pass
     `strategy=FedAvg()` for plain FedAvg, `min_updates=num_learners` to require every
     learner. Accounts are the dev chain's mnemonic accounts (owner 0, aggregator 1, learners
