@@ -62,13 +62,11 @@ from fedchain.aggregation.strategy import (  # noqa: E402
     Krum,
     Strategy,
 )
-from fedchain.errors import InvalidModel  # noqa: E402
 from fedchain.eth.accounts import FIRST_LEARNER_INDEX, dev_account  # noqa: E402
 from fedchain.federation import node as node_module  # noqa: E402
 from fedchain.federation import simulation as simulation_module  # noqa: E402
 from fedchain.federation.learner import EvalResult, Learner, TrainResult  # noqa: E402
 from fedchain.federation.simulation import simulate  # noqa: E402
-from fedchain.model import codec  # noqa: E402
 from fedchain.protocol.rules import Submission, find_duplicates  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -228,26 +226,12 @@ class Wrapped(Learner):
         return result
 
 
-def _encode_anything(weights: Mapping[str, np.ndarray], metadata: Any = None) -> bytes:
-    """codec.encode, except that non-finite values are written instead of refused."""
-    try:
-        return codec.encode(weights, metadata)
-    except InvalidModel:
-        finite = {k: np.nan_to_num(v) if v.dtype.kind == "f" else v for k, v in weights.items()}
-        raw = codec.encode(finite, metadata)
-        header = 8 + int.from_bytes(raw[:8], "little")
-        body = b"".join(np.ascontiguousarray(v).astype(v.dtype.newbyteorder("<")).tobytes()
-                        for v in weights.values())
-        assert len(body) == len(raw) - header
-        return raw[:header] + body
-
-
 @contextlib.contextmanager
 def hostile_encoding(enabled: bool) -> Iterator[None]:
     """Learner nodes write NaN models (only the rogue makes any) while enabled."""
     original = node_module.encode
     if enabled:
-        node_module.encode = _encode_anything  # type: ignore[assignment]
+        node_module.encode = attacks.encode_anything  # type: ignore[assignment]
     try:
         yield
     finally:

@@ -389,16 +389,9 @@ def update_norm(previous: Weights, weights: Mapping[str, np.ndarray]) -> float:
     total = 0.0
     scratch = np.empty(_BLOCK, np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
-        for name, ref in previous.items():
-            if ref.dtype.kind != "f":
-                continue
-            flat, base = np.ravel(weights[name]), np.ravel(ref)
-            for start in range(0, flat.size, _BLOCK):
-                stop = min(start + _BLOCK, flat.size)
-                part = scratch[: stop - start]
-                np.subtract(flat[start:stop], base[start:stop], out=part, dtype=np.float64)
-                np.multiply(part, part, out=part)
-                total += fixed_sum(part)
+        for _, _, part in _delta_blocks(previous, weights, scratch):
+            np.multiply(part, part, out=part)
+            total += fixed_sum(part)
     return math.sqrt(total)
 
 
