@@ -202,6 +202,9 @@ def protocol_gas(chain: Chain, n: int) -> dict[str, int]:
     second.commit_update(1, commitment(second.account.address, 1, cid_v1("v"), 60, salt))
     chain.advance_time(61)
     gas["revealUpdate"] = first.reveal_update(1, cid_v1("u"), 60, salt).gas_used
+    # A member's record that an update did not arrive in time (before its vote).
+    gas["reportUnavailable (one update)"] = a1.report_unavailable(
+        1, [first.account.address]).gas_used
     chain.advance_time(121)
     gas["closeRound (past the vote deadline)"] = fc2.with_account(owner).close_round(1).gas_used
     return gas
