@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedchain.aggregation.rules import alignment_factors, update_norm
+from fedchain.aggregation.rules import update_norm
 from fedchain.aggregation.strategy import ROBUST_FEDAVG, FedAvg, Update
+from fedchain.aggregation.streaming import alignment_factors
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))

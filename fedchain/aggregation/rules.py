@@ -519,12 +519,6 @@ class MedianBounds(BoundRule):
                                     for a, n, f in clipped))
 
 
-# --- align (SPEC §8.15): each update's agreement with the round's direction ----------------
-#
-# `alignment_factors` computes the γ of a held round (tests, tools); FedAvg's `align` computes
-# the same bits block by block over a spilled round (`streaming.aligned_mean`).
-
-
 def _delta_blocks(
     previous: Weights, weights: Mapping[str, np.ndarray], scratch: np.ndarray
 ) -> Iterable[tuple[str, int, np.ndarray]]:
@@ -538,46 +532,3 @@ def _delta_blocks(
             part = scratch[: stop - start]
             np.subtract(flat[start:stop], base[start:stop], out=part, dtype=np.float64)
             yield name, start, part
-
-
-def alignment_factors(
-    previous: Weights, updates: Sequence[Update], norms: Sequence[float]
-) -> list[float]:
-    """Each update's γ = max(0, cos(Δᵢ, r)), at most 1, where r = Σ Δⱼ / ‖Δⱼ‖ over the updates
-    with a finite, non-zero norm (the round's direction, each update counting once).
-
-    γ is 0 for a zero or infinite norm, for r = 0, and for a non-finite quotient. Float64,
-    bit-reproducible: r elementwise in update order; its norm and each Δᵢ·r by blocks, each
-    block by `fixed_sum`, the blocks added in order (as `update_norm`).
-    """
-    r = {n: np.zeros(ref.size, np.float64) for n, ref in previous.items() if ref.dtype.kind == "f"}
-    scratch = np.empty(_BLOCK, np.float64)
-    usable = [0.0 < norm < math.inf for norm in norms]
-    with np.errstate(over="ignore", invalid="ignore"):
-        for update, norm, ok in zip(updates, norms, usable, strict=True):
-            if not ok:
-                continue
-            for name, start, part in _delta_blocks(previous, update.weights, scratch):
-                np.divide(part, norm, out=part)
-                block = r[name][start : start + part.size]
-                np.add(block, part, out=block)
-        total = 0.0
-        for acc in r.values():
-            for start in range(0, acc.size, _BLOCK):
-                part = scratch[: min(_BLOCK, acc.size - start)]
-                np.multiply(acc[start : start + part.size], acc[start : start + part.size],
-                            out=part)
-                total += fixed_sum(part)
-        rho = math.sqrt(total)
-        gammas: list[float] = []
-        for update, norm, ok in zip(updates, norms, usable, strict=True):
-            if not ok or not 0.0 < rho < math.inf:
-                gammas.append(0.0)
-                continue
-            dot = 0.0
-            for name, start, part in _delta_blocks(previous, update.weights, scratch):
-                np.multiply(part, r[name][start : start + part.size], out=part)
-                dot += fixed_sum(part)
-            q = dot / (norm * rho) if norm * rho < math.inf else 0.0
-            gammas.append(1.0 if q >= 1.0 else q if q > 0.0 else 0.0)
-    return gammas

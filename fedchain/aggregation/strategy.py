@@ -175,7 +175,7 @@ class FedAvg(Strategy):
     #: claimed). Only with scaling "num_examples".
     examples_cap: float | None = None
     #: Weight each update by the cosine of its difference with the sum of the round's unit
-    #: differences, 0 if negative (None or False: off). See `rules.alignment_factors`.
+    #: differences, 0 if negative (None or False: off). See `streaming.alignment_factors`.
     align: bool | None = None
 
     def __post_init__(self) -> None:

@@ -68,6 +68,7 @@ __all__ = [
     "Scales",
     "UpdateStats",
     "aligned_mean",
+    "alignment_factors",
     "bounded_mean",
     "two_pass_mean",
 ]
@@ -539,10 +540,18 @@ def _aligned(previous: Weights, reader: _Reader, stats: list[UpdateStats],
     return _sweep(previous, reader, scales, "float64", None)
 
 
+def alignment_factors(previous: Weights, updates: Sequence[Update],
+                      norms: Sequence[float]) -> list[float]:
+    """Each held update's γ = max(0, cos(Δᵢ, r)), at most 1, where r = Σ Δⱼ / ‖Δⱼ‖ over the
+    updates with a finite, non-zero norm (§8.15 steps 2–4); 0 for a zero or infinite norm,
+    for r = 0, and for a non-finite quotient. The γ FedAvg's `align` folds with."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return _alignment(previous, _HeldReader(updates), norms)
+
+
 def _alignment(previous: Weights, reader: _Reader, norms: Sequence[float]) -> list[float]:
     """γ_k (§8.15 steps 2–4), block by block: r's block from every usable update's block, its
-    squares' halving sum into ρ², each update's Δ·r halving sum into its dot product; the
-    same bits as `rules.alignment_factors` on the held round."""
+    squares' halving sum into ρ², each update's Δ·r halving sum into its dot product."""
     n = reader.count
     usable = [0.0 < v < math.inf for v in norms]
     dots = [0.0] * n
