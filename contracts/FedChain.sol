@@ -82,6 +82,8 @@ contract FedChain {
     /// stay exact and finite in floating point.
     uint256 public constant MAX_EXAMPLES = 1 << 40;
     uint256 public constant MAX_COMMITTEE = 255;
+    /// @dev A secure-aggregation message's bytes at most (a revelation: 25 + 53 per learner).
+    uint256 private constant MAX_SECAGG_LENGTH = 1 << 20;
     /// @notice selectPpm that selects every learner.
     uint256 public constant ALL = 1_000_000;
     /// @notice The digest a vote to finish the federation carries.
@@ -190,6 +192,7 @@ contract FedChain {
     /// `ownerDelay` seconds have passed (executableAt; 0: not announced) or the committee
     /// approved it.
     error ChangeNotReady(bytes32 change, uint256 executableAt);
+    error SecaggMessage(uint256 kind, uint256 length);
 
     event LearnerAdded(address indexed learner, uint256 index);
     event LearnerRemoved(address indexed learner);
@@ -249,6 +252,9 @@ contract FedChain {
     /// the time closes carried over on the restored model (its updates were trained on the
     /// void one) and, unless the federation has finished, the next round opens on it.
     event RoundVoided(uint256 indexed round, bytes restoredCid, uint256 disputes, address[] evicted);
+    /// @notice A secure-aggregation message (SPEC.md §14): kind 0, a participant's round keys
+    /// (and a learner's dealing); kind 1, a committee member's revealed share keys.
+    event SecaggPosted(uint256 indexed round, address indexed sender, uint8 kind, bytes data);
     event EvaluationReported(
         uint256 indexed round, address indexed learner, uint256 numExamples, bytes metrics
     );
@@ -631,6 +637,30 @@ contract FedChain {
             if (bad != 0) revert NotIncludable(round, w, bad);
         }
         emit UnavailableReported(round, msg.sender, learners);
+    }
+
+    /// @notice Secure aggregation (SPEC.md §14), in the open round. Kind 0 (KEYS), learners
+    /// and committee members, by the update deadline: the sender's round keys, 64 bytes (pk,
+    /// commitment), a learner's followed by its dealing of encrypted shares. Kind 1 (REVEAL),
+    /// committee members: the share keys the member reveals once the round's updates are in.
+    /// Only emitted: which messages count (the key deadline, when revelations may come, the
+    /// first of each sender) is the round rule's, from the events and their blocks'
+    /// timestamps. With sampling on, the first KEYS message draws the round's seed.
+    function postSecagg(uint256 round, uint8 kind, bytes calldata data) external {
+        State memory s = _state;
+        _checkOpen(s, round);
+        if (kind != 0) {
+            _member(s);
+        } else {
+            if (!_learners[msg.sender].active) _member(s);
+            uint256 deadline = uint256(s.openedAt) + s.updateWindow;
+            if (s.updateWindow != 0 && block.timestamp > deadline) {
+                revert UpdateDeadlinePassed(round, deadline);
+            }
+            if (s.selectPpm != 0) _seedNow(round);
+        }
+        if (kind > 1 || data.length > MAX_SECAGG_LENGTH) revert SecaggMessage(kind, data.length);
+        emit SecaggPosted(round, msg.sender, kind, data);
     }
 
     /// @notice Anyone, once the open round's vote deadline has passed without a quorum:

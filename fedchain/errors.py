@@ -386,6 +386,12 @@ class ChangeNotReady(ContractRevert):
     params = ("change", "executableAt")
 
 
+class SecaggMessage(ContractRevert):
+    """A secure-aggregation message of an unknown kind, or of a length its kind cannot have"""
+
+    params = ("kind", "length")
+
+
 # --- data ----------------------------------------------------------------------------
 
 

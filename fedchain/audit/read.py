@@ -124,7 +124,8 @@ def read_federation(
                        votes=record.votes, timed_out=record.timed_out,
                        disputes=record.disputes, removed=sorted(record.removed),
                        voided=record.voided, restored=record.restored,
-                       unavailable={m: set(ls) for m, ls in record.unavailable.items()})
+                       unavailable={m: set(ls) for m, ls in record.unavailable.items()},
+                       secagg=list(record.secagg), facts=record.facts, seed=record.seed)
         if record.seed is not None:
             seeds[record.round] = record.seed
         elif 0 < ppm < ALL_PPM and not record.submissions and record.opened_block is not None:

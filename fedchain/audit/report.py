@@ -18,11 +18,13 @@ from ..eth.events import (
     GenesisSet,
     GlobalModelPublished,
     RoundVoided,
+    SecaggPosted,
     UpdateSubmitted,
     Voted,
 )
 from ..federation.history import report_problem
 from ..jsonsafe import loads
+from ..protocol.ledger import ChainFacts
 from .privacy import LearnerPrivacy
 
 OK, FAILED, UNFETCHABLE, UNVERIFIABLE, NOTE = "ok", "failed", "unfetchable", "unverifiable", "note"
@@ -145,6 +147,12 @@ class RoundAudit:
     voided: RoundVoided | None = None
     #: This round was closed by the void of the round before it, on this restored model.
     restored: ChainCid | None = None
+    #: Secure aggregation: the round's SecaggPosted messages and the chain facts its rule
+    #: reads (SPEC.md §14); empty and None otherwise.
+    secagg: list[SecaggPosted] = field(default_factory=list)
+    facts: ChainFacts | None = None
+    #: The round's sampling seed as drawn on chain (RoundSeeded), if any.
+    seed: bytes | None = None
 
     @property
     def included(self) -> list[str]:

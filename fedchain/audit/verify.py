@@ -149,17 +149,20 @@ def _record(r: RoundAudit, walk: _Walk) -> RoundRecord:
     return RoundRecord(r.round, ChainCid(b""), submissions=[s.event for s in r.submissions],
                        removed=set(r.removed), published=r.published, timed_out=r.timed_out,
                        restored=r.restored, votes=list(r.votes),
-                       unavailable={m: set(ls) for m, ls in r.unavailable.items()})
+                       unavailable={m: set(ls) for m, ls in r.unavailable.items()},
+                       secagg=list(r.secagg), facts=r.facts, seed=r.seed)
 
 
 def _fetcher(store: ContentStore, walk: _Walk) -> Fetch:
     plan = walk.plan
 
-    def fetch(usable: Sequence[UpdateSubmitted]) -> Iterable[Outcome]:
+    def fetch(usable: Sequence[UpdateSubmitted],
+              reference: ModelSpec | None = None) -> Iterable[Outcome]:
+        ref = reference or walk.reference
         return fetch_updates(store, usable, max_bytes=plan.max_model_bytes,
-                             reference=walk.reference,
+                             reference=ref,
                              exclude_duplicates=plan.exclude_duplicates,
-                             timeout=update_timeout(walk.reference.nbytes))
+                             timeout=update_timeout(ref.nbytes))
 
     return fetch
 

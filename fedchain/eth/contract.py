@@ -631,6 +631,12 @@ class FedChain(FedChainReader):
         bits, _ = self.bitmaps(round, learners, seen)
         return self._transact("reportUnavailable", round, bits)
 
+    def post_secagg(self, round: int, kind: int, data: bytes) -> Receipt:
+        """A secure-aggregation message in the open `round` (SecaggPosted; SPEC.md §14): kind 0
+        the sender's round keys (a learner's with its dealing), by the update deadline; kind 1
+        a committee member's revealed share keys, after it."""
+        return self._transact("postSecagg", round, kind, bytes(data))
+
     def close_round(self, round: int) -> Receipt:
         """Anyone, past the vote deadline without a quorum: closes `round`, carried over."""
         return self._transact("closeRound", round)

@@ -223,6 +223,17 @@ class EvaluationReported(Event):
 
 
 @dataclass(frozen=True)
+class SecaggPosted(Event):
+    """A secure-aggregation message of `round` (SPEC.md §14): kind 0 a participant's round
+    keys (a learner's followed by its dealing), kind 1 a committee member's revealed keys."""
+
+    round: int
+    sender: str
+    kind: int
+    data: bytes
+
+
+@dataclass(frozen=True)
 class Finished(Event):
     last_round: int
 
@@ -271,7 +282,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
     for cls in (
         LearnerAdded, LearnerRemoved, CommitteeChanged, GenesisVoted, GenesisSet, RoundSeeded,
         UpdateSubmitted, UpdateCommitted, Voted, UnavailableReported, GlobalModelPublished,
-        RoundTimedOut, Disputed, RoundVoided, EvaluationReported, Finished,
+        RoundTimedOut, Disputed, RoundVoided, EvaluationReported, SecaggPosted, Finished,
         OwnershipTransferStarted, OwnershipTransferred, ChangeAnnounced, ChangeApproved,
         ChangeCancelled,
     )

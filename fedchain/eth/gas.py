@@ -36,8 +36,8 @@ if TYPE_CHECKING:
 ESTIMATE_FACTOR = 1.2
 ESTIMATE_MARGIN = 10_000
 
-#: Gas limit of transactions on the embedded chain (deploying FedChain takes 1.4M).
-EMBEDDED_GAS_LIMIT = 5_000_000
+#: Gas limit of transactions on the embedded chain (deploying FedChain takes about 4.9M).
+EMBEDDED_GAS_LIMIT = 6_000_000
 
 #: Gas limit of a plain ETH transfer (funding dev accounts).
 TRANSFER_GAS = 21_000

@@ -46,6 +46,7 @@ from ..errors import (
     RevealDeadlinePassed,
     RevealNotOpen,
     RoundNotExpired,
+    SecaggMessage,
     SeedNotReady,
     SubmissionsChanged,
     SubmissionsClosed,
@@ -109,6 +110,7 @@ REVERTS: dict[str, type[ContractRevert]] = {
         TooFewDisputes,
         NotTheResult,
         ChangeNotReady,
+        SecaggMessage,
     )
 }
 

@@ -13,10 +13,12 @@ the last round's state CID, and carries on without losing or double-counting an 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from functools import partial
 from typing import TypeVar
 
@@ -26,6 +28,7 @@ from ..errors import (
     ContractRevert,
     FedChainError,
     InvalidModel,
+    PrivacyError,
     StorageError,
     StoreUnavailable,
     TransactionFailed,
@@ -39,7 +42,9 @@ from ..eth.reverts import (
     GenesisAlreadySet,
     NotAggregator,
     RoundNotExpired,
+    SeedNotReady,
     SubmissionsChanged,
+    UpdateDeadlinePassed,
     VoteDeadlinePassed,
     VotingNotOpen,
     WrongRound,
@@ -47,11 +52,23 @@ from ..eth.reverts import (
 from ..eth.watcher import ChainWatcher
 from ..model.codec import ModelSpec, Weights, encode, spec
 from ..model.fetch import fetch_model
+from ..privacy.secagg import RoundKeys
 from ..protocol.fetching import Outcome, Rejected, fetch_updates
 from ..protocol.ledger import Ledger, RoundRecord
 from ..protocol.params import Plan
 from ..protocol.round import run_round
 from ..protocol.rules import duplicates_without_commit_reveal, is_selected, update_timeout
+from ..protocol.secure import (
+    KEYS,
+    REVEAL,
+    SecureRound,
+    holder_revelation,
+    is_secagg,
+    keys_message,
+    master_secret,
+    round_context,
+    round_seed,
+)
 from ..storage import ContentStore
 from ..storage.cid import CID
 from .config import RunConfig
@@ -143,6 +160,7 @@ class Aggregator:
         # Where to start scanning for the open round's updates (0 after a restart).
         self._round_block = 0
         self.patience = Patience("aggregator", log)
+        self._events: Ledger | None = None
         #: Rounds this aggregator's vote lost: (round, our CID, the published CID).
         self.outvoted: list[tuple[int, str, str]] = []
 
@@ -337,6 +355,87 @@ class Aggregator:
                 raise FedChainError("aggregator stopped")
         return self._updates_in(round, seen), seen
 
+    # -- secure aggregation (SPEC.md §14) ----------------------------------------------
+
+    def _ledger(self) -> Ledger:
+        if self._events is None:
+            self._events = Ledger(self.contract)
+        return self._events
+
+    def _secure_phases(self, round: int) -> tuple[list[UpdateSubmitted], list[int]]:
+        """This member's part of a secure round: posts its round keys, waits for the update
+        deadline, reveals its share keys (unless that would expose a small group's sum), and
+        waits for the other holders' revelations or the reveal deadline. Returns the round's
+        submissions and bitmap, as wait_for_updates does."""
+        c, plan = self.contract, self._plan()
+        ledger = self._ledger()
+        keys: RoundKeys | None = None
+        while keys is None:
+            record = ledger.record(round, facts=True)
+            seed = round_seed(plan, record)
+            if seed is not None:
+                ctx = round_context(plan, record, seed)
+                keys = RoundKeys.derive(master_secret(bytes(c.account.key)), c.account.address,
+                                        ctx)
+                me = keys.learner
+                if not any(m.kind == KEYS and m.sender.lower() == me for m in record.secagg):
+                    try:
+                        c.post_secagg(round, KEYS, keys_message(keys, ctx, None))
+                        log.info("[ROUND %d] posted this member's round keys", round)
+                    except (UpdateDeadlinePassed, WrongRound, FederationFinished) as exc:
+                        log.warning("[ROUND %d] could not post this member's keys: %s", round,
+                                    exc)
+                        break
+                    except SeedNotReady:
+                        keys = None
+            elif c.seed_block():
+                with contextlib.suppress(SeedNotReady):
+                    c.seed_round(round)
+            if keys is None and self._idle():
+                raise FedChainError("aggregator stopped")
+        info = c.round_info()
+        while True:
+            record = ledger.record(round, facts=True)
+            now = c.block_time()
+            if now > info.update_deadline or (keys is not None and SecureRound.of(
+                    plan, record, seed=ctx.seed).updates_final(record, now)):
+                break
+            self.patience.waiting(f"round {round}'s masked updates, or its update deadline "
+                                  f"(block time {info.update_deadline})")
+            if self._idle():
+                raise FedChainError("aggregator stopped")
+        self.patience.done()
+        seen = c.submitted_bits(round)
+        submitted = self._updates_in(round, seen)
+        record = replace(ledger.record(round, facts=True), submissions=submitted)
+        if keys is not None and record.facts is not None and \
+                keys.learner in {m.lower() for m in record.facts.committee}:
+            view = SecureRound.of(plan, record, seed=ctx.seed)
+            mine = [m for m in record.secagg if m.kind == REVEAL and m.sender.lower() ==
+                    keys.learner]
+            while keys.learner in view.holders and not mine:
+                try:
+                    c.post_secagg(round, REVEAL, holder_revelation(view, keys, record))
+                    log.info("[ROUND %d] revealed this member's share keys of %d learners",
+                             round, len(view.dealings))
+                except PrivacyError as exc:
+                    log.warning("[ROUND %d] reveals nothing: %s", round, exc)
+                except (WrongRound, FederationFinished) as exc:
+                    log.warning("[ROUND %d] could not reveal: %s", round, exc)
+                break
+            while True:
+                record = ledger.record(round, facts=True)
+                view = SecureRound.of(plan, record, seed=view.ctx.seed)
+                if set(view.revealed) >= set(view.holders) or \
+                        c.block_time() > view.reveal_deadline:
+                    break
+                self.patience.waiting(f"the holders' revelations of round {round} "
+                                      f"({len(view.revealed)} of {len(view.holders)})")
+                if self._idle():
+                    raise FedChainError("aggregator stopped")
+            self.patience.done()
+        return submitted, seen
+
     def _head(self) -> int:
         """The chain's head block (the watcher's, where there is one: no request)."""
         if self.watcher is not None:
@@ -374,18 +473,19 @@ class Aggregator:
         raise FedChainError(f"round {round}: the chain's submission events do not match its "
                             "submitted bitmap")
 
-    def fetch_round(self, usable: Sequence[UpdateSubmitted],
-                    deadline: float | None = None) -> Iterable[Outcome]:
+    def fetch_round(self, usable: Sequence[UpdateSubmitted], deadline: float | None = None,
+                    reference: ModelSpec | None = None) -> Iterable[Outcome]:
         """The round's updates, fetched in learner order as the strategy pulls them, up to
         FETCH_IN_FLIGHT at once: each within its own `rules.update_timeout` (so a slow update
         costs its own time only), all by `deadline` (the config's fetch_timeout past the round
         timeout), with the plan's size limit."""
         assert self._spec is not None
         plan = self._plan()
+        reference = reference or self._spec
         return fetch_updates(self.store, usable, max_bytes=plan.max_model_bytes,
                              exclude_duplicates=plan.exclude_duplicates,
-                             reference=self._spec, deadline=deadline, copy=False,
-                             timeout=update_timeout(self._spec.nbytes),
+                             reference=reference, deadline=deadline, copy=False,
+                             timeout=update_timeout(reference.nbytes),
                              in_flight=FETCH_IN_FLIGHT)
 
     def previous_global(self, round: int) -> Weights:
@@ -423,11 +523,17 @@ class Aggregator:
         started = time.monotonic()
         # Fetching ends by the round's own deadline: what has not arrived by then is left out.
         deadline = started + self.config.round_timeout + self.config.fetch_timeout
-        submitted, seen = self.wait_for_updates(round)
+        secure = is_secagg(self._plan())
+        submitted, seen = (self._secure_phases(round) if secure
+                           else self.wait_for_updates(round))
         active = set(self.contract.addresses(from_bits(self.contract.active_bits())))
         record = RoundRecord(round, ChainCid(self.contract.global_model(round - 1)),
                              submissions=submitted,
                              removed={u.learner for u in submitted if u.learner not in active})
+        if secure:
+            # The rule reads the round's keys, dealings and revelations, and their blocks.
+            record = replace(self._ledger().record(round, facts=True), submissions=submitted,
+                             removed=record.removed)
         previous = self.previous_global(round)
         # A store outage is raised, so the round is retried; other failures exclude an update.
         outcome = run_round(self._plan(), self.strategy, record,

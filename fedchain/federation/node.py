@@ -6,6 +6,7 @@ A global model the store cannot serve yet is waited for, and one that is invalid
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from ..errors import (
     InvalidCID,
     InvalidModel,
     PrivacyBudgetExceeded,
+    PrivacyError,
     StorageError,
 )
 from ..eth.contract import FedChain, FedChainReader, require_signer
@@ -42,6 +44,7 @@ from ..eth.reverts import (
     RevealDeadlinePassed,
     RevealNotOpen,
     RoundNotExpired,
+    SeedNotReady,
     SubmissionsClosed,
     UpdateDeadlinePassed,
     WrongRound,
@@ -50,14 +53,25 @@ from ..jsonsafe import loads
 from ..model.codec import ModelSpec, Weights, encode, spec
 from ..model.fetch import fetch_model
 from ..privacy.dpsgd import PrivacyLedger
+from ..privacy.secagg import RoundContext, RoundKeys
 from ..protocol.fetching import Outcome, fetch_updates
-from ..protocol.ledger import Ledger
+from ..protocol.ledger import Ledger, RoundRecord
 from ..protocol.params import VERIFY_MODES, Plan
 from ..protocol.round import differences, disputed_cid, run_round
 from ..protocol.rules import commitment, update_timeout
+from ..protocol.secure import (
+    KEYS,
+    MASKED_LAYER,
+    SecureRound,
+    is_secagg,
+    keys_message,
+    masked_update,
+    master_secret,
+    round_seed,
+)
 from ..storage import ContentStore
 from ..storage.cid import CID
-from .learner import Learner
+from .learner import Learner, TrainResult
 from .outage import ride_out
 
 #: The round moved on (or closed its submissions) before this learner's update landed.
@@ -195,6 +209,16 @@ class SharedWork:
         return result
 
 
+@dataclass
+class _SecaggPending:
+    """A learner's secure round in progress."""
+
+    round: int
+    weights: Weights
+    keys: tuple[RoundKeys, RoundContext] | None = None
+    result: TrainResult | None = None
+
+
 class LearnerNode:
     """Runs one learner against a federation: train each open round, evaluate each global model.
 
@@ -264,10 +288,15 @@ class LearnerNode:
         #: trains no more, and goes on evaluating and reporting), or None.
         self.budget_spent: int | None = None
         self._privacy_restored = False
+        #: Secure aggregation: the round in progress (keys posted, waiting to mask).
+        self._secagg: _SecaggPending | None = None
 
     @property
     def handled_round(self) -> int:
-        """The latest round whose work this learner has done (-1: none yet)."""
+        """The latest round whose work this learner has done (-1: none yet; a secure round
+        in progress is not done)."""
+        if self._secagg is not None:
+            return min(self._handled_round, self._secagg.round - 1)
         return self._handled_round
 
     # -- helpers -----------------------------------------------------------------------
@@ -448,7 +477,8 @@ class LearnerNode:
         if self._strategy.stateful and record.previous_state is not None:
             state = fetch_model(self.store, record.previous_state.require(), max_bytes=limit)
 
-        def fetch(usable: Sequence[UpdateSubmitted]) -> Iterable[Outcome]:
+        def fetch(usable: Sequence[UpdateSubmitted],
+                  reference: ModelSpec = reference) -> Iterable[Outcome]:
             return fetch_updates(self.store, usable, max_bytes=limit, reference=reference,
                                  exclude_duplicates=plan.exclude_duplicates,
                                  timeout=update_timeout(reference.nbytes))
@@ -509,6 +539,80 @@ class LearnerNode:
         except (RoundNotExpired, WrongRound, FederationFinished):
             pass  # someone else closed it first
 
+    def _secagg_due(self, round: int) -> bool:
+        """Secure aggregation (SPEC.md §14): drives this learner's round through its phases;
+        True while it is still in progress. Keys: once the committee's keys are in (all of
+        them, or the threshold past half the key window), posts its keys and dealing, then
+        trains. Updates: past the key deadline, masks its difference from the global model
+        for the round's set and submits it."""
+        p = self._secagg
+        if p is None:
+            return False
+        if p.round != round:
+            log.warning("%s: round %d closed before this learner's masked update was in",
+                        self.name, p.round)
+            self._secagg = None
+            return False
+        plan = self.plan()
+        ledger = self.shared.ledger(self.contract) if self.shared else self._own_ledger()
+        record = ledger.record(round, facts=True)
+        now = self.contract.block_time()
+        try:
+            if p.keys is None:
+                return self._secagg_keys(p, plan, record, now)
+            view = SecureRound.of(plan, record, seed=p.keys[1].seed)
+            if not view.keys_final(record, now):
+                return True
+            if p.result is None:
+                self._secagg = None
+                return False
+            masked = masked_update(view, p.keys[0], p.result.weights, p.weights)
+        except PrivacyError as exc:
+            log.warning("[ROUND %d] %s leaves the secure round: %s", round, self.name, exc)
+            self._secagg = None
+            return False
+        cid = self.store.put(encode(masked))
+        self._secagg = None
+        try:
+            self.contract.submit_update(round, cid, p.result.num_examples)
+        except TOO_LATE as exc:
+            log.warning("%s: round %d closed before the masked update landed (%s)", self.name,
+                        round, exc)
+            return False
+        except AlreadySubmitted:
+            return False
+        self.submitted.append(round)
+        log.info("[ROUND %d] %s submitted its masked update %s (%d values of %d bits)", round,
+                 self.name, cid, masked[MASKED_LAYER].size, view.bits)
+        return False
+
+    def _secagg_keys(self, p: _SecaggPending, plan: Plan, record: RoundRecord,
+                     now: int) -> bool:
+        seed = round_seed(plan, record)
+        if seed is None:  # sampling, and nobody drew the seed yet: draw it
+            with contextlib.suppress(SeedNotReady):
+                self.contract.seed_round(p.round)
+            return True
+        view = SecureRound.of(plan, record, seed=seed)
+        members = len(record.facts.committee) if record.facts else 0
+        half = view.key_deadline - view.params.key_window // 2
+        if now >= view.key_deadline or (len(view.holders) < view.threshold
+                                        and now >= view.key_deadline - 1):
+            raise PrivacyError(f"the key deadline passed with {len(view.holders)} holders' "
+                               f"keys in, {view.threshold} needed")
+        if len(view.holders) < max(1, view.threshold) or (len(view.holders) < members
+                                                          and now < half):
+            return True  # the committee's keys are not all in yet
+        keys = RoundKeys.derive(master_secret(bytes(self.contract.account.key)),
+                                self.address, view.ctx)
+        message = keys_message(keys, view.ctx, view.holders, view.threshold)
+        self.contract.post_secagg(p.round, KEYS, message)
+        p.keys = (keys, view.ctx)
+        log.info("[ROUND %d] %s posted its round keys and shares for %d holders", p.round,
+                 self.name, len(view.holders))
+        p.result = self._train(p.round, p.weights)
+        return True
+
     def restore_privacy(self) -> int:
         """A learner with differential privacy started again (an empty ledger, while the chain
         holds its earlier reports): its ledger takes back the DP-SGD steps its latest report
@@ -551,11 +655,9 @@ class LearnerNode:
         log.error("[ROUND %d] %s: the learner's %s raised %s; the round goes on without it",
                   round, self.name, what, error, exc_info=log.isEnabledFor(logging.DEBUG))
 
-    def train_round(self, round: int, weights: Weights | None = None) -> bool:
-        """Trains on the global model before `round` (`weights`, else fetched) and submits;
-        False if the round moved on."""
-        if weights is None:
-            weights = self.global_weights(round - 1)
+    def _train(self, round: int, weights: Weights) -> TrainResult | None:
+        """The learner's training on `weights` for `round`; None if it refused (its privacy
+        budget spent) or raised (its failure recorded; the federation goes on)."""
         try:
             result = self.learner.train(weights, self.plan().train_config(round))
             if self._spec is not None:
@@ -564,9 +666,24 @@ class LearnerNode:
             self.budget_spent = round
             log.warning("[ROUND %d] %s refuses to train: %s; it goes on evaluating, and the "
                         "federation goes on without its updates", round, self.name, exc)
-            return False
+            return None
         except Exception as exc:  # the learner's own code: its failure ends only its round
             self._learner_failed(round, "train", exc)
+            return None
+        return result
+
+    def train_round(self, round: int, weights: Weights | None = None) -> bool:
+        """Trains on the global model before `round` (`weights`, else fetched) and submits;
+        False if the round moved on. With secure aggregation the round's key phase starts
+        here, and the masked update is submitted after the key deadline (`_secagg_due`)."""
+        if weights is None:
+            weights = self.global_weights(round - 1)
+        if is_secagg(self.plan()):
+            self._secagg = _SecaggPending(round, weights)
+            self._secagg_due(round)
+            return True
+        result = self._train(round, weights)
+        if result is None:
             return False
         cid = self.store.put(encode(result.weights))
         try:
@@ -630,6 +747,8 @@ class LearnerNode:
         if round == 0:
             return True
         if self._reveal_due(round):
+            return True
+        if self._secagg_due(round):
             return True
         if round == self._handled_round:
             # Nothing new to do until the round moves on or the federation finishes. (The

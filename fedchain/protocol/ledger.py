@@ -35,6 +35,7 @@ from ..eth.events import (
     RoundSeeded,
     RoundTimedOut,
     RoundVoided,
+    SecaggPosted,
     UnavailableReported,
     UpdateSubmitted,
     Voted,
@@ -72,6 +73,27 @@ class _RoundEvents:
     voided: RoundVoided | None = None
     #: The round was closed by the void of the round before it, on this restored model.
     restored: ChainCid | None = None
+    #: Secure-aggregation messages (SecaggPosted), in chain order.
+    secagg: list[SecaggPosted] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ChainFacts:
+    """What a secure-aggregation round's rule reads from the chain beyond its events
+    (SPEC.md §14.3): where it runs, when and in which block the round opened, the timestamps
+    of the blocks its messages are in, the committee in force when it opened, and the
+    learners' indices (for sampling)."""
+
+    chain_id: int
+    contract: str
+    opened_at: int
+    opened_hash: bytes
+    block_times: dict[int, int]
+    committee: tuple[str, ...]
+    quorum: int
+    indices: dict[str, int]
+    #: The learners active now (as far as the ledger has read).
+    active: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -87,6 +109,9 @@ class RoundRecord(_RoundEvents):
     previous_model: ChainCid
     previous_state: ChainCid | None = None
     plan_cid: ChainCid | None = None
+    #: Secure aggregation's chain facts (Ledger.record(..., facts=True), or a round with
+    #: SecaggPosted events); None otherwise.
+    facts: ChainFacts | None = None
 
     @property
     def included(self) -> tuple[str, ...]:
@@ -143,6 +168,10 @@ class Ledger:
         #: Whether each learner ever registered is active now.
         self.active: dict[str, bool] = {}
         self.committee: CommitteeChanged | None = None
+        #: The committee in force at the genesis.
+        self.genesis_committee: CommitteeChanged | None = None
+        #: block number -> (timestamp, hash), for the blocks secure aggregation reads.
+        self._blocks: dict[int, tuple[int, bytes]] = {}
         #: Committee changes after the genesis, with the round open when each happened.
         self.committee_changes: list[tuple[int, CommitteeChanged]] = []
         #: The committee members' genesis votes (their digests differ where they dissent).
@@ -212,6 +241,8 @@ class Ledger:
             self._at(e.round).disputes.append(e)
         elif isinstance(e, EvaluationReported):
             self._at(e.round).evaluations.append(e)
+        elif isinstance(e, SecaggPosted):
+            self._at(e.round).secagg.append(e)
         elif isinstance(e, LearnerAdded):
             self.indices[e.learner] = e.index
             self._slots = max(self._slots, e.index)
@@ -225,6 +256,8 @@ class Ledger:
             self.genesis = e
             self._opened[1] = (e.block, self._slots)
         elif isinstance(e, CommitteeChanged):
+            if self.genesis is None:
+                self.genesis_committee = e
             self.committee = e
             if self.genesis is not None:
                 self.committee_changes.append((self.open_round, e))
@@ -240,9 +273,11 @@ class Ledger:
         with self._lock:
             return sorted(self._rounds)
 
-    def record(self, round: int, *, refresh: bool = True) -> RoundRecord:
+    def record(self, round: int, *, refresh: bool = True,
+               facts: bool = False) -> RoundRecord:
         """Round `round`'s record; the chain is read first (only what is new) unless
-        `refresh` is False or the round was already published."""
+        `refresh` is False or the round was already published. Its secure-aggregation
+        `facts` are read too with `facts`, or when the round has SecaggPosted events."""
         with self._lock:
             known = self._rounds.get(round)
             if refresh and (known is None or known.published is None):
@@ -254,8 +289,47 @@ class Ledger:
             events = {f.name: copy(getattr(r, f.name)) for f in fields(_RoundEvents)}
             if round in self._opened:
                 events["opened_block"], events["slots"] = self._opened[round]
-            return RoundRecord(round, self.global_model(round - 1), self.state_after(round - 1),
-                               self.genesis.plan_cid, **events)
+            out = RoundRecord(round, self.global_model(round - 1), self.state_after(round - 1),
+                              self.genesis.plan_cid, **events)
+            if (facts or out.secagg) and out.opened_block is not None:
+                out.facts = self.facts(out)
+            return out
+
+    def committee_at(self, round: int) -> CommitteeChanged | None:
+        """The committee in force when `round` opened (a change made while a round was open
+        counts from the next round)."""
+        with self._lock:
+            found = self.genesis_committee
+            for opened, change in self.committee_changes:
+                if opened < round:
+                    found = change
+            return found
+
+    def block(self, number: int) -> tuple[int, bytes]:
+        """(timestamp, hash) of block `number`, read once."""
+        with self._lock:
+            known = self._blocks.get(number)
+        if known is None:
+            chain = self.contract.chain
+            b = chain.call(lambda: chain.w3.eth.get_block(number))
+            known = (int(b["timestamp"]), bytes(b["hash"]))
+            with self._lock:
+                self._blocks[number] = known
+        return known
+
+    def facts(self, record: RoundRecord) -> ChainFacts:
+        """The chain facts secure aggregation's rule reads for `record` (its messages'
+        blocks' timestamps, the opening block's, the committee, the indices)."""
+        assert record.opened_block is not None
+        opened_at, opened_hash = self.block(record.opened_block)
+        times = {e.block: self.block(e.block)[0] for e in record.secagg}
+        committee = self.committee_at(record.round)
+        return ChainFacts(
+            chain_id=self.contract.chain.chain_id, contract=self.contract.address,
+            opened_at=opened_at, opened_hash=opened_hash, block_times=times,
+            committee=tuple(committee.members) if committee else (),
+            quorum=committee.quorum if committee else 0, indices=dict(self.indices),
+            active=frozenset(a for a, on in self.active.items() if on))
 
     def records(self) -> Iterator[RoundRecord]:
         """Every round's record, ascending (nothing is read from the chain)."""

@@ -42,6 +42,10 @@ MAX_MODEL_BYTES = 2**40
 MAX_WINDOW = 2**24 - 1
 #: How learners check a global model before training on it (see ProtocolFields.verify).
 VERIFY_MODES = ("full", "sampled", "off")
+#: Privacy of the learners' updates (see ProtocolFields.privacy).
+PRIVACY_MODES = ("none", "secagg")
+#: How a secure-aggregation round combines its groups' means (SecaggParams.combine).
+COMBINE_RULES = ("mean", "median")
 #: Learners re-derive global models up to this size by default (bigger: see verify).
 DEFAULT_VERIFY_MAX_BYTES = 256 * 1024 * 1024
 
@@ -126,9 +130,23 @@ class ProtocolFields:
     #: round on, the key takes that value (before the first, the plan's `train` value).
     train_schedule: dict[str, dict[str, Any]] | None = _field(None, _SCHEDULE, optional=True)
 
+    #: Privacy of the learners' updates: "none" (in the clear) or "secagg" (secure
+    #: aggregation, SPEC.md §14: learners publish only masked, quantized differences, and
+    #: only the sum of a round's (or each group's) differences can be unmasked, by anyone);
+    #: `secagg` holds its parameters (SecaggParams).
+    privacy: str = _field("none", (f"one of {', '.join(PRIVACY_MODES)}",
+                                   lambda v: v in PRIVACY_MODES), optional=True)
+    secagg: dict[str, Any] | None = _field(None, (
+        "an object of secure-aggregation parameters",
+        lambda v: v is None or isinstance(v, dict)), optional=True)
+
     def __post_init__(self) -> None:
         for f in protocol_fields():
             check_field(f.name, getattr(self, f.name))
+        if self.privacy == "secagg":
+            self._check_secagg()
+        elif self.secagg is not None:
+            raise ConfigError('malformed plan: secagg parameters need privacy = "secagg"')
         if self.reveal_window and not self.update_window:
             raise ConfigError("malformed plan: commit-reveal (reveal_window) needs an "
                               "update_window")
@@ -136,9 +154,95 @@ class ProtocolFields:
             raise ConfigError("malformed plan: commit-reveal rounds are synchronous "
                               "(max_staleness must be 0)")
 
+    def _check_secagg(self) -> None:
+        p = SecaggParams.parse(self.secagg)
+        why = None
+        if not self.update_window or not self.vote_window:
+            why = "needs an update_window and a vote_window (its phases are deadlines)"
+        elif p.key_window >= self.update_window:
+            why = (f"its key_window ({p.key_window} s) must end before the update deadline "
+                   f"({self.update_window} s)")
+        elif p.reveal_window >= self.vote_window:
+            why = (f"its reveal_window ({p.reveal_window} s) must end before the vote "
+                   f"deadline ({self.vote_window} s after the update deadline)")
+        elif self.reveal_window or self.max_staleness or self.buffer_size:
+            why = "rounds are synchronous, without commit-reveal or a buffer"
+        elif self.exclude_duplicates:
+            why = "cannot compare masked updates (exclude_duplicates must be false)"
+        strategy = getattr(self, "strategy", None)
+        if why is None and isinstance(strategy, dict) and (
+                strategy.get("name") != "FedAvg" or any(
+                    v not in (None, False, 1.0) for k, v in
+                    (strategy.get("params") or {}).items() if k not in ("accumulator", "scaling"))):
+            why = ("aggregates with its own rule (SPEC.md §14.7): the strategy must be plain "
+                   f"FedAvg, not {strategy.get('name')} {strategy.get('params') or ''}".rstrip())
+        if why is not None:
+            raise ConfigError(f"malformed plan: secure aggregation {why}")
+
     def protocol(self) -> dict[str, Any]:
         """The protocol fields, by name."""
         return {f.name: getattr(self, f.name) for f in protocol_fields()}
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecaggParams:
+    """A secure-aggregation plan's parameters (the plan's `secagg` object; SPEC.md §14.2)."""
+
+    #: Each coordinate of a learner's difference is clipped to [−clip, clip] ...
+    clip: float
+    #: ... and mapped to an integer in [−range, range] by stochastic rounding.
+    range: int = (1 << 15) - 1
+    #: Seconds after the round opens in which participants post their round keys (learners
+    #: with their dealings); the round's set is the learners whose keys are in by then.
+    key_window: int
+    #: Seconds after the update deadline in which the holders reveal their share keys.
+    reveal_window: int
+    #: Shares needed to recover a secret (0: the committee's quorum when the round opened).
+    threshold: int = 0
+    #: Minimum group size (0: one group, the whole round): groups are unmasked apart and
+    #: combined by `combine`.
+    group_size: int = 0
+    #: Holders reveal nothing if a connected component of the finished learners' graph
+    #: (per group) is smaller than this: its sum would be public.
+    min_component: int = 2
+    combine: str = "mean"
+    #: The neighbour graph's degree (0: min(n − 1, 2·bitlength(n)); else even, ≥ 2).
+    degree: int = 0
+
+    @classmethod
+    def parse(cls, raw: Any) -> SecaggParams:
+        """The parameters in a plan's `secagg` object; ConfigError says what is wrong."""
+        if not isinstance(raw, dict):
+            raise ConfigError('malformed plan: privacy = "secagg" needs a secagg object with '
+                              "clip, key_window and reveal_window")
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - names)
+        if unknown:
+            raise ConfigError(f"malformed plan: unknown secagg parameters {unknown}")
+        checks: dict[str, tuple[str, Callable[[Any], bool]]] = {
+            "clip": ("a positive finite number", lambda v: _is_number(v) and 0 < v < 1e300),
+            "range": _integer(1, 1 << 30),
+            "key_window": _integer(1, MAX_WINDOW, "seconds"),
+            "reveal_window": _integer(1, MAX_WINDOW, "seconds"),
+            "threshold": _integer(0, 255),
+            "group_size": _integer(0, 1 << 20),
+            "min_component": _integer(2, 1 << 20),
+            "combine": (f"one of {', '.join(COMBINE_RULES)}", lambda v: v in COMBINE_RULES),
+            "degree": ("0 or an even integer ≥ 2", lambda v: _is_int(v) and 0 <= v < 1 << 20
+                       and v % 2 == 0),
+        }
+        for name in ("clip", "key_window", "reveal_window"):
+            if name not in raw:
+                raise ConfigError(f"malformed plan: secagg needs {name}")
+        for name, value in raw.items():
+            what, ok = checks[name]
+            if not ok(value):
+                raise ConfigError(f"malformed plan: secagg.{name} must be {what}, "
+                                  f"not {value!r}")
+        if raw.get("combine", "mean") != "mean" and not raw.get("group_size"):
+            raise ConfigError("malformed plan: secagg.combine other than mean needs groups "
+                              "(group_size)")
+        return cls(**{**raw, "clip": float(raw["clip"])})
 
 
 def protocol_fields() -> tuple[Field[Any], ...]:

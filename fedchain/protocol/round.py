@@ -35,6 +35,7 @@ from ..eth.events import GlobalModelPublished, UpdateSubmitted
 from ..model.codec import Weights, encode
 from ..storage import cid_of
 from ..storage.cid import CID
+from . import secure
 from .fetching import Outcome, Rejected, RoundUpdates
 from .ledger import RoundRecord
 from .params import Plan
@@ -54,7 +55,9 @@ TIMED_OUT, BELOW_MIN_UPDATES, AGGREGATION_FAILED, TOO_FEW_VALID, VOIDED = (
 #: Why a round closed by the void of the round before it carried over.
 VOID = "closed by the learners' void of the round before it: the model before that restored"
 
-Fetch = Callable[[Sequence[UpdateSubmitted]], Iterable[Outcome]]
+#: `fetch(submissions)` fetches updates as the plan's model; a secure-aggregation round calls
+#: `fetch(submissions, reference=spec)` for the masked updates' model files (secure.py).
+Fetch = Callable[..., Iterable[Outcome]]
 
 
 @dataclass(frozen=True)
@@ -143,6 +146,10 @@ def run_round(
     why = too_few_submissions(len(usable), plan.min_updates)
     if why is not None:
         return carried(BELOW_MIN_UPDATES, why, left=usable)
+    if secure.is_secagg(plan):
+        return _secure_round(plan, record, fetch, previous, state, raise_errors,
+                             record.excused if excused is None else frozenset(excused),
+                             removed, carried)
     # Submissions every member whose vote closed the round reported unavailable within
     # their deadlines (UnavailableReported) are unavailable here too, and not fetched: what
     # a slow-drip node serves later cannot turn the committee's evidence into a fault.
@@ -165,6 +172,37 @@ def run_round(
     return RoundOutcome(record.round, new, new_state, tuple(updates.included),
                         (*removed, *updates.rejected), None,
                         publishes_state=strategy.stateful and new_state is not None)
+
+
+def _secure_round(plan: Plan, record: RoundRecord, fetch: Fetch, previous: Weights,
+                  state: Weights | None, raise_errors: tuple[type[Exception], ...],
+                  excused: frozenset[str], removed: list[Rejected],
+                  carried: Callable[..., RoundOutcome]) -> RoundOutcome:
+    """Step 4-6 of a secure-aggregation round (SPEC.md §14.7): the finished learners' masked
+    updates are fetched, each group's sum unmasked from the revealed keys, the groups
+    combined; a group that cannot be unmasked is left out, with why."""
+    secure.check_secagg_record(record)
+    view = secure.SecureRound.of(plan, record)
+    vectors, rejected, finished, outsiders = secure.gather(view, record, fetch, previous,
+                                                           excused, raise_errors)
+    by_key = {secure.learner_key(s.learner): s for s in finished}
+    result = secure.aggregate(view, vectors, by_key)
+    out = {r.learner for r in rejected}
+    left = [Rejected.because_of(by_key[a], why) for a, why in sorted(result.left_out.items())
+            if by_key[a].learner not in out]
+    dropped = [*outsiders, *rejected, *left]
+    if result.delta is None:
+        return carried(AGGREGATION_FAILED,
+                       f"secure aggregation unmasked nothing: {result.reason}", dropped)
+    included = [by_key[a] for a in sorted(result.included)]
+    few = too_few_included(len(included), plan.min_updates)
+    if few is not None:
+        return carried(TOO_FEW_VALID, few, dropped, included)
+    try:
+        new = secure.apply_delta(previous, result.delta)
+    except InvalidModel as exc:
+        return carried(AGGREGATION_FAILED, f"secure aggregation: {exc}", dropped, included)
+    return RoundOutcome(record.round, new, state, tuple(included), (*removed, *dropped), None)
 
 
 def differences(outcome: RoundOutcome, published: GlobalModelPublished) -> list[str]:
