@@ -125,6 +125,8 @@ class SecureRound:
     #: Revealed keys by holder: holder → dealer → (kind, key).
     revealed: dict[str, dict[str, tuple[str, bytes]]] = field(default_factory=dict)
     ppm: int = 0
+    #: Where the round froze: the first counted revelation (block, log index); None: not yet.
+    frozen: tuple[int, int] | None = None
 
     @property
     def learners(self) -> list[str]:
@@ -152,6 +154,7 @@ class SecureRound:
         revealed: dict[str, dict[str, tuple[str, bytes]]] = {}
         seen: set[tuple[str, int]] = set()
         reveals: list[SecaggPosted] = []
+        keyed: dict[str, tuple[int, int]] = {}  # learner -> where its keys are (chain order)
         for m in record.secagg:
             sender = _key(m.sender)
             if (sender, m.kind) in seen:
@@ -183,19 +186,35 @@ class SecureRound:
                 continue
             announcements[sender] = ann
             dealings[sender] = dealing
-        u = sorted(announcements)
-        # Revelations count once the finished set is final: past the update deadline, or
-        # past the key deadline and after every learner of U submitted (chain order); and
-        # by the reveal deadline.
-        subs = {_key(s.learner): (s.block, s.log_index) for s in record.submissions}
-        last = max((subs[a] for a in u), default=None) if all(a in subs for a in u) else None
+            keyed[sender] = (m.block, m.log_index)
+        # The freeze point (§14.6): the first holder's revelation, by the reveal deadline,
+        # that is past the update deadline, or after every learner whose keys came before it
+        # submitted. The round's set and finished learners are those before it; revelations
+        # count from it on.
+        subs: dict[str, tuple[int, int]] = {}
+        for sub in record.submissions:
+            subs.setdefault(_key(sub.learner), (sub.block, sub.log_index))
+        frozen: tuple[int, int] | None = None
         for m in reveals:
-            sender, when = _key(m.sender), facts.block_times[m.block]
-            final = when > update_deadline or (when > key_deadline and last is not None
-                                               and (m.block, m.log_index) > last)
-            if sender in holders and final and when <= reveal_deadline:
-                with contextlib.suppress(PrivacyError):  # a malformed one reveals nothing
-                    revealed[sender] = S.decode_revelation(m.data)
+            at, when = (m.block, m.log_index), facts.block_times[m.block]
+            if _key(m.sender) not in holders or when > reveal_deadline:
+                continue
+            before = [a for a, where in keyed.items() if where < at]
+            if when > update_deadline or (before and all(
+                    a in subs and subs[a] < at for a in before)):
+                frozen = at
+                break
+        if frozen is not None:
+            for a in [a for a, where in keyed.items() if where > frozen]:
+                del announcements[a], dealings[a]
+                refused[a] = "posted after the holders began to reveal"
+            for m in reveals:
+                sender, when = _key(m.sender), facts.block_times[m.block]
+                if sender in holders and (m.block, m.log_index) >= frozen and \
+                        when <= reveal_deadline:
+                    with contextlib.suppress(PrivacyError):  # a malformed one reveals nothing
+                        revealed[sender] = S.decode_revelation(m.data)
+        u = sorted(announcements)
         groups: list[tuple[str, ...]] = []
         if params.group_size:
             if len(u) >= params.group_size:
@@ -211,11 +230,13 @@ class SecureRound:
         bits = Q.bits_needed(max(1, len(u)), params.range)
         return cls(params, ctx, key_deadline, update_deadline, reveal_deadline, threshold,
                    holders, announcements, dealings, refused, groups, graph, bits, revealed,
-                   ppm)
+                   ppm, frozen)
 
     def finished(self, record: RoundRecord) -> list[str]:
-        """F: the learners of U with a submission on record (not removed), by key."""
-        done = {_key(s.learner) for s in record.usable}
+        """F: the learners of U with a submission on record (not removed) before the freeze
+        point, by key."""
+        done = {_key(s.learner) for s in record.usable
+                if self.frozen is None or (s.block, s.log_index) < self.frozen}
         return [a for a in self.learners if a in done]
 
     def expected(self, record: RoundRecord) -> list[str]:
@@ -240,11 +261,12 @@ class SecureRound:
         return now > self.key_deadline or all(a in self.refused for a in self.expected(record))
 
     def updates_final(self, record: RoundRecord, now: int) -> bool:
-        """Whether F is final, so that holders may reveal (at block time `now`): past the
-        update deadline, or past the key deadline with every learner of U submitted."""
+        """Whether an honest holder may reveal at block time `now`: past the update deadline,
+        or with the round's set final (`keys_final`) and every learner of it submitted."""
         done = {_key(s.learner) for s in record.submissions}
         return now > self.update_deadline or (
-            now > self.key_deadline and all(a in done for a in self.announcements))
+            bool(self.announcements) and self.keys_final(record, now)
+            and all(a in done for a in self.announcements))
 
     def public_keys(self) -> dict[str, bytes]:
         return {a: v.public_key for a, v in self.announcements.items()}
@@ -428,11 +450,15 @@ def gather(view: SecureRound, record: RoundRecord, fetch: MaskedFetch, previous:
                                               list[UpdateSubmitted], list[Rejected]]:
     """Fetches the finished learners' masked vectors: (the vectors, the rejected finished
     submissions, the finished submissions, the submissions outside U)."""
-    u = set(view.announcements)
+    u, done = set(view.announcements), set(view.finished(record))
     outsiders, finished = [], []
     for s in record.usable:
-        if _key(s.learner) in u:
+        if _key(s.learner) in done:
             finished.append(s)
+        elif _key(s.learner) in u:
+            outsiders.append(Rejected.because_of(
+                s, "submitted after the holders began to reveal (the round's finished set "
+                   "was final)"))
         else:
             why = view.refused.get(_key(s.learner), "it posted no keys by the key deadline")
             outsiders.append(Rejected.because_of(
