@@ -6,7 +6,7 @@
 Per learner (measured, one learner of a round of n): quantize + mask (the self mask and one
 pairwise mask per neighbour, degree = secagg.default_degree(n)), and dealing its encrypted
 shares to a committee of 5 (threshold 3). Upload bytes: the masked vector (⌈k/8⌉ bytes per
-value), the announcement (64 B) and the dealing (82 B + 118 B per holder, docs/secagg.md S.10);
+value), the announcement (64 B) and the dealing (82 B + 118 B per holder, SPEC.md §14.10);
 each holder then publishes 25 B + 53 B per dealer.
 
 Unmasking (anyone, from public data), with 30 % of the round dropped after masking: summing the

@@ -1,4 +1,4 @@
-"""Secure aggregation's test vectors (docs/secagg.md): every derived value of a small round.
+"""Secure aggregation's test vectors (SPEC.md §14): every derived value of a small round.
 
     .venv/bin/python scripts/secagg_vectors.py           # (re)write tests/data/secagg_vectors.json
     .venv/bin/python scripts/secagg_vectors.py --check   # fail if fedchain computes otherwise

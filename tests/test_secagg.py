@@ -1,4 +1,4 @@
-"""Secure aggregation's core (fedchain.privacy, docs/secagg.md): quantization, PRG, keys,
+"""Secure aggregation's core (fedchain.privacy, SPEC.md §14): quantization, PRG, keys,
 neighbours, masks, Shamir shares and their encryption, unmasking with dropouts, groups."""
 
 from __future__ import annotations
@@ -510,7 +510,7 @@ def test_vectors_are_what_fedchain_computes():
     stored = json.loads((root / "tests" / "data" / "secagg_vectors.json").read_text())
     assert secagg_vectors.compute() == stored
 
-    # docs/secagg.md §S.1.2 and §S.2 by hand, with Python floats and the AES keystream.
+    # SPEC.md §14.1.2 and §14.2 by hand, with Python floats and the AES keystream.
     v = stored["quantize"]
     c, qr = float.fromhex(v["clip"]), v["range"]
     s = float(qr) / c
@@ -524,7 +524,7 @@ def test_vectors_are_what_fedchain_computes():
         up = 1 if float(r) < (z - f) * 2.0**53 else 0
         q.append(min(max(f + up, -qr), qr) + qr)
     assert q == v["q"]
-    # §S.5 and §S.7 by hand from the stored seeds.
+    # §14.5 and §14.7 by hand from the stored seeds.
     m, k = stored["masks"], stored["masks"]["bits"]
     learners = {x["address"]: x for x in stored["learners"]}
     seeds = {tuple(key.split()): bytes.fromhex(h) for key, h in stored["pairwise_seeds"].items()}
@@ -567,7 +567,7 @@ def test_wire_formats_round_trip_and_refuse_malformed_bytes():
 
 
 def test_keys_graph_and_shares_follow_the_text_by_hand():
-    """docs/secagg.md §S.2–S.4 and §S.6 recomputed with hmac/hashlib (HKDF by hand) and the
+    """SPEC.md §14.2–§14.4 and §14.6 recomputed with hmac/hashlib (HKDF by hand) and the
     AES keystream, against the stored vectors."""
     import hmac
     import json
@@ -598,7 +598,7 @@ def test_keys_graph_and_shares_follow_the_text_by_hand():
         if x is stored["learners"][0]:
             assert derive(b"shamir-self") == stored["shamir"]["seed"]
 
-    # §S.4: Fisher–Yates on the keystream's words, then the Harary graph.
+    # §14.4: Fisher–Yates on the keystream's words, then the Harary graph.
     nb = stored["neighbours"]
     ks = keystream(hkdf(bytes.fromhex(c["seed"]), b"neighbours\x00\x00" + ctx_bytes), 4096)
     words = iter(int.from_bytes(ks[i:i + 8], "little") for i in range(0, len(ks), 8))
@@ -615,7 +615,7 @@ def test_keys_graph_and_shares_follow_the_text_by_hand():
              for p in range(n)}
     assert graph == nb["graph"]
 
-    # §S.6: coefficients from 40-byte big-endian blocks, shares by Horner, 33 bytes each.
+    # §14.6: coefficients from 40-byte big-endian blocks, shares by Horner, 33 bytes each.
     sh = stored["shamir"]
     p = 2**256 + 297
     ks = keystream(bytes.fromhex(sh["seed"]), 40 * (sh["threshold"] - 1))

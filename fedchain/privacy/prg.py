@@ -1,4 +1,4 @@
-"""Secure aggregation's pseudo-random generator and key derivation (docs/secagg.md §S.2, §S.3).
+"""Secure aggregation's pseudo-random generator and key derivation (SPEC.md §14.2, §14.3).
 
 Everything here is a pure function of its byte inputs: no global state, no clock, no float.
 """

@@ -1,4 +1,4 @@
-"""Quantization of an update's difference into Z_(2^k), and back (docs/secagg.md §S.1).
+"""Quantization of an update's difference into Z_(2^k), and back (SPEC.md §14.1).
 
 Float operations here are single IEEE binary64 operations (multiply, floor, subtract, compare,
 a power-of-two scaling), each exact or correctly rounded on every CPU; the masked domain is

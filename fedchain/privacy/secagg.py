@@ -1,6 +1,6 @@
 """Secure aggregation (SecAgg+ over public deadlines): keys, neighbours, masks, shares, unmasking.
 
-The normative text is docs/secagg.md; the section numbers below (§S.n) are its. A round of it:
+The normative text is SPEC.md §14; the section numbers below (§14.n) are its. A round of it:
 
 1. every learner i derives its round keys from its own 32-byte secret (`RoundKeys.derive`) and
    publishes an `Announcement` (its X25519 public key and a commitment to its self-mask seed);
@@ -16,7 +16,7 @@ The normative text is docs/secagg.md; the section numbers below (§S.n) are its.
 
 `reveal` (step 4 for one holder, with the check that nobody's update would be exposed) and
 `unmask_public` (step 5 from public data alone) run those steps end to end; `encode_*` and
-`decode_*` are the wire formats (§S.10).
+`decode_*` are the wire formats (§14.10).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def _addr(address: str) -> bytes:
 
 @dataclass(frozen=True)
 class RoundContext:
-    """What binds every derivation to one round of one federation (§S.3)."""
+    """What binds every derivation to one round of one federation (§14.3)."""
 
     chain_id: int
     contract: str
@@ -127,7 +127,7 @@ def check_announcement(announcement: Announcement) -> None:
 
 @dataclass(frozen=True, repr=False)
 class RoundKeys:
-    """A participant's secrets for one round, all derived from its own 32-byte secret (§S.3)."""
+    """A participant's secrets for one round, all derived from its own 32-byte secret (§14.3)."""
 
     learner: str
     private_key: bytes    # X25519 raw private key
@@ -164,7 +164,7 @@ def _exchange(private: bytes, public: bytes) -> bytes:
         raise PrivacyError(f"X25519 key agreement refused: {exc}") from None
 
 
-# --- neighbours and groups (§S.4, §S.8) ----------------------------------------------
+# --- neighbours and groups (§14.4, §14.8) ----------------------------------------------
 
 
 def _shuffle(items: Sequence[str], seed: bytes) -> list[str]:
@@ -259,7 +259,7 @@ def components(graph: Mapping[str, Sequence[str]], members: Iterable[str]) -> li
 
 def check_revealable(graph: Mapping[str, Sequence[str]], finished: Iterable[str],
                      min_size: int) -> None:
-    """What a holder checks before it reveals anything (§S.7): once the round's secrets are
+    """What a holder checks before it reveals anything (§14.7): once the round's secrets are
     public, anyone learns the sum of each connected component of the finished learners in the
     graph, so each must have at least `min_size` learners."""
     small = [c for c in components(graph, finished) if len(c) < min_size]
@@ -268,7 +268,7 @@ def check_revealable(graph: Mapping[str, Sequence[str]], finished: Iterable[str]
                            f"{', '.join(small[0])}: components smaller than {min_size}")
 
 
-# --- masks (§S.5) --------------------------------------------------------------------
+# --- masks (§14.5) --------------------------------------------------------------------
 
 
 def pairwise_seed(private_key: bytes, me: str, my_public: bytes, other: str,
@@ -339,7 +339,7 @@ def decode_masked(data: bytes, bits: int, length: int) -> np.ndarray:
     return out
 
 
-# --- shares (§S.6) -------------------------------------------------------------------
+# --- shares (§14.6) -------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -471,7 +471,7 @@ def _recover(dealing: Dealing, announcement: Announcement, kind: str,
     return secret, refused
 
 
-# --- unmasking (§S.7) ----------------------------------------------------------------
+# --- unmasking (§14.7) ----------------------------------------------------------------
 
 
 def unmask(masked: Mapping[str, np.ndarray], graph: Mapping[str, Sequence[str]],
@@ -515,7 +515,7 @@ def unmask(masked: Mapping[str, np.ndarray], graph: Mapping[str, Sequence[str]],
     return _reduce(total, bits)
 
 
-# --- the public steps after the deadline (§S.7), end to end --------------------------
+# --- the public steps after the deadline (§14.7), end to end --------------------------
 
 
 def reveal(holder_keys: RoundKeys, dealings: Iterable[Dealing], finished: Iterable[str],
@@ -572,7 +572,7 @@ def unmask_public(masked: Mapping[str, np.ndarray], announcements: Mapping[str, 
     return Unmasked(total, tuple(finished), tuple(dropped), tuple(refused))
 
 
-# --- wire formats (§S.10) ------------------------------------------------------------
+# --- wire formats (§14.10) ------------------------------------------------------------
 
 _DEALING_TAG = b"fedchain-secagg/1 dealing\x00"
 _REVEAL_TAG = b"fedchain-secagg/1 reveal\x00"

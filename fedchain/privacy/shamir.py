@@ -1,4 +1,4 @@
-"""Shamir secret sharing over GF(p), p = 2^256 + 297 (docs/secagg.md §S.6).
+"""Shamir secret sharing over GF(p), p = 2^256 + 297 (SPEC.md §14.6).
 
 p is the smallest prime above 2^256, so every 256-bit secret (a seed, an X25519 private key
 read as a big-endian integer) is a field element as it is. A share is (x, f(x)) with

@@ -174,7 +174,7 @@ class ProtocolFields:
                 strategy.get("name") != "FedAvg" or any(
                     v not in (None, False, 1.0) for k, v in
                     (strategy.get("params") or {}).items() if k not in ("accumulator", "scaling"))):
-            why = ("aggregates with its own rule (SPEC.md §14.7): the strategy must be plain "
+            why = ("aggregates with its own rule (SPEC.md §14.13): the strategy must be plain "
                    f"FedAvg, not {strategy.get('name')} {strategy.get('params') or ''}".rstrip())
         if why is not None:
             raise ConfigError(f"malformed plan: secure aggregation {why}")
@@ -186,7 +186,7 @@ class ProtocolFields:
 
 @dataclass(frozen=True, kw_only=True)
 class SecaggParams:
-    """A secure-aggregation plan's parameters (the plan's `secagg` object; SPEC.md §14.2)."""
+    """A secure-aggregation plan's parameters (the plan's `secagg` object; SPEC.md §14.11)."""
 
     #: Each coordinate of a learner's difference is clipped to [−clip, clip] ...
     clip: float

@@ -10,17 +10,21 @@ round runs in three phases, each ended by a deadline of block time:
 2. **updates** (until the update deadline): each learner in the round's set (whose keys are
    in by the key deadline) uploads its masked, quantized difference from the global model
    (a model file, §14.5) and submits its CID as usual;
-3. **reveal** (until `update deadline + reveal_window`): each holder posts, for every dealer
-   that named it, the key of exactly one of its two shares: the self-mask seed's if the dealer
-   finished (submitted), the private key's if it did not (`postSecagg(round, 1, …)`).
+3. **reveal** (once every learner of the set submitted, or the update deadline passed; until
+   `update deadline + reveal_window`): each holder posts, for every dealer that named it, the
+   key of exactly one of its two shares: the self-mask seed's if the dealer finished
+   (submitted), the private key's if it did not (`postSecagg(round, 1, …)`). The first such
+   revelation freezes the round's set and its finished learners (§14.12 item 5), so a round
+   ends as soon as everyone is in.
 
 Then anyone — a member voting, a learner checking, an auditor years later — recovers the
 secrets from the revealed keys and computes the exact integer sum of the finished learners'
 quantized differences, per group; the new model is the previous one plus the combined mean.
 
 `SecureRound.of(plan, record)` is the round's public view (set, groups, graph, dealings,
-revelations); `secure_outcome` the round's outcome, which `round.run_round` returns for a
-secagg plan. `LearnerSecrets` and `holder_revelation` are what a learner and a holder send.
+revelations); `gather` and `aggregate` compute the outcome that `round.run_round` returns for
+a secure plan (SPEC.md §14.13). `keys_message`, `masked_update` and `holder_revelation` are
+what a learner and a holder send.
 """
 
 from __future__ import annotations
@@ -72,7 +76,7 @@ def _key(address: str) -> str:
 
 
 def round_seed(plan: Plan, record: RoundRecord) -> bytes | None:
-    """The seed that draws a secure-aggregation round's groups and graph (§14.3): with
+    """The seed that draws a secure-aggregation round's groups and graph (§14.12 item 1): with
     sampling, the round's RoundSeeded seed (None until drawn); without, the same formula over
     the opening block's hash with an empty sample (n = k = 0)."""
     if record.facts is None:
@@ -83,7 +87,7 @@ def round_seed(plan: Plan, record: RoundRecord) -> bytes | None:
 
 
 def round_context(plan: Plan, record: RoundRecord, seed: bytes | None = None) -> S.RoundContext:
-    """The round's context (docs: §14.3): chain id, contract, round, seed."""
+    """The round's context (§14.3): chain id, contract, round, seed."""
     seed = seed if seed is not None else round_seed(plan, record)
     if seed is None or record.facts is None:
         raise PrivacyError(f"round {record.round}: its seed is not drawn yet")
@@ -104,7 +108,7 @@ def floating(previous: Weights) -> dict[str, np.ndarray]:
 
 @dataclass
 class SecureRound:
-    """A secure-aggregation round's public view, from the plan and the chain (§14.4)."""
+    """A secure-aggregation round's public view, from the plan and the chain (§14.12)."""
 
     params: SecaggParams
     ctx: S.RoundContext
@@ -187,7 +191,7 @@ class SecureRound:
             announcements[sender] = ann
             dealings[sender] = dealing
             keyed[sender] = (m.block, m.log_index)
-        # The freeze point (§14.6): the first holder's revelation, by the reveal deadline,
+        # The freeze point (§14.12 item 5): the first holder's revelation, by the reveal deadline,
         # that is past the update deadline, or after every learner whose keys came before it
         # submitted. The round's set and finished learners are those before it; revelations
         # count from it on.
@@ -325,9 +329,9 @@ def masked_update(view: SecureRound, keys: S.RoundKeys, update: Weights,
 
 
 def holder_revelation(view: SecureRound, keys: S.RoundKeys, record: RoundRecord) -> bytes:
-    """A holder's revelation after the update deadline (§14.6): for every dealer of U that
-    named it, the key of its self-mask share if the dealer finished, else of its private-key
-    share. PrivacyError (reveal nothing) if a group's finished learners would have a
+    """A holder's revelation once the round's updates are in (§14.7, §14.14): for every
+    dealer of U that named it, the key of its self-mask share if the dealer finished, else of
+    its private-key share. PrivacyError (reveal nothing) if a group's finished learners would have a
     connected component smaller than min_component."""
     done = set(view.finished(record))
     for group in view.groups:
@@ -341,7 +345,7 @@ def holder_revelation(view: SecureRound, keys: S.RoundKeys, record: RoundRecord)
     return S.encode_revelation(out)
 
 
-# --- the outcome (§14.7) ----------------------------------------------------------------
+# --- the outcome (§14.13) ----------------------------------------------------------------
 
 
 @dataclass
@@ -363,7 +367,7 @@ class SecureResult:
 
 def aggregate(view: SecureRound, masked: Mapping[str, np.ndarray],
               finished_set: Iterable[str]) -> SecureResult:
-    """Unmasks each group's sum from public data and combines the groups (§14.7).
+    """Unmasks each group's sum from public data and combines the groups (§14.13).
     `finished_set`: F (learner keys); `masked`: the usable masked vectors (uint64) of F; a
     finished learner missing from it makes its group fail."""
     done_all = set(finished_set)
@@ -385,7 +389,7 @@ def aggregate(view: SecureRound, masked: Mapping[str, np.ndarray],
         try:
             S.check_revealable(view.graph, finished, p.min_component)
             done = set(finished)
-            # Only the keys of the kind each dealer's state calls for count (§14.7).
+            # Only the keys of the kind each dealer's state calls for count (§14.13).
             usable = {h: {d: k for d, k in by.items()
                           if kinds[h][d] == (S.SELF if d in done else S.KEY)}
                       for h, by in revealed.items()}
