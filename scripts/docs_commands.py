@@ -198,6 +198,7 @@ DEVNET_PORTS = (8545, 5001)
 CNN = "examples/cnn/fedchain-devnet.toml"
 MLP = "examples/mlp/fedchain-devnet.toml"
 DCGAN = "examples/dcgan/fedchain-devnet.toml"
+SECAGG = "examples/cnn/fedchain-secagg-devnet.toml"
 
 
 def _learners(job: str, ids: Sequence[int] = (0, 1, 2), implied: str = "") -> list[Step]:
@@ -266,6 +267,20 @@ SESSIONS: dict[str, list[Step]] = {
              implied="'every command above works on it unchanged': the walkthrough's deploy, "
                      "--fresh on a chain started again"),
     ],
+    # README.md, "Privacy: secure aggregation": the committee of three, secure rounds.
+    "secagg-terminals": [
+        Step("start", "fedchain devnet", DEVNET_PORTS),
+        Step("do", "fedchain deploy --fresh --dev-learners 3 --aggregators 3 --quorum 2"),
+        Step("spawn", f"fedchain aggregator --id 0 --job {SECAGG}   # and --id 1, --id 2"),
+        Step("spawn", f"fedchain aggregator --id 1 --job {SECAGG}",
+             implied="the comment's '--id 1'"),
+        Step("spawn", f"fedchain aggregator --id 2 --job {SECAGG}",
+             implied="the comment's '--id 2'"),
+        Step("spawn", f"fedchain learner --id 0 --job {SECAGG}      # and --id 1, --id 2"),
+        *_learners(SECAGG, (1, 2), implied="the comment's '--id 1, --id 2'"),
+        Step("join", timeout=1200),
+        Step("do", "fedchain audit --store http://127.0.0.1:5001 --verify"),
+    ],
     # README.md, "Scale": 1,000 learners (100 a round) on Anvil mining every 0.25 s.
     "scale": [
         Step("start", "fedchain devnet --block-time 0.25         # Anvil mining every 0.25 s, "
@@ -279,6 +294,7 @@ SESSIONS: dict[str, list[Step]] = {
 
 #: Sessions run only with --long, and why.
 LONG_SESSIONS = {
+    "secagg-terminals": "ten secure CNN rounds in seven processes: several minutes of CPU",
     "dcgan-terminals": "three DCGAN rounds in four processes: several minutes of CPU",
     "scale": "1,000 learners: several minutes of CPU",
 }
@@ -324,6 +340,10 @@ PLAN: dict[str, Run | Skip | InSession] = {
     "fedchain deploy --fresh --dev-learners 3 --aggregators 3 --quorum 2":
         InSession("terminals"),
     f"fedchain aggregator --id 0 --job {CNN}    # and --id 1, --id 2": InSession("terminals"),
+    f"fedchain aggregator --id 0 --job {SECAGG}   # and --id 1, --id 2":
+        InSession("secagg-terminals"),
+    f"fedchain learner --id 0 --job {SECAGG}      # and --id 1, --id 2":
+        InSession("secagg-terminals"),
     "fedchain devnet --hardhat            # both, in one terminal; Ctrl-C stops both":
         InSession("hardhat"),
     "npm run hardhat-node                 # or with npm, in two terminals": InSession("hardhat"),

@@ -357,7 +357,7 @@ class Aggregator:
 
     # -- secure aggregation (SPEC.md §14) ----------------------------------------------
 
-    def _ledger(self) -> Ledger:
+    def _secure_ledger(self) -> Ledger:
         if self._events is None:
             self._events = Ledger(self.contract)
         return self._events
@@ -368,7 +368,7 @@ class Aggregator:
         waits for the other holders' revelations or the reveal deadline. Returns the round's
         submissions and bitmap, as wait_for_updates does."""
         c, plan = self.contract, self._plan()
-        ledger = self._ledger()
+        ledger = self._secure_ledger()
         keys: RoundKeys | None = None
         while keys is None:
             record = ledger.record(round, facts=True)
@@ -532,7 +532,7 @@ class Aggregator:
                              removed={u.learner for u in submitted if u.learner not in active})
         if secure:
             # The rule reads the round's keys, dealings and revelations, and their blocks.
-            record = replace(self._ledger().record(round, facts=True), submissions=submitted,
+            record = replace(self._secure_ledger().record(round, facts=True), submissions=submitted,
                              removed=record.removed)
         previous = self.previous_global(round)
         # A store outage is raised, so the round is retried; other failures exclude an update.
