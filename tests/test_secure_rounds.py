@@ -287,3 +287,82 @@ def test_the_public_view_reveals_the_sum_and_no_single_update() -> None:
                                           view.ctx), WIDTH, view.bits)
         y = (y - words) & mod if j > i else (y + words) & mod
     assert np.array_equal(y, quantized[i])
+
+
+class AlignedWide(WideLearner):
+    """Honest learners that agree: the round's direction and a little noise of their own."""
+
+    def step(self, round: int) -> np.ndarray:
+        common = np.random.default_rng(round).uniform(-0.2, 0.2, WIDTH)
+        own = np.random.default_rng(1000 * round + self.i).normal(0, 0.02, WIDTH)
+        return (common + own).astype(np.float32)
+
+
+class RogueWide(AlignedWide):
+    """A rogue: ten times the negated direction (quantization clips it to ±CLIP per
+    coordinate, whatever it sends)."""
+
+    def step(self, round: int) -> np.ndarray:
+        return (-10 * np.random.default_rng(round).uniform(-0.2, 0.2, WIDTH)).astype(np.float32)
+
+
+def test_groups_and_the_median_bound_a_rogue_inside_its_group() -> None:
+    n, rogue = 9, 4
+    config = secure_config(1, n, group_size=3, combine="median")
+    result = simulate(lambda i, _: RogueWide(i) if i == rogue else AlignedWide(i), n,
+                      config=config, initial_weights=wide_initial(), aggregators=3,
+                      engine="threads", timeout=600)
+    contract, store = result.contract, result.store
+    plan = Plan.load(store, contract.plan())
+    view = SecureRound.of(plan, Ledger(contract).record(1, facts=True))
+    assert [len(g) for g in view.groups] == [3, 3, 3]
+    published = contract.published(1)
+    assert published is not None and len(published.included) == n
+    new = decode(store.get(published.model_cid.require(), 1 << 20))["w"].astype(np.float64)
+    honest = np.mean([AlignedWide(i).step(1) for i in range(n) if i != rogue], axis=0)
+    mean = np.mean([np.clip((RogueWide(i) if i == rogue else AlignedWide(i)).step(1),
+                            -CLIP, CLIP) for i in range(n)], axis=0)
+    # The median of the group means stays with the honest groups; a mean is dragged away.
+    assert np.linalg.norm(new - honest) < 0.3 * np.linalg.norm(mean - honest)
+    assert audit_federation(contract, store).exit_status() == 0
+
+
+def test_a_learner_that_masks_garbage_fails_its_group_only(tmp_path) -> None:
+    """The rule on a real round whose submissions are then replaced: one learner's masked
+    update swapped for random values (as a learner that masks wrongly would send). With
+    groups, its group is left out and named; with one group, the round carries over."""
+    from dataclasses import replace as swap
+
+    from fedchain.eth.events import ChainCid
+    from fedchain.model.codec import encode
+    from fedchain.protocol.fetching import fetch_updates
+    from fedchain.protocol.round import run_round
+
+    n = 6
+    for group_size, carried in ((3, False), (0, True)):
+        result = simulate(lambda i, _: WideLearner(i), n,
+                          config=secure_config(1, n, group_size=group_size),
+                          initial_weights=wide_initial(), aggregators=3, engine="threads",
+                          timeout=600)
+        contract, store = result.contract, result.store
+        plan = Plan.load(store, contract.plan())
+        record = Ledger(contract).record(1, facts=True)
+        view = SecureRound.of(plan, record)
+        victim = record.submissions[0]
+        garbage = np.random.default_rng(7).integers(0, 1 << view.bits, WIDTH).astype(np.int32)
+        cid = store.put(encode({MASKED_LAYER: garbage}))
+        record.submissions[0] = swap(victim, model_cid=ChainCid(bytes(cid)))
+
+        def fetch(subs, reference, store=store):  # type: ignore[no-untyped-def]
+            return fetch_updates(store, subs, max_bytes=1 << 20, reference=reference)
+
+        outcome = run_round(plan, FedAvg(), record, fetch, wide_initial())
+        reasons = {r.learner: r.reason for r in outcome.excluded}
+        if carried:
+            assert outcome.carried_over is not None and not outcome.included
+            assert "out of range" in outcome.carried_over_because
+        else:
+            (group,) = [g for g in view.groups if victim.learner.lower() in g]
+            assert {a.lower() for a in reasons} == set(group)
+            assert all("cannot be unmasked" in why for why in reasons.values())
+            assert len(outcome.included) == n - len(group)
