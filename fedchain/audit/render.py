@@ -128,6 +128,9 @@ def print_report(report: AuditReport, console: Console) -> None:
                   f"({report.chain}), blocks {report.from_block}–{report.head_block}")  # fmt: skip
     plan = (report.plan or {}).get("strategy")
     params = " ".join(f"{k}={v}" for k, v in (plan or {}).get("params", {}).items())
+    if report.plan and report.plan.get("privacy") == "secagg":
+        secagg = report.plan.get("secagg") or {}
+        params += "; secure aggregation " + " ".join(f"{k}={v}" for k, v in secagg.items())
     for key, value in (
         ("owner", report.owner),
         ("aggregator", report.aggregator),

@@ -127,6 +127,8 @@ def verify(report: AuditReport, store: ContentStore, plan: Plan | None = None) -
         checks.append(Check(FAILED, "plan", f"strategy: {exc}"))
         return
     detail = f"{plan.rounds} rounds, at least {plan.min_updates} updates, {strategy}"
+    if plan.privacy == "secagg":
+        detail += f", secure aggregation {plan.secagg} (SPEC.md §14: updates masked)"
     checks.append(Check(OK, "plan", detail))
     try:
         genesis = _fetch(store, report.genesis.model_cid, None, plan.max_model_bytes)
