@@ -8,6 +8,7 @@ the learners' differences, to within the quantization step."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
@@ -35,6 +36,7 @@ from fedchain.model.codec import decode
 from fedchain.privacy import quantize as Q
 from fedchain.privacy import secagg as S
 from fedchain.privacy.prg import prg_words
+from fedchain.protocol import rules
 from fedchain.protocol.ledger import Ledger
 from fedchain.protocol.params import Plan
 from fedchain.protocol.secure import (
@@ -366,3 +368,29 @@ def test_a_learner_that_masks_garbage_fails_its_group_only(tmp_path) -> None:
             assert {a.lower() for a in reasons} == set(group)
             assert all("cannot be unmasked" in why for why in reasons.values())
             assert len(outcome.included) == n - len(group)
+
+
+def test_a_sampled_secure_round_takes_only_the_sample() -> None:
+    n = 8
+    config = secure_config(2, n)
+    config = dataclasses.replace(config, fraction=0.5)
+    result = simulate(lambda i, _: WideLearner(i), n, config=config,
+                      initial_weights=wide_initial(), aggregators=3, engine="threads",
+                      timeout=600)
+    contract, store = result.contract, result.store
+    plan = Plan.load(store, contract.plan())
+    ledger = Ledger(contract)
+    for round in (1, 2):
+        record = ledger.record(round, facts=True)
+        assert record.seed is not None  # the first keys message drew it
+        view = SecureRound.of(plan, record)
+        sampled = {a.lower() for a, i in record.facts.indices.items()
+                   if rules.is_selected(record.seed, i, plan_ppm(plan))}
+        assert set(view.learners) == sampled and len(sampled) == n // 2
+        published = contract.published(round)
+        assert published is not None and {a.lower() for a in published.included} == sampled
+    assert audit_federation(contract, store).exit_status() == 0
+
+
+def plan_ppm(plan: Plan) -> int:
+    return rules.fraction_to_ppm(plan.fraction)
