@@ -147,6 +147,11 @@ def _submit_all(pool: ThreadPoolExecutor, bindings: list[FedChain], round: int) 
                   bindings))
 
 
+def _noise(length: int) -> bytes:
+    """`length` nonzero bytes (calldata costs 16 gas a nonzero byte, 4 a zero one)."""
+    return bytes((i * 37 + 11) % 255 + 1 for i in range(length))
+
+
 def protocol_gas(chain: Chain, n: int) -> dict[str, int]:
     """The protocol's transactions with `n` learners, every one of them submitting. Round 1
     closes on two of three members' votes; more than half of the learners dispute it and it is
@@ -200,6 +205,14 @@ def protocol_gas(chain: Chain, n: int) -> dict[str, int]:
     gas["commitUpdate"] = first.commit_update(
         1, commitment(first.account.address, 1, cid_v1("u"), 60, salt)).gas_used
     second.commit_update(1, commitment(second.account.address, 1, cid_v1("v"), 60, salt))
+    # Secure aggregation's messages (SPEC.md §14.12), nonzero bytes as real keys and
+    # ciphertexts are: a member's keys (64 B); a learner's keys and its dealing to a
+    # committee of 3 (64 + 82 + 118·3 B); a member's revelation for every learner (25 + 53 n B).
+    gas["postSecagg, a member's keys"] = a1.post_secagg(1, 0, _noise(64)).gas_used
+    gas["postSecagg, a learner's keys + dealing (3 holders)"] = first.post_secagg(
+        1, 0, _noise(64 + 82 + 118 * 3)).gas_used
+    gas["postSecagg, a revelation of every learner"] = a1.post_secagg(
+        1, 1, _noise(25 + 53 * n)).gas_used
     chain.advance_time(61)
     gas["revealUpdate"] = first.reveal_update(1, cid_v1("u"), 60, salt).gas_used
     # A member's record that an update did not arrive in time (before its vote).
