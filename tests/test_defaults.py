@@ -48,8 +48,16 @@ def test_a_job_without_strategy_runs_robust_fedavg_and_plain_fedavg_stays_one_li
 
 
 #: Example jobs that average plainly, on purpose: the DP job's utility table (bench/dp.py) is
-#: measured with plain FedAvg over its three learners' noisy updates.
-PLAIN = {"fedchain-dp.toml"}
+#: measured with plain FedAvg over its three learners' noisy updates; secure aggregation's
+#: jobs sum masked updates, which no bound of the plaintext strategies can see (SPEC §14.11).
+PLAIN = {"fedchain-dp.toml", "fedchain-secagg.toml", "fedchain-secagg-devnet.toml"}
+
+
+def test_secure_example_jobs_plan_secure_rounds():
+    for path in sorted(ROOT.glob("examples/*/fedchain-secagg*.toml")):
+        job = Job.load(path)
+        plan = job.run_config().plan(job.learners)
+        assert plan.privacy == "secagg" and plan.strategy["name"] == "FedAvg", path
 
 
 @pytest.mark.parametrize("path", sorted(p for p in ROOT.glob("examples/*/fedchain*.toml")
