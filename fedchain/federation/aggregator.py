@@ -413,7 +413,7 @@ class Aggregator:
             view = SecureRound.of(plan, record, seed=ctx.seed)
             mine = [m for m in record.secagg if m.kind == REVEAL and m.sender.lower() ==
                     keys.learner]
-            while keys.learner in view.holders and not mine:
+            if keys.learner in view.holders and not mine:
                 try:
                     c.post_secagg(round, REVEAL, holder_revelation(view, keys, record))
                     log.info("[ROUND %d] revealed this member's share keys of %d learners",
@@ -422,7 +422,6 @@ class Aggregator:
                     log.warning("[ROUND %d] reveals nothing: %s", round, exc)
                 except (WrongRound, FederationFinished) as exc:
                     log.warning("[ROUND %d] could not reveal: %s", round, exc)
-                break
             while True:
                 record = ledger.record(round, facts=True)
                 view = SecureRound.of(plan, record, seed=view.ctx.seed)

@@ -571,6 +571,11 @@ class LearnerNode:
             log.warning("[ROUND %d] %s leaves the secure round: %s", round, self.name, exc)
             self._secagg = None
             return False
+        except TOO_LATE as exc:
+            log.warning("%s: round %d moved on before this learner's keys landed (%s)",
+                        self.name, round, exc)
+            self._secagg = None
+            return False
         cid = self.store.put(encode(masked))
         self._secagg = None
         try:
