@@ -181,20 +181,23 @@ def _streamed(
 
 # --- blocks, and the threads that sweep them -------------------------------------------------
 
-#: How many threads a sweep runs on; None: one per CPU this process may run on, at most
-#: `_MAX_THREADS`. Any count gives the same bits: see `_each_block`.
+#: How many threads a sweep runs on. None: one per CPU this process may run on, at most
+#: `_MAX_THREADS` and one per `_ELEMENTS_PER_THREAD` elements swept (each thread's scratch
+#: is about 3.5 MiB: a small model is swept on fewer). Any count gives the same bits: see
+#: `_each_block`.
 THREADS: int | None = None
 _MAX_THREADS = 8
+_ELEMENTS_PER_THREAD = 2 << 20
 
 
-def _thread_count() -> int:
+def _thread_count(elements: int) -> int:
     if THREADS is not None:
         return max(1, THREADS)
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cpus = os.cpu_count() or 1
-    return max(1, min(cpus, _MAX_THREADS))
+    return max(1, min(cpus, _MAX_THREADS, elements // _ELEMENTS_PER_THREAD))
 
 
 class _Block(NamedTuple):
@@ -218,10 +221,14 @@ def _blocks(previous: Weights, floating_only: bool) -> list[_Block]:
     return blocks
 
 
-def _each_block(blocks: Sequence[_Block], rows: int,
-                job: Callable[[_Work, _Block], None]) -> None:
-    """job(work, block) for every block, on up to `_thread_count()` threads, each thread with
-    its own scratch (`_Work` with `rows` rows for the halving sums).
+def _sweep_threads(blocks: Sequence[_Block]) -> int:
+    """The threads that sweep `blocks`."""
+    return min(_thread_count(sum(b.stop - b.start for b in blocks)), len(blocks))
+
+
+def _each_block(blocks: Sequence[_Block], job: Callable[[_Work, _Block], None]) -> None:
+    """job(work, block) for every block, on `_sweep_threads(blocks)` threads, each thread with
+    its own scratch (`_Work`).
 
     Why the thread count cannot change a bit: a block's blocks are fixed by the layer sizes
     alone (SPEC §8.2), a job computes its block's elements and its block's partial sums (one
@@ -230,9 +237,9 @@ def _each_block(blocks: Sequence[_Block], rows: int,
     product) the caller adds up afterwards, block by block in order (`_in_order`), as SPEC
     §8.5 step 1 and §8.15 steps 3–4 say. numpy releases the GIL inside its loops, so the
     threads run at once."""
-    threads = min(_thread_count(), len(blocks))
+    threads = _sweep_threads(blocks)
     if threads <= 1:
-        work = _Work(rows)
+        work = _Work()
         with np.errstate(over="ignore", invalid="ignore"):
             for block in blocks:
                 job(work, block)
@@ -242,7 +249,7 @@ def _each_block(blocks: Sequence[_Block], rows: int,
     failed = threading.Event()
 
     def run() -> None:
-        work = _Work(rows)
+        work = _Work()
         with np.errstate(over="ignore", invalid="ignore"):  # the caller's, in this thread
             while not failed.is_set():
                 with lock:
@@ -269,18 +276,20 @@ def _in_order(parts: np.ndarray) -> np.ndarray:
     return total
 
 
-#: The halving sums' small levels run on every update's block at once (one ufunc call per
-#: level for all of them): per update, the levels run down to at most this many values.
+#: The halving sums' small levels run on up to `_GROUP` updates' blocks at once (one ufunc
+#: call per level for all of them): per update, the levels run down to at most `_ROW` values.
 _ROW = 2048
-#: Align's sweep keeps up to this many bytes of differences (all threads together) to
-#: compute them once per block instead of twice.
+_GROUP = 32
+#: Align's sweep keeps differences between its two steps of a block, to compute them once
+#: instead of twice: up to this many bytes (all threads together), and at most a byte per
+#: element swept (a quarter of a float32 model).
 _KEPT_BYTES = 16 << 20
 
 
 class _Work:
     """One thread's scratch, reused by every block it sweeps."""
 
-    def __init__(self, rows: int) -> None:
+    def __init__(self) -> None:
         self.p64 = np.empty(_BLOCK, np.float64)
         self.d = np.empty(_BLOCK, np.float64)
         self.q = np.empty(_BLOCK, np.float64)
@@ -288,8 +297,10 @@ class _Work:
         self.acc32 = np.empty(_BLOCK, np.float32)
         self.t32 = np.empty(_BLOCK, np.float32)
         self.raw = np.empty(_BLOCK * 8, np.uint8)  # a block of the widest dtype, read back
-        #: per update, what is left of its block's halving sum after its large levels
-        self.rows = np.empty((rows, _ROW), np.float64)
+        #: per update of a group, what is left of its block's halving sum after its large
+        #: levels (`_row_sum`), and how many values that is
+        self.rows = np.empty((_GROUP, _ROW), np.float64)
+        self.left = 0
         #: blocks of differences kept between two steps of a block (align's direction, then
         #: its dot products), grown on first use
         self.kept = np.empty((0, _BLOCK), np.float64)
@@ -311,6 +322,15 @@ def _halve_into(values: np.ndarray, row: np.ndarray) -> int:
             return half
         np.add(values[: n - half], values[half:n], out=values[: n - half])
         n = half
+
+
+def _row_sum(work: _Work, i: int, count: int, values: np.ndarray, out: np.ndarray) -> None:
+    """out[i] = the halving sum of `values` (overwritten), the i-th of `count` same-sized
+    arrays of a block: its large levels now, its small ones with the rest of its group."""
+    g = i % _GROUP
+    work.left = _halve_into(values, work.rows[g])
+    if g == _GROUP - 1 or i == count - 1:
+        out[i - g : i + 1] = _halving_rows(work.rows[: g + 1, : work.left])
 
 
 def _halving_rows(rows: np.ndarray) -> np.ndarray:
@@ -432,7 +452,7 @@ def _spill_failed(exc: OSError, directory: str | Path | None) -> FedChainError:
 
 
 def _norm(previous: Weights, update: Update) -> float:
-    """`rules.update_norm` (SPEC §8.5 step 1), its blocks swept on `_thread_count()` threads."""
+    """`rules.update_norm` (SPEC §8.5 step 1), its blocks swept on several threads."""
     return _norms(previous, _HeldReader([update]))[0]
 
 
@@ -449,14 +469,12 @@ def _norms(previous: Weights, reader: _Reader) -> list[float]:
         m = block.stop - block.start
         p64, d = work.p64[:m], work.d[:m]
         np.copyto(p64, flats[block.layer][block.start : block.stop], casting="unsafe")
-        left = 0
         for k in range(n):
             _difference(reader.block(k, block, work.raw), p64, d)
             np.multiply(d, d, out=d)
-            left = _halve_into(d, work.rows[k])
-        parts[block.place] = _halving_rows(work.rows[:n, :left])
+            _row_sum(work, k, n, d, parts[block.place])
 
-    _each_block(blocks, n, job)
+    _each_block(blocks, job)
     return [math.sqrt(t) for t in _in_order(parts).tolist()]
 
 
@@ -499,7 +517,7 @@ def _sweep(
         _mean_block(reader, block, dtype, sum_dtype, target, weights,
                     scales.factors is not None, work)
 
-    _each_block(blocks, n, job)
+    _each_block(blocks, job)
     if squares is not None and parts is not None:
         squares[:] = _in_order(parts)
     return result
@@ -524,20 +542,17 @@ def _delta_block(
     np.copyto(p64, p, casting="unsafe")
     acc.fill(0.0)
     total = float(sum(weights))
-    left = 0
     for k, (weight, factor) in enumerate(zip(weights, factors, strict=True)):
         scale = float(weight) * factor
         if squares is not None or scale != 0.0:
             _difference(reader.block(k, block, work.raw), p64, d)
         if squares is not None:
             np.multiply(d, d, out=q)
-            left = _halve_into(q, work.rows[k])
+            _row_sum(work, k, len(weights), q, squares)
         if scale != 0.0:
             if scale != 1.0:
                 np.multiply(d, scale, out=d)
             np.add(acc, d, out=acc)
-    if squares is not None:
-        squares[:] = _halving_rows(work.rows[: len(weights), :left])
     if divisor is not None:  # align (§8.15 step 6): V = Σ W_k ⊗ γ_k; 0 keeps the layer
         if divisor == 0.0:
             np.copyto(target, p)
@@ -555,12 +570,10 @@ def _norm_block(
     m = block.stop - block.start
     p64, d = work.p64[:m], work.d[:m]
     np.copyto(p64, p, casting="unsafe")
-    left = 0
     for k in range(reader.count):
         _difference(reader.block(k, block, work.raw), p64, d)
         np.multiply(d, d, out=d)
-        left = _halve_into(d, work.rows[k])
-    squares[:] = _halving_rows(work.rows[: reader.count, :left])
+        _row_sum(work, k, reader.count, d, squares)
 
 
 def _mean_block(
@@ -703,7 +716,9 @@ def _alignment(previous: Weights, reader: _Reader, norms: Sequence[float]) -> li
     parts = np.zeros((len(blocks), len(usable) + 1))
     reader.ready()
 
-    kept = min(len(usable), _KEPT_BYTES // _thread_count() // (_BLOCK * 8))
+    budget = min(_KEPT_BYTES, sum(b.stop - b.start for b in blocks))
+    kept = min(len(usable), budget // _sweep_threads(blocks) // (_BLOCK * 8))
+    count = len(usable) + 1
 
     def job(work: _Work, block: _Block) -> None:
         m = block.stop - block.start
@@ -717,19 +732,18 @@ def _alignment(previous: Weights, reader: _Reader, norms: Sequence[float]) -> li
             _difference(reader.block(k, block, work.raw), p64, delta)
             np.divide(delta, norms[k], out=d)
             np.add(r, d, out=r)
-        left = 0
+        shares = parts[block.place]
         for i, k in enumerate(usable):
             if i < kept:
                 np.multiply(work.kept[i, :m], r, out=d)
             else:
                 _difference(reader.block(k, block, work.raw), p64, d)
                 np.multiply(d, r, out=d)
-            left = _halve_into(d, work.rows[i])
+            _row_sum(work, i, count, d, shares)
         np.multiply(r, r, out=d)
-        _halve_into(d, work.rows[len(usable)])
-        parts[block.place] = _halving_rows(work.rows[: len(usable) + 1, :left])
+        _row_sum(work, count - 1, count, d, shares)
 
-    _each_block(blocks, len(usable) + 1, job)
+    _each_block(blocks, job)
     totals = _in_order(parts).tolist()
     dots = [0.0] * n
     for i, k in enumerate(usable):
