@@ -19,14 +19,16 @@ and checks every value is finite) or, for a like-for-like decode, the very same 
 with Flower's `parameters_to_ndarrays`. The "memory" contenders start from in-memory arrays.
 Results are compared with `aggregate_inplace`'s output (max absolute difference).
 
-The default strategy (`ROBUST_FEDAVG`: clip 2, examples_cap 2; SPEC §8.4–8.5, whose
-differences from the previous model are summed in float64) runs three ways: on a held round
-of arrays (one sweep computing the norms and the fold; "1 clipped": a rogue's update is
-clipped, so a second sweep folds with its factor), and on a one-shot stream of decoded views,
-as in a real round (norms and a spill file, then the fold from the spill). The last lines
-compare it with issue 19's targets: ≥ 2× flwr `aggregate_inplace`'s speed and ≤ 1.5× plain
-FedAvg's time. Times are wall-clock; on a shared machine the workers' CPU time (also shown) is
-the steadier figure.
+The default strategy (`ROBUST_FEDAVG`: clip 2, examples_cap 2, align; SPEC §8.4, §8.15, whose
+differences from the previous model are summed in float64) reads the round three times: the
+norms; the round's direction and each update's cosine with it; the fold. It runs on a held
+round of arrays ("1 clipped": a rogue's update is clipped), and on a one-shot stream of
+decoded views, as in a real round (norms and a spill file, then two sweeps of the spill).
+Its sweeps run a model's blocks on a thread pool (`streaming.THREADS`, one thread per CPU by
+default; the bits are the same for any count): "1 thread" is the held round on one. The last
+lines compare it with issue 19's targets: ≥ 2× flwr `aggregate_inplace`'s speed and ≤ 1.5×
+plain FedAvg's time. Times are wall-clock; on a shared machine the workers' CPU time (also
+shown; the sum over threads) is the steadier figure for the single-threaded contenders.
 """
 
 from __future__ import annotations
@@ -64,16 +66,17 @@ CONTENDERS = {
     "fedchain f32 + flwr decode": ("bytes (npy)", "FedAvg(), same decode as Flower"),
     "fedchain f32 + decode views": ("bytes (codec)", "FedAvg(), decode(copy=False)"),
     "fedchain robust + decode views": (
-        "bytes (codec)", "ROBUST_FEDAVG (clip=2, examples_cap=2), a one-shot stream: norms and "
-        "a spill file, then the fold from the spill"
+        "bytes (codec)", "ROBUST_FEDAVG (clip=2, examples_cap=2, align), a one-shot stream: "
+        "norms and a spill file, then the direction and cosines, and the fold, from the spill"
     ),
     "flwr aggregate": ("arrays", "Flower's list-based FedAvg"),
     "fedchain f32": ("arrays", "FedAvg()"),
     "fedchain f64": ("arrays", "FedAvg(accumulator='float64')"),
-    "fedchain robust": ("arrays", "ROBUST_FEDAVG, a held round: norms and the float64 Δ fold "
-                        "in one sweep (nothing clipped)"),
+    "fedchain robust": ("arrays", "ROBUST_FEDAVG, a held round: three sweeps (norms; direction "
+                        "and cosines; the float64 Δ fold), on a thread per CPU"),
+    "fedchain robust, 1 thread": ("arrays", "the same on one thread (streaming.THREADS = 1)"),
     "fedchain robust, 1 clipped": ("arrays", "ROBUST_FEDAVG, learner 3 sends 10× its model: "
-                                   "clipped, so a second sweep folds with its factor"),
+                                   "clipped"),
     "codec.decode only": ("bytes (codec)", "decode all N models, no aggregation"),
     "flwr decode only": ("bytes (npy)", "parameters_to_ndarrays on all N, no aggregation"),
 }
@@ -162,6 +165,10 @@ def prepare(name: str, learners: int, params: int) -> Run:
     if "clipped" in name:
         for array in inputs[3][2].values():
             array *= np.float32(10.0)
+    if "1 thread" in name:
+        from fedchain.aggregation import streaming
+
+        streaming.THREADS = 1
     updates = [Update(a, n, w) for a, n, w in inputs]
     strategy = _strategy(name)
     return lambda: strategy.aggregate(previous, updates)[0]

@@ -15,6 +15,7 @@ import tracemalloc
 import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -272,3 +273,62 @@ def test_a_spill_that_cannot_be_written_is_this_nodes_failure(tmp_path: Path) ->
 def test_no_updates_give_none() -> None:
     assert two_pass_mean(PREVIOUS, [], MedianBounds(clip=2.0)) is None
     assert two_pass_mean(PREVIOUS, iter([]), MedianBounds(clip=2.0)) is None
+
+
+@pytest.mark.parametrize("threads", [2, 3, 7])
+def test_the_thread_count_changes_no_bit(threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sweeps run a model's blocks on several threads; each block's elements and partial
+    sums come from that block alone and the partial sums are added in block order, so one
+    thread and several give the same bits (and SPEC §8's, from the independent reference).
+    A layer whose last block is odd-sized (its halving sum carries a middle value) and more
+    updates than threads included."""
+    import threading
+
+    from fedchain.aggregation import streaming
+
+    previous = {**PREVIOUS, "odd": (pseudo(2 * 65_536 + 5_001, 40) * 0.1).astype(np.float32)}
+
+    def moved(i: int, scale: float = 1.0) -> Update:
+        u = one_update(i, 9)
+        odd = previous["odd"] + (pseudo(previous["odd"].size, 50 + i) * 0.01 * scale)
+        return Update(u.learner, u.num_examples, {**u.weights, "odd": odd.astype(np.float32)})
+
+    updates = [moved(i, -12.0 if i == 4 else 1.0) for i in range(9)]  # update 4 is clipped
+    if threads == 3:  # the halving sums' small levels in groups of 4 updates, not all 9 at once
+        monkeypatch.setattr(streaming, "_GROUP", 4)
+    strategies = {"default (align)": ROBUST_FEDAVG,
+                  "clip and cap": FedAvg(clip=2.0, examples_cap=2.0),
+                  "clip, uniform": FedAvg(clip=1.5, scaling="uniform")}
+    ups = [ref.Update(u.learner, u.num_examples, u.weights) for u in updates]
+    ran_on: set[int] = set()  # the threads that made scratch in the current sweep
+    most = [0]  # the most threads a sweep ran on
+    gate = [threading.Barrier(1)]
+    made, each_block = streaming._Work.__init__, streaming._each_block
+
+    def counted(self: streaming._Work) -> None:
+        ran_on.add(threading.get_ident())
+        gate[0].wait(timeout=60)  # each thread takes a block only once all have started
+        made(self)
+
+    def sweep(blocks: Sequence[Any], *args: Any) -> None:
+        assert streaming._sweep_threads(blocks) == streaming.THREADS  # enough blocks
+        gate[0] = threading.Barrier(streaming.THREADS)
+        ran_on.clear()
+        each_block(blocks, *args)
+        most[0] = max(most[0], len(ran_on))
+
+    monkeypatch.setattr(streaming._Work, "__init__", counted)
+    monkeypatch.setattr(streaming, "_each_block", sweep)
+    for name, strategy in strategies.items():
+        params = {"scaling": strategy.scaling, "accumulator": strategy.accumulator,
+                  "clip": strategy.clip, "examples_cap": strategy.examples_cap,
+                  "align": strategy.align}
+        expected = ref.fedavg_mean(previous, ups, params)
+        for count in (1, threads):
+            monkeypatch.setattr(streaming, "THREADS", count)
+            most[0] = 0
+            held, _ = strategy.aggregate(previous, updates)
+            streamed, _ = strategy.aggregate(previous, iter(updates))
+            assert most[0] == count, name  # the blocks did run on that many threads
+            assert_bits(held, expected)
+            assert_bits(streamed, expected)

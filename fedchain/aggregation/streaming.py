@@ -33,11 +33,13 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -57,9 +59,7 @@ from .rules import (
     _sum_dtype,
     check_update,
     clip_factors,
-    fixed_sum,
     stream_mean,
-    update_norm,
 )
 
 __all__ = [
@@ -144,8 +144,8 @@ def _held(previous: Weights, updates: Sequence[Update], rule: BoundRule) -> Weig
     try:
         presumed = rule.scales([replace(s, norm=0.0) for s in claimed])
     except Exception:  # noqa: BLE001 - only an optimisation: a rule may refuse a still round
-        stats = [replace(s, norm=update_norm(previous, u.weights))
-                 for s, u in zip(claimed, updates, strict=True)]
+        stats = [replace(s, norm=norm)
+                 for s, norm in zip(claimed, _norms(previous, reader), strict=True)]
         scales = rule.scales(stats)
         rule.report(stats, scales)
         return _sweep(previous, reader, scales, rule.accumulator, None)
@@ -168,7 +168,7 @@ def _streamed(
         last: str | None = None
         for update in updates:
             last = check_update(previous, update, last)
-            norm = update_norm(previous, update.weights) if rule.needs_norms else None
+            norm = _norm(previous, update) if rule.needs_norms else None
             stats.append(UpdateStats(update.learner, update.num_examples, norm))
             spill.write(update.weights)
             del update  # release it before the next one is pulled (and fetched)
@@ -179,41 +179,216 @@ def _streamed(
         return _sweep(previous, spill, scales, rule.accumulator, None)
 
 
+# --- blocks, and the threads that sweep them -------------------------------------------------
+
+#: How many threads a sweep runs on. None: one per CPU this process may run on, at most
+#: `_MAX_THREADS` and one per `_ELEMENTS_PER_THREAD` elements swept (each thread's scratch
+#: is about 3.5 MiB: a small model is swept on fewer). Any count gives the same bits: see
+#: `_each_block`.
+THREADS: int | None = None
+_MAX_THREADS = 8
+_ELEMENTS_PER_THREAD = 2 << 20
+
+
+def _thread_count(elements: int) -> int:
+    if THREADS is not None:
+        return max(1, THREADS)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, _MAX_THREADS, elements // _ELEMENTS_PER_THREAD))
+
+
+class _Block(NamedTuple):
+    """Elements start:stop of a layer (SPEC §8.2's blocks: 65 536 elements, the last of a
+    layer shorter); `place` is its index among the sweep's blocks, in the previous model's
+    layer order."""
+
+    place: int
+    layer: str
+    start: int
+    stop: int
+
+
+def _blocks(previous: Weights, floating_only: bool) -> list[_Block]:
+    blocks: list[_Block] = []
+    for name, ref in previous.items():
+        if floating_only and ref.dtype.kind != "f":
+            continue
+        for start in range(0, ref.size, _BLOCK):
+            blocks.append(_Block(len(blocks), name, start, min(start + _BLOCK, ref.size)))
+    return blocks
+
+
+def _sweep_threads(blocks: Sequence[_Block]) -> int:
+    """The threads that sweep `blocks`."""
+    return min(_thread_count(sum(b.stop - b.start for b in blocks)), len(blocks))
+
+
+def _each_block(blocks: Sequence[_Block], job: Callable[[_Work, _Block], None]) -> None:
+    """job(work, block) for every block, on `_sweep_threads(blocks)` threads, each thread with
+    its own scratch (`_Work`).
+
+    Why the thread count cannot change a bit: a block's blocks are fixed by the layer sizes
+    alone (SPEC §8.2), a job computes its block's elements and its block's partial sums (one
+    halving sum per update) from that block's elements alone, by the same operations whoever
+    runs it, and writes them at the block's own place; whatever crosses blocks (a norm, a dot
+    product) the caller adds up afterwards, block by block in order (`_in_order`), as SPEC
+    §8.5 step 1 and §8.15 steps 3–4 say. numpy releases the GIL inside its loops, so the
+    threads run at once."""
+    threads = _sweep_threads(blocks)
+    if threads <= 1:
+        work = _Work()
+        with np.errstate(over="ignore", invalid="ignore"):
+            for block in blocks:
+                job(work, block)
+        return
+    pending = iter(blocks)
+    lock = threading.Lock()
+    failed = threading.Event()
+
+    def run() -> None:
+        work = _Work()
+        with np.errstate(over="ignore", invalid="ignore"):  # the caller's, in this thread
+            while not failed.is_set():
+                with lock:
+                    block = next(pending, None)
+                if block is None:
+                    return
+                try:
+                    job(work, block)
+                except BaseException:
+                    failed.set()  # the others stop at their next block
+                    raise
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="fedchain-sweep") as pool:
+        futures = [pool.submit(run) for _ in range(threads)]
+    for future in futures:
+        future.result()
+
+
+def _in_order(parts: np.ndarray) -> np.ndarray:
+    """Column k: t = 0.0, then t ← t ⊕ parts[b, k] for each block b in order."""
+    total = np.zeros(parts.shape[1])
+    for row in parts:
+        total += row
+    return total
+
+
+#: The halving sums' small levels run on up to `_GROUP` updates' blocks at once (one ufunc
+#: call per level for all of them): per update, the levels run down to at most `_ROW` values.
+_ROW = 2048
+_GROUP = 32
+#: Align's sweep keeps differences between its two steps of a block, to compute them once
+#: instead of twice: up to this many bytes (all threads together), and at most a byte per
+#: element swept (a quarter of a float32 model).
+_KEPT_BYTES = 16 << 20
+
+
+class _Work:
+    """One thread's scratch, reused by every block it sweeps."""
+
+    def __init__(self) -> None:
+        self.p64 = np.empty(_BLOCK, np.float64)
+        self.d = np.empty(_BLOCK, np.float64)
+        self.q = np.empty(_BLOCK, np.float64)
+        self.acc = np.empty(_BLOCK, np.float64)
+        self.acc32 = np.empty(_BLOCK, np.float32)
+        self.t32 = np.empty(_BLOCK, np.float32)
+        self.raw = np.empty(_BLOCK * 8, np.uint8)  # a block of the widest dtype, read back
+        #: per update of a group, what is left of its block's halving sum after its large
+        #: levels (`_row_sum`), and how many values that is
+        self.rows = np.empty((_GROUP, _ROW), np.float64)
+        self.left = 0
+        #: blocks of differences kept between two steps of a block (align's direction, then
+        #: its dot products), grown on first use
+        self.kept = np.empty((0, _BLOCK), np.float64)
+
+
+def _halve_into(values: np.ndarray, row: np.ndarray) -> int:
+    """The levels of `values`'s halving sum (`rules.fixed_sum`'s order) while more than
+    `_ROW` values are left; the values left go into `row`; returns how many. `values` is
+    overwritten."""
+    n = values.size
+    if n <= _ROW:
+        row[:n] = values
+        return n
+    while True:
+        half = (n + 1) // 2
+        if half <= _ROW:
+            np.add(values[: n - half], values[half:n], out=row[: n - half])
+            row[n - half : half] = values[n - half : half]  # the middle one, for odd n
+            return half
+        np.add(values[: n - half], values[half:n], out=values[: n - half])
+        n = half
+
+
+def _row_sum(work: _Work, i: int, count: int, values: np.ndarray, out: np.ndarray) -> None:
+    """out[i] = the halving sum of `values` (overwritten), the i-th of `count` same-sized
+    arrays of a block: its large levels now, its small ones with the rest of its group."""
+    g = i % _GROUP
+    work.left = _halve_into(values, work.rows[g])
+    if g == _GROUP - 1 or i == count - 1:
+        out[i - g : i + 1] = _halving_rows(work.rows[: g + 1, : work.left])
+
+
+def _halving_rows(rows: np.ndarray) -> np.ndarray:
+    """The halving sum of each row (the levels left after `_halve_into`, all rows at once);
+    `rows` is overwritten."""
+    n = rows.shape[1]
+    while n > 1:
+        half = (n + 1) // 2
+        np.add(rows[:, : n - half], rows[:, half:n], out=rows[:, : n - half])
+        n = half
+    return rows[:, 0].copy() if n else np.zeros(rows.shape[0])
+
+
+def _difference(x: np.ndarray, p64: np.ndarray, d: np.ndarray) -> None:
+    """d = F64(x) ⊖ p64 (the cast, then the subtraction: cheaper than a mixed-dtype ufunc)."""
+    if x.dtype == np.float64:
+        np.subtract(x, p64, out=d)
+    else:
+        np.copyto(d, x, casting="unsafe")
+        np.subtract(d, p64, out=d)
+
+
 # --- reading updates back --------------------------------------------------------------------
 
 
 class _Reader(ABC):
+    """The round's updates, read a block at a time, from any thread."""
+
     count: int
 
-    @abstractmethod
-    def layer(self, name: str) -> None:
-        """Prepare to read blocks of layer `name` of every update."""
+    def ready(self) -> None:  # noqa: B027 - most readers are always ready
+        """Called before a sweep reads blocks."""
 
     @abstractmethod
-    def block(self, k: int, start: int, stop: int) -> np.ndarray:
-        """Elements start:stop of the current layer of update k, flat (valid until the next
-        call)."""
+    def block(self, k: int, block: _Block, raw: np.ndarray) -> np.ndarray:
+        """The block's elements of update k, flat; read into `raw` (the calling thread's
+        bytes) if they are not in memory, so valid until that thread's next call."""
 
 
 class _HeldReader(_Reader):
-    """Updates in memory: blocks are views."""
+    """Updates in memory: blocks are views (copies for arrays that are not C-contiguous)."""
 
     def __init__(self, updates: Sequence[Update]) -> None:
-        self._updates = updates
         self.count = len(updates)
-        self._flats: list[np.ndarray] = []
+        self._flats: list[dict[str, Any]] = [
+            {name: (a.reshape(-1) if a.flags.c_contiguous else a.flat)
+             for name, a in u.weights.items()}
+            for u in updates
+        ]
 
-    def layer(self, name: str) -> None:
-        self._flats = [np.ravel(u.weights[name]) for u in self._updates]
-
-    def block(self, k: int, start: int, stop: int) -> np.ndarray:
-        return self._flats[k][start:stop]
+    def block(self, k: int, block: _Block, raw: np.ndarray) -> np.ndarray:
+        return np.asarray(self._flats[k][block.layer][block.start : block.stop])
 
 
 class _Spill(_Reader):
     """The round's updates written one after another to an unnamed temporary file, each in
-    the previous model's layer order, and read back a block at a time (os.preadv into one
-    buffer: nothing of the file is mapped into the process)."""
+    the previous model's layer order, and read back a block at a time (os.preadv into the
+    reading thread's buffer: nothing of the file is mapped into the process)."""
 
     def __init__(self, previous: Weights, directory: str | Path | None) -> None:
         try:
@@ -229,9 +404,6 @@ class _Spill(_Reader):
         self._size = size
         self._dtypes = {name: ref.dtype for name, ref in previous.items()}
         self.count = 0
-        self._offset = 0
-        self._dtype = np.dtype(np.uint8)
-        self._buffer = np.empty(_BLOCK * 8, np.uint8)  # a block of the widest dtype
 
     def __enter__(self) -> _Spill:
         return self
@@ -250,15 +422,14 @@ class _Spill(_Reader):
             raise _spill_failed(exc, self._directory) from None
         self.count += 1
 
-    def layer(self, name: str) -> None:
+    def ready(self) -> None:
         self._file.flush()
-        self._offset = self._offsets[name]
-        self._dtype = self._dtypes[name]
 
-    def block(self, k: int, start: int, stop: int) -> np.ndarray:
-        want = (stop - start) * self._dtype.itemsize
-        view = memoryview(self._buffer)[:want]  # type: ignore[arg-type]
-        position = k * self._size + self._offset + start * self._dtype.itemsize
+    def block(self, k: int, block: _Block, raw: np.ndarray) -> np.ndarray:
+        dtype = self._dtypes[block.layer]
+        want = (block.stop - block.start) * dtype.itemsize
+        view = memoryview(raw)[:want]  # type: ignore[arg-type]
+        position = k * self._size + self._offsets[block.layer] + block.start * dtype.itemsize
         fd, done = self._file.fileno(), 0
         while done < want:
             got = os.preadv(fd, [view[done:]], position + done)
@@ -266,7 +437,7 @@ class _Spill(_Reader):
                 raise FedChainError(f"the round's spill file ended {want - done} bytes early "
                                     "(was the temporary directory cleaned while it was read?)")
             done += got
-        return self._buffer[:want].view(self._dtype)
+        return raw[:want].view(dtype)
 
 
 def _spill_failed(exc: OSError, directory: str | Path | None) -> FedChainError:
@@ -277,7 +448,34 @@ def _spill_failed(exc: OSError, directory: str | Path | None) -> FedChainError:
                          f"TMPDIR to a disk with room for the round's updates): {exc}")
 
 
-# --- the sweep -------------------------------------------------------------------------------
+# --- the sweeps ------------------------------------------------------------------------------
+
+
+def _norm(previous: Weights, update: Update) -> float:
+    """`rules.update_norm` (SPEC §8.5 step 1), its blocks swept on several threads."""
+    return _norms(previous, _HeldReader([update]))[0]
+
+
+def _norms(previous: Weights, reader: _Reader) -> list[float]:
+    """Every update's ν_k (SPEC §8.5 step 1): per block, each update's squared differences
+    halving-summed; the block sums added in block order."""
+    n = reader.count
+    blocks = _blocks(previous, floating_only=True)
+    flats = {name: np.ravel(ref) for name, ref in previous.items()}
+    parts = np.zeros((len(blocks), n))
+    reader.ready()
+
+    def job(work: _Work, block: _Block) -> None:
+        m = block.stop - block.start
+        p64, d = work.p64[:m], work.d[:m]
+        np.copyto(p64, flats[block.layer][block.start : block.stop], casting="unsafe")
+        for k in range(n):
+            _difference(reader.block(k, block, work.raw), p64, d)
+            np.multiply(d, d, out=d)
+            _row_sum(work, k, n, d, parts[block.place])
+
+    _each_block(blocks, job)
+    return [math.sqrt(t) for t in _in_order(parts).tolist()]
 
 
 def _sweep(
@@ -287,78 +485,47 @@ def _sweep(
     accumulator: str,
     squares: np.ndarray | None,
 ) -> Weights:
-    """The fold of `reader`'s updates with `scales`, layer by layer and block by block; the
-    squared norms (§8.5 step 1, before the square root) added into `squares` if given."""
+    """The fold of `reader`'s updates with `scales`, block by block (the blocks on several
+    threads: `_each_block`); the squared norms (§8.5 step 1, before the square root) written
+    into `squares` if given."""
     n = reader.count
     weights = [int(w) for w in scales.weights]
     if len(weights) != n or (scales.factors is not None and len(scales.factors) != n):
         raise AggregationError(f"the rule gave {len(weights)} weights for {n} updates")
-    work = _Work()
-    result: Weights = {}
-    for name, ref in previous.items():
-        reader.layer(name)
-        out = np.empty(ref.shape, ref.dtype)
-        flat_out, flat_ref = out.reshape(-1), np.ravel(ref)
-        delta = scales.factors is not None and ref.dtype.kind == "f"
-        norms = squares is not None and ref.dtype.kind == "f"
-        for start in range(0, ref.size, _BLOCK):
-            stop = min(start + _BLOCK, ref.size)
-            p = flat_ref[start:stop]
-            target = flat_out[start:stop]
-            if delta:
-                assert scales.factors is not None
-                _delta_block(reader, start, stop, p, target, weights, scales.factors,
-                             squares if norms else None, work, scales.divisor)
-            else:
-                if norms:
-                    assert squares is not None
-                    _norm_block(reader, start, stop, p, squares, work)
-                sum_dtype = (np.dtype(np.float64) if scales.factors is not None
-                             else _sum_dtype(ref.dtype, accumulator))
-                _mean_block(reader, start, stop, ref.dtype, sum_dtype, target, weights,
-                            scales.factors is not None, work)
-        result[name] = out
+    blocks = _blocks(previous, floating_only=False)
+    flats = {name: np.ravel(ref) for name, ref in previous.items()}
+    result: Weights = {name: np.empty(ref.shape, ref.dtype) for name, ref in previous.items()}
+    outs = {name: out.reshape(-1) for name, out in result.items()}
+    # integer layers' blocks leave their rows at +0.0, which adds nothing to a norm
+    parts = np.zeros((len(blocks), n)) if squares is not None else None
+    reader.ready()
+
+    def job(work: _Work, block: _Block) -> None:
+        dtype = previous[block.layer].dtype
+        p = flats[block.layer][block.start : block.stop]
+        target = outs[block.layer][block.start : block.stop]
+        floating = dtype.kind == "f"
+        row = parts[block.place] if parts is not None and floating else None
+        if scales.factors is not None and floating:
+            _delta_block(reader, block, p, target, weights, scales.factors, row, work,
+                         scales.divisor)
+            return
+        if row is not None:
+            _norm_block(reader, block, p, row, work)
+        sum_dtype = (np.dtype(np.float64) if scales.factors is not None
+                     else _sum_dtype(dtype, accumulator))
+        _mean_block(reader, block, dtype, sum_dtype, target, weights,
+                    scales.factors is not None, work)
+
+    _each_block(blocks, job)
+    if squares is not None and parts is not None:
+        squares[:] = _in_order(parts)
     return result
-
-
-#: How many updates' squared differences are halving-summed at once (fewer, larger ufunc calls
-#: for the many small levels of the halving sum; ~_GROUP × 0.5 MiB of scratch).
-_GROUP = 4
-
-
-class _Work:
-    """Scratch blocks, reused by every block of every layer."""
-
-    def __init__(self) -> None:
-        self.p64 = np.empty(_BLOCK, np.float64)
-        self.d = np.empty(_BLOCK, np.float64)
-        self.q = np.empty(_BLOCK, np.float64)
-        self.acc = np.empty(_BLOCK, np.float64)
-        self.acc32 = np.empty(_BLOCK, np.float32)
-        self.t32 = np.empty(_BLOCK, np.float32)
-        #: squared differences of a few updates' blocks, halving-summed together
-        self.squares = np.empty((_GROUP, _BLOCK), np.float64)
-
-
-def _difference(x: np.ndarray, p64: np.ndarray, d: np.ndarray) -> None:
-    """d = F64(x) ⊖ p64 (the cast, then the subtraction: cheaper than a mixed-dtype ufunc)."""
-    if x.dtype == np.float64:
-        np.subtract(x, p64, out=d)
-    else:
-        np.copyto(d, x, casting="unsafe")
-        np.subtract(d, p64, out=d)
-
-
-def _add_square_sums(squares: np.ndarray, k: int, d: np.ndarray, q: np.ndarray) -> None:
-    """squares[k] ⊕= halving_sum(d ⊗ d) (§8.5 step 1, one block)."""
-    np.multiply(d, d, out=q)
-    squares[k] += fixed_sum(q)
 
 
 def _delta_block(
     reader: _Reader,
-    start: int,
-    stop: int,
+    block: _Block,
     p: np.ndarray,
     target: np.ndarray,
     weights: list[int],
@@ -368,23 +535,20 @@ def _delta_block(
     divisor: float | None = None,
 ) -> None:
     """One block of a floating layer, §8.5 step 4: a = Σ (F64(x_k) ⊖ F64(p)) ⊗ σ_k over the
-    updates with σ_k ≠ 0, then cast_D((a ⊘ W) ⊕ F64(p)); norms (step 1) on the way."""
-    m = stop - start
-    p64, d, acc = work.p64[:m], work.d[:m], work.acc[:m]
+    updates with σ_k ≠ 0, then cast_D((a ⊘ W) ⊕ F64(p)); each update's halving sum of its
+    squared differences (step 1) into `squares` on the way."""
+    m = block.stop - block.start
+    p64, d, q, acc = work.p64[:m], work.d[:m], work.q[:m], work.acc[:m]
     np.copyto(p64, p, casting="unsafe")
     acc.fill(0.0)
     total = float(sum(weights))
-    group = work.squares.shape[0]
     for k, (weight, factor) in enumerate(zip(weights, factors, strict=True)):
         scale = float(weight) * factor
+        if squares is not None or scale != 0.0:
+            _difference(reader.block(k, block, work.raw), p64, d)
         if squares is not None:
-            _difference(reader.block(k, start, stop), p64, d)
-            row = k % group
-            np.multiply(d, d, out=work.squares[row, :m])
-            if row == group - 1 or k == len(weights) - 1:
-                _halving_sums(work.squares[: row + 1, :m], squares[k - row : k + 1])
-        elif scale != 0.0:
-            _difference(reader.block(k, start, stop), p64, d)
+            np.multiply(d, d, out=q)
+            _row_sum(work, k, len(weights), q, squares)
         if scale != 0.0:
             if scale != 1.0:
                 np.multiply(d, scale, out=d)
@@ -399,34 +563,22 @@ def _delta_block(
     np.copyto(target, acc, casting="unsafe")
 
 
-def _halving_sums(rows: np.ndarray, into: np.ndarray) -> None:
-    """into[i] ⊕= halving_sum(rows[i]) for each row (`rules.fixed_sum`'s order, all rows at
-    once); `rows` is overwritten."""
-    n = rows.shape[1]
-    while n > 1:
-        half = (n + 1) // 2
-        np.add(rows[:, : n - half], rows[:, half:n], out=rows[:, : n - half])
-        n = half
-    if rows.shape[1]:
-        into += rows[:, 0]
-
-
 def _norm_block(
-    reader: _Reader, start: int, stop: int, p: np.ndarray, squares: np.ndarray, work: _Work
+    reader: _Reader, block: _Block, p: np.ndarray, squares: np.ndarray, work: _Work
 ) -> None:
     """The norms' share of one block of a floating layer, for a rule whose fold is §8.3's."""
-    m = stop - start
-    p64, d, q = work.p64[:m], work.d[:m], work.q[:m]
+    m = block.stop - block.start
+    p64, d = work.p64[:m], work.d[:m]
     np.copyto(p64, p, casting="unsafe")
     for k in range(reader.count):
-        _difference(reader.block(k, start, stop), p64, d)
-        _add_square_sums(squares, k, d, q)
+        _difference(reader.block(k, block, work.raw), p64, d)
+        np.multiply(d, d, out=d)
+        _row_sum(work, k, reader.count, d, squares)
 
 
 def _mean_block(
     reader: _Reader,
-    start: int,
-    stop: int,
+    block: _Block,
     dtype: np.dtype[Any],
     sum_dtype: np.dtype[Any],
     target: np.ndarray,
@@ -438,7 +590,7 @@ def _mean_block(
     s = T(x_1) ⊗ T(w_1), s ⊕= T(x_k) ⊗ T(w_k), then s ⊘ N in T, cast to the layer's dtype
     (integers rounded half to even). T: the accumulator's sum dtype (F64 for integer layers;
     F64 for everything under §8.5)."""
-    m = stop - start
+    m = block.stop - block.start
     acc: np.ndarray
     part: np.ndarray
     if sum_dtype == np.float64:
@@ -446,7 +598,7 @@ def _mean_block(
     else:
         acc, part = work.acc32[:m], work.t32[:m]
     for k, weight in enumerate(weights):
-        x = reader.block(k, start, stop)
+        x = reader.block(k, block, work.raw)
         scale = sum_dtype.type(weight)
         if k == 0:
             np.multiply(x, scale, out=acc, casting="unsafe")
@@ -497,16 +649,17 @@ def aligned_mean(
                 last = check_update(previous, update, last)
             if not updates:
                 return None
-            stats = [UpdateStats(u.learner, u.num_examples, update_norm(previous, u.weights))
-                     for u in updates]
-            return _aligned(previous, _HeldReader(updates), stats, rule)
+            reader = _HeldReader(updates)
+            stats = [UpdateStats(u.learner, u.num_examples, norm)
+                     for u, norm in zip(updates, _norms(previous, reader), strict=True)]
+            return _aligned(previous, reader, stats, rule)
         with _Spill(previous, spill_dir) as spill:
             stats = []
             last = None
             for update in updates:
                 last = check_update(previous, update, last)
                 stats.append(UpdateStats(update.learner, update.num_examples,
-                                         update_norm(previous, update.weights)))
+                                         _norm(previous, update)))
                 spill.write(update.weights)
                 del update  # release it before the next one is pulled (and fetched)
             if not stats:
@@ -551,40 +704,55 @@ def alignment_factors(previous: Weights, updates: Sequence[Update],
 
 def _alignment(previous: Weights, reader: _Reader, norms: Sequence[float]) -> list[float]:
     """γ_k (§8.15 steps 2–4), block by block: r's block from every usable update's block, its
-    squares' halving sum into ρ², each update's Δ·r halving sum into its dot product."""
+    squares' halving sum (ρ²'s share) and each usable update's Δ·r halving sum (its dot
+    product's share); the shares added in block order."""
     n = reader.count
-    usable = [0.0 < v < math.inf for v in norms]
+    usable = [k for k in range(n) if 0.0 < norms[k] < math.inf]
+    if not usable:  # r = 0, so ρ = 0
+        return [0.0] * n
+    blocks = _blocks(previous, floating_only=True)
+    flats = {name: np.ravel(ref) for name, ref in previous.items()}
+    # per block: each usable update's share of its dot product, then ρ²'s
+    parts = np.zeros((len(blocks), len(usable) + 1))
+    reader.ready()
+
+    budget = min(_KEPT_BYTES, sum(b.stop - b.start for b in blocks))
+    kept = min(len(usable), budget // _sweep_threads(blocks) // (_BLOCK * 8))
+    count = len(usable) + 1
+
+    def job(work: _Work, block: _Block) -> None:
+        m = block.stop - block.start
+        p64, d, r = work.p64[:m], work.d[:m], work.acc[:m]
+        if work.kept.shape[0] < kept:
+            work.kept = np.empty((kept, _BLOCK), np.float64)
+        np.copyto(p64, flats[block.layer][block.start : block.stop], casting="unsafe")
+        r.fill(0.0)
+        for i, k in enumerate(usable):
+            delta = work.kept[i, :m] if i < kept else d
+            _difference(reader.block(k, block, work.raw), p64, delta)
+            np.divide(delta, norms[k], out=d)
+            np.add(r, d, out=r)
+        shares = parts[block.place]
+        for i, k in enumerate(usable):
+            if i < kept:
+                np.multiply(work.kept[i, :m], r, out=d)
+            else:
+                _difference(reader.block(k, block, work.raw), p64, d)
+                np.multiply(d, r, out=d)
+            _row_sum(work, i, count, d, shares)
+        np.multiply(r, r, out=d)
+        _row_sum(work, count - 1, count, d, shares)
+
+    _each_block(blocks, job)
+    totals = _in_order(parts).tolist()
     dots = [0.0] * n
-    total = 0.0
-    p64_all, d_all = np.empty(_BLOCK, np.float64), np.empty(_BLOCK, np.float64)
-    r_all = np.empty(_BLOCK, np.float64)
-    for name, ref in previous.items():
-        if ref.dtype.kind != "f":
-            continue
-        reader.layer(name)
-        flat_ref = np.ravel(ref)
-        for start in range(0, ref.size, _BLOCK):
-            stop = min(start + _BLOCK, ref.size)
-            m = stop - start
-            p64, d, r = p64_all[:m], d_all[:m], r_all[:m]
-            np.copyto(p64, flat_ref[start:stop], casting="unsafe")
-            r.fill(0.0)
-            for k in range(n):
-                if usable[k]:
-                    _difference(reader.block(k, start, stop), p64, d)
-                    np.divide(d, norms[k], out=d)
-                    np.add(r, d, out=r)
-            np.multiply(r, r, out=d)
-            total += fixed_sum(d)
-            for k in range(n):
-                if usable[k]:
-                    _difference(reader.block(k, start, stop), p64, d)
-                    np.multiply(d, r, out=d)
-                    dots[k] += fixed_sum(d)
-    rho = math.sqrt(total)
+    for i, k in enumerate(usable):
+        dots[k] = totals[i]
+    rho = math.sqrt(totals[-1])
+    counted = set(usable)
     gammas = []
     for k in range(n):
-        if not usable[k] or not 0.0 < rho < math.inf:
+        if k not in counted or not 0.0 < rho < math.inf:
             gammas.append(0.0)
             continue
         q = dots[k] / (norms[k] * rho) if norms[k] * rho < math.inf else 0.0
