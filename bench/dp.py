@@ -1,7 +1,7 @@
 """Utility of sample-level differential privacy: the CNN example's final accuracy at ε ∈ {1, 3,
 8} (δ = 1e-5) against the non-private run, 3 learners, 10 rounds.
 
-    .venv/bin/python bench/dp.py                 # ε 1, 3, 8 (3 runs each) and non-private (~4 min)
+    .venv/bin/python bench/dp.py                 # ε 1, 3, 8 (5 runs each) and non-private (~3 min)
     .venv/bin/python bench/dp.py --epsilons 8 --repeats 1
 
 Each row is a whole `fedchain.simulate` run (embedded chain and store, a thread per learner)
@@ -25,7 +25,7 @@ trained without privacy (fedchain.toml's training, `model = "dp"`, `local_test =
 Reported per row: σ, the largest ε any learner reached as `fedchain privacy` recomputes it
 from the chain (and whether every learner's claim matched), the global model's centralized
 accuracy after the last round (and the best of any round), and the gap to the non-private
-run: the mean of `--repeats` runs (3) and their range. DP-SGD's noise is fresh every run (from
+run: the mean of `--repeats` runs (5) and their range. DP-SGD's noise is fresh every run (from
 os.urandom), so DP rows differ from run to run; the non-private rows are the same bits on
 every run for a seed and run once.
 """
@@ -111,7 +111,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epsilons", type=float, nargs="+", default=[1.0, 3.0, 8.0])
     parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=3, help="runs per row (default 3)")
+    parser.add_argument("--repeats", type=int, default=5, help="runs per DP row (default 5)")
     parser.add_argument("--delta", type=float, default=1e-5)
     parser.add_argument("--output", type=Path, default=ROOT / "runs" / "bench-dp")
     args = parser.parse_args()
