@@ -324,16 +324,36 @@ def test_the_dp_job_file_makes_dp_learners_within_its_budget() -> None:
     from fedchain.privacy.dpsgd import sampling_rate, steps_for
 
     job = Job.load(Path(__file__).parents[1] / "examples" / "cnn" / "fedchain-dp.toml")
+    learners = job.learners or 3
     try:
-        learner = task.make_learner(0, job.learners or 3, **job.learner_options)
+        made = [task.make_learner(i, learners, **job.learner_options) for i in range(learners)]
     finally:
         task.SETTINGS.reset()
-    assert learner.dp is not None and learner.privacy is not None
-    q = sampling_rate(learner.dp.batch_size, learner.num_train)
-    steps = (job.rounds or 10) * steps_for(job.train, q)
-    # The job's σ keeps all its rounds within the learner's budget: it never has to stop.
-    assert epsilon(learner.dp.noise_multiplier, q, steps, learner.dp.delta) <= \
-        learner.dp.epsilon_budget == 8.0
+    for learner in made:
+        assert learner.dp is not None and learner.privacy is not None
+        # The job's own network, a tenth of Net's parameters, with all of a learner's records.
+        assert isinstance(learner.model, task.DPNet)
+        assert sum(p.numel() for p in learner.model.parameters()) < 10_000
+        assert learner.num_train >= 479
+        q = sampling_rate(learner.dp.batch_size, learner.num_train)
+        assert q == learner.privacy.q == 1.0  # every step sees every record
+        steps = (job.rounds or 10) * steps_for(job.train, q)
+        # The job's σ keeps all its rounds within each learner's budget: none has to stop.
+        assert epsilon(learner.dp.noise_multiplier, q, steps, learner.dp.delta) <= \
+            learner.dp.epsilon_budget == 8.0
+
+
+def test_the_cnn_examples_model_option_keeps_net_by_default_and_refuses_unknown_names() -> None:
+    from examples.cnn import task
+
+    try:
+        assert isinstance(task.make_learner(0, 3).model, task.Net)
+        dp = task.initial_weights(model="dp")
+        assert set(dp) == set(task.DPNet().state_dict())
+        with pytest.raises(ConfigError, match="model must be one of lenet, dp"):
+            task.make_learner(0, 3, model="resnet")
+    finally:
+        task.SETTINGS.reset()
 
 
 def test_the_ledger_flags_a_learner_past_its_budget_and_broken_totals() -> None:
