@@ -1,13 +1,41 @@
-"""Secure aggregation's core (fedchain.privacy): time and bytes per learner, and unmasking.
+"""Secure aggregation: its core per learner, rounds on a chain, Flower, accuracy, robustness.
 
-    .venv/bin/python bench/secagg.py                    # n = 100, 1000; d = 10^5, 10^6 (< 1 min)
-    .venv/bin/python bench/secagg.py --learners 100 --params 100000 --full
+    .venv/bin/python bench/secagg.py                    # the core: n = 100, 1000; d = 10^5, 10^6
+    .venv/bin/python bench/secagg.py --part round       # secure vs plaintext rounds on Anvil
+    .venv/bin/python bench/secagg.py --part flower      # Flower's SecAgg+ beside the rounds
+    .venv/bin/python bench/secagg.py --part cnn         # the CNN example: secagg vs FedAvg
+    .venv/bin/python bench/secagg.py --part robust      # attacks on the secagg rule
+    .venv/bin/python bench/secagg.py --part all         # all five (`make bench`)
 
-Per learner (measured, one learner of a round of n): quantize + mask (the self mask and one
-pairwise mask per neighbour, degree = secagg.default_degree(n)), and dealing its encrypted
-shares to a committee of 5 (threshold 3). Upload bytes: the masked vector (⌈k/8⌉ bytes per
-value), the announcement (64 B) and the dealing (82 B + 118 B per holder, SPEC.md §14.10);
-each holder then publishes 25 B + 53 B per dealer.
+Each part adds its results to bench/results/secagg.json (--out); docs/secagg-bench.md reads
+them. The parts:
+
+round: a federation of MillionLearners (10^6 float32 parameters, training in milliseconds)
+on a fresh Anvil node (automine) with the pool engine and a committee of 3, plain FedAvg,
+every learner required, 3 rounds, once with privacy = "secagg" and once in the clear with the
+same deadlines, at 10 and 100 learners (--round-learners): seconds per round (from the
+committee's log lines), this process's CPU, each learner's masking CPU (thread CPU of
+`masked_update`), keys and dealing, a member's revelation, each unmasking (`unmask_public`)
+and secure outcome (`secure.aggregate`), and the bytes each learner uploads.
+
+flower: Flower's SecAgg+ (SecAggPlusWorkflow, secaggplus_mod) on the same model and clients,
+in process (Flower's simulation engine needs Ray, not installed): CPU and bytes per client.
+
+cnn: `fedchain simulate --job examples/cnn/fedchain-secagg.toml --audit`, and the same job in
+the clear with plain FedAvg weighted by num_examples and uniformly, for the example's seeds
+0, 1, 2: final centralized accuracy, and the share of coordinates the clip cut.
+
+robust: bench/attacks.py's engine (the MLP example, 10 learners, IID) with secure
+aggregation's rule as a strategy (SecaggRule), one group (mean) and groups of ≥ 3 (median),
+against sign flip (x-1), scaling (x-10) and a rogue that does not run the quantizer (range),
+1 and 3 rogues of 10, for a tight and a loose clip; FedAvg in the clear beside them.
+
+core (the default), without a chain. Per learner (measured, one learner of a round of n):
+quantize + mask (the self mask and one pairwise mask per neighbour, degree =
+secagg.default_degree(n)), and dealing its encrypted shares to a committee of 5 (threshold 3).
+Upload bytes: the masked vector (⌈k/8⌉ bytes per value, SPEC.md §14.5; the round's model
+file holds int32 values when k ≤ 31), the announcement (64 B) and the dealing (82 B + 118 B
+per holder, SPEC.md §14.10); each holder then publishes 25 B + 53 B per dealer.
 
 Unmasking (anyone, from public data), with 30 % of the round dropped after masking: summing the
 finished vectors, removing their self masks, and the pairwise masks they share with dropped
