@@ -58,6 +58,7 @@ import hashlib
 import json
 import logging
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Mapping
@@ -66,15 +67,17 @@ from typing import Any
 
 import numpy as np
 
-from fedchain.aggregation.strategy import FedAvg
-from fedchain.cli import devnet
-from fedchain.federation.config import RunConfig
-from fedchain.federation.learner import EvalResult, Learner, TrainResult
-from fedchain.federation.simulation import simulate
-from fedchain.privacy import quantize as Q
-from fedchain.privacy import secagg as S
-from fedchain.privacy.prg import Expander, prg_words
-from fedchain.storage.local import LocalStore
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's fedchain
+
+from fedchain.aggregation.strategy import FedAvg  # noqa: E402
+from fedchain.cli import devnet  # noqa: E402
+from fedchain.federation.config import RunConfig  # noqa: E402
+from fedchain.federation.learner import EvalResult, Learner, TrainResult  # noqa: E402
+from fedchain.federation.simulation import simulate  # noqa: E402
+from fedchain.privacy import quantize as Q  # noqa: E402
+from fedchain.privacy import secagg as S  # noqa: E402
+from fedchain.privacy.prg import Expander, prg_words  # noqa: E402
+from fedchain.storage.local import LocalStore  # noqa: E402
 
 log = logging.getLogger("bench.secagg")
 
@@ -330,9 +333,9 @@ def round_point(n: int, secure: bool, rounds: int, url: str, clip: float) -> dic
         with contextlib.ExitStack() as stack:
             for m in meters:
                 stack.enter_context(m)
-            simulate(lambda i, _: MillionLearner(i), n, FedAvg(), rounds, chain=url,
+            simulate(lambda i, _: MillionLearner(i, ROUND_PARAMS), n, FedAvg(), rounds, chain=url,
                      store=store, config=config, timeout=7200.0, engine="pool",
-                     aggregators=3, initial_weights=million_weights())
+                     aggregators=3, initial_weights=million_weights(ROUND_PARAMS))
     except Exception as exc:  # a failed point is recorded; the bench goes on
         point["error"] = f"{type(exc).__name__}: {exc}"
         log.error("%d learners (%s) failed: %s", n, point["mode"], point["error"],
@@ -777,9 +780,6 @@ def robust_bench(clip: float, attacks: list[str], rogues: list[int], partition: 
     """The attack suite's sign-flip and scaling attacks on secure aggregation's rule (one
     group: mean; groups of ≥ group_size: mean and median of the group means), 10 learners of
     the MLP example, 1 and 3 rogues; beside plain FedAvg (in the clear)."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from bench import attacks as A
 
     print(f"robust: clip {clip}, MLP, 10 learners, {partition}", flush=True)
