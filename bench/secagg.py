@@ -5,10 +5,11 @@
     .venv/bin/python bench/secagg.py --part flower      # Flower's SecAgg+ beside the rounds
     .venv/bin/python bench/secagg.py --part cnn         # the CNN example: secagg vs FedAvg
     .venv/bin/python bench/secagg.py --part robust      # attacks on the secagg rule
-    .venv/bin/python bench/secagg.py --part all         # all five (`make bench`)
+    .venv/bin/python bench/secagg.py --part forge       # a rogue past the quantizer, for real
+    .venv/bin/python bench/secagg.py --part all         # all six (`make bench`)
 
-Each part adds its results to bench/results/secagg.json (--out); docs/secagg-bench.md reads
-them. The parts:
+Each part adds its results to bench/results/secagg.json (--out); the README's "Secure
+aggregation: measured" quotes them. The parts:
 
 round: a federation of MillionLearners (10^6 float32 parameters, training in milliseconds)
 on a fresh Anvil node (automine) with the pool engine and a committee of 3, plain FedAvg,
@@ -23,12 +24,15 @@ in process (Flower's simulation engine needs Ray, not installed): CPU and bytes 
 
 cnn: `fedchain simulate --job examples/cnn/fedchain-secagg.toml --audit`, and the same job in
 the clear with plain FedAvg weighted by num_examples and uniformly, for the example's seeds
-0, 1, 2: final centralized accuracy, and the share of coordinates the clip cut.
+0 to 4: final centralized accuracy, and the share of coordinates the clip cut.
 
 robust: bench/attacks.py's engine (the MLP example, 10 learners, IID) with secure
 aggregation's rule as a strategy (SecaggRule), one group (mean) and groups of ≥ 3 (median),
 against sign flip (x-1), scaling (x-10) and a rogue that does not run the quantizer (range),
 1 and 3 rogues of 10, for a tight and a loose clip; FedAvg in the clear beside them.
+
+forge: the range rogue through a real secure round (embedded chain, committee of 3): how far
+its forged masked vector moves the published model, which the audit verifies.
 
 core (the default), without a chain. Per learner (measured, one learner of a round of n):
 quantize + mask (the self mask and one pairwise mask per neighbour, degree =
@@ -843,6 +847,89 @@ def robust_table(cells: list[dict[str, Any]], honest: Mapping[str, float]) -> st
     return "\n".join(rows)
 
 
+# --- a rogue that does not run the quantizer, through the real round ----------------------
+
+
+def forge_bench(n: int = 10, d: int = 1000, clip: float = 1.0, aim: float = 0.5,
+                chain: str = "embedded") -> dict[str, Any]:
+    """One secure round of n MillionLearners (d parameters, one group, combine mean) on a
+    real chain with a committee of 3, in which one learner (the highest learner key) masks a
+    forged integer vector
+    instead of its quantized difference (`masked_update` replaced for it alone): aimed so that
+    the round's sum lands at `aim` of the range check's edge, opposite to its own honest
+    difference. Everything else is fedchain's: the committee unmasks and publishes, the
+    learners re-derive, the audit verifies. Reports how far the published model moved from
+    the honest learners' mean, against the bound an honest quantizer's rogue has
+    (2·clip/n per coordinate)."""
+    from fedchain.audit import audit_federation
+    from fedchain.federation import node as node_mod
+    from fedchain.model.codec import decode
+    from fedchain.protocol import secure as secure_mod
+
+    honest_masked = node_mod.masked_update
+    forged: dict[str, Any] = {}
+
+    def masked_update(view: Any, keys: Any, update: Any, previous: Any) -> Any:
+        base = secure_mod.floating(previous)
+        delta = Q.flatten(Q.difference({k: update[k] for k in base}, base))
+        me = keys.learner
+        if me != max(view.announcements):
+            return honest_masked(view, keys, update, previous)
+        R = np.int64(view.params.range)
+        own = Q.quantize(delta, view.params.clip, view.params.range,
+                         keys.rounding_seed).astype(np.int64) - R
+        m = len(next(g for g in view.groups if me in g))
+        target = np.where(own > 0, -1, 1) * np.int64(aim * m * view.params.range)
+        q = (target - (m - 1) * own + R) % np.int64(1 << view.bits)
+        y = S.mask(q.astype(np.uint64), keys, view.public_keys(), view.graph, view.ctx,
+                   view.bits)
+        forged["honest_delta"], forged["rogue"] = delta, me
+        return {secure_mod.MASKED_LAYER: y.astype(np.int32 if view.bits <= 31 else np.int64)}
+
+    keys = 2 * n + 20
+    config = RunConfig(strategy=FedAvg(), rounds=1, min_updates=n, update_window=keys + 120,
+                       vote_window=120, privacy="secagg",
+                       secagg={"clip": clip, "key_window": keys, "reveal_window": 60})
+    store = LocalStore(tempfile.mkdtemp(prefix="fedchain-forge-"), durable=False)
+    node_mod.masked_update = masked_update
+    try:
+        result = simulate(lambda i, _: MillionLearner(i, d), n, FedAvg(), 1, chain=chain,
+                          store=store, config=config, timeout=1200.0, aggregators=3,
+                          engine="threads", initial_weights=million_weights(d))
+    finally:
+        node_mod.masked_update = honest_masked
+    contract = result.contract
+    published = contract.published(1)
+    assert published is not None
+    new = decode(store.get(published.model_cid.require(), 1 << 24))["w"].astype(np.float64)
+    rogue = next(i for i, node in enumerate(result.learners)
+                 if S.learner_key(node.address) == forged["rogue"])
+    honest = [MillionLearner(i, d) for i in range(n) if i != rogue]
+    zero = million_weights(d)
+    honest_mean = np.mean([np.clip(h.train(zero, {}).weights["w"].astype(np.float64), -clip,
+                                   clip) for h in honest], axis=0)
+    # What the round would publish had the rogue sent its honest difference, or the worst an
+    # honest quantizer allows (−clip·sign of its difference on every coordinate).
+    own = np.clip(forged["honest_delta"], -clip, clip)
+    with_honest_rogue = ((n - 1) * honest_mean + own) / n
+    worst_quantized = ((n - 1) * honest_mean - clip * np.sign(own)) / n
+    shift = np.abs(new - with_honest_rogue)
+    status = audit_federation(contract, store).exit_status()
+    out = {"learners": n, "params": d, "clip": clip, "aim": aim,
+           "included": len(published.included), "audit_exit_status": status,
+           "mean_abs_shift": float(shift.mean()), "max_abs_shift": float(shift.max()),
+           "bound_honest_quantizer": 2 * clip / n,
+           "worst_honest_quantizer_mean_abs_shift": float(
+               np.abs(worst_quantized - with_honest_rogue).mean())}
+    print(f"forge: {n} learners, one group, clip {clip}: the forged round included "
+          f"{out['included']} of {n}, audit exit status {status}; the published model moved "
+          f"{out['mean_abs_shift']:.3f} per coordinate on average (max "
+          f"{out['max_abs_shift']:.3f}) from the round with the rogue honest; an honest "
+          f"quantizer's rogue moves it at most {out['bound_honest_quantizer']:.3f} "
+          f"(its worst: {out['worst_honest_quantizer_mean_abs_shift']:.3f} on average)")
+    return out
+
+
 def core_bench(learners: str, params: str, full: bool) -> dict[str, Any]:
     """The core per learner (masking, dealing, bytes) and unmasking, without a chain."""
     units = unit_costs(1_000_000)
@@ -872,7 +959,7 @@ def core_bench(learners: str, params: str, full: bool) -> dict[str, Any]:
     return {"units": units, "rows": rows, "bonawitz_point": {"k": k, "upload": up}}
 
 
-PARTS = ("core", "round", "flower", "cnn", "robust")
+PARTS = ("core", "round", "flower", "cnn", "robust", "forge")
 
 
 def main() -> None:
@@ -888,7 +975,7 @@ def main() -> None:
     parser.add_argument("--clip", type=float, default=1.0, help="round: secagg clip")
     parser.add_argument("--cnn", default="secagg,fedavg,fedavg-uniform",
                         help="cnn: the runs (secagg, fedavg, fedavg-uniform)")
-    parser.add_argument("--cnn-seeds", default="0,1,2", help="cnn: the example's seeds")
+    parser.add_argument("--cnn-seeds", default="0,1,2,3,4", help="cnn: the example's seeds")
     parser.add_argument("--cnn-out", type=Path, default=Path("runs/bench/secagg-cnn"))
     parser.add_argument("--robust-clip", default="0.01,1.0",
                         help="robust: secagg clips (the MLP's honest |differences| have their "
@@ -924,6 +1011,8 @@ def main() -> None:
                 robust_bench(float(clip), args.attacks.split(","),
                              [int(x) for x in args.rogues.split(",")], args.partition,
                              args.group_size) for clip in args.robust_clip.split(",")]
+        elif part == "forge":
+            results["forge"] = forge_bench()
         else:
             raise SystemExit(f"unknown part {part!r}: one of {', '.join(PARTS)}, or all")
         args.out.parent.mkdir(parents=True, exist_ok=True)
