@@ -301,8 +301,9 @@ class AlignedWide(WideLearner):
 
 
 class RogueWide(AlignedWide):
-    """A rogue: ten times the negated direction (quantization clips it to ±CLIP per
-    coordinate, whatever it sends)."""
+    """A rogue that runs the quantizer: ten times the negated direction, which quantization
+    clips to ±CLIP per coordinate. (One that masks arbitrary integers instead can move its
+    group's mean within ±CLIP: bench/secagg.py --part forge.)"""
 
     def step(self, round: int) -> np.ndarray:
         return (-10 * np.random.default_rng(round).uniform(-0.2, 0.2, WIDTH)).astype(np.float32)

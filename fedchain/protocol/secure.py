@@ -30,6 +30,7 @@ what a learner and a holder send.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -173,17 +174,16 @@ class SecureRound:
             try:
                 if when > key_deadline:
                     raise PrivacyError("posted after the key deadline")
-                ann = S.decode_announcement(sender, bytes(m.data[:64]))
                 if sender in members:
                     if len(m.data) != 64:
                         raise PrivacyError("a holder's keys are 64 bytes")
-                    holders[sender] = ann.public_key
+                    holders[sender] = _decoded(sender, bytes(m.data))[0].public_key
                     continue
                 if sender not in indices:
                     raise PrivacyError("not a registered learner")
                 if ppm not in (0, ALL_PPM) and not is_selected(ctx.seed, indices[sender], ppm):
                     raise PrivacyError("not sampled for the round")
-                dealing = S.decode_dealing(bytes(m.data[64:]))
+                ann, dealing = _decoded(sender, bytes(m.data))
                 _check_dealing(dealing, ann, holders, threshold)
             except PrivacyError as exc:
                 refused[sender] = str(exc)
@@ -274,6 +274,17 @@ class SecureRound:
 
     def public_keys(self) -> dict[str, bytes]:
         return {a: v.public_key for a, v in self.announcements.items()}
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _decoded(sender: str, data: bytes) -> tuple[S.Announcement, S.Dealing]:
+    """A keys message's announcement and dealing (a holder's: an empty dealing), decoded and
+    checked once per process: every party reads the round's messages about once a second
+    while it runs (a refused message raises PrivacyError each time, uncached)."""
+    ann = S.decode_announcement(sender, data[:64])
+    if len(data) == 64:
+        return ann, S.Dealing(ann.learner, ann.public_key, 1, ())
+    return ann, S.decode_dealing(data[64:])
 
 
 def _check_dealing(dealing: S.Dealing, ann: S.Announcement, holders: Mapping[str, bytes],
