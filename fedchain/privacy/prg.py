@@ -75,6 +75,33 @@ class Expander:
         return words
 
 
+class _Words:
+    """Consecutive chunks of keystream(seed) as little-endian uint64 words (see words_stream)."""
+
+    def __init__(self, seed: bytes) -> None:
+        _check_seed(seed)
+        self._enc = Cipher(algorithms.AES(bytes(seed)), modes.CTR(_ZERO_BLOCK)).encryptor()
+        self._zeros = b""
+        self._buf = bytearray(15)
+        self.last = np.zeros(0, np.uint64)
+
+    def next(self, count: int) -> np.ndarray:
+        """The next `count` words (valid until the next call; also kept as `last`)."""
+        if len(self._zeros) < 8 * count:
+            self._zeros = bytes(8 * count)
+            self._buf = bytearray(8 * count + 15)
+        self._enc.update_into(memoryview(self._zeros)[:8 * count], self._buf)
+        words = np.frombuffer(self._buf, dtype="<u8", count=count)
+        self.last = words if words.dtype == np.uint64 else words.astype(np.uint64)
+        return self.last
+
+
+def words_stream(seed: bytes) -> _Words:
+    """keystream(seed) read as consecutive little-endian uint64 words, chunk by chunk: the
+    chunks' concatenation is prg_words(seed, total)."""
+    return _Words(seed)
+
+
 class WordStream:
     """Consecutive little-endian uint64 words of keystream(seed), drawn one at a time (for
     shuffles and coefficients, whose number of draws depends on rejections)."""
