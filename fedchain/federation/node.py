@@ -79,6 +79,8 @@ TOO_LATE = (WrongRound, FederationFinished, SubmissionsClosed, UpdateDeadlinePas
             NotSelected, RevealDeadlinePassed)
 
 log = logging.getLogger("fedchain.learner")
+#: A secure round's phases are polled; a ledger read this recently (seconds) serves the poll.
+POLL_SHARE = 0.25
 
 
 #: The contract's limit on a metrics report.
@@ -555,7 +557,8 @@ class LearnerNode:
             return False
         plan = self.plan()
         ledger = self.shared.ledger(self.contract) if self.shared else self._own_ledger()
-        record = ledger.record(round, facts=True)
+        # Polled about once a second by every learner of a pool: one chain read serves them.
+        record = ledger.record(round, facts=True, max_age=POLL_SHARE)
         now = self.contract.block_time()
         try:
             if p.keys is None:

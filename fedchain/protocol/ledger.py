@@ -15,9 +15,11 @@ aggregator restoring its server state after a restart, the results of a distribu
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from copy import copy
 from dataclasses import dataclass, field, fields
+from functools import partial
 
 from ..eth.contract import FedChainReader
 from ..eth.events import (
@@ -170,6 +172,8 @@ class Ledger:
         self.committee: CommitteeChanged | None = None
         #: The committee in force at the genesis.
         self.genesis_committee: CommitteeChanged | None = None
+        #: When the chain was last read to its head (time.monotonic()).
+        self._read_at = float("-inf")
         #: block number -> (timestamp, hash), for the blocks secure aggregation reads.
         self._blocks: dict[int, tuple[int, bytes]] = {}
         #: Committee changes after the genesis, with the round open when each happened.
@@ -195,11 +199,14 @@ class Ledger:
         with self._lock:
             head = self.contract.chain.block_number() if to_block is None else to_block
             if head < self._next_block:
+                self._read_at = time.monotonic() if to_block is None else self._read_at
                 return head
             for e in self.contract.events(from_block=self._next_block, to_block=head,
                                           page=self.page):
                 self._apply(e)
             self._next_block = head + 1
+            if to_block is None:
+                self._read_at = time.monotonic()
             return head
 
     def _at(self, round: int) -> _Round:
@@ -273,14 +280,17 @@ class Ledger:
         with self._lock:
             return sorted(self._rounds)
 
-    def record(self, round: int, *, refresh: bool = True,
-               facts: bool = False) -> RoundRecord:
+    def record(self, round: int, *, refresh: bool = True, facts: bool = False,
+               max_age: float | None = None) -> RoundRecord:
         """Round `round`'s record; the chain is read first (only what is new) unless
-        `refresh` is False or the round was already published. Its secure-aggregation
-        `facts` are read too with `facts`, or when the round has SecaggPosted events."""
+        `refresh` is False or the round was already published, or (`max_age`) the ledger
+        read the chain less than `max_age` seconds ago: many pollers of one ledger then share
+        a read. Its secure-aggregation `facts` are read too with `facts`, or when the round
+        has SecaggPosted events."""
         with self._lock:
             known = self._rounds.get(round)
-            if refresh and (known is None or known.published is None):
+            fresh = max_age is not None and time.monotonic() - self._read_at < max_age
+            if refresh and (known is None or known.published is None) and not fresh:
                 self.refresh()
             if self.genesis is None:
                 raise LookupError("the federation has no genesis on chain yet")
@@ -291,9 +301,9 @@ class Ledger:
                 events["opened_block"], events["slots"] = self._opened[round]
             out = RoundRecord(round, self.global_model(round - 1), self.state_after(round - 1),
                               self.genesis.plan_cid, **events)
-            if (facts or out.secagg) and out.opened_block is not None:
-                out.facts = self.facts(out)
-            return out
+        if (facts or out.secagg) and out.opened_block is not None:
+            out.facts = self.facts(out)  # its block reads without the lock: others go on
+        return out
 
     def committee_at(self, round: int) -> CommitteeChanged | None:
         """The committee in force when `round` opened (a change made while a round was open
@@ -307,29 +317,40 @@ class Ledger:
 
     def block(self, number: int) -> tuple[int, bytes]:
         """(timestamp, hash) of block `number`, read once."""
-        with self._lock:
-            known = self._blocks.get(number)
-        if known is None:
+        return self.blocks([number])[number]
+
+    def blocks(self, numbers: Iterable[int]) -> dict[int, tuple[int, bytes]]:
+        """(timestamp, hash) of each block, each read once (the unknown ones in one batch,
+        without holding the ledger's lock)."""
+        wanted = set(numbers)
+        known = {n: self._blocks[n] for n in wanted if n in self._blocks}
+        missing = sorted(wanted - set(known))
+        if missing:
             chain = self.contract.chain
-            b = chain.call(lambda: chain.w3.eth.get_block(number))
-            known = (int(b["timestamp"]), bytes(b["hash"]))
+            read = chain.batch([partial(chain.w3.eth.get_block, n) for n in missing])
+            got = {n: (int(b["timestamp"]), bytes(b["hash"])) for n, b in zip(
+                missing, read, strict=True)}
             with self._lock:
-                self._blocks[number] = known
+                self._blocks.update(got)
+            known.update(got)
         return known
 
     def facts(self, record: RoundRecord) -> ChainFacts:
         """The chain facts secure aggregation's rule reads for `record` (its messages'
         blocks' timestamps, the opening block's, the committee, the indices)."""
         assert record.opened_block is not None
-        opened_at, opened_hash = self.block(record.opened_block)
-        times = {e.block: self.block(e.block)[0] for e in record.secagg}
-        committee = self.committee_at(record.round)
+        read = self.blocks([record.opened_block, *(e.block for e in record.secagg)])
+        opened_at, opened_hash = read[record.opened_block]
+        times = {e.block: read[e.block][0] for e in record.secagg}
+        with self._lock:
+            committee = self.committee_at(record.round)
+            indices = dict(self.indices)
+            active = frozenset(a for a, on in self.active.items() if on)
         return ChainFacts(
             chain_id=self.contract.chain.chain_id, contract=self.contract.address,
             opened_at=opened_at, opened_hash=opened_hash, block_times=times,
             committee=tuple(committee.members) if committee else (),
-            quorum=committee.quorum if committee else 0, indices=dict(self.indices),
-            active=frozenset(a for a, on in self.active.items() if on))
+            quorum=committee.quorum if committee else 0, indices=indices, active=active)
 
     def records(self) -> Iterator[RoundRecord]:
         """Every round's record, ascending (nothing is read from the chain)."""
