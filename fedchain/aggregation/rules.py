@@ -229,6 +229,10 @@ def _sort_total(rows: np.ndarray) -> None:
     bits ^= (bits >> 63) & _MAGNITUDE
 
 
+#: Public name of the total-order sort (secure aggregation's median of group means).
+sort_total = _sort_total
+
+
 def _coordinatewise(models: Sequence[Weights], rule: Callable[[np.ndarray], np.ndarray]) -> Weights:
     """Apply `rule` to each block of coordinates, sorted: rows = coordinates, columns = models."""
     n = len(models)

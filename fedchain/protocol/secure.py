@@ -37,6 +37,7 @@ from typing import Protocol
 
 import numpy as np
 
+from ..aggregation.rules import sort_total
 from ..errors import FedChainError, InvalidModel, PrivacyError
 from ..eth.events import SecaggPosted, UpdateSubmitted
 from ..model.codec import ModelSpec, TensorSpec, Weights
@@ -428,14 +429,17 @@ def aggregate(view: SecureRound, masked: Mapping[str, np.ndarray],
         centred = total - np.int64(count * p.range)
         delta = (centred.astype(np.float64) / s) / np.float64(count)
     else:  # median of the group means
-        means = np.stack([((g.total - np.int64(len(g.members) * p.range)).astype(np.float64)
-                           / s) / np.float64(len(g.members)) for g in sums])
-        means.sort(axis=0)
-        g = means.shape[0]
+        # Rows = coordinates, sorted in IEEE-754's total order (−0 before +0: the same on
+        # every CPU, where numpy's float sort is not), as SPEC §8.6 sorts.
+        means = np.ascontiguousarray(np.stack([
+            ((g.total - np.int64(len(g.members) * p.range)).astype(np.float64) / s)
+            / np.float64(len(g.members)) for g in sums], axis=1))
+        sort_total(means)
+        g = means.shape[1]
         if g % 2:
-            delta = means[g // 2].copy()
+            delta = means[:, g // 2].copy()
         else:
-            delta = (means[g // 2 - 1] + means[g // 2]) / np.float64(2.0)
+            delta = (means[:, g // 2 - 1] + means[:, g // 2]) / np.float64(2.0)
     included = sorted(a for g in sums for a in g.members)
     return SecureResult(delta, included, left_out)
 
