@@ -9,7 +9,6 @@ the learners' differences, to within the quantization step."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -17,7 +16,6 @@ from fixtures.chains import Federation
 
 from fedchain.aggregation.strategy import FedAvg
 from fedchain.audit import audit_federation
-from fedchain.cli import devnet
 from fedchain.errors import (
     ConfigError,
     NotAggregator,
@@ -26,7 +24,6 @@ from fedchain.errors import (
     UpdateDeadlinePassed,
 )
 from fedchain.eth.accounts import aggregator_index
-from fedchain.eth.chain import Chain, connect
 from fedchain.eth.contract import RoundParams
 from fedchain.eth.events import SecaggPosted
 from fedchain.federation.config import RunConfig
@@ -152,25 +149,11 @@ def test_a_secure_plan_refuses_what_it_cannot_do() -> None:
 # --- whole federations ---------------------------------------------------------------------
 
 
-@pytest.fixture(params=["embedded", pytest.param("anvil", marks=pytest.mark.anvil)])
-def sim_chain(request: pytest.FixtureRequest) -> Iterator[str | Chain]:
-    """The embedded chain, or an Anvil node of this test's own (deadlines need a clock no
-    other test moved)."""
-    if request.param == "embedded":
-        yield "embedded"
-        return
-    node = devnet.start_anvil()
-    try:
-        yield connect(node.url)
-    finally:
-        node.stop()
-
-
-def test_a_secure_federation_publishes_the_mean_and_no_update(sim_chain) -> None:
+def test_a_secure_federation_publishes_the_mean_and_no_update(own_clock_chain) -> None:
     n = 5
-    result = simulate(lambda i, _: WideLearner(i), n, config=secure_config(2, n), chain=sim_chain,
-                      initial_weights=wide_initial(), aggregators=3, engine="threads",
-                      timeout=600)
+    result = simulate(lambda i, _: WideLearner(i), n, config=secure_config(2, n),
+                      chain=own_clock_chain, initial_weights=wide_initial(), aggregators=3,
+                      engine="threads", timeout=600)
     contract, store = result.contract, result.store
     learners = [WideLearner(i) for i in range(n)]
     previous = wide_initial()

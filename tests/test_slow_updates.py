@@ -13,13 +13,10 @@ import threading
 import time
 from collections.abc import Iterator
 
-import pytest
 from fedmodels import LinearLearner
 
 from fedchain.aggregation.strategy import FedAvg
 from fedchain.audit import audit_federation
-from fedchain.cli import devnet
-from fedchain.eth.chain import Chain, connect
 from fedchain.eth.events import UnavailableReported
 from fedchain.federation.config import RunConfig
 from fedchain.federation.simulation import simulate
@@ -63,25 +60,11 @@ class DripStore(LocalStore):
         return drip()
 
 
-@pytest.fixture(params=["embedded", pytest.param("anvil", marks=pytest.mark.anvil)])
-def chain(request: pytest.FixtureRequest) -> Iterator[str | Chain]:
-    """The embedded chain, or an Anvil node of this test's own (the session's node has had
-    its clock moved ahead by other tests, which would hold the committee's deadlines back)."""
-    if request.param == "embedded":
-        yield "embedded"
-        return
-    node = devnet.start_anvil()
-    try:
-        yield connect(node.url)
-    finally:
-        node.stop()
-
-
-def test_a_slow_drip_update_costs_only_itself(tmp_path, chain):
+def test_a_slow_drip_update_costs_only_itself(tmp_path, own_clock_chain):
     store = DripStore(tmp_path / "store")
     config = RunConfig(strategy=FedAvg(), rounds=1, min_updates=5, round_timeout=120.0)
-    result = simulate(lambda i, n: LinearLearner(i), 10, config=config, store=store, chain=chain,
-                      train_config=TRAIN, aggregators=3, quorum=2,
+    result = simulate(lambda i, n: LinearLearner(i), 10, config=config, store=store,
+                      chain=own_clock_chain, train_config=TRAIN, aggregators=3, quorum=2,
                       engine="threads")  # a thread per learner: DripStore knows learner 0's
 
     contract = result.contract
