@@ -18,6 +18,7 @@ from fedchain.aggregation.strategy import FedAvg
 from fedchain.audit import audit_federation
 from fedchain.errors import (
     ConfigError,
+    FedChainError,
     NotAggregator,
     PrivacyError,
     SecaggMessage,
@@ -378,3 +379,30 @@ def test_a_sampled_secure_round_takes_only_the_sample() -> None:
 
 def plan_ppm(plan: Plan) -> int:
     return rules.fraction_to_ppm(plan.fraction)
+
+
+def test_a_secure_round_where_nobody_posted_keys_needs_no_chain_facts() -> None:
+    """A learner that submits without posting keys (and nobody else posting any): the round's
+    set is empty, so every re-derivation (a learner's, the audit's, which read no chain facts
+    for a round without SecaggPosted events) carries it over, fetching nothing."""
+    from fedchain.eth.events import ChainCid, UpdateSubmitted
+    from fedchain.protocol.ledger import RoundRecord
+    from fedchain.protocol.round import run_round
+
+    plan = Plan(strategy={"name": "FedAvg"}, rounds=2, update_window=60, vote_window=60,
+                privacy="secagg", secagg={"clip": 1.0, "key_window": 10, "reveal_window": 10})
+    rogue = "0x" + "ab" * 20
+    submission = UpdateSubmitted(7, "0x" + "00" * 32, 0, 1, rogue, ChainCid(b"\x01" * 36), 10)
+    record = RoundRecord(1, ChainCid(b""), submissions=[submission])
+
+    def fetch(subs, reference):  # type: ignore[no-untyped-def]
+        raise AssertionError(f"nothing is to be fetched, not {subs}")
+
+    outcome = run_round(plan, FedAvg(), record, fetch, wide_initial())
+    assert outcome.carried_over is not None and not outcome.included
+    (rejected,) = outcome.excluded
+    assert rejected.learner == rogue and "posted no keys" in rejected.reason
+    # With messages on record, the chain facts are required: a caller's error, said plainly.
+    record.secagg = [SecaggPosted(7, "0x" + "00" * 32, 1, 1, rogue, KEYS, b"")]
+    with pytest.raises(FedChainError, match="facts=True"):
+        run_round(plan, FedAvg(), record, fetch, wide_initial())

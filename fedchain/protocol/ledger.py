@@ -315,10 +315,6 @@ class Ledger:
                     found = change
             return found
 
-    def block(self, number: int) -> tuple[int, bytes]:
-        """(timestamp, hash) of block `number`, read once."""
-        return self.blocks([number])[number]
-
     def blocks(self, numbers: Iterable[int]) -> dict[int, tuple[int, bytes]]:
         """(timestamp, hash) of each block, each read once (the unknown ones in one batch,
         without holding the ledger's lock)."""

@@ -181,7 +181,10 @@ def _secure_round(plan: Plan, record: RoundRecord, fetch: Fetch, previous: Weigh
     """Step 4-6 of a secure-aggregation round (SPEC.md §14.7): the finished learners' masked
     updates are fetched, each group's sum unmasked from the revealed keys, the groups
     combined; a group that cannot be unmasked is left out, with why."""
-    secure.check_secagg_record(record)
+    if secure.keyless(record):  # nobody posted keys: U is empty, every submission outside
+        return carried(AGGREGATION_FAILED,
+                       f"secure aggregation unmasked nothing: {secure.NONE_FINISHED}",
+                       [secure.outsider(s, secure.NO_KEYS) for s in record.usable])
     view = secure.SecureRound.of(plan, record)
     vectors, rejected, finished, outsiders = secure.gather(view, record, fetch, previous,
                                                            excused, raise_errors)

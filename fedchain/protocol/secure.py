@@ -51,6 +51,9 @@ from .rules import ALL_PPM, draw_seed, fraction_to_ppm, is_selected
 
 #: postSecagg kinds.
 KEYS, REVEAL = 0, 1
+#: Why a submission is outside U when its learner posted no keys; why nothing was unmasked.
+NO_KEYS = "it posted no keys by the key deadline"
+NONE_FINISHED = "no learner of the round's set finished"
 #: The one layer of a masked update's model file.
 MASKED_LAYER = "masked"
 _FLOATING = ("float16", "float32", "float64")
@@ -418,7 +421,7 @@ def aggregate(view: SecureRound, masked: Mapping[str, np.ndarray],
             continue
         sums.append(GroupSum(tuple(finished), total))
     if not sums:
-        reason = next(iter(left_out.values()), "no learner of the round's set finished")
+        reason = next(iter(left_out.values()), NONE_FINISHED)
         return SecureResult(None, [], left_out, reason)
     s = np.float64(Q.scale(p.clip, p.range))
     if p.combine == "mean":
@@ -479,9 +482,7 @@ def gather(view: SecureRound, record: RoundRecord, fetch: MaskedFetch, previous:
                 s, "submitted after the holders began to reveal (the round's finished set "
                    "was final)"))
         else:
-            why = view.refused.get(_key(s.learner), "it posted no keys by the key deadline")
-            outsiders.append(Rejected.because_of(
-                s, f"not in the round's secure-aggregation set: {why}"))
+            outsiders.append(outsider(s, view.refused.get(_key(s.learner), NO_KEYS)))
     spec = masked_spec(previous, view.bits)
     vectors: dict[str, np.ndarray] = {}
     rejected: list[Rejected] = []
@@ -506,8 +507,23 @@ def gather(view: SecureRound, record: RoundRecord, fetch: MaskedFetch, previous:
     return vectors, rejected, finished, outsiders
 
 
-def check_secagg_record(record: RoundRecord) -> None:
-    if record.facts is None:
+def outsider(submission: UpdateSubmitted, why: str) -> Rejected:
+    """A submission of a learner outside the round's set U, rejected with why (§14.13 step 4)."""
+    return Rejected.because_of(submission,
+                               f"not in the round's secure-aggregation set: {why}")
+
+
+def keyless(record: RoundRecord) -> bool:
+    """Whether the round's set is empty for want of any keys message: then its outcome needs
+    no chain facts (no seed, deadline or committee decides anything), which the ledger reads
+    only for rounds with SecaggPosted events. A round with messages and no facts is an error
+    of the caller."""
+    if record.facts is not None:
+        return False
+    if record.secagg:
         raise FedChainError(f"round {record.round} is a secure-aggregation round: read its "
                             "record with the chain facts (Ledger.record(round, facts=True))")
+    return True
+
+
 learner_key = S.learner_key
