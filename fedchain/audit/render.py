@@ -8,6 +8,7 @@ import html
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -95,6 +96,28 @@ PRIVACY_COLUMNS = ["learner", "rounds trained", "σ", "q", "steps", "δ", "claim
                    "recomputed ε", "budget", "ok"]
 
 
+def print_distributed(report: AuditReport, console: Console) -> None:
+    """The distributed-DP ledger (SPEC.md §14.16): each learner's ε after each round it
+    finished, recomputed from the plan and the chain (nothing without one)."""
+    if not report.distributed:
+        return
+    dp: dict[str, Any] = ((report.plan or {}).get("secagg") or {}).get("dp") or {}
+    table = Table(title=f"distributed DP: each learner's ε(δ = {dp.get('delta', 1e-5):g}), "
+                        "recomputed from the plan and the chain")
+    for i, name in enumerate(["learner", "rounds", "ε", "budget", "per round (group size)",
+                              "check"]):
+        table.add_column(name, justify="left" if i in (0, 4, 5) else "right")
+    for p in report.distributed:
+        rounds = ", ".join(f"{e.round}({e.group}{'' if e.released else ' not unmasked'})"
+                           for e in p.entries)
+        problems = [x for e in p.entries for x in e.problems]
+        table.add_row(p.learner, str(p.rounds), f"{p.epsilon:.4f}",
+                      "-" if p.budget is None else f"{p.budget:g}", rounds,
+                      "[bold red]✗ " + "; ".join(problems) + "[/]" if problems
+                      else "[green]✓[/]")
+    console.print(table)
+
+
 def print_privacy(report: AuditReport, console: Console) -> None:
     """The ε ledger's summary table (nothing when no learner reported differential privacy)."""
     if not report.privacy:
@@ -146,6 +169,7 @@ def print_report(report: AuditReport, console: Console) -> None:
         table.add_row(*row[:-1], f"[{_STYLES[r.status]}]{row[-1]}[/]")
     console.print(table)
     print_privacy(report, console)
+    print_distributed(report, console)
     for c in report.all_checks():
         if c.status == OK:
             continue

@@ -24,6 +24,7 @@ from ..eth.events import (
 )
 from ..federation.history import report_problem
 from ..jsonsafe import loads
+from ..privacy.distributed import DistributedLedger
 from ..protocol.ledger import ChainFacts
 from .privacy import LearnerPrivacy
 
@@ -251,6 +252,9 @@ class AuditReport:
     seconds: dict[str, float] = field(default_factory=dict)
     #: The ε ledger of every learner that reported differential privacy (`audit.privacy`).
     privacy: list[LearnerPrivacy] = field(default_factory=list)
+    #: With the plan's distributed DP (SPEC.md §14.16): every learner's ε, recomputed from
+    #: the plan and the rounds' secure-aggregation records (`audit.privacy.distributed`).
+    distributed: list[DistributedLedger] = field(default_factory=list)
 
     @property
     def genesis_cid(self) -> str | None:
@@ -314,6 +318,7 @@ class AuditReport:
             "seconds": self.seconds,
             "open_round": self.open_round,
             "privacy": [p.to_dict() for p in self.privacy],
+            "distributed_privacy": [p.to_dict() for p in self.distributed],
             "summary": {
                 "failed": len(self.failures()),
                 "unfetchable": len(self.unfetchable()),

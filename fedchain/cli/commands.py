@@ -517,7 +517,7 @@ def cmd_privacy(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from ..audit import read_federation
-    from ..audit.render import print_privacy
+    from ..audit.render import print_distributed, print_privacy
     from ..federation.history import strict_json
 
     job = job_from(args)
@@ -527,7 +527,20 @@ def cmd_privacy(args: argparse.Namespace) -> int:
     console = make_console()
     console.print(f"[bold]FedChain {report.contract}[/] on chain {report.chain_id}: "
                   f"{len(report.rounds)} rounds", highlight=False)
-    if not report.privacy:
+    plan = None
+    if report.genesis is not None:
+        from ..audit.privacy import distributed
+        from ..audit.verify import load_plan
+
+        plan = load_plan(report, open_job_store(job))
+        if plan is not None:
+            distributed(report, plan)
+    for check in report.checks:
+        if check.status == "failed":
+            console.print(f"[bold red]{check.what}: {check.detail}[/]", highlight=False)
+    if report.distributed:
+        print_distributed(report, console)
+    elif not report.privacy:
         console.print("no learner reported differential privacy (dp_… keys in its evaluation "
                       "reports): every update is as revealing as its training made it")
     for p in report.privacy:
@@ -554,11 +567,15 @@ def cmd_privacy(args: argparse.Namespace) -> int:
         print_privacy(report, console)
     if args.json:
         body = {"contract": report.contract, "chain_id": report.chain_id,
-                "learners": [p.to_dict() for p in report.privacy]}
+                "learners": [p.to_dict() for p in report.privacy],
+                "distributed": [p.to_dict() for p in report.distributed]}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(strict_json(body), indent=2, allow_nan=False) + "\n")
         console.print(f"JSON: {args.json}")
-    failed = [p.learner for p in report.privacy if not p.ok]
+    failed = [p.learner for p in report.privacy if not p.ok] + [
+        p.learner for p in report.distributed if not p.ok]
+    if any(c.status == "failed" for c in report.checks) and not failed:
+        return 1
     if failed:
         console.print(f"[bold red]{len(failed)} learner(s) with a privacy claim that does not "
                       f"hold: {', '.join(failed)}[/]", highlight=False)

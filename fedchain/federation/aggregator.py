@@ -255,7 +255,8 @@ class Aggregator:
         if self.strategy is None or self.initial_weights is None:
             raise ConfigError("genesis needs a strategy and initial weights")
         members, _ = c.committee()
-        plan = self.config.plan(c.learner_count(), committee=len(members))
+        plan = self.config.plan(c.learner_count(), committee=len(members),
+                                model=self.initial_weights)
         if len(members) > 1 and plan.update_window != self.config.update_window:
             log.info("a committee of %d: the plan's rounds take updates for %d s and votes for "
                      "%d s more (set update_window / vote_window to choose)", len(members),

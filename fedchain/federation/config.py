@@ -14,7 +14,7 @@ from typing import Any
 
 from ..aggregation.strategy import Strategy
 from ..errors import ConfigError
-from ..model.codec import DEFAULT_MAX_BYTES
+from ..model.codec import DEFAULT_MAX_BYTES, Weights
 from ..protocol.params import MAX_MODEL_BYTES, Plan, ProtocolFields
 from ..protocol.rules import (
     committee_windows,
@@ -114,16 +114,17 @@ class RunConfig(ProtocolFields):
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise ConfigError(f"{name} must be a non-negative number, got {value!r}")
 
-    def plan(self, learners: int, committee: int = 1) -> Plan:
+    def plan(self, learners: int, committee: int = 1, model: Weights | None = None) -> Plan:
         """The plan published at genesis for a federation of `learners` registered learners,
         run by a committee of `committee` members (more than one: the plan has update and vote
-        deadlines, `protocol.rules.committee_windows`)."""
+        deadlines, `protocol.rules.committee_windows`); `model`, the genesis model, fills in
+        what the plan says of it (distributed DP's dimension, SPEC.md §14.16)."""
         if self.strategy is None:
             raise ConfigError("genesis needs a strategy")
         min_updates = self.min_updates
         if min_updates is None:
             min_updates = plan_min_updates(learners, self.fraction, self.buffer_size)
-        return Plan(
+        plan = Plan(
             strategy=self.strategy.to_plan(),
             rounds=self.rounds or DEFAULT_ROUNDS,
             min_updates=min_updates,
@@ -132,6 +133,11 @@ class RunConfig(ProtocolFields):
             max_model_bytes=self.max_model_bytes or DEFAULT_MAX_BYTES,
             **self._protocol(committee),
         )
+        if model is not None:
+            from ..protocol.secure import with_dimension
+
+            plan = with_dimension(plan, model)
+        return plan
 
     def _protocol(self, committee: int) -> dict[str, Any]:
         fields = self.protocol()

@@ -52,6 +52,7 @@ from ..eth.reverts import (
 from ..jsonsafe import loads
 from ..model.codec import ModelSpec, Weights, encode, spec
 from ..model.fetch import fetch_model
+from ..privacy.distributed import Noise
 from ..privacy.dpsgd import PrivacyLedger
 from ..privacy.secagg import RoundContext, RoundKeys
 from ..protocol.fetching import Outcome, fetch_updates
@@ -63,10 +64,12 @@ from ..protocol.secure import (
     KEYS,
     MASKED_LAYER,
     SecureRound,
+    floating,
     is_secagg,
     keys_message,
     masked_update,
     master_secret,
+    params_of,
     round_seed,
 )
 from ..storage import ContentStore
@@ -680,6 +683,30 @@ class LearnerNode:
             return None
         return result
 
+    def _distributed_budget_spent(self, round: int, weights: Weights) -> bool:
+        """With distributed DP and a budget (SPEC.md §14.16): whether this learner already took
+        part in as many rounds as the plan's budget allows (each counted at the worst a
+        released sum allows, so its recomputed ε stays within the budget); then it stops
+        taking part, and says so once."""
+        p = params_of(self.plan())
+        dp = p.dp
+        if dp is None or dp.budget is None:
+            return False
+        allowed = Noise.of(dp, p.clip, p.range,
+                           sum(int(a.size) for a in floating(weights).values())).max_rounds()
+        ledger = self.shared.ledger(self.contract) if self.shared else self._own_ledger()
+        ledger.refresh()
+        me = self.address.lower()
+        taken = sum(1 for record in ledger.records() if record.round < round and any(
+            s.learner.lower() == me for s in record.submissions))
+        if allowed is None or taken < allowed:
+            return False
+        self.budget_spent = round
+        log.warning("[ROUND %d] %s stops taking part: %d rounds taken, the most its privacy "
+                    "budget (epsilon %g at delta %g) allows; the federation goes on without "
+                    "its updates", round, self.name, taken, dp.budget, dp.delta)
+        return True
+
     def train_round(self, round: int, weights: Weights | None = None) -> bool:
         """Trains on the global model before `round` (`weights`, else fetched) and submits;
         False if the round moved on. With secure aggregation the round's key phase starts
@@ -687,6 +714,8 @@ class LearnerNode:
         if weights is None:
             weights = self.global_weights(round - 1)
         if is_secagg(self.plan()):
+            if self._distributed_budget_spent(round, weights):
+                return False
             self._secagg = _SecaggPending(round, weights)
             self._secagg_due(round)
             return True

@@ -174,3 +174,50 @@ def noise_for_epsilon(target: float, q: float, steps: int, delta: float) -> floa
     while epsilon(sigma, q, steps, delta) > target:  # rounding must not cross the target
         sigma = round(sigma + 1e-4, 4)
     return sigma
+
+
+# --- the Skellam mechanism (distributed DP with secure aggregation) -------------------------
+#
+# An integer vector released with independent symmetric Skellam noise of variance μ per
+# coordinate (the difference of two Poisson(μ/2)) is, for every integer order α > 1,
+# (α, ε(α))-RDP with (Agarwal, Kairouz and Liu, "The Skellam Mechanism for Differentially
+# Private Federated Learning", NeurIPS 2021, Theorem 3.5 at scale 1)
+#
+#     ε(α) = α Δ2² / (2μ) + min( ((2α − 1) Δ2² + 6 Δ1) / (4μ²),  3 Δ1 / (2μ) ),
+#
+# Δ1 and Δ2 the L1 and L2 sensitivities of the integer vector. The first term is the
+# Gaussian mechanism's of the same variance; the second what being discrete costs. The bound
+# holds for integer orders only: fractional ones are left out (RDP ∞), which can only raise ε.
+
+
+def skellam_rdp(delta1: float, delta2: float, variance: float) -> tuple[float, ...]:
+    """The RDP of one release with Skellam noise of `variance` per coordinate, L1 and L2
+    sensitivities Δ1 and Δ2, at each of ORDERS (∞ at the fractional ones; ∞ everywhere
+    without noise)."""
+    for name, value in (("L1 sensitivity", delta1), ("L2 sensitivity", delta2)):
+        if not (isinstance(value, int | float) and value >= 0 and math.isfinite(value)):
+            raise ConfigError(f"the {name} must be a non-negative number, got {value!r}")
+    if not (isinstance(variance, int | float) and variance >= 0 and math.isfinite(variance)):
+        raise ConfigError(f"the noise variance must be a non-negative number, got {variance!r}")
+    if delta2 == 0:
+        return tuple(0.0 for _ in ORDERS)
+    if variance == 0:
+        return tuple(math.inf for _ in ORDERS)
+    mu, d1, d2sq = float(variance), float(delta1), float(delta2) ** 2
+    out = []
+    for alpha in ORDERS:
+        if not float(alpha).is_integer():
+            out.append(math.inf)
+            continue
+        out.append(alpha * d2sq / (2 * mu)
+                   + min(((2 * alpha - 1) * d2sq + 6 * d1) / (4 * mu * mu), 3 * d1 / (2 * mu)))
+    return tuple(out)
+
+
+def compose(*curves: tuple[float, ...] | list[float]) -> tuple[float, ...]:
+    """The RDP of releases in sequence: their curves added order by order."""
+    total = [0.0] * len(ORDERS)
+    for curve in curves:
+        for i, r in enumerate(curve):
+            total[i] += r
+    return tuple(total)

@@ -26,6 +26,7 @@ from ..errors import ConfigError, ContentTooLarge
 from ..jsonsafe import loads
 from ..model.codec import DEFAULT_MAX_BYTES, FORMAT, VERSION
 from ..model.fetch import fetch_bytes
+from ..privacy.distributed import MAX_NORM_RATIO, DistributedDP
 from ..storage.cid import CID
 from .rules import ALL_PPM, fraction_to_ppm
 
@@ -208,6 +209,8 @@ class SecaggParams:
     combine: str = "mean"
     #: The neighbour graph's degree (0: min(n − 1, 2·bitlength(n)); else even, ≥ 2).
     degree: int = 0
+    #: Learner-level differential privacy with noise from the learners (§14.16), or None.
+    dp: DistributedDP | None = None
 
     @classmethod
     def parse(cls, raw: Any) -> SecaggParams:
@@ -230,6 +233,7 @@ class SecaggParams:
             "combine": (f"one of {', '.join(COMBINE_RULES)}", lambda v: v in COMBINE_RULES),
             "degree": ("0 or an even integer ≥ 2", lambda v: _is_int(v) and 0 <= v < 1 << 20
                        and v % 2 == 0),
+            "dp": ("an object (§14.16)", lambda v: isinstance(v, dict)),
         }
         for name in ("clip", "key_window", "reveal_window"):
             if name not in raw:
@@ -242,7 +246,16 @@ class SecaggParams:
         if raw.get("combine", "mean") != "mean" and not raw.get("group_size"):
             raise ConfigError("malformed plan: secagg.combine other than mean needs groups "
                               "(group_size)")
-        return cls(**{**raw, "clip": float(raw["clip"])})
+        dp = DistributedDP.parse(raw["dp"]) if "dp" in raw else None
+        if dp is not None:
+            if dp.clip_norm > float(raw["clip"]) * MAX_NORM_RATIO:
+                raise ConfigError("malformed plan: secagg.dp.clip_norm is more than 2^20 times "
+                                  "secagg.clip")
+            if raw.get("group_size") and dp.min_learners > raw["group_size"]:
+                raise ConfigError(f"malformed plan: secagg.dp.min_learners ({dp.min_learners}) "
+                                  f"is more than group_size ({raw['group_size']}): a group "
+                                  "might never be unmasked")
+        return cls(**{**raw, "clip": float(raw["clip"]), "dp": dp})
 
 
 def protocol_fields() -> tuple[Field[Any], ...]:

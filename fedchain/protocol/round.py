@@ -185,7 +185,7 @@ def _secure_round(plan: Plan, record: RoundRecord, fetch: Fetch, previous: Weigh
         return carried(AGGREGATION_FAILED,
                        f"secure aggregation unmasked nothing: {secure.NONE_FINISHED}",
                        [secure.outsider(s, secure.NO_KEYS) for s in record.usable])
-    view = secure.SecureRound.of(plan, record)
+    view = secure.SecureRound.of(plan, record).for_model(previous)
     vectors, rejected, finished, outsiders = secure.gather(view, record, fetch, previous,
                                                            excused, raise_errors)
     by_key = {secure.learner_key(s.learner): s for s in finished}

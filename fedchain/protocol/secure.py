@@ -32,15 +32,16 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
 
 from ..aggregation.rules import sort_total
-from ..errors import FedChainError, InvalidModel, PrivacyError
+from ..errors import ConfigError, FedChainError, InvalidModel, PrivacyError
 from ..eth.events import SecaggPosted, UpdateSubmitted
 from ..model.codec import ModelSpec, TensorSpec, Weights
+from ..privacy import distributed as D
 from ..privacy import quantize as Q
 from ..privacy import secagg as S
 from ..privacy.prg import hkdf
@@ -111,6 +112,21 @@ def floating(previous: Weights) -> dict[str, np.ndarray]:
     return {k: v for k, v in previous.items() if v.dtype.name in _FLOATING}
 
 
+def with_dimension(plan: Plan, model: Weights) -> Plan:
+    """`plan` with its distributed DP's `dimension` (§14.16) filled in from the genesis
+    model (its floating coordinates), so the plan alone gives the ε ledger's every figure;
+    ConfigError if the plan names another."""
+    if not is_secagg(plan) or not isinstance(plan.secagg, dict) or "dp" not in plan.secagg:
+        return plan
+    d = sum(int(a.size) for a in floating(model).values())
+    dp = dict(plan.secagg["dp"])
+    if dp.get("dimension") not in (None, 0, d):
+        raise ConfigError(f"secagg.dp.dimension is {dp['dimension']}, but the initial model "
+                          f"has {d} floating coordinates")
+    dp["dimension"] = d
+    return replace(plan, secagg={**plan.secagg, "dp": dp})
+
+
 @dataclass
 class SecureRound:
     """A secure-aggregation round's public view, from the plan and the chain (§14.12)."""
@@ -136,6 +152,30 @@ class SecureRound:
     ppm: int = 0
     #: Where the round froze: the first counted revelation (block, log index); None: not yet.
     frozen: tuple[int, int] | None = None
+    #: With distributed DP (§14.16): the noise for the model's size (`for_model` sets it, and
+    #: `bits` with its headroom); None otherwise.
+    noise: D.Noise | None = None
+
+    def for_model(self, previous: Weights) -> SecureRound:
+        """This view for a model like `previous`: with distributed DP, its noise and the
+        modulus widened by the noise's headroom (§14.16); else this view."""
+        dp = self.params.dp
+        if dp is None or self.noise is not None:
+            return self
+        d = sum(int(a.size) for a in floating(previous).values())
+        noise = D.Noise.of(dp, self.params.clip, self.params.range, d)
+        bits = Q.bits_needed(max(1, len(self.announcements)), self.params.range + noise.headroom)
+        return replace(self, noise=noise, bits=bits)
+
+    def short_groups(self, finished: Iterable[str]) -> dict[int, int]:
+        """With distributed DP: the groups (index → finished count) with finished learners
+        but fewer than min_learners of them, whose sum nobody may unmask (§14.16)."""
+        dp = self.params.dp
+        if dp is None:
+            return {}
+        done = set(finished)
+        counts = {j: sum(1 for a in g if a in done) for j, g in enumerate(self.groups)}
+        return {j: n for j, n in counts.items() if 0 < n < dp.min_learners}
 
     @property
     def learners(self) -> list[str]:
@@ -327,17 +367,25 @@ def keys_message(keys: S.RoundKeys, ctx: S.RoundContext, holders: Mapping[str, b
 
 
 def masked_update(view: SecureRound, keys: S.RoundKeys, update: Weights,
-                  previous: Weights) -> Weights:
+                  previous: Weights, rng: np.random.Generator | None = None) -> Weights:
     """A learner's masked update (§14.5): its floating layers' difference from `previous`,
     clipped per coordinate, quantized with its rounding seed, masked; as a model file's
-    weights (one int32 or int64 layer)."""
+    weights (one int32 or int64 layer). With distributed DP (§14.16) the difference is first
+    clipped to the plan's L2 norm, and the learner's Skellam share (drawn from `rng`, by
+    default the operating system's entropy) added before masking."""
     me = keys.learner
     if me not in view.announcements:
         raise PrivacyError(f"{me} is not in the round's set: its keys were refused or late "
                            f"({view.refused.get(me, 'none posted')})")
+    view = view.for_model(previous)
     base = floating(previous)
     delta = Q.difference({k: update[k] for k in base}, base)
-    q = Q.quantize(delta, view.params.clip, view.params.range, keys.rounding_seed)
+    if view.noise is not None:  # §14.16: clipped to the plan's L2 norm, then noised
+        clipped = D.clip_l2(Q.flatten(delta), view.noise.dp.clip_norm)
+        q = Q.quantize(clipped, view.params.clip, view.params.range, keys.rounding_seed)
+        q = D.add_noise(q, view.noise, view.bits, rng)
+    else:
+        q = Q.quantize(delta, view.params.clip, view.params.range, keys.rounding_seed)
     y = S.mask(q, keys, view.public_keys(), view.graph, view.ctx, view.bits)
     dtype = np.int32 if view.bits <= 31 else np.int64
     return {MASKED_LAYER: y.astype(dtype)}
@@ -347,13 +395,18 @@ def holder_revelation(view: SecureRound, keys: S.RoundKeys, record: RoundRecord)
     """A holder's revelation once the round's updates are in (§14.7, §14.14): for every
     dealer of U that named it, the key of its self-mask share if the dealer finished, else of
     its private-key share. PrivacyError (reveal nothing) if a group's finished learners would have a
-    connected component smaller than min_component."""
+    connected component smaller than min_component. With distributed DP, nothing for the
+    dealers of a group with fewer than min_learners finished learners (§14.16)."""
     done = set(view.finished(record))
     for group in view.groups:
         S.check_revealable(view.graph, [a for a in group if a in done],
                            view.params.min_component)
+    short = view.short_groups(done)  # §14.16: their sums would carry too little noise
+    unrevealed = {a for j in short for a in view.groups[j]}
     out: dict[str, tuple[str, bytes]] = {}
     for dealer, dealing in view.dealings.items():
+        if dealer in unrevealed:
+            continue
         if keys.learner in dealing.holders:
             kind = S.SELF if dealer in done else S.KEY
             out[dealer] = (kind, S.reveal_key(keys, dealing, kind, view.ctx))
@@ -366,7 +419,7 @@ def holder_revelation(view: SecureRound, keys: S.RoundKeys, record: RoundRecord)
 @dataclass
 class GroupSum:
     members: tuple[str, ...]  # the group's finished learners
-    total: np.ndarray         # Σ q_i (int64, exact)
+    centred: np.ndarray       # Σ (q_i − range) (+ the noise, §14.16): int64, exact
 
 
 @dataclass
@@ -387,6 +440,9 @@ def aggregate(view: SecureRound, masked: Mapping[str, np.ndarray],
     finished learner missing from it makes its group fail."""
     done_all = set(finished_set)
     p = view.params
+    if p.dp is not None and view.noise is None:
+        raise PrivacyError("a distributed-DP round's view needs the model's size (for_model)")
+    short = view.short_groups(done_all)
     sums: list[GroupSum] = []
     left_out: dict[str, str] = {}
     holders = view.holders
@@ -395,6 +451,12 @@ def aggregate(view: SecureRound, masked: Mapping[str, np.ndarray],
     for j, group in enumerate(view.groups):
         finished = [a for a in group if a in done_all]
         if not finished:
+            continue
+        if j in short:
+            why = (f"group {j} cannot be unmasked: {len(finished)} finished learners, fewer "
+                   f"than secagg.dp.min_learners ({p.dp.min_learners if p.dp else 0}): its "
+                   "sum would carry less noise than the plan promises")
+            left_out.update({a: why for a in finished})
             continue
         missing = [a for a in finished if a not in masked]
         if missing:
@@ -411,32 +473,36 @@ def aggregate(view: SecureRound, masked: Mapping[str, np.ndarray],
             un = S.unmask_public({a: masked[a] for a in finished}, view.announcements,
                                  view.dealings, usable, holders, view.graph, view.ctx,
                                  view.bits)
-            total = un.total.astype(np.int64)
-            if total.size and int(total.max()) > len(finished) * 2 * p.range:
-                raise PrivacyError("the unmasked sum is out of range: a learner masked "
-                                   "inconsistently")
+            if view.noise is not None:
+                centred = D.centred(un.total, len(finished), p.range, view.bits,
+                                    view.noise.headroom)
+            else:
+                total = un.total.astype(np.int64)
+                if total.size and int(total.max()) > len(finished) * 2 * p.range:
+                    raise PrivacyError("the unmasked sum is out of range: a learner masked "
+                                       "inconsistently")
+                centred = total - np.int64(len(finished) * p.range)
         except PrivacyError as exc:
             why = f"group {j} cannot be unmasked: {exc}"
             left_out.update({a: why for a in finished})
             continue
-        sums.append(GroupSum(tuple(finished), total))
+        sums.append(GroupSum(tuple(finished), centred))
     if not sums:
         reason = next(iter(left_out.values()), NONE_FINISHED)
         return SecureResult(None, [], left_out, reason)
     s = np.float64(Q.scale(p.clip, p.range))
     if p.combine == "mean":
         count = sum(len(g.members) for g in sums)
-        total = sums[0].total.copy()
+        centred = sums[0].centred.copy()
         for g in sums[1:]:
-            total += g.total
-        centred = total - np.int64(count * p.range)
+            centred += g.centred
         delta = (centred.astype(np.float64) / s) / np.float64(count)
     else:  # median of the group means
         # Rows = coordinates, sorted in IEEE-754's total order (−0 before +0: the same on
         # every CPU, where numpy's float sort is not), as SPEC §8.6 sorts.
         means = np.ascontiguousarray(np.stack([
-            ((g.total - np.int64(len(g.members) * p.range)).astype(np.float64) / s)
-            / np.float64(len(g.members)) for g in sums], axis=1))
+            (g.centred.astype(np.float64) / s) / np.float64(len(g.members)) for g in sums],
+            axis=1))
         sort_total(means)
         g = means.shape[1]
         if g % 2:
@@ -472,6 +538,7 @@ def gather(view: SecureRound, record: RoundRecord, fetch: MaskedFetch, previous:
                                               list[UpdateSubmitted], list[Rejected]]:
     """Fetches the finished learners' masked vectors: (the vectors, the rejected finished
     submissions, the finished submissions, the submissions outside U)."""
+    view = view.for_model(previous)
     u, done = set(view.announcements), set(view.finished(record))
     outsiders, finished = [], []
     for s in record.usable:
