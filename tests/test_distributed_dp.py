@@ -171,7 +171,7 @@ def test_the_ledger_counts_released_rounds_with_the_others_noise() -> None:
 
 
 def dp_config(rounds: int, learners: int, **dp: object) -> object:
-    return secure_config(rounds, learners, updates=20,
+    return secure_config(rounds, learners, updates=10,
                          dp={"clip_norm": 2.0, "noise_multiplier": 0.5, "min_learners": 3,
                              **dp})
 
