@@ -20,15 +20,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..errors import ConfigError, FedChainError
-from ..privacy.distributed import DistributedLedger, Noise, distributed_ledger
+from ..errors import ConfigError
 from ..privacy.dpsgd import PREFIX, recompute
-
-if TYPE_CHECKING:
-    from ..protocol.params import Plan
-    from .report import AuditReport
 
 #: Claimed and recomputed ε agree when within this relative difference (3 significant digits).
 TOLERANCE = 1e-3
@@ -192,56 +187,3 @@ def _check(ledger: LearnerPrivacy, submitted: set[int]) -> None:
                            "rounds without a report")
         previous = e
 
-
-def distributed(report: AuditReport, plan: Plan) -> list[DistributedLedger]:
-    """With the plan's distributed DP (SPEC.md §14.16): every learner's ε after each secure
-    round it finished, recomputed from the plan and the rounds' records (the groups of
-    finished learners each round's public view gives); a learner past the plan's budget,
-    a round whose view cannot be read, or a plan without its dimension fail a check.
-    Sets `report.distributed` and returns it."""
-    from ..eth.events import ChainCid
-    from ..protocol.ledger import RoundRecord
-    from ..protocol.secure import SecureRound, keyless, learner_key, params_of
-    from .report import FAILED, NOTE, Check
-
-    report.distributed = []
-    if plan.privacy != "secagg":
-        return []
-    dp = params_of(plan).dp
-    if dp is None:
-        return []
-    if not dp.dimension:
-        report.checks.append(Check(FAILED, "privacy", "the plan's secagg.dp has no dimension: "
-                                   "its noise and sensitivity cannot be recomputed"))
-        return []
-    p = params_of(plan)
-    noise = Noise.of(dp, p.clip, p.range, dp.dimension)
-    names: dict[str, str] = {}
-    rounds: list[tuple[int, list[list[str]]]] = []
-    for r in report.rounds:
-        for s in r.submissions:
-            names.setdefault(learner_key(s.learner), s.learner)
-        record = RoundRecord(r.round, ChainCid(b""), submissions=[s.event for s in r.submissions],
-                             removed=set(r.removed), secagg=list(r.secagg), facts=r.facts,
-                             seed=r.seed)
-        try:
-            if keyless(record):
-                continue
-            view = SecureRound.of(plan, record)
-        except FedChainError as exc:
-            report.checks.append(Check(FAILED, "privacy", f"cannot read the round's secure-"
-                                       f"aggregation view: {exc}", r.round))
-            continue
-        done = set(view.finished(record))
-        rounds.append((r.round, [[a for a in g if a in done] for g in view.groups]))
-    report.distributed = distributed_ledger(noise, rounds, names)
-    for ledger in report.distributed:
-        for e in ledger.entries:
-            for problem in e.problems:
-                report.checks.append(Check(FAILED, "privacy", problem, e.round, ledger.learner))
-            if not e.released:
-                report.checks.append(Check(NOTE, "privacy", f"its group had {e.group} finished "
-                                           f"learners, fewer than min_learners "
-                                           f"({dp.min_learners}): not unmasked, not counted",
-                                           e.round, ledger.learner))
-    return report.distributed

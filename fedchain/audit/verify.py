@@ -17,15 +17,17 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..aggregation.strategy import Strategy, strategy_from_plan
-from ..errors import AggregationError, ConfigError, InvalidModel, StorageError
+from ..errors import AggregationError, ConfigError, FedChainError, InvalidModel, StorageError
 from ..eth.events import ChainCid, UpdateSubmitted
 from ..model.codec import FORMAT, VERSION, ModelSpec, Weights, encode, spec
 from ..model.fetch import fetch_chunks, fetch_model
+from ..privacy.distributed import DistributedLedger, Noise, distributed_ledger
 from ..protocol.fetching import UNAVAILABLE, Outcome, fetch_updates
 from ..protocol.ledger import RoundRecord
 from ..protocol.params import Plan, fetch_plan
 from ..protocol.round import REMOVED, REPORTED, Fetch, RoundOutcome, run_published, run_round
 from ..protocol.rules import update_timeout
+from ..protocol.secure import SecureRound, keyless, learner_key, params_of
 from ..storage import ContentStore, cid_of
 from .report import (
     FAILED,
@@ -131,9 +133,7 @@ def verify(report: AuditReport, store: ContentStore, plan: Plan | None = None) -
         detail += f", secure aggregation {plan.secagg} (SPEC.md §14: updates masked)"
     checks.append(Check(OK, "plan", detail))
     if plan.privacy == "secagg":
-        from .privacy import distributed
-
-        distributed(report, plan)  # the ε ledger of the plan's distributed DP (§14.16)
+        distributed_privacy(report, plan)  # the ε ledger of the plan's distributed DP (§14.16)
     try:
         genesis = _fetch(store, report.genesis.model_cid, None, plan.max_model_bytes)
     except (StorageError, InvalidModel) as exc:
@@ -375,3 +375,52 @@ def _adopt_published_state(r: RoundAudit, store: ContentStore, walk: _Walk, add:
         add(_failure(exc), "server state", f"{r.published.state_cid}: {_error(exc)}")
         return
     walk.state_lost = None
+
+
+def distributed_privacy(report: AuditReport, plan: Plan) -> list[DistributedLedger]:
+    """With the plan's distributed DP (SPEC.md §14.16): every learner's ε after each secure
+    round it finished, recomputed from the plan and the rounds' records (the groups of
+    finished learners each round's public view gives); a learner past the plan's budget,
+    a round whose view cannot be read, or a plan without its dimension fail a check.
+    Sets `report.distributed` and returns it."""
+    report.distributed = []
+    if plan.privacy != "secagg":
+        return []
+    dp = params_of(plan).dp
+    if dp is None:
+        return []
+    if not dp.dimension:
+        report.checks.append(Check(FAILED, "privacy", "the plan's secagg.dp has no dimension: "
+                                   "its noise and sensitivity cannot be recomputed"))
+        return []
+    p = params_of(plan)
+    noise = Noise.of(dp, p.clip, p.range, dp.dimension)
+    names: dict[str, str] = {}
+    rounds: list[tuple[int, list[list[str]]]] = []
+    for r in report.rounds:
+        for s in r.submissions:
+            names.setdefault(learner_key(s.learner), s.learner)
+        record = RoundRecord(r.round, ChainCid(b""), submissions=[s.event for s in r.submissions],
+                             removed=set(r.removed), secagg=list(r.secagg), facts=r.facts,
+                             seed=r.seed)
+        try:
+            if keyless(record):
+                continue
+            view = SecureRound.of(plan, record)
+        except FedChainError as exc:
+            report.checks.append(Check(FAILED, "privacy", f"cannot read the round's secure-"
+                                       f"aggregation view: {exc}", r.round))
+            continue
+        done = set(view.finished(record))
+        rounds.append((r.round, [[a for a in g if a in done] for g in view.groups]))
+    report.distributed = distributed_ledger(noise, rounds, names)
+    for ledger in report.distributed:
+        for e in ledger.entries:
+            for problem in e.problems:
+                report.checks.append(Check(FAILED, "privacy", problem, e.round, ledger.learner))
+            if not e.released:
+                report.checks.append(Check(NOTE, "privacy", f"its group had {e.group} finished "
+                                           f"learners, fewer than min_learners "
+                                           f"({dp.min_learners}): not unmasked, not counted",
+                                           e.round, ledger.learner))
+    return report.distributed

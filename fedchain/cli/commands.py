@@ -529,12 +529,11 @@ def cmd_privacy(args: argparse.Namespace) -> int:
                   f"{len(report.rounds)} rounds", highlight=False)
     plan = None
     if report.genesis is not None:
-        from ..audit.privacy import distributed
-        from ..audit.verify import load_plan
+        from ..audit.verify import distributed_privacy, load_plan
 
         plan = load_plan(report, open_job_store(job))
         if plan is not None:
-            distributed(report, plan)
+            distributed_privacy(report, plan)
     for check in report.checks:
         if check.status == "failed":
             console.print(f"[bold red]{check.what}: {check.detail}[/]", highlight=False)
