@@ -5,6 +5,7 @@ recomputes from the plan and the chain, and whose learners stop at the plan's bu
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -12,6 +13,8 @@ import pytest
 from test_secure_rounds import CLIP, RANGE, WIDTH, WideLearner, secure_config, wide_initial
 
 from fedchain.audit import audit_federation
+from fedchain.cli import devnet
+from fedchain.cli import main as cli_main
 from fedchain.errors import ConfigError, PrivacyError
 from fedchain.federation.simulation import simulate
 from fedchain.model.codec import decode
@@ -176,23 +179,35 @@ def dp_config(rounds: int, learners: int, **dp: object) -> object:
                              **dp})
 
 
-def test_a_dp_federation_publishes_the_noisy_mean_and_stops_at_the_budget() -> None:
-    """5 learners, the budget of exactly one round: round 1's model is the mean of the
-    clipped differences plus Skellam noise of the planned spread; nobody takes part in round
-    2; the audit recomputes every learner's ε from the plan and the chain."""
+def test_a_dp_federation_publishes_the_noisy_mean_and_stops_at_the_budget(tmp_path,
+                                                                          capsys) -> None:
+    """5 learners on an Anvil node of the test's own, the budget of exactly one round: round
+    1's model is the mean of the clipped differences plus Skellam noise of the planned
+    spread; nobody takes part in round 2; the audit and `fedchain privacy` recompute every
+    learner's ε from the plan and the chain."""
     n = 5
     dp = DistributedDP(clip_norm=2.0, noise_multiplier=0.5, min_learners=3, dimension=WIDTH)
     probe = Noise.of(dp, CLIP, RANGE, WIDTH)
     one = probe.epsilon(probe.worst_round())
     two = probe.epsilon([2 * r for r in probe.worst_round()])
     budget = round((one + two) / 2, 3)
-    result = simulate(lambda i, _: WideLearner(i), n, config=dp_config(2, n, budget=budget),
-                      initial_weights=wide_initial(), aggregators=3, engine="threads",
-                      timeout=600)
-    contract, store = result.contract, result.store
-    plan = Plan.load(store, contract.plan())
+    node = devnet.start_anvil()
+    try:
+        store_url = f"file://{tmp_path / 'store'}"
+        result = simulate(lambda i, _: WideLearner(i), n, config=dp_config(2, n, budget=budget),
+                          initial_weights=wide_initial(), aggregators=3, engine="threads",
+                          chain=node.url, store=store_url, timeout=600)
+        contract, store = result.contract, result.store
+        report = audit_federation(contract, store)
+        out = tmp_path / "privacy.json"
+        status = cli_main(["privacy", "--chain", node.url, "--contract", contract.address,
+                           "--store", store_url, "--json", str(out)])
+        plan = Plan.load(store, contract.plan())
+        published = contract.published(1)
+        updates = contract.updates(2)
+    finally:
+        node.stop()
     assert plan.secagg is not None and plan.secagg["dp"]["dimension"] == WIDTH  # genesis filled
-    published = contract.published(1)
     assert published is not None and len(published.included) == n
     new = decode(store.get(published.model_cid.require(), 1 << 20))["w"].astype(np.float64)
     clipped = np.mean([clip_l2(WideLearner(i).step(1).astype(np.float64), 2.0)
@@ -203,9 +218,8 @@ def test_a_dp_federation_publishes_the_noisy_mean_and_stops_at_the_budget() -> N
     assert np.std(error) == pytest.approx(spread, rel=0.25)
     assert abs(float(np.mean(error))) < 4 * spread / math.sqrt(WIDTH)
     # Round 2: every learner's budget allows one round, so nobody took part.
-    assert contract.updates(2) == []
-    assert all(node.budget_spent == 2 for node in result.learners)
-    report = audit_federation(contract, store)
+    assert updates == []
+    assert all(x.budget_spent == 2 for x in result.learners)
     assert report.exit_status() == 0, report.failures()
     ledgers = report.distributed
     assert len(ledgers) == n
@@ -213,6 +227,12 @@ def test_a_dp_federation_publishes_the_noisy_mean_and_stops_at_the_budget() -> N
     for ledger in ledgers:
         assert ledger.rounds == 1 and ledger.epsilon == pytest.approx(want, rel=1e-3)
         assert ledger.epsilon <= budget
+    # `fedchain privacy` prints and writes the same ledger, and passes.
+    assert status == 0
+    shown = json.loads(out.read_text())["distributed"]
+    assert [x["epsilon"] for x in shown] == pytest.approx([x.epsilon for x in ledgers])
+    assert all(x["ok"] and x["rounds"] == 1 for x in shown)
+    assert "distributed DP" in capsys.readouterr().out
 
 
 def test_a_group_below_min_learners_is_not_unmasked() -> None:

@@ -189,6 +189,8 @@ def _audit_arguments(p: argparse.ArgumentParser) -> None:
 def _privacy_arguments(p: argparse.ArgumentParser) -> None:
     add_job_option(p)
     add_chain_options(p)
+    add_store_option(p, "for the plan, whose learner-level DP (SPEC.md §14.16) the ledger "
+                     "recomputes; default: the job's (skipped, said so, if it does not answer)")
     p.add_argument("--json", metavar="FILE", type=writable_file,
                    help="write every learner's ledger as JSON")
     p.add_argument("--from-block", type=count, metavar="N",

@@ -527,16 +527,35 @@ def cmd_privacy(args: argparse.Namespace) -> int:
     console = make_console()
     console.print(f"[bold]FedChain {report.contract}[/] on chain {report.chain_id}: "
                   f"{len(report.rounds)} rounds", highlight=False)
-    plan = None
-    if report.genesis is not None:
+    if report.genesis is not None:  # learner-level DP (SPEC §14.16) is in the plan
         from ..audit.verify import distributed_privacy, load_plan
 
-        plan = load_plan(report, open_job_store(job))
-        if plan is not None:
-            distributed_privacy(report, plan)
-    for check in report.checks:
-        if check.status == "failed":
-            console.print(f"[bold red]{check.what}: {check.detail}[/]", highlight=False)
+        try:
+            if args.store:  # named: it must answer
+                from ..storage import check_reachable, open_store
+
+                store = open_store(args.store)
+                check_reachable(store, "--store")
+            else:
+                store = open_job_store(job)
+        except FedChainError as exc:
+            if args.store:
+                raise
+            console.print(f"[dim]the plan is not read ({exc}): a plan's learner-level DP, if "
+                          "it has one, is not recomputed (--store to name a store)[/]",
+                          highlight=False)
+        else:
+            plan = load_plan(report, store)
+            if plan is None:
+                console.print("[dim]the plan could not be fetched: a plan's learner-level DP, "
+                              "if it has one, is not recomputed[/]", highlight=False)
+            else:
+                distributed_privacy(report, plan)
+    broken = [c for c in report.checks if c.what == "privacy" and c.status == "failed"
+              and c.learner is None]  # the plan's dp cannot be recomputed, or a round's view
+    for check in broken:
+        where = f"round {check.round}: " if check.round is not None else ""
+        console.print(f"[bold red]{where}{check.detail}[/]", highlight=False)
     if report.distributed:
         print_distributed(report, console)
     elif not report.privacy:
@@ -573,7 +592,7 @@ def cmd_privacy(args: argparse.Namespace) -> int:
         console.print(f"JSON: {args.json}")
     failed = [p.learner for p in report.privacy if not p.ok] + [
         p.learner for p in report.distributed if not p.ok]
-    if any(c.status == "failed" for c in report.checks) and not failed:
+    if broken and not failed:
         return 1
     if failed:
         console.print(f"[bold red]{len(failed)} learner(s) with a privacy claim that does not "
