@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 import pytest
+from scipy import special  # scikit-learn's dependency: always installed
 from test_secure_rounds import CLIP, RANGE, WIDTH, WideLearner, secure_config, wide_initial
 
 from fedchain.audit import audit_federation
@@ -32,7 +33,6 @@ from fedchain.protocol.ledger import Ledger
 from fedchain.protocol.params import Plan
 from fedchain.protocol.secure import SecureRound
 
-special = pytest.importorskip("scipy.special")
 
 
 # --- the accountant -------------------------------------------------------------------------
@@ -216,7 +216,7 @@ def test_a_dp_federation_publishes_the_noisy_mean_and_stops_at_the_budget(tmp_pa
     spread = probe.share_sd * math.sqrt(n) / s / n  # n shares, dequantized, averaged
     error = new - clipped
     assert np.std(error) == pytest.approx(spread, rel=0.25)
-    assert abs(float(np.mean(error))) < 4 * spread / math.sqrt(WIDTH)
+    assert abs(float(np.mean(error))) < 5 * spread / math.sqrt(WIDTH)
     # Round 2: every learner's budget allows one round, so nobody took part.
     assert updates == []
     assert all(x.budget_spent == 2 for x in result.learners)
