@@ -33,8 +33,6 @@ from fedchain.protocol.ledger import Ledger
 from fedchain.protocol.params import Plan
 from fedchain.protocol.secure import SecureRound
 
-
-
 # --- the accountant -------------------------------------------------------------------------
 
 
