@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 from ..aggregation.strategy import Strategy
-from ..errors import AggregationError, FetchTimeout, InvalidModel
+from ..errors import AggregationError, FetchTimeout, InvalidModel, PrivacyError
 from ..eth.events import GlobalModelPublished, UpdateSubmitted
 from ..model.codec import Weights, encode
 from ..storage import cid_of
@@ -185,7 +185,12 @@ def _secure_round(plan: Plan, record: RoundRecord, fetch: Fetch, previous: Weigh
         return carried(AGGREGATION_FAILED,
                        f"secure aggregation unmasked nothing: {secure.NONE_FINISHED}",
                        [secure.outsider(s, secure.NO_KEYS) for s in record.usable])
-    view = secure.SecureRound.of(plan, record).for_model(previous)
+    view = secure.SecureRound.of(plan, record)
+    try:
+        view = view.for_model(previous)
+    except PrivacyError as exc:  # a plan's dp that does not fit the model (§14.16.2)
+        return carried(AGGREGATION_FAILED, f"secure aggregation: {exc}",
+                       [Rejected.because_of(s, str(exc)) for s in record.usable])
     vectors, rejected, finished, outsiders = secure.gather(view, record, fetch, previous,
                                                            excused, raise_errors)
     by_key = {secure.learner_key(s.learner): s for s in finished}
