@@ -132,8 +132,6 @@ def verify(report: AuditReport, store: ContentStore, plan: Plan | None = None) -
     if plan.privacy == "secagg":
         detail += f", secure aggregation {plan.secagg} (SPEC.md §14: updates masked)"
     checks.append(Check(OK, "plan", detail))
-    if plan.privacy == "secagg":
-        distributed_privacy(report, plan)  # the ε ledger of the plan's distributed DP (§14.16)
     try:
         genesis = _fetch(store, report.genesis.model_cid, None, plan.max_model_bytes)
     except (StorageError, InvalidModel) as exc:
