@@ -17,11 +17,19 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..aggregation.strategy import Strategy, strategy_from_plan
-from ..errors import AggregationError, ConfigError, FedChainError, InvalidModel, StorageError
+from ..errors import (
+    AggregationError,
+    ConfigError,
+    FedChainError,
+    InvalidModel,
+    PrivacyError,
+    StorageError,
+)
 from ..eth.events import ChainCid, UpdateSubmitted
 from ..model.codec import FORMAT, VERSION, ModelSpec, Weights, encode, spec
 from ..model.fetch import fetch_chunks, fetch_model
 from ..privacy.distributed import DistributedLedger, Noise, distributed_ledger
+from ..privacy.secagg import SELF
 from ..protocol.fetching import UNAVAILABLE, Outcome, fetch_updates
 from ..protocol.ledger import RoundRecord
 from ..protocol.params import Plan, fetch_plan
@@ -392,9 +400,13 @@ def distributed_privacy(report: AuditReport, plan: Plan) -> list[DistributedLedg
                                    "its noise and sensitivity cannot be recomputed"))
         return []
     p = params_of(plan)
-    noise = Noise.of(dp, p.clip, p.range, dp.dimension)
+    try:
+        noise = Noise.of(dp, p.clip, p.range, dp.dimension)
+    except PrivacyError as exc:
+        report.checks.append(Check(FAILED, "privacy", f"the plan's secagg.dp: {exc}"))
+        return []
     names: dict[str, str] = {}
-    rounds: list[tuple[int, list[list[str]]]] = []
+    rounds: list[tuple[int, list[list[str]], list[int]]] = []
     for r in report.rounds:
         for s in r.submissions:
             names.setdefault(learner_key(s.learner), s.learner)
@@ -410,7 +422,25 @@ def distributed_privacy(report: AuditReport, plan: Plan) -> list[DistributedLedg
                                        f"aggregation view: {exc}", r.round))
             continue
         done = set(view.finished(record))
-        rounds.append((r.round, [[a for a in g if a in done] for g in view.groups]))
+        exposed = []
+        for j in sorted(view.short_groups(done)):
+            # Honest holders reveal no key of a group below min_learners (§14.16.4): any
+            # key revealed for one of its dealers is misconduct, and once t holders revealed
+            # every finished learner's self-mask share its sum may be public: counted.
+            group = view.groups[j]
+            culprits = sorted(h for h, by in view.revealed.items()
+                              if any(a in by for a in group))
+            if not culprits:
+                continue
+            report.checks.append(Check(FAILED, "privacy", f"holder(s) {', '.join(culprits)} "
+                                       f"revealed keys of group {j}, which had fewer than "
+                                       f"min_learners ({dp.min_learners}) finished learners",
+                                       r.round))
+            if all(sum(1 for by in view.revealed.values()
+                       if by.get(a, ("", b""))[0] == SELF) >= view.threshold
+                   for a in group if a in done):
+                exposed.append(j)
+        rounds.append((r.round, [[a for a in g if a in done] for g in view.groups], exposed))
     report.distributed = distributed_ledger(noise, rounds, names)
     for ledger in report.distributed:
         for e in ledger.entries:

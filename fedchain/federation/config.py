@@ -19,7 +19,9 @@ from ..protocol.params import MAX_MODEL_BYTES, Plan, ProtocolFields
 from ..protocol.rules import (
     committee_windows,
     duplicates_without_commit_reveal,
+    fraction_to_ppm,
     plan_min_updates,
+    sample_size,
 )
 
 
@@ -137,6 +139,13 @@ class RunConfig(ProtocolFields):
             from ..protocol.secure import with_dimension
 
             plan = with_dimension(plan, model)
+        dp = (plan.secagg or {}).get("dp") if plan.privacy == "secagg" else None
+        if isinstance(dp, dict) and not (plan.secagg or {}).get("group_size"):
+            most = sample_size(fraction_to_ppm(self.fraction), learners)
+            if dp.get("min_learners", 0) > most:
+                raise ConfigError(f"secagg.dp.min_learners is {dp['min_learners']}, but at most "
+                                  f"{most} learners take part in a round: no round could be "
+                                  "unmasked")
         return plan
 
     def _protocol(self, committee: int) -> dict[str, Any]:

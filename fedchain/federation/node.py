@@ -584,8 +584,11 @@ class LearnerNode:
             return False
         cid = self.store.put(encode(masked))
         self._secagg = None
+        # A secure round weighs learners alike; with learner-level DP the record count is
+        # not published at all (it would be outside the ε, SPEC.md §14.16.5).
+        examples = 1 if view.params.dp is not None else p.result.num_examples
         try:
-            self.contract.submit_update(round, cid, p.result.num_examples)
+            self.contract.submit_update(round, cid, examples)
         except TOO_LATE as exc:
             log.warning("%s: round %d closed before the masked update landed (%s)", self.name,
                         round, exc)
@@ -692,8 +695,12 @@ class LearnerNode:
         dp = p.dp
         if dp is None or dp.budget is None:
             return False
-        allowed = Noise.of(dp, p.clip, p.range,
-                           sum(int(a.size) for a in floating(weights).values())).max_rounds()
+        try:
+            allowed = Noise.of(dp, p.clip, p.range,
+                               sum(int(a.size) for a in floating(weights).values())).max_rounds()
+        except PrivacyError as exc:  # the plan's dp does not fit the model: no round can
+            log.warning("[ROUND %d] %s cannot take part: %s", round, self.name, exc)
+            return True
         ledger = self.shared.ledger(self.contract) if self.shared else self._own_ledger()
         ledger.refresh()
         me = self.address.lower()

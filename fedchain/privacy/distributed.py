@@ -44,6 +44,13 @@ from . import quantize as Q
 _PUBLIC_NOISE = ("seed", "noise_seed", "rng_seed", "random_seed")
 #: The largest clip_norm / clip: Δ2 stays far below 2^53 (exact integer bounds in F64).
 MAX_NORM_RATIO = float(1 << 20)
+#: The largest model (floating elements) distributed DP takes: a norm computed in binary64
+#: over at most 2^32 terms is off by far less than CLIP_SLACK (so Δ2 bounds the real norm).
+MAX_DIMENSION = 1 << 32
+#: Learners clip to C·(1 − CLIP_SLACK): the float error of computing a norm stays inside C.
+CLIP_SLACK = 2.0 ** -20
+#: The largest Poisson mean λ a learner draws (numpy's sampler takes up to about 9.2e18).
+MAX_LAMBDA = 1e18
 _CHUNK = 1 << 16
 
 
@@ -90,13 +97,14 @@ class DistributedDP:
                 raise ConfigError(f"malformed plan: secagg.dp needs {name}")
         checks = {
             "clip_norm": ("a positive finite number", _positive),
-            "noise_multiplier": ("a positive number below 1e6", lambda v: _positive(v, 1e6)),
+            "noise_multiplier": ("a number in 0.01 … 1e6 (less gives no meaningful privacy)",
+                                 lambda v: _positive(v, 1e6) and v >= 0.01),
             "min_learners": ("an integer in 2..1048576", lambda v: isinstance(v, int)
                              and not isinstance(v, bool) and 2 <= v <= 1 << 20),
             "delta": ("a number between 0 and 1", lambda v: _positive(v, 1.0)),
             "budget": ("a positive number", lambda v: v is None or _positive(v)),
-            "dimension": ("an integer in 0..2^40", lambda v: isinstance(v, int)
-                          and not isinstance(v, bool) and 0 <= v <= 1 << 40),
+            "dimension": ("an integer in 0..2^32", lambda v: isinstance(v, int)
+                          and not isinstance(v, bool) and 0 <= v <= MAX_DIMENSION),
         }
         for name, value in raw.items():
             what, ok = checks[name]
@@ -128,18 +136,20 @@ class Noise:
         if dp.dimension and d != dp.dimension:
             raise PrivacyError(f"the model has {d} floating coordinates; the plan's "
                                f"secagg.dp.dimension says {dp.dimension}")
-        if d < 1:
-            raise PrivacyError("a model without floating coordinates has nothing to add "
-                               "noise to")
+        if not 1 <= d <= MAX_DIMENSION:
+            raise PrivacyError(f"distributed DP takes models of 1 to 2^32 floating "
+                               f"coordinates, not {d}")
         s = Q.scale(clip, qrange)
         delta2 = s * dp.clip_norm + math.sqrt(d) + 1.0
         delta1 = min(math.sqrt(d) * delta2, delta2 * delta2)
         share_sd = dp.noise_multiplier * delta2 / math.sqrt(dp.min_learners)
+        lam = share_sd * share_sd / 2.0
+        if not lam <= MAX_LAMBDA:
+            raise PrivacyError(f"noise of standard deviation {share_sd:.4g} per learner is "
+                               "more than a learner can draw (Poisson mean above 1e18): "
+                               "lower noise_multiplier or clip_norm / clip")
         headroom = math.ceil(10.0 * share_sd) + 10
-        if qrange + headroom >= 1 << 61:
-            raise PrivacyError(f"noise of standard deviation {share_sd:.4g} per learner does "
-                               "not fit the 62-bit modulus")
-        return cls(dp, d, delta2, delta1, share_sd, share_sd * share_sd / 2.0, headroom)
+        return cls(dp, d, delta2, delta1, share_sd, lam, headroom)
 
     def round_rdp(self, others: int) -> tuple[float, ...]:
         """A learner's RDP from one released sum that holds the shares of `others` other
@@ -170,7 +180,9 @@ class Noise:
         while high <= cap and within(high):
             low, high = high, high * 2
         if high > cap:
-            return cap
+            high = cap + 1
+            if within(cap):
+                return cap
         while high - low > 1:
             mid = (low + high) // 2
             low, high = (mid, high) if within(mid) else (low, mid)
@@ -178,26 +190,33 @@ class Noise:
 
 
 def clip_l2(vector: np.ndarray, norm: float) -> np.ndarray:
-    """`vector` scaled down to L2 norm `norm` if longer (F64)."""
+    """`vector` scaled down to L2 norm `norm`·(1 − CLIP_SLACK) if longer (F64): the slack
+    absorbs the rounding of the norm's computation, so the result's exact norm is ≤ `norm`."""
     v = np.asarray(vector, np.float64)
     length = float(np.sqrt(np.dot(v, v)))
-    if length > norm:
-        v = v * (norm / length)
+    bound = norm * (1.0 - CLIP_SLACK)
+    if length > bound:
+        v = v * (bound / length)
     return v
 
 
 def add_noise(quantized: np.ndarray, noise: Noise, bits: int,
               rng: np.random.Generator | None = None) -> np.ndarray:
     """A learner's shifted quantized values (uint64, §14.1) with its Skellam share added to
-    each coordinate, reduced mod 2^bits (uint64). `rng`: a generator seeded from the
-    operating system's entropy unless given (tests give one; never a public seed)."""
-    rng = rng if rng is not None else np.random.default_rng(secrets.randbits(256))
+    each coordinate, reduced mod 2^bits (uint64). Unless `rng` is given (tests give one;
+    never a public seed), each chunk of _CHUNK coordinates is drawn by a generator seeded
+    afresh with 256 bits of the operating system's entropy (`secrets`), so no run of outputs
+    of one generator state spans more than a chunk."""
     q = np.asarray(quantized, np.uint64)
     out = np.empty(q.size, np.uint64)
     modulus_mask = np.uint64((1 << bits) - 1)
     for start in range(0, q.size, _CHUNK):
         m = min(_CHUNK, q.size - start)
-        z = rng.poisson(noise.lam, m).astype(np.int64) - rng.poisson(noise.lam, m)
+        gen = rng if rng is not None else np.random.default_rng(secrets.randbits(256))
+        try:
+            z = gen.poisson(noise.lam, m).astype(np.int64) - gen.poisson(noise.lam, m)
+        except ValueError as exc:  # numpy's own bound on λ: Noise.of keeps far below it
+            raise PrivacyError(f"cannot draw the noise: {exc}") from exc
         y = q[start:start + m].astype(np.int64) + z
         out[start:start + m] = y.astype(np.uint64) & modulus_mask  # two's complement mod 2^k
     return out
@@ -264,20 +283,29 @@ class DistributedLedger:
                 "entries": [e.to_dict() for e in self.entries]}
 
 
-def distributed_ledger(noise: Noise, rounds: Iterable[tuple[int, Sequence[Sequence[str]]]],
-                       names: Mapping[str, str] | None = None) -> list[DistributedLedger]:
+def distributed_ledger(
+    noise: Noise,
+    rounds: Iterable[tuple[int, Sequence[Sequence[str]]]
+                     | tuple[int, Sequence[Sequence[str]], Iterable[int]]],
+    names: Mapping[str, str] | None = None,
+) -> list[DistributedLedger]:
     """Every learner's ε after each secure round it finished: `rounds` gives, in order, each
-    round's groups of finished learners. A round counts for a learner when its group had at
-    least min_learners finished (honest holders reveal nothing otherwise), with the noise of
-    the others of its group. `names`: learner key → how to print it."""
+    round's groups of finished learners, and optionally the indices of the groups whose sum
+    the revealed keys expose although they are too small (rogue holders). A round counts for
+    a learner when its group had at least min_learners finished (honest holders reveal
+    nothing otherwise) or is exposed, with the noise of the others of its group; an infinite
+    ε (a group exposed with no other learner's noise) fails. `names`: learner key → how to
+    print it."""
     names = names or {}
     dp = noise.dp
     ledgers: dict[str, DistributedLedger] = {}
     curves: dict[str, tuple[float, ...]] = {}
-    for round, groups in rounds:
-        for group in groups:
+    for item in rounds:
+        round, groups = item[0], item[1]
+        exposed = set(item[2]) if len(item) > 2 else set()  # type: ignore[misc]
+        for j, group in enumerate(groups):
             n = len(group)
-            released = n >= dp.min_learners
+            released = n >= dp.min_learners or j in exposed
             step = noise.round_rdp(n - 1) if released else None
             for learner in group:
                 ledger = ledgers.setdefault(learner, DistributedLedger(
@@ -286,7 +314,10 @@ def distributed_ledger(noise: Noise, rounds: Iterable[tuple[int, Sequence[Sequen
                     curves[learner] = accountant.compose(curves.get(learner, ()), step)
                 eps = noise.epsilon(curves[learner]) if learner in curves else 0.0
                 entry = DistributedEntry(round, n, released, eps)
-                if dp.budget is not None and eps > dp.budget * (1 + 1e-9):
+                if eps == math.inf:
+                    entry.problems.append("a released sum with no other learner's noise: no "
+                                          "privacy (epsilon infinite)")
+                elif dp.budget is not None and eps > dp.budget * (1 + 1e-9):
                     entry.problems.append(f"epsilon {eps:.4g} is past the plan's budget "
                                           f"{dp.budget:g}")
                 ledger.entries.append(entry)

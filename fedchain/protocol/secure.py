@@ -124,7 +124,14 @@ def with_dimension(plan: Plan, model: Weights) -> Plan:
         raise ConfigError(f"secagg.dp.dimension is {dp['dimension']}, but the initial model "
                           f"has {d} floating coordinates")
     dp["dimension"] = d
-    return replace(plan, secagg={**plan.secagg, "dp": dp})
+    out = replace(plan, secagg={**plan.secagg, "dp": dp})
+    p = params_of(out)
+    assert p.dp is not None
+    try:
+        D.Noise.of(p.dp, p.clip, p.range, d)
+    except PrivacyError as exc:
+        raise ConfigError(f"secagg.dp does not fit the initial model: {exc}") from exc
+    return out
 
 
 @dataclass
