@@ -5,6 +5,7 @@ recomputes from the plan and the chain, and whose learners stop at the plan's bu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -111,7 +112,8 @@ def test_a_dp_plan_refuses_public_noise_and_what_cannot_hold() -> None:
         ({**dp, "seed": 7}, "public seed gives no privacy"),
         ({"clip_norm": 1.0, "noise_multiplier": 1.0}, "needs min_learners"),
         ({**dp, "min_learners": 1}, "min_learners must be an integer in 2"),
-        ({**dp, "noise_multiplier": 0}, "noise_multiplier must be a positive"),
+        ({**dp, "noise_multiplier": 0}, "noise_multiplier must be a number in 0.01"),
+        ({**dp, "noise_multiplier": 1e-200}, "less gives no meaningful privacy"),
         ({**dp, "delta": 1.5}, "delta must be a number between 0 and 1"),
         ({**dp, "budget": -1}, "budget must be a positive"),
         ({**dp, "epsilon": 3}, "unknown secagg.dp parameters"),
@@ -202,7 +204,7 @@ def test_a_dp_federation_publishes_the_noisy_mean_and_stops_at_the_budget(tmp_pa
                            "--store", store_url, "--json", str(out)])
         plan = Plan.load(store, contract.plan())
         published = contract.published(1)
-        updates = contract.updates(2)
+        round_one, updates = contract.updates(1), contract.updates(2)
     finally:
         node.stop()
     assert plan.secagg is not None and plan.secagg["dp"]["dimension"] == WIDTH  # genesis filled
@@ -217,6 +219,7 @@ def test_a_dp_federation_publishes_the_noisy_mean_and_stops_at_the_budget(tmp_pa
     assert abs(float(np.mean(error))) < 5 * spread / math.sqrt(WIDTH)
     # Round 2: every learner's budget allows one round, so nobody took part.
     assert updates == []
+    assert {u.num_examples for u in round_one} == {1}  # record counts are not published
     assert all(x.budget_spent == 2 for x in result.learners)
     assert report.exit_status() == 0, report.failures()
     ledgers = report.distributed
@@ -233,22 +236,73 @@ def test_a_dp_federation_publishes_the_noisy_mean_and_stops_at_the_budget(tmp_pa
     assert "distributed DP" in capsys.readouterr().out
 
 
-def test_a_group_below_min_learners_is_not_unmasked() -> None:
+@pytest.mark.parametrize("holders", ["honest", "rogue"])
+def test_a_group_below_min_learners_is_not_unmasked(holders: str, monkeypatch) -> None:
     """min_learners 4, two of five learners vanish after posting keys: the three that
-    finished are too few, so no holder reveals their keys and the round carries over."""
+    finished are too few, so honest holders reveal no key of theirs and the round carries
+    over. Rogue holders that reveal anyway (all three: the threshold) do not change the
+    outcome, but their keys make the three learners' noisy sum public: the audit fails them
+    and counts the round against the learners, with the noise of the two others."""
+    if holders == "rogue":
+        from fedchain.federation import aggregator
+        from fedchain.protocol import secure
+
+        def reveal_anyway(view, keys, record):  # type: ignore[no-untyped-def]
+            blind = dataclasses.replace(view, params=dataclasses.replace(view.params, dp=None))
+            return secure.holder_revelation(blind, keys, record)
+
+        monkeypatch.setattr(aggregator, "holder_revelation", reveal_anyway)
     n = 5
     result = simulate(lambda i, _: WideLearner(i, fail=i in (1, 3)), n,
                       config=dp_config(1, n, min_learners=4), initial_weights=wide_initial(),
                       aggregators=3, engine="threads", timeout=600)
     contract, store = result.contract, result.store
     published = contract.published(1)
-    assert published is not None and published.included == ()  # carried over
+    assert published is not None and published.included == ()  # carried over either way
     new = decode(store.get(published.model_cid.require(), 1 << 20))
     assert np.array_equal(new["w"], wide_initial()["w"])
     plan = Plan.load(store, contract.plan())
     view = SecureRound.of(plan, Ledger(contract).record(1, facts=True))
-    # No holder revealed a key of the group (the dropped learners' neither).
-    assert all(not by for by in view.revealed.values())
     report = audit_federation(contract, store)
-    assert report.exit_status() == 0, report.failures()
-    assert all(not e.released for ledger in report.distributed for e in ledger.entries)
+    finished = {x.learner for x in report.distributed}
+    assert len(finished) == 3
+    if holders == "honest":
+        assert all(not by for by in view.revealed.values())  # no key of the group revealed
+        assert report.exit_status() == 0, report.failures()
+        assert all(not e.released for x in report.distributed for e in x.entries)
+        return
+    assert len(view.revealed) == 3 and all(view.revealed.values())
+    blamed = [c for c in report.failures() if "revealed keys of group 0" in c.detail]
+    assert len(blamed) == 1 and all(h in blamed[0].detail for h in view.holders)
+    noise = Noise.of(DistributedDP.parse(plan.secagg["dp"]), CLIP, RANGE, WIDTH)
+    for x in report.distributed:
+        assert [e.released for e in x.entries] == [True]
+        assert x.epsilon == pytest.approx(noise.epsilon(noise.round_rdp(2)), rel=1e-3)
+
+
+def test_genesis_refuses_a_dp_plan_that_cannot_hold_and_the_ledger_fails_no_noise() -> None:
+    from fedchain.federation.config import RunConfig
+
+    config = secure_config(1, 5, dp={"clip_norm": 1.0, "noise_multiplier": 1.0,
+                                     "min_learners": 6})
+    with pytest.raises(ConfigError, match="at most 5 learners take part"):
+        config.plan(5, committee=3, model=wide_initial())
+    assert config.plan(6, committee=3, model=wide_initial()).secagg["dp"]["dimension"] == WIDTH
+    huge = dataclasses.replace(config, secagg={**config.secagg, "dp": {
+        "clip_norm": 1e5, "noise_multiplier": 1e5, "min_learners": 2}})
+    assert isinstance(huge, RunConfig)
+    with pytest.raises(ConfigError, match="does not fit the initial model.*Poisson mean"):
+        huge.plan(6, committee=3, model=wide_initial())
+    with pytest.raises(ConfigError, match="the initial model has 256"):
+        dataclasses.replace(config, secagg={**config.secagg, "dp": {
+            **config.secagg["dp"], "dimension": 99}}).plan(6, committee=3, model=wide_initial())
+    # A group exposed with no other learner in it: no noise protects it.
+    dp = DistributedDP(clip_norm=1.0, noise_multiplier=1.0, min_learners=3, dimension=WIDTH)
+    alone = distributed_ledger(Noise.of(dp, CLIP, RANGE, WIDTH), [(1, [["a"]], [0])])
+    assert alone[0].epsilon == math.inf and not alone[0].ok
+    # max_rounds never answers a cap it did not check.
+    capped = Noise.of(dataclasses.replace(dp, budget=1e9), CLIP, RANGE, WIDTH)
+    assert capped.max_rounds(cap=3) == 3
+    tight = Noise.of(dataclasses.replace(dp, budget=capped.epsilon(
+        [2.5 * r for r in capped.worst_round()])), CLIP, RANGE, WIDTH)
+    assert tight.max_rounds(cap=3) == 2
