@@ -50,8 +50,10 @@ from ..eth.reverts import (
     WrongRound,
 )
 from ..eth.watcher import ChainWatcher
+from ..jsonsafe import loads
 from ..model.codec import ModelSpec, Weights, encode, spec
 from ..model.fetch import fetch_model
+from ..privacy.dpsgd import PREFIX, budget_spent
 from ..privacy.secagg import RoundKeys
 from ..protocol.fetching import Outcome, Rejected, fetch_updates
 from ..protocol.ledger import Ledger, RoundRecord
@@ -161,6 +163,10 @@ class Aggregator:
         self._round_block = 0
         self.patience = Patience("aggregator", log)
         self._events: Ledger | None = None
+        #: DP-SGD privacy reports read so far (learner → [(round, report)]), and the events
+        #: already read (block, log index): `_privacy_spent`.
+        self._dp_reports: dict[str, list[tuple[int, Mapping[str, object]]]] = {}
+        self._dp_read: set[tuple[int, int]] = set()
         #: Rounds this aggregator's vote lost: (round, our CID, the published CID).
         self.outvoted: list[tuple[int, str, str]] = []
 
@@ -330,7 +336,16 @@ class Aggregator:
         needed = plan.buffer_size or max(1, len(expected))
         deadline = time.monotonic() + self.config.round_timeout
         seed_block = c.seed_block() if plan.fraction < 1.0 else 0
+        spent_check = 0.0
         while True:
+            if not plan.buffer_size and time.monotonic() >= spent_check:
+                # A learner whose DP-SGD reports say its budget is spent trains no more:
+                # the round does not wait for it (its reports come in as the round runs).
+                spent_check = time.monotonic() + 1.0
+                spent = self._privacy_spent()
+                if spent & expected:
+                    expected = expected - spent
+                    needed = max(1, len(expected))
             if seed_block and self._head() >= seed_block + SEED_NUDGE_BLOCKS:
                 seed_block = self._draw_seed(round)
             if self.watcher is not None and not chain_deadline:
@@ -355,6 +370,29 @@ class Aggregator:
             if self._idle():
                 raise FedChainError("aggregator stopped")
         return self._updates_in(round, seen), seen
+
+    def _privacy_spent(self) -> set[int]:
+        """The learner indices whose latest DP-SGD privacy reports on chain say they cannot
+        train another round within their own budget (`privacy.dpsgd.budget_spent`)."""
+        ledger = self._secure_ledger()
+        ledger.refresh()
+        for record in ledger.records():
+            for e in record.evaluations:
+                if (e.block, e.log_index) in self._dp_read:
+                    continue
+                self._dp_read.add((e.block, e.log_index))
+                try:
+                    body = loads(e.metrics)
+                except (ValueError, RecursionError):
+                    continue
+                if isinstance(body, dict) and any(str(k).startswith(PREFIX) for k in body):
+                    self._dp_reports.setdefault(e.learner, []).append((e.round, body))
+        out = set()
+        for learner, reports in self._dp_reports.items():
+            ordered = [body for _, body in sorted(reports, key=lambda x: x[0])]
+            if learner in ledger.indices and budget_spent(ordered):
+                out.add(ledger.indices[learner])
+        return out
 
     # -- secure aggregation (SPEC.md §14) ----------------------------------------------
 

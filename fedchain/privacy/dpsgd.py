@@ -184,6 +184,26 @@ def recompute(report: Mapping[str, Any]) -> float:
                    float(report["dp_delta"]))
 
 
+def budget_spent(reports: list[Mapping[str, Any]]) -> bool:
+    """Whether a learner's privacy reports (oldest first) show it cannot train another round:
+    its latest total steps plus its latest positive round's steps would take its ε past its
+    budget (the check the learner itself makes, `PrivacyLedger.check`, with the steps of the
+    round it last trained). False when the reports cannot tell (no budget, no steps, or a
+    report that does not parse): an aggregator stops waiting only for a learner that has
+    said, on chain, that it is done."""
+    try:
+        latest = reports[-1]
+        budget = latest.get("dp_budget")
+        steps = [int(r["dp_steps"]) for r in reports if float(r.get("dp_steps", 0)) > 0]
+        if budget is None or not steps:
+            return False
+        return epsilon(float(latest["dp_sigma"]), float(latest["dp_q"]),
+                       int(latest["dp_total_steps"]) + steps[-1],
+                       float(latest["dp_delta"])) > float(budget)
+    except (IndexError, KeyError, TypeError, ValueError, ConfigError, OverflowError):
+        return False
+
+
 # --- DP-SGD --------------------------------------------------------------------------
 
 
