@@ -405,3 +405,27 @@ def test_fedchain_privacy_recomputes_every_learners_reports(anvil_chain, tmp_pat
     assert data[spent.address]["epsilon"] <= data[spent.address]["budget"]
     printed = capsys.readouterr().out
     assert "claims epsilon" in printed and liar.address in printed
+
+
+def test_a_learner_whose_reports_show_its_budget_spent_is_not_waited_for() -> None:
+    from fedchain.privacy.dpsgd import budget_spent
+
+    def report(total: int, steps: int, budget: float | None = 8.0) -> dict[str, float]:
+        body = {"dp_sigma": 1.1, "dp_q": 0.05, "dp_steps": float(steps),
+                "dp_total_steps": float(total), "dp_delta": 1e-5, "dp_epsilon": 0.0}
+        if budget is not None:
+            body["dp_budget"] = budget
+        return body
+
+    per_round = 100
+    rounds = max(k for k in range(1, 200) if epsilon(1.1, 0.05, k * per_round, 1e-5) <= 8.0)
+    done = rounds * per_round
+    assert budget_spent([report(done - per_round, per_round), report(done, per_round)])
+    assert not budget_spent([report(done - per_round, per_round)])  # one round left
+    # The round it refused reports 0 steps: the last positive round's steps count.
+    assert budget_spent([report(done, per_round), report(done, 0)])
+    # Nothing to tell: no budget, no steps, or a report that does not parse.
+    assert not budget_spent([report(done, per_round, budget=None)])
+    assert not budget_spent([report(done, 0)])
+    assert not budget_spent([{"dp_budget": 1.0, "dp_steps": "x"}])
+    assert not budget_spent([])
