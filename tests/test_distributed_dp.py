@@ -98,6 +98,36 @@ def test_the_spec_vector_of_the_ledger() -> None:
     assert noise.max_rounds() == 3
 
 
+def test_the_spec_vector_recomputed_from_the_text_alone() -> None:
+    """SPEC.md §14.16.2 and §14.16.5 implemented again from the text with the standard
+    library only (no fedchain code), on the section's vector."""
+    c, r, clip_norm, z, L, d, delta = 0.5, 32767, 1.0, 1.0, 5, 6378, 1e-5
+    s = float(r) / c
+    delta2 = (s * clip_norm + math.sqrt(d)) + 1.0
+    delta1 = min(math.sqrt(d) * delta2, delta2 * delta2)
+    sigma = (z * delta2) / math.sqrt(L)
+    orders = [*range(2, 64), 128, 256, 512, 1024]
+
+    def rdp(others: int) -> list[float]:
+        mu = others * sigma * sigma
+        return [a * delta2 ** 2 / (2 * mu) + min(((2 * a - 1) * delta2 ** 2 + 6 * delta1)
+                                                   / (4 * mu * mu), 3 * delta1 / (2 * mu))
+                for a in orders]
+
+    def eps(curve: list[float]) -> float:
+        if any(delta ** 2 + math.expm1(-x) > 0 for x in curve):
+            return 0.0
+        return max(0.0, min(x + math.log(1 - 1 / a) - (math.log(delta) + math.log(a)) / (a - 1)
+                            for a, x in zip(orders, curve, strict=True)))
+
+    assert math.ceil(10 * sigma) + 10 == 293449
+    assert sigma * sigma / 2 == pytest.approx(430531016.536056, rel=1e-12)
+    assert eps(rdp(4)) == pytest.approx(5.37773, abs=5e-5)
+    assert eps(rdp(99)) == pytest.approx(0.901758, abs=5e-6)
+    worst = rdp(L - 1)
+    assert max(k for k in range(1, 50) if eps([k * x for x in worst]) <= 11.0) == 3
+
+
 # --- the plan -------------------------------------------------------------------------------
 
 

@@ -53,6 +53,7 @@ from ..eth.watcher import ChainWatcher
 from ..jsonsafe import loads
 from ..model.codec import ModelSpec, Weights, encode, spec
 from ..model.fetch import fetch_model
+from ..privacy.distributed import Noise
 from ..privacy.dpsgd import PREFIX, budget_spent
 from ..privacy.secagg import RoundKeys
 from ..protocol.fetching import Outcome, Rejected, fetch_updates
@@ -68,6 +69,7 @@ from ..protocol.secure import (
     is_secagg,
     keys_message,
     master_secret,
+    params_of,
     round_context,
     round_seed,
 )
@@ -267,6 +269,7 @@ class Aggregator:
             log.info("a committee of %d: the plan's rounds take updates for %d s and votes for "
                      "%d s more (set update_window / vote_window to choose)", len(members),
                      plan.update_window, plan.vote_window)
+        self._warn_budget(plan)
         model_cid = self.store.put(encode(self.initial_weights))
         plan_cid = self.store.put(plan.to_json())
         try:
@@ -286,6 +289,22 @@ class Aggregator:
             self.plan = plan
             log.info("genesis model %s, plan %s (%s): round 1 open", model_cid, plan_cid,
                      plan.strategy["name"])
+
+    @staticmethod
+    def _warn_budget(plan: Plan) -> None:
+        """Says at genesis when learner-level DP's budget ends every learner's part before
+        the plan's last round (SPEC.md §14.16.5: K rounds each)."""
+        if not is_secagg(plan):
+            return
+        p = params_of(plan)
+        if p.dp is None or p.dp.budget is None or not p.dp.dimension:
+            return
+        rounds = Noise.of(p.dp, p.clip, p.range, p.dp.dimension).max_rounds()
+        if rounds is not None and rounds < plan.rounds:
+            log.warning("secagg.dp: a learner's budget (epsilon %g at delta %g) lets it take part "
+                        "in at most %d of the plan's %d rounds; a learner that took part in "
+                        "every round posts no keys after round %d", p.dp.budget, p.dp.delta,
+                        rounds, plan.rounds, rounds)
 
     def _disagreements(self, plan: Plan) -> list[str]:
         """What this aggregator's config asks for that the plan on chain overrides."""
