@@ -1,5 +1,6 @@
-"""Utility of sample-level differential privacy: the CNN example's final accuracy at ε ∈ {1, 3,
-8} (δ = 1e-5) against the non-private run, 3 learners, 10 rounds.
+"""Utility of differential privacy: the CNN example's final accuracy at ε ∈ {1, 3, 8} (δ =
+1e-5) against the non-private run; sample-level with 3 learners (the default part),
+learner-level with 100 (`--part learner`).
 
     .venv/bin/python bench/dp.py                 # ε 1, 3, 8 (5 runs each) and non-private (~3 min)
     .venv/bin/python bench/dp.py --epsilons 8 --repeats 1
@@ -42,6 +43,8 @@ same learners and training in the clear (plain FedAvg). Reported: z, the largest
 learner reached as the audit recomputes it from the plan and the chain
 (`audit_federation(...).distributed`), the final centralized accuracy (mean and range of
 `--repeats` runs, 3), and the seconds per run. Results: bench/results/ddp.json.
+`--part sweep` replays that federation in one process without the chain (`sweep_part`): how
+the job's C, rounds, epochs and lr were chosen (examples/cnn/README.md).
 """
 
 from __future__ import annotations
