@@ -52,6 +52,7 @@ bench: setup
 	$(PY) bench/fedbuff.py
 	$(PY) bench/scale.py
 	$(PY) bench/dp.py
+	$(PY) bench/dp.py --part learner
 	$(PY) bench/secagg.py --part all
 
 # Every CID and gas figure the READMEs quote, recomputed (all rounds of every example), and

@@ -357,6 +357,8 @@ PLAN: dict[str, Run | Skip | InSession] = {
     # examples/cnn/README.md
     "fedchain simulate --job examples/cnn/fedchain.toml": Run(timeout=900),
     "fedchain simulate --job examples/cnn/fedchain-dp.toml": Run(timeout=900),
+    "fedchain simulate --job examples/cnn/fedchain-ddp.toml": Run(
+        timeout=1800, long="10 secure rounds of 100 learners: 2-3 minutes of CPU"),
     "python examples/cnn/run.py --learners 5 --partition dirichlet --alpha 0.3 --rounds 15":
         Run(timeout=1800, long="15 rounds of 5 CNN learners: several minutes of CPU"),
     "python examples/cnn/run.py --data cifar10 --data-dir ~/data/cifar-10-batches-py --lr 0.001":

@@ -49,15 +49,23 @@ def test_a_job_without_strategy_runs_robust_fedavg_and_plain_fedavg_stays_one_li
 
 #: Example jobs that average plainly, on purpose: the DP job's utility table (bench/dp.py) is
 #: measured with plain FedAvg over its three learners' noisy updates; secure aggregation's
-#: jobs sum masked updates, which no bound of the plaintext strategies can see (SPEC §14.11).
-PLAIN = {"fedchain-dp.toml", "fedchain-secagg.toml", "fedchain-secagg-devnet.toml"}
+#: jobs (fedchain-ddp.toml: with learner-level DP) sum masked updates, which no bound of the
+#: plaintext strategies can see (SPEC §14.11).
+PLAIN = {"fedchain-dp.toml", "fedchain-secagg.toml", "fedchain-secagg-devnet.toml",
+         "fedchain-ddp.toml"}
 
 
 def test_secure_example_jobs_plan_secure_rounds():
-    for path in sorted(ROOT.glob("examples/*/fedchain-secagg*.toml")):
+    paths = [*ROOT.glob("examples/*/fedchain-secagg*.toml"),
+             *ROOT.glob("examples/*/fedchain-ddp.toml")]
+    assert any(p.name == "fedchain-ddp.toml" for p in paths)
+    for path in sorted(paths):
         job = Job.load(path)
         plan = job.run_config().plan(job.learners)
         assert plan.privacy == "secagg" and plan.strategy["name"] == "FedAvg", path
+        if path.name == "fedchain-ddp.toml":  # [protocol.secagg.dp] reaches the plan
+            assert plan.secagg is not None and set(plan.secagg["dp"]) >= {
+                "clip_norm", "noise_multiplier", "min_learners", "budget"}
 
 
 @pytest.mark.parametrize("path", sorted(p for p in ROOT.glob("examples/*/fedchain*.toml")
