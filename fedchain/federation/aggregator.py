@@ -361,7 +361,7 @@ class Aggregator:
                 # A learner whose DP-SGD reports say its budget is spent trains no more:
                 # the round does not wait for it (its reports come in as the round runs).
                 spent_check = time.monotonic() + 1.0
-                spent = self._privacy_spent()
+                spent = self._privacy_spent(round)
                 if spent & expected:
                     expected = expected - spent
                     needed = max(1, len(expected))
@@ -390,13 +390,17 @@ class Aggregator:
                 raise FedChainError("aggregator stopped")
         return self._updates_in(round, seen), seen
 
-    def _privacy_spent(self) -> set[int]:
+    def _privacy_spent(self, round: int) -> set[int]:
         """The learner indices whose latest DP-SGD privacy reports on chain say they cannot
-        train another round within their own budget (`privacy.dpsgd.budget_spent`)."""
+        train another round within their own budget (`privacy.dpsgd.budget_spent`). Reads the
+        reports of the rounds before `round` that this aggregator saw come in (the last two:
+        a learner reports a round during the next one); older ones stay from earlier calls."""
         ledger = self._secure_ledger()
         ledger.refresh()
-        for record in ledger.records():
-            for e in record.evaluations:
+        for r in (round - 2, round - 1):
+            if r < 1:
+                continue
+            for e in ledger.record(r, refresh=False).evaluations:
                 if (e.block, e.log_index) in self._dp_read:
                     continue
                 self._dp_read.add((e.block, e.log_index))
