@@ -189,7 +189,7 @@ def test_the_ledger_counts_released_rounds_with_the_others_noise() -> None:
     dp = DistributedDP(clip_norm=1.0, noise_multiplier=1.0, min_learners=3, budget=30.0,
                        dimension=100)
     noise = Noise.of(dp, CLIP, RANGE, 100)
-    rounds = [(1, [["a", "b", "c"]]), (2, [["a", "b"]]), (3, [["a", "b", "c", "d"]])]
+    rounds = [(1, [["a", "b", "c"]], ()), (2, [["a", "b"]], ()), (3, [["a", "b", "c", "d"]], ())]
     ledgers = {x.learner: x for x in distributed_ledger(noise, rounds)}
     a = ledgers["a"]
     assert [e.released for e in a.entries] == [True, False, True]

@@ -156,8 +156,8 @@ def verify(report: AuditReport, store: ContentStore, plan: Plan | None = None) -
 Add = Callable[..., None]
 
 
-def _record(r: RoundAudit, walk: _Walk) -> RoundRecord:
-    """The round as the protocol's rule reads it (its previous model is `walk.previous`)."""
+def _record(r: RoundAudit) -> RoundRecord:
+    """The round as the protocol's rule reads it."""
     return RoundRecord(r.round, ChainCid(b""), submissions=[s.event for s in r.submissions],
                        removed=set(r.removed), published=r.published, timed_out=r.timed_out,
                        restored=r.restored, votes=list(r.votes),
@@ -227,7 +227,7 @@ def _as_published(r: RoundAudit, store: ContentStore, walk: _Walk,
     if set(outcome.learners) == set(r.included):
         return outcome
     try:
-        found = run_published(walk.plan, walk.strategy, _record(r, walk),
+        found = run_published(walk.plan, walk.strategy, _record(r),
                               _fetcher(store, walk), walk.previous or {}, walk.state)
     except (AggregationError, InvalidModel) as exc:
         add(FAILED, "global model", f"recomputation failed: {exc}")
@@ -291,7 +291,7 @@ def _check_round(r: RoundAudit, store: ContentStore, walk: _Walk) -> RoundOutcom
     if walk.previous is None:
         add(UNVERIFIABLE, "global model", "not recomputed: the previous global model is unknown")
     else:
-        outcome = run_round(walk.plan, walk.strategy, _record(r, walk), _fetcher(store, walk),
+        outcome = run_round(walk.plan, walk.strategy, _record(r), _fetcher(store, walk),
                             walk.previous, walk.state)
         _check_outcome(r, outcome, walk.plan.min_updates, add)
         found = _as_published(r, store, walk, outcome, add)
@@ -410,9 +410,7 @@ def distributed_privacy(report: AuditReport, plan: Plan) -> list[DistributedLedg
     for r in report.rounds:
         for s in r.submissions:
             names.setdefault(learner_key(s.learner), s.learner)
-        record = RoundRecord(r.round, ChainCid(b""), submissions=[s.event for s in r.submissions],
-                             removed=set(r.removed), secagg=list(r.secagg), facts=r.facts,
-                             seed=r.seed)
+        record = _record(r)
         try:
             if keyless(record):
                 continue

@@ -395,7 +395,7 @@ class Aggregator:
         train another round within their own budget (`privacy.dpsgd.budget_spent`). Reads the
         reports of the rounds before `round` that this aggregator saw come in (the last two:
         a learner reports a round during the next one); older ones stay from earlier calls."""
-        ledger = self._secure_ledger()
+        ledger = self._events_ledger()
         ledger.refresh()
         for r in (round - 2, round - 1):
             if r < 1:
@@ -419,7 +419,9 @@ class Aggregator:
 
     # -- secure aggregation (SPEC.md §14) ----------------------------------------------
 
-    def _secure_ledger(self) -> Ledger:
+    def _events_ledger(self) -> Ledger:
+        """This aggregator's own reader of the chain's events (secure rounds' messages and
+        facts; the learners' privacy reports), made once."""
         if self._events is None:
             self._events = Ledger(self.contract)
         return self._events
@@ -430,7 +432,7 @@ class Aggregator:
         waits for the other holders' revelations or the reveal deadline. Returns the round's
         submissions and bitmap, as wait_for_updates does."""
         c, plan = self.contract, self._plan()
-        ledger = self._secure_ledger()
+        ledger = self._events_ledger()
         keys: RoundKeys | None = None
         while keys is None:
             record = ledger.record(round, facts=True)
@@ -593,7 +595,7 @@ class Aggregator:
                              removed={u.learner for u in submitted if u.learner not in active})
         if secure:
             # The rule reads the round's keys, dealings and revelations, and their blocks.
-            record = replace(self._secure_ledger().record(round, facts=True), submissions=submitted,
+            record = replace(self._events_ledger().record(round, facts=True), submissions=submitted,
                              removed=record.removed)
         previous = self.previous_global(round)
         # A store outage is raised, so the round is retried; other failures exclude an update.

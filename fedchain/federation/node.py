@@ -64,7 +64,7 @@ from ..protocol.secure import (
     KEYS,
     MASKED_LAYER,
     SecureRound,
-    floating,
+    dimension,
     is_secagg,
     keys_message,
     masked_update,
@@ -696,17 +696,18 @@ class LearnerNode:
         if dp is None or dp.budget is None:
             return False
         try:
-            allowed = Noise.of(dp, p.clip, p.range,
-                               sum(int(a.size) for a in floating(weights).values())).max_rounds()
+            allowed = Noise.of(dp, p.clip, p.range, dimension(weights)).max_rounds()
         except PrivacyError as exc:  # the plan's dp does not fit the model: no round can
             log.warning("[ROUND %d] %s cannot take part: %s", round, self.name, exc)
             return True
+        if allowed is None or round - 1 < allowed:  # too few rounds yet: no need to count
+            return False
         ledger = self.shared.ledger(self.contract) if self.shared else self._own_ledger()
         ledger.refresh()
         me = self.address.lower()
         taken = sum(1 for record in ledger.records() if record.round < round and any(
             s.learner.lower() == me for s in record.submissions))
-        if allowed is None or taken < allowed:
+        if taken < allowed:
             return False
         self.budget_spent = round
         log.warning("[ROUND %d] %s stops taking part: %d rounds taken, the most its privacy "

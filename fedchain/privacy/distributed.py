@@ -285,13 +285,12 @@ class DistributedLedger:
 
 def distributed_ledger(
     noise: Noise,
-    rounds: Iterable[tuple[int, Sequence[Sequence[str]]]
-                     | tuple[int, Sequence[Sequence[str]], Iterable[int]]],
+    rounds: Iterable[tuple[int, Sequence[Sequence[str]], Iterable[int]]],
     names: Mapping[str, str] | None = None,
 ) -> list[DistributedLedger]:
     """Every learner's ε after each secure round it finished: `rounds` gives, in order, each
-    round's groups of finished learners, and optionally the indices of the groups whose sum
-    the revealed keys expose although they are too small (rogue holders). A round counts for
+    round's groups of finished learners, and the indices of the groups whose sum the
+    revealed keys expose although they are too small (rogue holders). A round counts for
     a learner when its group had at least min_learners finished (honest holders reveal
     nothing otherwise) or is exposed, with the noise of the others of its group; an infinite
     ε (a group exposed with no other learner's noise) fails. `names`: learner key → how to
@@ -300,9 +299,8 @@ def distributed_ledger(
     dp = noise.dp
     ledgers: dict[str, DistributedLedger] = {}
     curves: dict[str, tuple[float, ...]] = {}
-    for item in rounds:
-        round, groups = item[0], item[1]
-        exposed = set(item[2]) if len(item) > 2 else set()  # type: ignore[misc]
+    for round, groups, exposed_groups in rounds:
+        exposed = set(exposed_groups)
         for j, group in enumerate(groups):
             n = len(group)
             released = n >= dp.min_learners or j in exposed

@@ -103,7 +103,7 @@ def round_context(plan: Plan, record: RoundRecord, seed: bytes | None = None) ->
 def masked_spec(previous: Weights, bits: int) -> ModelSpec:
     """The model file a learner uploads (§14.5): one layer `masked` of d values (every
     element of the model's floating layers), int32 when k ≤ 31, else int64."""
-    d = sum(int(a.size) for a in previous.values() if a.dtype.name in _FLOATING)
+    d = dimension(previous)
     return ModelSpec((TensorSpec(MASKED_LAYER, (d,), "int32" if bits <= 31 else "int64"),))
 
 
@@ -112,13 +112,18 @@ def floating(previous: Weights) -> dict[str, np.ndarray]:
     return {k: v for k, v in previous.items() if v.dtype.name in _FLOATING}
 
 
+def dimension(model: Weights) -> int:
+    """d: the number of elements of the model's floating layers (a masked update's length)."""
+    return sum(int(a.size) for a in floating(model).values())
+
+
 def with_dimension(plan: Plan, model: Weights) -> Plan:
     """`plan` with its distributed DP's `dimension` (§14.16) filled in from the genesis
     model (its floating coordinates), so the plan alone gives the ε ledger's every figure;
     ConfigError if the plan names another."""
     if not is_secagg(plan) or not isinstance(plan.secagg, dict) or "dp" not in plan.secagg:
         return plan
-    d = sum(int(a.size) for a in floating(model).values())
+    d = dimension(model)
     dp = dict(plan.secagg["dp"])
     if dp.get("dimension") not in (None, 0, d):
         raise ConfigError(f"secagg.dp.dimension is {dp['dimension']}, but the initial model "
@@ -169,8 +174,7 @@ class SecureRound:
         dp = self.params.dp
         if dp is None or self.noise is not None:
             return self
-        d = sum(int(a.size) for a in floating(previous).values())
-        noise = D.Noise.of(dp, self.params.clip, self.params.range, d)
+        noise = D.Noise.of(dp, self.params.clip, self.params.range, dimension(previous))
         bits = Q.bits_needed(max(1, len(self.announcements)), self.params.range + noise.headroom)
         return replace(self, noise=noise, bits=bits)
 
