@@ -22,6 +22,9 @@ $(STAMP_PY): pyproject.toml
 	# offline with the wheel at hand installs it. Its dependencies come with the project's.
 	$(PIP) install --quiet --no-deps $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX) --retries 1 --timeout 15) "torch==2.13.0"
 	$(PIP) install --quiet -e ".[dev,bench]"
+	# the default strategy's compiled sweeps (fedchain/aggregation/native.py): built now with
+	# the machine's C compiler; without one they run in numpy (same results, slower)
+	$(PY) -c "from fedchain.aggregation.streaming import build_kernels; build_kernels()"
 	touch $@
 
 $(STAMP_NPM): package.json package-lock.json

@@ -25,7 +25,10 @@ norms; the round's direction and each update's cosine with it; the fold. It runs
 round of arrays ("1 clipped": a rogue's update is clipped), and on a one-shot stream of
 decoded views, as in a real round (norms and a spill file, then two sweeps of the spill).
 Its sweeps run a model's blocks on a thread pool (`streaming.THREADS`, one thread per CPU by
-default; the bits are the same for any count): "1 thread" is the held round on one. The last
+default; the bits are the same for any count): "1 thread" is the held round on one. Each
+sweep's float64 loops run in fedchain's compiled kernels (`fedchain.aggregation.native`,
+built with the machine's C compiler on first use); "numpy sweeps" is the held round without
+them (FEDCHAIN_KERNELS=0), the same bits. The last
 lines compare it with issue 19's targets: ≥ 2× flwr `aggregate_inplace`'s speed and ≤ 1.5×
 plain FedAvg's time. Times are wall-clock; on a shared machine the workers' CPU time (also
 shown; the sum over threads) is the steadier figure for the single-threaded contenders.
@@ -75,6 +78,8 @@ CONTENDERS = {
     "fedchain robust": ("arrays", "ROBUST_FEDAVG, a held round: three sweeps (norms; direction "
                         "and cosines; the float64 Δ fold), on a thread per CPU"),
     "fedchain robust, 1 thread": ("arrays", "the same on one thread (streaming.THREADS = 1)"),
+    "fedchain robust, numpy sweeps": ("arrays", "the same without the compiled kernels "
+                                      "(FEDCHAIN_KERNELS=0)"),
     "fedchain robust, 1 clipped": ("arrays", "ROBUST_FEDAVG, learner 3 sends 10× its model: "
                                    "clipped"),
     "codec.decode only": ("bytes (codec)", "decode all N models, no aggregation"),
@@ -169,6 +174,8 @@ def prepare(name: str, learners: int, params: int) -> Run:
         from fedchain.aggregation import streaming
 
         streaming.THREADS = 1
+    if "numpy sweeps" in name:
+        os.environ["FEDCHAIN_KERNELS"] = "0"
     updates = [Update(a, n, w) for a, n, w in inputs]
     strategy = _strategy(name)
     return lambda: strategy.aggregate(previous, updates)[0]
@@ -176,6 +183,9 @@ def prepare(name: str, learners: int, params: int) -> Run:
 
 def _strategy(name: str) -> Strategy:
     if "robust" in name:
+        from fedchain.aggregation import streaming
+
+        streaming.compiled_kernels()  # built and checked now, not in the first timed call
         return ROBUST_FEDAVG
     return FedAvg(accumulator="float64" if "f64" in name else "float32")
 

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import spec_reference as ref
 
+from fedchain.aggregation import native, streaming
 from fedchain.aggregation.rules import MedianBounds, Scales, UpdateStats
 from fedchain.aggregation.strategy import ROBUST_FEDAVG, FedAvg, Update
 from fedchain.aggregation.streaming import BoundRule, bounded_mean, two_pass_mean
@@ -101,8 +102,21 @@ CASES = {
 }
 
 
+@pytest.fixture(params=["compiled", "numpy"])
+def sweeps(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The float64 sweeps in the compiled kernels (`native`, the default where a C compiler
+    is) or in numpy (FEDCHAIN_KERNELS=0): the same bits either way."""
+    if request.param == "numpy":
+        monkeypatch.setenv("FEDCHAIN_KERNELS", "0")
+    else:
+        monkeypatch.delenv("FEDCHAIN_KERNELS", raising=False)
+        if streaming.compiled_kernels() is None:
+            pytest.skip("no C compiler on this machine: the sweeps run in numpy")
+    return str(request.param)
+
+
 @pytest.mark.parametrize("case", list(CASES))
-def test_streamed_held_and_spec_reference_agree_bit_for_bit(case: str) -> None:
+def test_streamed_held_and_spec_reference_agree_bit_for_bit(case: str, sweeps: str) -> None:
     params, shape = CASES[case]
     updates = round_of(**shape)  # type: ignore[arg-type]
     expected = reference(updates, **params)
@@ -332,3 +346,108 @@ def test_the_thread_count_changes_no_bit(threads: int, monkeypatch: pytest.Monke
             assert most[0] == count, name  # the blocks did run on that many threads
             assert_bits(held, expected)
             assert_bits(streamed, expected)
+
+
+# --- the compiled sweeps (fedchain.aggregation.native) ------------------------------------------
+
+ALIGN_CASES = {
+    "default": (dict(clip=2.0, examples_cap=2.0), dict(n=5)),
+    "default, a sign flip": (dict(clip=2.0, examples_cap=2.0), dict(n=5, rogue=-1.0)),
+    "default, a rogue scaled up": (dict(clip=2.0, examples_cap=2.0), dict(n=6, rogue=50.0)),
+    "align alone, uniform": (dict(scaling="uniform"), dict(n=3, rogue=-4.0)),
+    "more updates than a kernel group": (dict(clip=2.0, examples_cap=2.0), dict(n=21)),
+}
+
+
+def aligned_reference(updates: Sequence[Update], params: dict[str, Any]) -> dict[str, np.ndarray]:
+    p = {"scaling": "num_examples", "accumulator": "float32", "clip": None,
+         "examples_cap": None, "align": True, **params}
+    ups = [ref.Update(u.learner, u.num_examples, u.weights) for u in updates]
+    return ref.fedavg_mean(PREVIOUS, ups, p)
+
+
+@pytest.mark.parametrize("case", list(ALIGN_CASES))
+def test_align_held_and_streamed_agree_with_the_spec_reference(case: str, sweeps: str) -> None:
+    """SPEC §8.15 (the default strategy's rule) both ways, in kernel groups of at most 16."""
+    params, shape = ALIGN_CASES[case]
+    updates = round_of(**shape)  # type: ignore[arg-type]
+    expected = aligned_reference(updates, params)
+    assert_bits(streaming.aligned_mean(PREVIOUS, updates, **params), expected)  # type: ignore[arg-type]
+    assert_bits(streaming.aligned_mean(PREVIOUS, iter(updates), **params),  # type: ignore[arg-type]
+                expected)
+
+
+def test_the_default_strategy_runs_in_the_compiled_kernels(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where a C compiler is (every machine `make setup` supports), the kernels are built on
+    first use and the default strategy's sweeps run in them, not in numpy."""
+    if native._compiler() is None:
+        pytest.skip("no C compiler on this machine")
+    monkeypatch.delenv("FEDCHAIN_KERNELS", raising=False)
+    lib = streaming.compiled_kernels()
+    assert lib is not None and lib.path.is_file()
+    used: list[str] = []
+    for name in ("_align_compiled", "_delta_compiled", "_sqsums"):
+        real = getattr(streaming, name)
+        monkeypatch.setattr(streaming, name,
+                            lambda *a, _real=real, _name=name, **k: (used.append(_name),
+                                                                    _real(*a, **k))[1])
+    updates = round_of(5)
+    result, _ = ROBUST_FEDAVG.aggregate(PREVIOUS, updates)
+    assert_bits(result, aligned_reference(updates, dict(clip=2.0, examples_cap=2.0)))
+    assert {"_align_compiled", "_delta_compiled", "_sqsums"} <= set(used)
+
+
+def test_the_baseline_build_gives_the_avx2_builds_bits(tmp_path: Path) -> None:
+    """The library dispatches to an AVX2 clone where the CPU has AVX2; a build without the
+    clones (the SSE2 baseline every x86-64 has; elsewhere, the one build there is) gives the
+    same bits: lanes round as scalars do, and nothing is fused or reordered."""
+    if native._compiler() is None:
+        pytest.skip("no C compiler on this machine")
+    baseline = native.Kernels(native.build(tmp_path, extra=("-DFEDCHAIN_NO_CLONES",)))
+    assert streaming._check_against_numpy(baseline) is None
+    for params, shape in ALIGN_CASES.values():
+        updates = round_of(**shape)  # type: ignore[arg-type]
+        rule = MedianBounds(params.get("clip"), params.get("examples_cap"),  # type: ignore[arg-type]
+                            str(params.get("scaling", "num_examples")), "float64")
+        got = streaming._aligned_mean(PREVIOUS, updates, rule, None, baseline, quiet=True)
+        assert_bits(got, aligned_reference(updates, params))
+
+
+def test_a_library_that_computes_other_bits_is_not_used(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The build is checked against the numpy path before use: a library whose direction
+    multiplies by 1/ν instead of dividing by ν (a last-bit difference, the kind a compiler
+    flag could make) is refused, said so, and the round is computed in numpy, right."""
+    if native._compiler() is None:
+        pytest.skip("no C compiler on this machine")
+    source = native.SOURCE.read_text()
+    assert source.count("/ nu)") == 1
+    wrong = tmp_path / "_kernels.c"
+    wrong.write_text(source.replace("/ nu)", "* (1.0 / nu))"))
+    monkeypatch.setattr(native, "SOURCE", wrong)
+    problem = streaming._check_against_numpy(native.Kernels(native.build(tmp_path / "one")))
+    assert problem is not None and "differ from the numpy path" in problem
+    monkeypatch.setenv("FEDCHAIN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("FEDCHAIN_KERNELS", raising=False)
+    monkeypatch.setattr(native, "_loaded", [])
+    with caplog.at_level("INFO", logger="fedchain.aggregation.native"):
+        assert streaming.compiled_kernels() is None
+    assert "not available" in caplog.text and "differ from the numpy path" in caplog.text
+    updates = round_of(5, rogue=-1.0)
+    result, _ = ROBUST_FEDAVG.aggregate(PREVIOUS, updates)
+    assert_bits(result, aligned_reference(updates, dict(clip=2.0, examples_cap=2.0)))
+
+
+def test_without_a_compiler_the_sweeps_run_in_numpy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("FEDCHAIN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("FEDCHAIN_KERNELS", raising=False)
+    monkeypatch.setattr(native, "_loaded", [])
+    with caplog.at_level("INFO", logger="fedchain.aggregation.native"):
+        assert streaming.compiled_kernels() is None
+    assert "no-such-cc" in caplog.text
+    updates = round_of(4)
+    result, _ = ROBUST_FEDAVG.aggregate(PREVIOUS, iter(updates))
+    assert_bits(result, aligned_reference(updates, dict(clip=2.0, examples_cap=2.0)))

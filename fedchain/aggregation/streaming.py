@@ -30,6 +30,7 @@ from other statistics of the claims) stream unchanged: only `BoundRule.scales` c
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import tempfile
@@ -45,6 +46,8 @@ import numpy as np
 
 from ..errors import AggregationError, ConfigError, FedChainError
 from ..model.codec import Weights
+from . import native
+from .native import Kernels
 from .rules import (
     _BLOCK,
     ACCUMULATORS,
@@ -85,10 +88,11 @@ def two_pass_mean(
     are none. A sequence is read where it is; any other iterable is consumed once, each update
     released before the next one is pulled, and re-read from a spill file in `spill_dir` (the
     system's temporary directory by default)."""
+    lib = compiled_kernels()
     with np.errstate(over="ignore", invalid="ignore"):
         if isinstance(updates, Sequence):
-            return _held(previous, updates, rule)
-        return _streamed(previous, updates, rule, spill_dir)
+            return _held(previous, updates, rule, lib)
+        return _streamed(previous, updates, rule, spill_dir, lib)
 
 
 def bounded_mean(
@@ -129,7 +133,8 @@ def bounded_mean(
 # --- the two ways ----------------------------------------------------------------------------
 
 
-def _held(previous: Weights, updates: Sequence[Update], rule: BoundRule) -> Weights | None:
+def _held(previous: Weights, updates: Sequence[Update], rule: BoundRule,
+          lib: Kernels | None) -> Weights | None:
     last: str | None = None
     for update in updates:
         last = check_update(previous, update, last)
@@ -140,35 +145,39 @@ def _held(previous: Weights, updates: Sequence[Update], rule: BoundRule) -> Weig
     if not rule.needs_norms:
         scales = rule.scales(claimed)
         rule.report(claimed, scales)
-        return _sweep(previous, reader, scales, rule.accumulator, None)
+        return _sweep(previous, reader, scales, rule.accumulator, None, lib)
     try:
         presumed = rule.scales([replace(s, norm=0.0) for s in claimed])
     except Exception:  # noqa: BLE001 - only an optimisation: a rule may refuse a still round
         stats = [replace(s, norm=norm)
-                 for s, norm in zip(claimed, _norms(previous, reader), strict=True)]
+                 for s, norm in zip(claimed, _norms(previous, reader, lib), strict=True)]
         scales = rule.scales(stats)
         rule.report(stats, scales)
-        return _sweep(previous, reader, scales, rule.accumulator, None)
+        return _sweep(previous, reader, scales, rule.accumulator, None, lib)
     squares = np.zeros(len(updates))
-    result = _sweep(previous, reader, presumed, rule.accumulator, squares)
+    result = _sweep(previous, reader, presumed, rule.accumulator, squares, lib)
     stats = [replace(s, norm=math.sqrt(q)) for s, q in zip(claimed, squares, strict=True)]
     scales = rule.scales(stats)
     rule.report(stats, scales)
     if scales.same_as(presumed):
         return result
     del result
-    return _sweep(previous, reader, scales, rule.accumulator, None)
+    return _sweep(previous, reader, scales, rule.accumulator, None, lib)
 
 
 def _streamed(
-    previous: Weights, updates: Iterable[Update], rule: BoundRule, spill_dir: str | Path | None
+    previous: Weights,
+    updates: Iterable[Update],
+    rule: BoundRule,
+    spill_dir: str | Path | None,
+    lib: Kernels | None,
 ) -> Weights | None:
     stats: list[UpdateStats] = []
     with _Spill(previous, spill_dir) as spill:
         last: str | None = None
         for update in updates:
             last = check_update(previous, update, last)
-            norm = _norm(previous, update) if rule.needs_norms else None
+            norm = _norm(previous, update, lib) if rule.needs_norms else None
             stats.append(UpdateStats(update.learner, update.num_examples, norm))
             spill.write(update.weights)
             del update  # release it before the next one is pulled (and fetched)
@@ -176,7 +185,7 @@ def _streamed(
             return None
         scales = rule.scales(stats)
         rule.report(stats, scales)
-        return _sweep(previous, spill, scales, rule.accumulator, None)
+        return _sweep(previous, spill, scales, rule.accumulator, None, lib)
 
 
 # --- blocks, and the threads that sweep them -------------------------------------------------
@@ -284,6 +293,11 @@ _GROUP = 32
 #: instead of twice: up to this many bytes (all threads together), and at most a byte per
 #: element swept (a quarter of a float32 model).
 _KEPT_BYTES = 16 << 20
+#: The compiled kernels (`native`) take the updates of a block in groups of at most this many
+#: where they are in memory, and of `_SLOTS` where each one's block must be read into a buffer
+#: of its own (a spill file): a thread's buffers are `_SLOTS` blocks.
+_KGROUP = 16
+_SLOTS = 4
 
 
 class _Work:
@@ -304,6 +318,22 @@ class _Work:
         #: blocks of differences kept between two steps of a block (align's direction, then
         #: its dot products), grown on first use
         self.kept = np.empty((0, _BLOCK), np.float64)
+        #: for the compiled kernels: the addresses of a group's blocks, their sums, and (for
+        #: readers that copy) one buffer per update of a group, made on first use
+        self.ptrs = np.zeros(_KGROUP, np.uint64)
+        self.sums = np.zeros(_KGROUP, np.float64)
+        self.slots = np.empty((0, _BLOCK * 8), np.uint8)
+        self.held: list[np.ndarray | None] = [None] * _SLOTS
+
+    def slot(self, i: int) -> np.ndarray:
+        """The i-th update's read buffer of a kernel group."""
+        if self.slots.shape[0] == 0:
+            self.slots = np.empty((_SLOTS, _BLOCK * 8), np.uint8)
+        return self.slots[i]
+
+
+def _address(array: np.ndarray) -> int:
+    return int(array.__array_interface__["data"][0])
 
 
 def _halve_into(values: np.ndarray, row: np.ndarray) -> int:
@@ -369,6 +399,20 @@ class _Reader(ABC):
         """The block's elements of update k, flat; read into `raw` (the calling thread's
         bytes) if they are not in memory, so valid until that thread's next call."""
 
+    def group(self, block: _Block) -> int:
+        """How many updates' blocks `addresses` takes at once."""
+        return _SLOTS
+
+    def addresses(self, ks: Sequence[int], block: _Block, work: _Work) -> int:
+        """The block's elements of the updates `ks` (at most `group(block)`) for a compiled
+        kernel: their addresses into `work.ptrs` (valid until the thread's next call); returns
+        the address of `work.ptrs`."""
+        for i, k in enumerate(ks):
+            data = np.ascontiguousarray(self.block(k, block, work.slot(i)))
+            work.held[i] = data  # a copy must live until the kernel has run
+            work.ptrs[i] = _address(data)
+        return _address(work.ptrs)
+
 
 class _HeldReader(_Reader):
     """Updates in memory: blocks are views (copies for arrays that are not C-contiguous)."""
@@ -380,9 +424,27 @@ class _HeldReader(_Reader):
              for name, a in u.weights.items()}
             for u in updates
         ]
+        #: per layer whose arrays are all contiguous: each update's address of its elements
+        self._bases: dict[str, np.ndarray] = {}
+        if updates:
+            for name in self._flats[0]:
+                flats = [f[name] for f in self._flats]
+                if all(isinstance(f, np.ndarray) for f in flats):
+                    self._bases[name] = np.array([_address(f) for f in flats], np.uint64)
 
     def block(self, k: int, block: _Block, raw: np.ndarray) -> np.ndarray:
         return np.asarray(self._flats[k][block.layer][block.start : block.stop])
+
+    def group(self, block: _Block) -> int:
+        return _KGROUP if block.layer in self._bases else _SLOTS
+
+    def addresses(self, ks: Sequence[int], block: _Block, work: _Work) -> int:
+        bases = self._bases.get(block.layer)
+        if bases is None:
+            return super().addresses(ks, block, work)
+        offset = block.start * self._flats[ks[0]][block.layer].itemsize
+        np.add(bases[ks], np.uint64(offset), out=work.ptrs[: len(ks)])
+        return _address(work.ptrs)
 
 
 class _Spill(_Reader):
@@ -451,12 +513,35 @@ def _spill_failed(exc: OSError, directory: str | Path | None) -> FedChainError:
 # --- the sweeps ------------------------------------------------------------------------------
 
 
-def _norm(previous: Weights, update: Update) -> float:
+def _norm(previous: Weights, update: Update, lib: Kernels | None) -> float:
     """`rules.update_norm` (SPEC §8.5 step 1), its blocks swept on several threads."""
-    return _norms(previous, _HeldReader([update]))[0]
+    return _norms(previous, _HeldReader([update]), lib)[0]
 
 
-def _norms(previous: Weights, reader: _Reader) -> list[float]:
+def compiled_kernels() -> Kernels | None:
+    """The sweeps' compiled kernels (`native`), checked against the numpy path on first use;
+    None where there are none (the sweeps then run in numpy, with the same results)."""
+    return native.kernels(_check_against_numpy)
+
+
+def build_kernels() -> None:
+    """`make setup`: builds the compiled kernels now and says where they are (never fails)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    lib = compiled_kernels()
+    print(f"fedchain: compiled sweeps {'at ' + str(lib.path) if lib else 'not built'}")
+
+
+def _compiled(lib: Kernels | None, dtype: np.dtype[Any]) -> Kernels | None:
+    """`lib` if it has kernels for layers of `dtype` (float32, float64), else None."""
+    return lib if lib is not None and dtype in lib.sqsums else None
+
+
+def _groups(ks: Sequence[int], size: int) -> list[list[int]]:
+    ks = list(ks)
+    return [ks[i : i + size] for i in range(0, len(ks), size)]
+
+
+def _norms(previous: Weights, reader: _Reader, lib: Kernels | None) -> list[float]:
     """Every update's ν_k (SPEC §8.5 step 1): per block, each update's squared differences
     halving-summed; the block sums added in block order."""
     n = reader.count
@@ -467,8 +552,13 @@ def _norms(previous: Weights, reader: _Reader) -> list[float]:
 
     def job(work: _Work, block: _Block) -> None:
         m = block.stop - block.start
+        p = flats[block.layer][block.start : block.stop]
+        compiled = _compiled(lib, p.dtype)
+        if compiled is not None:
+            _sqsums(compiled, reader, range(n), block, p, parts[block.place], work)
+            return
         p64, d = work.p64[:m], work.d[:m]
-        np.copyto(p64, flats[block.layer][block.start : block.stop], casting="unsafe")
+        np.copyto(p64, p, casting="unsafe")
         for k in range(n):
             _difference(reader.block(k, block, work.raw), p64, d)
             np.multiply(d, d, out=d)
@@ -478,12 +568,23 @@ def _norms(previous: Weights, reader: _Reader) -> list[float]:
     return [math.sqrt(t) for t in _in_order(parts).tolist()]
 
 
+def _sqsums(lib: Kernels, reader: _Reader, ks: Sequence[int], block: _Block, p: np.ndarray,
+            out: np.ndarray, work: _Work) -> None:
+    """out[k] = the halving sum of update k's squared differences over the block, compiled."""
+    m = block.stop - block.start
+    for group in _groups(ks, reader.group(block)):
+        ptrs = reader.addresses(group, block, work)
+        lib.sqsums[p.dtype](len(group), ptrs, _address(p), m, _address(work.q), _address(work.sums))
+        out[group] = work.sums[: len(group)]
+
+
 def _sweep(
     previous: Weights,
     reader: _Reader,
     scales: Scales,
     accumulator: str,
     squares: np.ndarray | None,
+    lib: Kernels | None,
 ) -> Weights:
     """The fold of `reader`'s updates with `scales`, block by block (the blocks on several
     threads: `_each_block`); the squared norms (§8.5 step 1, before the square root) written
@@ -506,12 +607,20 @@ def _sweep(
         target = outs[block.layer][block.start : block.stop]
         floating = dtype.kind == "f"
         row = parts[block.place] if parts is not None and floating else None
+        compiled = _compiled(lib, dtype) if floating else None
         if scales.factors is not None and floating:
-            _delta_block(reader, block, p, target, weights, scales.factors, row, work,
-                         scales.divisor)
+            if compiled is not None:
+                _delta_compiled(compiled, reader, block, p, target, weights, scales.factors,
+                                row, work, scales.divisor)
+            else:
+                _delta_block(reader, block, p, target, weights, scales.factors, row, work,
+                             scales.divisor)
             return
         if row is not None:
-            _norm_block(reader, block, p, row, work)
+            if compiled is not None:
+                _sqsums(compiled, reader, range(n), block, p, row, work)
+            else:
+                _norm_block(reader, block, p, row, work)
         sum_dtype = (np.dtype(np.float64) if scales.factors is not None
                      else _sum_dtype(dtype, accumulator))
         _mean_block(reader, block, dtype, sum_dtype, target, weights,
@@ -561,6 +670,40 @@ def _delta_block(
     np.divide(acc, total, out=acc)
     np.add(acc, p64, out=acc)
     np.copyto(target, acc, casting="unsafe")
+
+
+def _delta_compiled(
+    lib: Kernels,
+    reader: _Reader,
+    block: _Block,
+    p: np.ndarray,
+    target: np.ndarray,
+    weights: list[int],
+    factors: Sequence[float],
+    squares: np.ndarray | None,
+    work: _Work,
+    divisor: float | None = None,
+) -> None:
+    """`_delta_block` in the compiled kernels: the same operations in the same order."""
+    m = block.stop - block.start
+    n = len(weights)
+    if squares is not None:
+        _sqsums(lib, reader, range(n), block, p, squares, work)
+    scales = np.array([float(w) * f for w, f in zip(weights, factors, strict=True)])
+    acc = work.acc[:m]
+    acc.fill(0.0)
+    folded = [k for k in range(n) if scales[k] != 0.0]
+    for group in _groups(folded, reader.group(block)):
+        ptrs = reader.addresses(group, block, work)
+        part = scales[group]  # a new array, alive through the call
+        lib.fold[p.dtype](len(group), ptrs, _address(p), m, _address(part), _address(acc))
+    total = float(sum(weights))
+    if divisor is not None:  # align (§8.15 step 6): V = Σ W_k ⊗ γ_k; 0 keeps the layer
+        if divisor == 0.0:
+            np.copyto(target, p)
+            return
+        total = divisor
+    lib.finish[p.dtype](_address(acc), _address(p), m, total, _address(target))
 
 
 def _norm_block(
@@ -642,6 +785,12 @@ def aligned_mean(
     if scaling not in SCALINGS:
         raise ConfigError(f"scaling {scaling!r} is not known")
     rule = MedianBounds(clip, examples_cap, scaling, "float64")
+    return _aligned_mean(previous, updates, rule, spill_dir, compiled_kernels())
+
+
+def _aligned_mean(previous: Weights, updates: Iterable[Update], rule: MedianBounds,
+                  spill_dir: str | Path | None, lib: Kernels | None,
+                  quiet: bool = False) -> Weights | None:
     with np.errstate(over="ignore", invalid="ignore"):
         if isinstance(updates, Sequence):
             last: str | None = None
@@ -651,24 +800,24 @@ def aligned_mean(
                 return None
             reader = _HeldReader(updates)
             stats = [UpdateStats(u.learner, u.num_examples, norm)
-                     for u, norm in zip(updates, _norms(previous, reader), strict=True)]
-            return _aligned(previous, reader, stats, rule)
+                     for u, norm in zip(updates, _norms(previous, reader, lib), strict=True)]
+            return _aligned(previous, reader, stats, rule, lib, quiet)
         with _Spill(previous, spill_dir) as spill:
             stats = []
             last = None
             for update in updates:
                 last = check_update(previous, update, last)
                 stats.append(UpdateStats(update.learner, update.num_examples,
-                                         _norm(previous, update)))
+                                         _norm(previous, update, lib)))
                 spill.write(update.weights)
                 del update  # release it before the next one is pulled (and fetched)
             if not stats:
                 return None
-            return _aligned(previous, spill, stats, rule)
+            return _aligned(previous, spill, stats, rule, lib, quiet)
 
 
 def _aligned(previous: Weights, reader: _Reader, stats: list[UpdateStats],
-             rule: MedianBounds) -> Weights:
+             rule: MedianBounds, lib: Kernels | None, quiet: bool = False) -> Weights:
     norms = [float(s.norm) if s.norm is not None else math.nan for s in stats]
     for s, norm in zip(stats, norms, strict=True):
         if math.isnan(norm):
@@ -677,10 +826,11 @@ def _aligned(previous: Weights, reader: _Reader, stats: list[UpdateStats],
             )
     weights = rule.weights(stats)
     factors = [1.0] * len(stats) if rule.clip is None else clip_factors(norms, rule.clip)[1]
-    rule.report(stats, Scales(tuple(weights), tuple(factors)))
-    gammas = _alignment(previous, reader, norms)
+    if not quiet:
+        rule.report(stats, Scales(tuple(weights), tuple(factors)))
+    gammas = _alignment(previous, reader, norms, lib)
     against = [s.learner for s, g in zip(stats, gammas, strict=True) if g == 0.0]
-    if against:
+    if against and not quiet:
         _say_once(("aligned", tuple(against)),
                   "%d of %d updates weigh 0 (align: against the round's direction, "
                   "or no change): %s", len(against), len(stats),
@@ -690,7 +840,7 @@ def _aligned(previous: Weights, reader: _Reader, stats: list[UpdateStats],
         divisor += float(w) * g  # in order, one rounding each (not sum(): it compensates)
     scales = Scales(tuple(weights), tuple(f * g for f, g in zip(factors, gammas, strict=True)),
                     divisor)
-    return _sweep(previous, reader, scales, "float64", None)
+    return _sweep(previous, reader, scales, "float64", None, lib)
 
 
 def alignment_factors(previous: Weights, updates: Sequence[Update],
@@ -699,10 +849,11 @@ def alignment_factors(previous: Weights, updates: Sequence[Update],
     updates with a finite, non-zero norm (§8.15 steps 2–4); 0 for a zero or infinite norm,
     for r = 0, and for a non-finite quotient. The γ FedAvg's `align` folds with."""
     with np.errstate(over="ignore", invalid="ignore"):
-        return _alignment(previous, _HeldReader(updates), norms)
+        return _alignment(previous, _HeldReader(updates), norms, compiled_kernels())
 
 
-def _alignment(previous: Weights, reader: _Reader, norms: Sequence[float]) -> list[float]:
+def _alignment(previous: Weights, reader: _Reader, norms: Sequence[float],
+               lib: Kernels | None) -> list[float]:
     """γ_k (§8.15 steps 2–4), block by block: r's block from every usable update's block, its
     squares' halving sum (ρ²'s share) and each usable update's Δ·r halving sum (its dot
     product's share); the shares added in block order."""
@@ -719,13 +870,20 @@ def _alignment(previous: Weights, reader: _Reader, norms: Sequence[float]) -> li
     budget = min(_KEPT_BYTES, sum(b.stop - b.start for b in blocks))
     kept = min(len(usable), budget // _sweep_threads(blocks) // (_BLOCK * 8))
     count = len(usable) + 1
+    usable_norms = np.array([norms[k] for k in usable], np.float64)
 
     def job(work: _Work, block: _Block) -> None:
         m = block.stop - block.start
+        p = flats[block.layer][block.start : block.stop]
+        compiled = _compiled(lib, p.dtype)
+        if compiled is not None:
+            _align_compiled(compiled, reader, block, p, usable, usable_norms,
+                            parts[block.place], work)
+            return
         p64, d, r = work.p64[:m], work.d[:m], work.acc[:m]
         if work.kept.shape[0] < kept:
             work.kept = np.empty((kept, _BLOCK), np.float64)
-        np.copyto(p64, flats[block.layer][block.start : block.stop], casting="unsafe")
+        np.copyto(p64, p, casting="unsafe")
         r.fill(0.0)
         for i, k in enumerate(usable):
             delta = work.kept[i, :m] if i < kept else d
@@ -758,3 +916,86 @@ def _alignment(previous: Weights, reader: _Reader, norms: Sequence[float]) -> li
         q = dots[k] / (norms[k] * rho) if norms[k] * rho < math.inf else 0.0
         gammas.append(1.0 if q >= 1.0 else q if q > 0.0 else 0.0)
     return gammas
+
+
+def _align_compiled(lib: Kernels, reader: _Reader, block: _Block, p: np.ndarray,
+                    usable: list[int], norms: np.ndarray, shares: np.ndarray,
+                    work: _Work) -> None:
+    """One block of `_alignment` in the compiled kernels: r from every usable update in order,
+    then each one's Δ·r halving sum into shares[i], and r·r's into shares[-1]."""
+    m = block.stop - block.start
+    r = work.acc[:m]
+    r.fill(0.0)
+    groups = _groups(range(len(usable)), reader.group(block))
+    for group in groups:
+        ptrs = reader.addresses([usable[i] for i in group], block, work)
+        lib.direction[p.dtype](len(group), ptrs, _address(p), m,
+                               _address(norms) + 8 * group[0], _address(r))
+    for group in groups:
+        ptrs = reader.addresses([usable[i] for i in group], block, work)
+        lib.dots[p.dtype](len(group), ptrs, _address(p), m, _address(r), _address(work.q),
+                          _address(work.sums))
+        shares[group[0] : group[-1] + 1] = work.sums[: len(group)]
+    shares[-1] = lib.squares(_address(r), m, _address(work.q))
+
+
+# --- the compiled kernels' check ---------------------------------------------------------------
+
+
+class _QuietBounds(MedianBounds):
+    def report(self, stats: Sequence[UpdateStats], scales: Scales) -> None:
+        pass
+
+
+def _check_against_numpy(lib: Kernels) -> str | None:
+    """The kernels against the numpy path on a small round made to reach their edges: a layer
+    of two blocks (the second of odd length), float64 and float16 and integer layers, a
+    non-contiguous update, −0, subnormals, an update of no change, one against the direction,
+    one clipped; held and spilled, align and clip. The first difference, or None."""
+    rng = np.random.default_rng(19)
+    previous: Weights = {
+        "a": rng.standard_normal(_BLOCK + 4465).astype(np.float32),
+        "b": rng.standard_normal((70, 30)),
+        "c": rng.standard_normal(5).astype(np.float16),
+        "n": np.arange(3, dtype=np.int64),
+    }
+    previous["a"][:4] = [0.0, -0.0, 1e-41, -1e-44]
+    updates = []
+    for i in range(6):
+        step = 1.0 if i != 4 else -3.0  # the fifth pulls against the round
+        weights = {name: (a + step * rng.standard_normal(a.shape) * 0.1 * (1 + 9 * (i == 5)))
+                   .astype(a.dtype) for name, a in previous.items()}
+        weights["a"][:4] = [-0.0, 0.0, -1e-41, 3e-45]
+        if i == 2:
+            weights = {name: a.copy() for name, a in previous.items()}  # no change
+        if i == 3:
+            weights["b"] = np.asfortranarray(weights["b"])  # not C-contiguous
+        updates.append(Update(f"0x{i:040x}", 10 + i, weights))
+    runs: list[tuple[str, Callable[[Kernels | None], Weights | None]]] = [
+        ("align, held", lambda k: _aligned_mean(
+            previous, updates, _QuietBounds(2.0, 2.0, "num_examples", "float64"), None, k,
+            quiet=True)),
+        ("align, spilled", lambda k: _aligned_mean(
+            previous, iter(updates), _QuietBounds(None, None, "uniform", "float64"), None, k,
+            quiet=True)),
+        ("clip, held", lambda k: _held(
+            previous, updates, _QuietBounds(1.5, None, "num_examples", "float32"), k)),
+        ("clip, spilled", lambda k: _streamed(
+            previous, iter(updates), _QuietBounds(1.5, 2.0, "num_examples", "float32"),
+            None, k)),
+    ]
+    with np.errstate(over="ignore", invalid="ignore"):
+        reader = _HeldReader(updates)
+        norms = _norms(previous, reader, None)
+        if _norms(previous, reader, lib) != norms:
+            return "the norms differ from the numpy path's"
+        if _alignment(previous, reader, norms, lib) != _alignment(previous, reader, norms, None):
+            return "the alignments differ from the numpy path's"
+        for what, run in runs:
+            want, got = run(None), run(lib)
+            if want is None or got is None:
+                return f"{what}: no result"
+            for name, array in want.items():
+                if array.tobytes() != got[name].tobytes():
+                    return f"{what}: layer {name} differs from the numpy path"
+    return None
