@@ -304,7 +304,7 @@ PLAN: dict[str, Run | Skip | InSession] = {
     # README.md
     "make test   # the whole test suite (contract on embedded py-evm, Anvil and Ganache; IPFS)":
         Run(timeout=3600, long="the whole test suite, 8–13 minutes on 2 cores"),
-    "make test                                  # everything: ~1,175 tests, 8–10 minutes on 2 "
+    "make test                                  # everything: ~1,200 tests, 8–10 minutes on 2 "
     "cores, 9–13 beside a CPU hog":
         Run(timeout=3600, long="the whole test suite, 8–13 minutes on 2 cores"),
     "make demo   # a real federation: 3 learners, a CNN on the bundled digits, 10 rounds":

@@ -612,3 +612,22 @@ def _wait_until_signal_is_handled(pid: int, signum: int, timeout: float = 60.0) 
             return
         assert time.monotonic() < deadline, f"process {pid} did not handle signal {signum}"
         time.sleep(0.05)
+
+
+def test_simulate_audit_without_gas_skips_the_receipts_and_still_verifies(tmp_path, capsys):
+    """`simulate --audit --no-gas`: the audit re-derives every round but reads no receipt
+    (for a federation of many learners the receipts take the longest), so it reports no gas;
+    without --no-gas the same run's audit totals its gas."""
+    job_file = _job_file(tmp_path, "[model]\nlearner = 'fedmodels:make_learner'\n"
+                         "initial = 'fedmodels:initial_weights'\n")
+    runs = {}
+    for flags in ([], ["--no-gas"]):
+        out_dir = tmp_path / ("gasless" if flags else "gas")
+        assert main(["simulate", "--job", str(job_file), "--rounds", "2", "--num-learners", "2",
+                     "--output", str(out_dir), "--audit", *flags]) == 0
+        runs[bool(flags)] = capsys.readouterr().out
+    for out in runs.values():
+        assert "fedchain audit --verify" in out
+        assert "2 rounds" in out
+    assert " gas; read in" in runs[False]
+    assert " gas; read in" not in runs[True] and "2 rounds; read in" in runs[True]

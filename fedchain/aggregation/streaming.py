@@ -26,6 +26,12 @@ the same bits):
 
 Rules of the same family (clip at a multiple of another statistic of the round's norms, caps
 from other statistics of the claims) stream unchanged: only `BoundRule.scales` changes.
+
+A sweep's float64 loops over a block (the norms' squares, align's direction and dot products,
+the fold) run in compiled kernels (`native`, `compiled_kernels`) for float32 and float64
+layers where a C compiler built them, and in numpy otherwise (float16 layers always): the
+same operations in the same order, so the same bits; `_check_against_numpy` holds the kernels
+to that before they are used.
 """
 
 from __future__ import annotations

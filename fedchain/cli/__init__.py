@@ -135,6 +135,9 @@ def _simulate_arguments(p: argparse.ArgumentParser) -> None:
     add_run_options(p)
     p.add_argument("--audit", action="store_true",
                    help="audit the finished run from the chain and re-verify every round")
+    p.add_argument("--no-gas", action="store_true",
+                   help="with --audit: skip the per-transaction receipts (the gas column), "
+                   "which take the longest for a federation of many learners")
     p.add_argument("--engine", choices=("threads", "pool", "ray"), default=None,
                    help="threads: a thread per learner polling the chain; pool: one chain "
                    "watcher and a pool of lazily made learners, for dozens to thousands of "

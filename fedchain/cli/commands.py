@@ -419,7 +419,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from ..audit import audit_federation
     from ..audit.render import print_report, write_html
 
-    report = audit_federation(result.contract, result.store)
+    report = audit_federation(result.contract, result.store, gas=not args.no_gas)
     console = make_console()
     console.print("\n[bold]fedchain audit --verify[/bold] of this run, from the chain alone:")
     print_report(report, console)
