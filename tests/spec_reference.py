@@ -670,18 +670,23 @@ def _delta(previous: Weights, weights: Weights, name: str) -> np.ndarray:
 
 
 def aligned_mean(previous: Weights, updates: Sequence[Update], weights: Sequence[int],
-                 clip: float | None) -> Weights:
-    """§8.15."""
+                 clip: float | None, cap_factor: float | None) -> Weights:
+    """§8.15 (`weights` before §8.4's cap, which step 1 takes from the moved updates)."""
     norms = [update_norm(previous, u.weights) for u in updates]
     if any(math.isnan(v) for v in norms):
         raise StrategyFailed("a NaN norm")
+    usable = [0.0 < v < math.inf for v in norms]
+    counted = [k for k, ok in enumerate(usable) if ok] or list(range(len(updates)))
+    if cap_factor is not None:
+        m = lower_median([int(weights[k]) for k in counted])
+        cap = max(1, math.floor(float(cap_factor) * float(m)))
+        weights = [min(int(w), cap) for w in weights]
     if clip is None:
         factors = [1.0] * len(updates)
     else:
-        bound = float(clip) * float(lower_median(norms))
+        bound = float(clip) * float(lower_median([norms[k] for k in counted]))
         factors = [1.0 if v <= bound else bound / v for v in norms]
     floating = [name for name, ref in previous.items() if ref.dtype.kind == "f"]
-    usable = [0.0 < v < math.inf for v in norms]
     with np.errstate(over="ignore", invalid="ignore"):
         r = {name: np.zeros(previous[name].size, F64) for name in floating}
         for u, v, ok in zip(updates, norms, usable, strict=True):
@@ -735,12 +740,14 @@ def aligned_mean(previous: Weights, updates: Sequence[Update], weights: Sequence
 def fedavg_mean(previous: Weights, updates: Sequence[Update], p: Mapping[str, Any]) -> Weights:
     """FedAvg's mean with its optional bounds (§8.3-8.5, §8.15)."""
     weights = [u.weight for u in updates]
+    if p.get("align"):
+        if p["scaling"] == "uniform":
+            return aligned_mean(previous, updates, [1] * len(updates), p.get("clip"), None)
+        return aligned_mean(previous, updates, weights, p.get("clip"), p.get("examples_cap"))
     if p.get("examples_cap") is not None and p["scaling"] == "num_examples":
         weights = capped(weights, p["examples_cap"])
     if p["scaling"] == "uniform":
         weights = [1] * len(updates)
-    if p.get("align"):
-        return aligned_mean(previous, updates, weights, p.get("clip"))
     if p.get("clip") is not None:
         return clipped_mean(previous, updates, weights, p["clip"])
     return weighted_mean(previous, updates, weights, p["accumulator"])

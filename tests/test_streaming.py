@@ -451,3 +451,39 @@ def test_without_a_compiler_the_sweeps_run_in_numpy(
     updates = round_of(4)
     result, _ = ROBUST_FEDAVG.aggregate(PREVIOUS, iter(updates))
     assert_bits(result, aligned_reference(updates, dict(clip=2.0, examples_cap=2.0)))
+
+
+def test_free_riders_move_no_bound_of_align(sweeps: str) -> None:
+    """SPEC §8.15 step 1: the cap and the clip bound come from the updates that moved. Three
+    free-riders of ten (the global model sent back, claiming 2**40 examples) leave the
+    floating layers exactly as the seven others alone make them; before, their zero norms
+    pulled the clip bound down to the smaller honest norms (the attack suite's `claim` cell).
+    """
+    def spread(i: int) -> Update:  # mover i's step × (1 + i): norms about 1 … 7 units
+        u = one_update(i, 7)
+        weights = {k: ((v.astype(np.float64) - PREVIOUS[k]) * (1 + i) + PREVIOUS[k]).astype(v.dtype)
+                   if v.dtype.kind == "f" else v for k, v in u.weights.items()}
+        return Update(u.learner, u.num_examples, weights)
+
+    movers = [spread(i) for i in range(7)]
+    riders = [Update(LEARNERS[20 + i], 2**40, {k: v.copy() for k, v in PREVIOUS.items()})
+              for i in range(3)]
+    everyone = sorted(movers + riders, key=lambda u: u.learner.lower())
+    params = dict(clip=2.0, examples_cap=2.0)
+    alone = streaming.aligned_mean(PREVIOUS, movers, **params)  # type: ignore[arg-type]
+    assert alone is not None
+    for ridden in (streaming.aligned_mean(PREVIOUS, everyone, **params),  # type: ignore[arg-type]
+                   streaming.aligned_mean(PREVIOUS, iter(everyone), **params),  # type: ignore[arg-type]
+                   ref.fedavg_mean(PREVIOUS, [ref.Update(u.learner, u.num_examples, u.weights)
+                                              for u in everyone],
+                                   {"scaling": "num_examples", "accumulator": "float32",
+                                    "align": True, **params})):
+        assert ridden is not None
+        for name, array in alone.items():
+            if array.dtype.kind == "f":
+                assert ridden[name].tobytes() == array.tobytes(), name
+    # the bound the seven set clips nobody here; over all ten (three zeros) it clipped three
+    norms = [ref.update_norm(PREVIOUS, u.weights) for u in everyone]
+    moved = sorted(v for v in norms if v > 0)
+    assert sum(v > 2.0 * moved[(len(moved) - 1) // 2] for v in moved) == 0
+    assert sum(v > 2.0 * sorted(norms)[(len(norms) - 1) // 2] for v in moved) == 3

@@ -399,14 +399,24 @@ def update_norm(previous: Weights, weights: Mapping[str, np.ndarray]) -> float:
     return math.sqrt(total)
 
 
-def clip_factors(norms: Sequence[float], clip: float) -> tuple[float, list[float]]:
+def clip_factors(norms: Sequence[float], clip: float,
+                 among: Sequence[int] | None = None) -> tuple[float, list[float]]:
     """(bound B = clip × lower median of the norms, each update's factor min(1, B / norm)).
+    The median is over the norms of the updates `among` (indices; all by default).
 
     An infinite norm beyond a finite bound gets factor 0 (its update adds nothing); NaN norms
     must be refused before (see `MedianBounds.scales`).
     """
-    bound = clip * float(lower_median(list(norms)))
+    counted = list(norms) if among is None else [norms[k] for k in among]
+    bound = clip * float(lower_median(counted))
     return bound, [1.0 if norm <= bound else bound / norm for norm in norms]
+
+
+def moved(norms: Sequence[float]) -> list[int]:
+    """The updates whose statistics set align's bounds (SPEC §8.15 step 1): those that moved,
+    by a finite amount (0 < ν < ∞); every update if none did."""
+    usable = [k for k, norm in enumerate(norms) if 0.0 < norm < math.inf]
+    return usable or list(range(len(norms)))
 
 
 @dataclass(frozen=True)
@@ -480,14 +490,19 @@ class MedianBounds(BoundRule):
     def needs_norms(self) -> bool:  # type: ignore[override]
         return self.clip is not None
 
-    def weights(self, stats: Sequence[UpdateStats]) -> list[int]:
-        """W_k: the claims, capped (§8.4), or 1 each for uniform scaling."""
+    def weights(self, stats: Sequence[UpdateStats],
+                among: Sequence[int] | None = None) -> list[int]:
+        """W_k: the claims, capped (§8.4; the cap from the claims of the updates `among`, all
+        by default), or 1 each for uniform scaling."""
         if self.scaling != "num_examples":
             return [1] * len(stats)
         claims = [int(s.num_examples) for s in stats]
         if self.examples_cap is None:
             return claims
-        return capped_counts(claims, self.examples_cap)
+        if among is None:
+            return capped_counts(claims, self.examples_cap)
+        cap = examples_cap_value([claims[k] for k in among], self.examples_cap)
+        return [min(c, cap) for c in claims]
 
     def scales(self, stats: Sequence[UpdateStats]) -> Scales:
         weights = tuple(self.weights(stats))
@@ -501,7 +516,8 @@ class MedianBounds(BoundRule):
                 )
         return Scales(weights, tuple(clip_factors(norms, self.clip)[1]))
 
-    def report(self, stats: Sequence[UpdateStats], scales: Scales) -> None:
+    def report(self, stats: Sequence[UpdateStats], scales: Scales,
+               among: Sequence[int] | None = None) -> None:
         # One line for the round, once per process (at DEBUG for every party after the first).
         if self.examples_cap is not None and self.scaling == "num_examples":
             capped = [(s.learner, s.num_examples, w)
@@ -512,7 +528,8 @@ class MedianBounds(BoundRule):
                           self.examples_cap, len(capped), len(stats),
                           ", ".join(f"{_short(a)} {n} → {c}" for a, n, c in capped))
         if self.clip is not None and scales.factors is not None:
-            bound = self.clip * float(lower_median([s.norm for s in stats]))
+            counted = stats if among is None else [stats[k] for k in among]
+            bound = self.clip * float(lower_median([s.norm for s in counted]))
             clipped = [(s.learner, s.norm, f)
                        for s, f in zip(stats, scales.factors, strict=True) if f != 1.0]
             if clipped:

@@ -68,6 +68,7 @@ from .rules import (
     _sum_dtype,
     check_update,
     clip_factors,
+    moved,
     stream_mean,
 )
 
@@ -830,10 +831,14 @@ def _aligned(previous: Weights, reader: _Reader, stats: list[UpdateStats],
             raise AggregationError(
                 f"update from {s.learner} has non-finite values: its norm is NaN"
             )
-    weights = rule.weights(stats)
-    factors = [1.0] * len(stats) if rule.clip is None else clip_factors(norms, rule.clip)[1]
+    # the round's bounds from the updates that moved (§8.15 step 1): a free-rider's claim or
+    # zero norm moves neither the cap nor the clip bound
+    counted = moved(norms)
+    weights = rule.weights(stats, counted)
+    factors = ([1.0] * len(stats) if rule.clip is None
+               else clip_factors(norms, rule.clip, counted)[1])
     if not quiet:
-        rule.report(stats, Scales(tuple(weights), tuple(factors)))
+        rule.report(stats, Scales(tuple(weights), tuple(factors)), counted)
     gammas = _alignment(previous, reader, norms, lib)
     against = [s.learner for s, g in zip(stats, gammas, strict=True) if g == 0.0]
     if against and not quiet:
