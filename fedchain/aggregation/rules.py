@@ -471,8 +471,10 @@ class BoundRule(ABC):
         is also asked what it would give if no update had moved). AggregationError when the
         round cannot be aggregated (e.g. a NaN norm)."""
 
-    def report(self, stats: Sequence[UpdateStats], scales: Scales) -> None:  # noqa: B027
-        """Says what the bounds did to the round (called once, with the real scales)."""
+    def report(self, stats: Sequence[UpdateStats], scales: Scales,  # noqa: B027
+               among: Sequence[int] | None = None) -> None:
+        """Says what the bounds did to the round (called once, with the real scales; the
+        round's statistics taken over the updates `among`, all by default)."""
 
 
 @dataclass(frozen=True)

@@ -954,7 +954,8 @@ def _align_compiled(lib: Kernels, reader: _Reader, block: _Block, p: np.ndarray,
 
 
 class _QuietBounds(MedianBounds):
-    def report(self, stats: Sequence[UpdateStats], scales: Scales) -> None:
+    def report(self, stats: Sequence[UpdateStats], scales: Scales,
+               among: Sequence[int] | None = None) -> None:
         pass
 
 
