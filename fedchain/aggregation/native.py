@@ -23,6 +23,7 @@ import hashlib
 import logging
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -91,6 +92,7 @@ def _cache_dir() -> Path:
 
 
 def _compiler() -> str | None:
+    """The C compiler's command line: $CC (which may carry flags, as make's does), else cc."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     return cc or None
 
@@ -119,7 +121,7 @@ def build(directory: Path | None = None, extra: tuple[str, ...] = ()) -> Path:
     fd, partial = tempfile.mkstemp(prefix=".kernels-", suffix=".so", dir=directory)
     os.close(fd)
     try:
-        subprocess.run([cc, *FLAGS, *extra, "-o", partial, str(SOURCE)], check=True,
+        subprocess.run([*shlex.split(cc), *FLAGS, *extra, "-o", partial, str(SOURCE)], check=True,
                        capture_output=True, text=True, timeout=120)
         os.replace(partial, target)  # atomic: processes building at once each get a whole one
     finally:
