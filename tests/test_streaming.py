@@ -487,3 +487,28 @@ def test_free_riders_move_no_bound_of_align(sweeps: str) -> None:
     moved = sorted(v for v in norms if v > 0)
     assert sum(v > 2.0 * moved[(len(moved) - 1) // 2] for v in moved) == 0
     assert sum(v > 2.0 * sorted(norms)[(len(norms) - 1) // 2] for v in moved) == 3
+
+
+def test_a_compiler_that_refuses_the_avx2_clones_gets_a_build_without_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the AVX2 clones cannot be built (ifunc is ELF's: macOS, some compilers), the
+    kernels are built without them instead of not at all."""
+    real = native._compiler()
+    if real is None:
+        pytest.skip("no C compiler on this machine")
+    picky = tmp_path / "picky-cc"
+    picky.write_text("#!/bin/sh\n"
+                     "case \"$*\" in *FEDCHAIN_NO_CLONES*) ;; "
+                     "*) echo 'target_clones: not on this platform' >&2; exit 1;; esac\n"
+                     f"exec {real} \"$@\"\n")
+    picky.chmod(0o755)
+    monkeypatch.setenv("CC", str(picky))
+    monkeypatch.setenv("FEDCHAIN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("FEDCHAIN_KERNELS", raising=False)
+    monkeypatch.setattr(native, "_loaded", [])
+    lib = streaming.compiled_kernels()
+    assert lib is not None
+    assert lib.path.name == native._name(("-DFEDCHAIN_NO_CLONES",))
+    updates = round_of(5, rogue=-1.0)
+    result, _ = ROBUST_FEDAVG.aggregate(PREVIOUS, updates)
+    assert_bits(result, aligned_reference(updates, dict(clip=2.0, examples_cap=2.0)))

@@ -130,6 +130,15 @@ def build(directory: Path | None = None, extra: tuple[str, ...] = ()) -> Path:
     return target
 
 
+def _build_some(directory: Path) -> Path:
+    """`build`, and where the compiler or the platform refuses the AVX2 clones (they need
+    ELF's ifunc: not on macOS, not with every compiler), a build without them."""
+    try:
+        return build(directory)
+    except subprocess.CalledProcessError:
+        return build(directory, extra=("-DFEDCHAIN_NO_CLONES",))
+
+
 _lock = threading.Lock()
 _loaded: list[Kernels | None] = []
 
@@ -158,7 +167,7 @@ def _load(check: Check) -> Kernels | None:
         directories.append(Path(tempfile.gettempdir()) / f"fedchain-{os.getuid()}")
     for directory in directories:
         try:
-            lib = Kernels(build(directory))
+            lib = Kernels(_build_some(directory))
         except (OSError, subprocess.SubprocessError) as exc:
             detail = getattr(exc, "stderr", "") or ""
             failures.append(f"{directory}: {exc} {detail}".strip())
