@@ -216,9 +216,11 @@ class FedChainReader:
     def block_time(self) -> int:
         """The earliest timestamp the next block can have: the clock the contract's deadlines
         run on. Dev chains mine only when a transaction comes, so an idle chain's latest block
-        lags: the next one is stamped at least now (and after the latest)."""
+        lags: the next one is stamped at least now, and no earlier than the latest (Ganache
+        stamps two blocks mined in one second alike, so not latest + 1: a vote sent when
+        latest + 1 passed a deadline could land in the deadline's own second and revert)."""
         latest = int(self.chain.call(lambda: self.chain.w3.eth.get_block("latest")["timestamp"]))
-        return max(latest + 1, int(time.time()))
+        return max(latest, int(time.time()))
 
     def round_info(self) -> RoundInfo:
         r, opened, update, reveal, vote, frozen = self._view("roundInfo")
