@@ -387,7 +387,7 @@ def test_the_default_strategy_runs_in_the_compiled_kernels(
     lib = streaming.compiled_kernels()
     assert lib is not None and lib.path.is_file()
     used: list[str] = []
-    for name in ("_align_compiled", "_delta_compiled", "_sqsums"):
+    for name in ("_align_compiled", "_fold_compiled", "_sqsums"):
         real = getattr(streaming, name)
         monkeypatch.setattr(streaming, name,
                             lambda *a, _real=real, _name=name, **k: (used.append(_name),
@@ -395,7 +395,7 @@ def test_the_default_strategy_runs_in_the_compiled_kernels(
     updates = round_of(5)
     result, _ = ROBUST_FEDAVG.aggregate(PREVIOUS, updates)
     assert_bits(result, aligned_reference(updates, dict(clip=2.0, examples_cap=2.0)))
-    assert {"_align_compiled", "_delta_compiled", "_sqsums"} <= set(used)
+    assert {"_align_compiled", "_fold_compiled", "_sqsums"} <= set(used)
 
 
 def test_the_baseline_build_gives_the_avx2_builds_bits(tmp_path: Path) -> None:

@@ -558,18 +558,8 @@ def _norms(previous: Weights, reader: _Reader, lib: Kernels | None) -> list[floa
     reader.ready()
 
     def job(work: _Work, block: _Block) -> None:
-        m = block.stop - block.start
         p = flats[block.layer][block.start : block.stop]
-        compiled = _compiled(lib, p.dtype)
-        if compiled is not None:
-            _sqsums(compiled, reader, range(n), block, p, parts[block.place], work)
-            return
-        p64, d = work.p64[:m], work.d[:m]
-        np.copyto(p64, p, casting="unsafe")
-        for k in range(n):
-            _difference(reader.block(k, block, work.raw), p64, d)
-            np.multiply(d, d, out=d)
-            _row_sum(work, k, n, d, parts[block.place])
+        _norm_block(reader, block, p, parts[block.place], work, lib)
 
     _each_block(blocks, job)
     return [math.sqrt(t) for t in _in_order(parts).tolist()]
@@ -614,20 +604,12 @@ def _sweep(
         target = outs[block.layer][block.start : block.stop]
         floating = dtype.kind == "f"
         row = parts[block.place] if parts is not None and floating else None
-        compiled = _compiled(lib, dtype) if floating else None
         if scales.factors is not None and floating:
-            if compiled is not None:
-                _delta_compiled(compiled, reader, block, p, target, weights, scales.factors,
-                                row, work, scales.divisor)
-            else:
-                _delta_block(reader, block, p, target, weights, scales.factors, row, work,
-                             scales.divisor)
+            _delta_block(reader, block, p, target, weights, scales.factors, row, work,
+                         scales.divisor, lib)
             return
         if row is not None:
-            if compiled is not None:
-                _sqsums(compiled, reader, range(n), block, p, row, work)
-            else:
-                _norm_block(reader, block, p, row, work)
+            _norm_block(reader, block, p, row, work, lib)
         sum_dtype = (np.dtype(np.float64) if scales.factors is not None
                      else _sum_dtype(dtype, accumulator))
         _mean_block(reader, block, dtype, sum_dtype, target, weights,
@@ -649,74 +631,76 @@ def _delta_block(
     squares: np.ndarray | None,
     work: _Work,
     divisor: float | None = None,
+    lib: Kernels | None = None,
 ) -> None:
     """One block of a floating layer, §8.5 step 4: a = Σ (F64(x_k) ⊖ F64(p)) ⊗ σ_k over the
     updates with σ_k ≠ 0, then cast_D((a ⊘ W) ⊕ F64(p)); each update's halving sum of its
-    squared differences (step 1) into `squares` on the way."""
+    squared differences (step 1) into `squares` on the way. In `lib`'s kernels where it has
+    them for the layer's dtype: the same operations in the same order."""
     m = block.stop - block.start
-    p64, d, q, acc = work.p64[:m], work.d[:m], work.q[:m], work.acc[:m]
-    np.copyto(p64, p, casting="unsafe")
+    acc = work.acc[:m]
     acc.fill(0.0)
+    compiled = _compiled(lib, p.dtype)
+    if compiled is not None:
+        _fold_compiled(compiled, reader, block, p, weights, factors, squares, work, acc)
+    else:
+        p64, d, q = work.p64[:m], work.d[:m], work.q[:m]
+        np.copyto(p64, p, casting="unsafe")
+        for k, (weight, factor) in enumerate(zip(weights, factors, strict=True)):
+            scale = float(weight) * factor
+            if squares is not None or scale != 0.0:
+                _difference(reader.block(k, block, work.raw), p64, d)
+            if squares is not None:
+                np.multiply(d, d, out=q)
+                _row_sum(work, k, len(weights), q, squares)
+            if scale != 0.0:
+                if scale != 1.0:
+                    np.multiply(d, scale, out=d)
+                np.add(acc, d, out=acc)
     total = float(sum(weights))
-    for k, (weight, factor) in enumerate(zip(weights, factors, strict=True)):
-        scale = float(weight) * factor
-        if squares is not None or scale != 0.0:
-            _difference(reader.block(k, block, work.raw), p64, d)
-        if squares is not None:
-            np.multiply(d, d, out=q)
-            _row_sum(work, k, len(weights), q, squares)
-        if scale != 0.0:
-            if scale != 1.0:
-                np.multiply(d, scale, out=d)
-            np.add(acc, d, out=acc)
     if divisor is not None:  # align (§8.15 step 6): V = Σ W_k ⊗ γ_k; 0 keeps the layer
         if divisor == 0.0:
             np.copyto(target, p)
             return
         total = divisor
+    if compiled is not None:
+        compiled.finish[p.dtype](_address(acc), _address(p), m, total, _address(target))
+        return
     np.divide(acc, total, out=acc)
-    np.add(acc, p64, out=acc)
+    np.add(acc, work.p64[:m], out=acc)
     np.copyto(target, acc, casting="unsafe")
 
 
-def _delta_compiled(
-    lib: Kernels,
-    reader: _Reader,
-    block: _Block,
-    p: np.ndarray,
-    target: np.ndarray,
-    weights: list[int],
-    factors: Sequence[float],
-    squares: np.ndarray | None,
-    work: _Work,
-    divisor: float | None = None,
-) -> None:
-    """`_delta_block` in the compiled kernels: the same operations in the same order."""
+def _fold_compiled(lib: Kernels, reader: _Reader, block: _Block, p: np.ndarray,
+                   weights: list[int], factors: Sequence[float], squares: np.ndarray | None,
+                   work: _Work, acc: np.ndarray) -> None:
+    """`_delta_block`'s sums in the compiled kernels: the squares' halving sums into
+    `squares` (if given), then acc ⊕= Δ_k ⊗ σ_k for each σ_k ≠ 0, in order."""
     m = block.stop - block.start
-    n = len(weights)
     if squares is not None:
-        _sqsums(lib, reader, range(n), block, p, squares, work)
+        _sqsums(lib, reader, range(len(weights)), block, p, squares, work)
     scales = np.array([float(w) * f for w, f in zip(weights, factors, strict=True)])
-    acc = work.acc[:m]
-    acc.fill(0.0)
-    folded = [k for k in range(n) if scales[k] != 0.0]
+    folded = [k for k in range(len(weights)) if scales[k] != 0.0]
     for group in _groups(folded, reader.group(block)):
         ptrs = reader.addresses(group, block, work)
         part = scales[group]  # a new array, alive through the call
         lib.fold[p.dtype](len(group), ptrs, _address(p), m, _address(part), _address(acc))
-    total = float(sum(weights))
-    if divisor is not None:  # align (§8.15 step 6): V = Σ W_k ⊗ γ_k; 0 keeps the layer
-        if divisor == 0.0:
-            np.copyto(target, p)
-            return
-        total = divisor
-    lib.finish[p.dtype](_address(acc), _address(p), m, total, _address(target))
 
 
 def _norm_block(
-    reader: _Reader, block: _Block, p: np.ndarray, squares: np.ndarray, work: _Work
+    reader: _Reader,
+    block: _Block,
+    p: np.ndarray,
+    squares: np.ndarray,
+    work: _Work,
+    lib: Kernels | None = None,
 ) -> None:
-    """The norms' share of one block of a floating layer, for a rule whose fold is §8.3's."""
+    """The norms' share of one block of a floating layer: squares[k] = the halving sum of
+    update k's squared differences (in `lib`'s kernels where it has them)."""
+    compiled = _compiled(lib, p.dtype)
+    if compiled is not None:
+        _sqsums(compiled, reader, range(reader.count), block, p, squares, work)
+        return
     m = block.stop - block.start
     p64, d = work.p64[:m], work.d[:m]
     np.copyto(p64, p, casting="unsafe")
