@@ -210,7 +210,8 @@ class KuboStore(ContentStore):
             if deadline is not None:
                 left = deadline.remaining()
                 if left <= 0 or deadline.aborted.is_set():
-                    raise FetchTimeout(f"IPFS node {self.url}: {cmd} past its deadline")
+                    raise FetchTimeout(f"IPFS node {self.url}: {cmd} did not finish within its "
+                                       f"deadline of {deadline.seconds:.3g}s")
                 timeout = httpx.Timeout(
                     min(self.timeout, left), connect=min(self.connect_timeout, left)
                 )
@@ -232,7 +233,8 @@ class KuboStore(ContentStore):
                 continue
             except httpx.TimeoutException as exc:
                 if deadline is not None and deadline.expired():
-                    raise FetchTimeout(f"IPFS node {self.url}: {cmd} past its deadline") from None
+                    raise FetchTimeout(f"IPFS node {self.url}: {cmd} did not finish within its "
+                                       f"deadline of {deadline.seconds:.3g}s") from None
                 if cmd in _FETCHES:
                     raise ContentNotFound(
                         f"IPFS node {self.url} did not start serving {params.get('arg')} "
@@ -296,7 +298,8 @@ class KuboStore(ContentStore):
             ) from None
         except httpx.HTTPError as exc:
             if deadline is not None and deadline.expired():
-                raise FetchTimeout(f"IPFS node {self.url}: {cmd} past its deadline") from None
+                raise FetchTimeout(f"IPFS node {self.url}: {cmd} did not finish within its "
+                                       f"deadline of {deadline.seconds:.3g}s") from None
             raise StoreUnavailable(
                 f"IPFS node {self.url}: {cmd} broke off: {self._say(exc)}"
             ) from None
@@ -404,13 +407,15 @@ class KuboStore(ContentStore):
             yield from _decoded(response)
         except httpx.TimeoutException:
             if deadline.expired():
-                raise FetchTimeout(f"IPFS node {self.url}: cat past its deadline") from None
+                raise FetchTimeout(f"IPFS node {self.url}: cat did not finish within its "
+                                   f"deadline of {deadline.seconds:.3g}s") from None
             raise FetchTimeout(
                 f"IPFS node {self.url} stalled for {self.timeout:g}s while serving content"
             ) from None
         except httpx.HTTPError as exc:
             if deadline.expired():
-                raise FetchTimeout(f"IPFS node {self.url}: cat past its deadline") from None
+                raise FetchTimeout(f"IPFS node {self.url}: cat did not finish within its "
+                                   f"deadline of {deadline.seconds:.3g}s") from None
             raise StoreUnavailable(
                 f"IPFS node {self.url}: cat broke off: {self._say(exc)}"
             ) from None
