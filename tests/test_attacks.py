@@ -133,3 +133,20 @@ def test_plain_fedavg_and_the_former_default_fall_to_minus_ten_times_with_a_huge
     assert cells["FedAvg", "x-10+claim"].accuracy < 0.5  # the claim takes the mean over
     # clip 2 × cap 2 let the rogue cancel the four honest updates: the model barely learns
     assert cells["former default", "x-10+claim"].accuracy < honest - 0.2
+
+
+def test_the_align_rules_bench_prototype_of_the_spec_rule_is_the_default():
+    """bench/align_rules.py compares candidate rules with a float64 prototype of §8.15 (`spec`):
+    its figures stand for the default's only if that prototype computes the default's round.
+    A round with an update against the others, one clipped, one capped and a free-rider."""
+    import align_rules  # bench/align_rules.py
+
+    ups = [_update(0, 1.0), _update(1, 0.7, count=300), _update(2, 1.3), _update(3, 5.0),
+           _update(4, -2.0, count=2**40),
+           Update(LEARNERS[5], 2**40, {k: v.copy() for k, v in PREVIOUS.items()})]
+    default, _ = ROBUST_FEDAVG.aggregate(PREVIOUS, ups)
+    spec, _ = align_rules.AlignRule(rule="spec").aggregate(PREVIOUS, ups)
+    np.testing.assert_allclose(spec["w"], default["w"], rtol=0, atol=1e-6)
+    assert not np.allclose(spec["w"], FedAvg(clip=2.0, examples_cap=2.0).aggregate(
+        PREVIOUS, ups)[0]["w"], atol=1e-4)  # align did change this round
+    assert int(spec["steps"]) == int(default["steps"]) != 7  # integer layers: §8.15 step 7
