@@ -25,6 +25,9 @@ moved, divisor V = Σ W_k γ_k unless said):
     similarity  r = Σ_j (Δ_j / ν_j) / c_j, c_j = Σ_i max(0, cos(Δ_i, Δ_j)): a cluster of
                 alike updates counts about once (after FoolsGold, Fung et al. 2020)
     similarity-sqrt   the same with √c_j
+    influence2  spec, and one update's pull W_k ⊗ min(ν_k, B) at most twice the median pull
+                (the cap and the clip bound each allow 2, together 4 × a median update's)
+    influence1.5  the same, at most 1.5 × the median pull
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from fedchain.aggregation.rules import Update  # noqa: E402
 from fedchain.aggregation.strategy import ROBUST_FEDAVG, FedAvg, Strategy  # noqa: E402
 
 RULES = ("spec", "majority", "wmajority", "floor", "momentum", "mix", "similarity",
-         "similarity-sqrt")
+         "similarity-sqrt", "influence2", "influence1.5")
 #: The default's failing collusion cells, the honest runs (10 learners), and cells a rule
 #: could break.
 CELLS = (
@@ -96,6 +99,13 @@ class AlignRule(Strategy):
         weights = np.minimum(claims, max(1.0, math.floor(2.0 * median_claim)))
         bound = 2.0 * np.sort(norms[counted])[(counted.sum() - 1) // 2]
         factors = np.where(norms <= bound, 1.0, bound / np.where(norms > 0, norms, 1.0))
+        if self.rule.startswith("influence"):
+            # one update's pull, W_k × its clipped change, at most c × the median pull
+            pull = weights * np.minimum(norms, bound)
+            limit = float(self.rule[len("influence"):]) * np.sort(pull[counted])[
+                (counted.sum() - 1) // 2]
+            factors = factors * np.where(pull > limit, limit / np.where(pull > 0, pull, 1.0),
+                                         1.0)
         units = np.zeros_like(deltas)
         units[usable] = deltas[usable] / norms[usable, None]
         gamma = self._gamma(deltas, norms, usable, units, weights, names, state)
