@@ -57,7 +57,9 @@ CELLS = (
     "cnn:iid:10:3:w-10+claim", "mlp:dirichlet:10:3:w-10+claim",
     "cnn:dirichlet:10:0:none", "cnn:iid:10:0:none", "mlp:dirichlet:10:0:none",
     "cnn:dirichlet:10:3:x-1", "cnn:iid:10:3:x-10", "cnn:iid:10:3:alie",
-    "mlp:dirichlet:10:3:x-10+claim",
+    "mlp:dirichlet:10:3:x-10+claim", "cnn:iid:10:2:w-10+claim", "cnn:dirichlet:5:0:none",
+    "mlp:dirichlet:5:0:none", "cnn:dirichlet:5:1:x-10", "cnn:iid:5:1:x-10",
+    "mlp:dirichlet:5:1:noise",
 )
 
 
