@@ -192,6 +192,12 @@ class KuboStore(ContentStore):
         """An exception's text without this store's credentials."""
         return scrub(str(exc), self._secret_url)
 
+    def _overdue(self, cmd: str, deadline: Deadline) -> FetchTimeout:
+        """The error of a request that `deadline` ended, in one wording whichever layer
+        noticed first (the relay's check, the request's timeout, a broken-off stream)."""
+        return FetchTimeout(f"IPFS node {self.url}: {cmd} did not finish within its deadline "
+                            f"of {deadline.seconds:.3g}s")
+
     def _send(
         self,
         cmd: str,
@@ -210,8 +216,7 @@ class KuboStore(ContentStore):
             if deadline is not None:
                 left = deadline.remaining()
                 if left <= 0 or deadline.aborted.is_set():
-                    raise FetchTimeout(f"IPFS node {self.url}: {cmd} did not finish within its "
-                                       f"deadline of {deadline.seconds:.3g}s")
+                    raise self._overdue(cmd, deadline)
                 timeout = httpx.Timeout(
                     min(self.timeout, left), connect=min(self.connect_timeout, left)
                 )
@@ -233,8 +238,7 @@ class KuboStore(ContentStore):
                 continue
             except httpx.TimeoutException as exc:
                 if deadline is not None and deadline.expired():
-                    raise FetchTimeout(f"IPFS node {self.url}: {cmd} did not finish within its "
-                                       f"deadline of {deadline.seconds:.3g}s") from None
+                    raise self._overdue(cmd, deadline) from None
                 if cmd in _FETCHES:
                     raise ContentNotFound(
                         f"IPFS node {self.url} did not start serving {params.get('arg')} "
@@ -298,8 +302,7 @@ class KuboStore(ContentStore):
             ) from None
         except httpx.HTTPError as exc:
             if deadline is not None and deadline.expired():
-                raise FetchTimeout(f"IPFS node {self.url}: {cmd} did not finish within its "
-                                       f"deadline of {deadline.seconds:.3g}s") from None
+                raise self._overdue(cmd, deadline) from None
             raise StoreUnavailable(
                 f"IPFS node {self.url}: {cmd} broke off: {self._say(exc)}"
             ) from None
@@ -407,15 +410,13 @@ class KuboStore(ContentStore):
             yield from _decoded(response)
         except httpx.TimeoutException:
             if deadline.expired():
-                raise FetchTimeout(f"IPFS node {self.url}: cat did not finish within its "
-                                   f"deadline of {deadline.seconds:.3g}s") from None
+                raise self._overdue("cat", deadline) from None
             raise FetchTimeout(
                 f"IPFS node {self.url} stalled for {self.timeout:g}s while serving content"
             ) from None
         except httpx.HTTPError as exc:
             if deadline.expired():
-                raise FetchTimeout(f"IPFS node {self.url}: cat did not finish within its "
-                                   f"deadline of {deadline.seconds:.3g}s") from None
+                raise self._overdue("cat", deadline) from None
             raise StoreUnavailable(
                 f"IPFS node {self.url}: cat broke off: {self._say(exc)}"
             ) from None
